@@ -1,0 +1,51 @@
+"""The ``dgseg`` command line.
+
+Each subcommand lives in a module ``cli/cmd_<name>.py`` that defines ``register(subparsers)``;
+the module registers its parser and sets ``func`` (``args -> int``) as the default. Subcommands are
+discovered, so adding one never touches this file. Machine-readable output is one JSON object on
+stdout; user errors (:class:`~napari_dgseg.core.errors.DgsegError`) print one line on stderr and
+exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every ``cmd_*`` module's subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="dgseg",
+        description="Domain-generalizing nuclei and vessel segmentation (napari-dgseg).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith("cmd_"))
+    for name in names:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dgseg`` console script."""
+    from napari_dgseg.core.errors import DgsegError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DgsegError as exc:
+        print(f"dgseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dgseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure compute for napari-dgseg: never imports napari, Qt or magicgui (tests assert it)."""

@@ -1,0 +1,1 @@
+"""Datasets: synthetic domains with ground truth, folder and public-dataset loaders."""

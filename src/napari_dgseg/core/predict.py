@@ -1,0 +1,269 @@
+"""The inference pipeline: image -> (colour branches) -> tiles -> model -> blend -> Prediction.
+
+:func:`run_tiled` works on numpy, dask or zarr arrays of any size: it reads one tile region at a
+time, batches tiles through the network under :func:`torch.inference_mode`, and blends the dense
+outputs with the windows of :mod:`napari_dgseg.core.tiling`, so results do not depend on the tile
+size. *Branches* are input transforms applied to every tile (DCIN's GRIS and LRIS colour
+normalisations); their dense outputs are averaged (papers/002: mean of the raw logits) and, with two
+or more branches, their disagreement is returned as an uncertainty map.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_dgseg.core.device import select_device
+from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.imageprep import ImageAdapter
+from napari_dgseg.core.tiling import TileGrid, plan_tiles
+
+#: Defaults: large tiles with a modest overlap; the even tile spacing keeps the extra pixels at
+#: ~5-12 % for common sizes (see docs/segment.md for the measurement).
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 48
+
+Branch = Callable[[torch.Tensor], torch.Tensor]
+ProgressFn = Callable[[int, int], Any]
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Bundle.predict` returns.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        ``(H, W)`` int32: class ids (semantic families) or instance ids (``hovernet``).
+    probabilities : np.ndarray or None
+        ``(K, H, W)`` float32 class probabilities.
+    codebook_indices : np.ndarray or None
+        ``(H, W)`` int32 codebook index per pixel (``sqvae``), else None.
+    local_mask : np.ndarray or None
+        ``(H, W)`` float32 local feature mask (domain gap per pixel), where the model has one.
+    uncertainty : np.ndarray or None
+        ``(H, W)`` float32 disagreement between colour-normalisation branches (DCIN ``full``).
+    class_names : tuple of str
+        Name of each class id.
+    provenance : dict
+        Model, parameters, device, timing: what to store with the masks.
+    extras : dict
+        Other per-pixel maps a family returns (HoVer-Net's HV maps, code-usage histograms).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    codebook_indices: np.ndarray | None = None
+    local_mask: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    provenance: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+
+
+def _is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _pad_to(block: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """Pad a ``(h, w, 3)`` block at the bottom/right to ``(th, tw, 3)`` by reflection."""
+    h, w = block.shape[:2]
+    if h == th and w == tw:
+        return block
+    mode = "reflect" if h > 1 and w > 1 and th - h < h and tw - w < w else "edge"
+    if mode == "reflect":
+        return np.pad(block, ((0, th - h), (0, tw - w), (0, 0)), mode="reflect")
+    return np.pad(block, ((0, th - h), (0, tw - w), (0, 0)), mode="edge")
+
+
+def normalise_input(rgb: torch.Tensor, input_spec: dict) -> torch.Tensor:
+    """Apply the bundle's input normalisation ``(rgb - mean) / std`` to ``(B, 3, H, W)``."""
+    mean = torch.tensor(input_spec.get("mean", [0.5] * 3), dtype=rgb.dtype, device=rgb.device)
+    std = torch.tensor(input_spec.get("std", [0.25] * 3), dtype=rgb.dtype, device=rgb.device)
+    return (rgb - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def run_tiled(
+    model: torch.nn.Module,
+    image: Any,
+    *,
+    input_spec: dict | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str | torch.device = "auto",
+    batch: int = 2,
+    branches: Sequence[Branch] | None = None,
+    progress: ProgressFn | None = None,
+    cancel: Any = None,
+) -> dict[str, np.ndarray]:
+    """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
+
+    Parameters
+    ----------
+    model : SegModel
+        Network following :class:`napari_dgseg.core.models.base.SegModel`.
+    image : array-like
+        ``(H, W)``, ``(H, W, 1|3|4)``; numpy, dask or zarr (read one tile at a time).
+    input_spec : dict
+        ``{"mean": [...], "std": [...]}`` normalisation of RGB in [0, 1].
+    tile, overlap : int
+        Largest tile side and minimum overlap between tiles (pixels).
+    device : str
+        ``auto`` (CUDA, MPS, CPU), ``cpu``, ``cuda`` or ``mps``.
+    batch : int
+        Tiles per forward pass.
+    branches : sequence of callables
+        Input transforms on ``(B, 3, h, w)`` RGB in [0, 1]; outputs are averaged over branches.
+    progress : callable
+        Called as ``progress(done_tiles, total_tiles)``.
+    cancel : threading.Event or callable
+        Checked between batches; when set, raises :class:`CancelledError`.
+
+    Returns
+    -------
+    dict
+        Each dense output ``(C, H, W)`` float32, each discrete output ``(H, W)`` int32, and
+        ``"uncertainty"`` ``(1, H, W)`` when there are two or more branches.
+    """
+    if tile < 16:
+        raise InputError(f"tile size {tile} is too small; use at least 64 (default {DEFAULT_TILE})")
+    if overlap < 0 or overlap >= tile:
+        raise InputError(f"overlap {overlap} must be >= 0 and smaller than the tile ({tile})")
+    if batch < 1:
+        raise InputError(f"batch {batch} must be >= 1")
+    adapter = image if isinstance(image, ImageAdapter) else ImageAdapter.from_array(image)
+    dev = select_device(device)
+    spec = input_spec or {}
+    branches = list(branches) if branches else [lambda x: x]
+    divisor = int(getattr(model, "divisor", 16))
+    grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
+    discrete_keys = tuple(getattr(model, "discrete_outputs", ()))
+    model = model.to(dev).eval()
+
+    acc: dict[str, np.ndarray] = {}
+    best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    ph, pw = grid.padded_shape
+    weight_sum = np.zeros((ph, pw), dtype=np.float32)
+    positions = grid.tiles()
+    total = len(positions)
+    if progress is not None:
+        progress(0, total)
+    with torch.inference_mode():
+        for start in range(0, total, batch):
+            if _is_cancelled(cancel):
+                raise CancelledError("cancelled by the user")
+            chunk = positions[start : start + batch]
+            x = _read_batch(adapter, grid, chunk).to(dev)
+            outputs = _infer_branches(model, x, spec, branches, discrete_keys)
+            for i, (y0, x0) in enumerate(chunk):
+                _accumulate(grid, y0, x0, outputs, i, acc, best, weight_sum, discrete_keys)
+            if progress is not None:
+                progress(min(start + batch, total), total)
+    h, w = adapter.height, adapter.width
+    result: dict[str, np.ndarray] = {}
+    for key, value in acc.items():
+        result[key] = (value / weight_sum[None])[:, :h, :w]
+    for key, (values, _) in best.items():
+        result[key] = values[:h, :w]
+    return result
+
+
+def _read_batch(adapter: ImageAdapter, grid: TileGrid, chunk: list[tuple[int, int]]) -> torch.Tensor:
+    th, tw = grid.tile_shape
+    blocks = []
+    for y0, x0 in chunk:
+        y1, x1 = min(y0 + th, adapter.height), min(x0 + tw, adapter.width)
+        blocks.append(_pad_to(adapter.region(y0, y1, x0, x1), th, tw))
+    arr = np.stack(blocks).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _infer_branches(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    spec: dict,
+    branches: Sequence[Branch],
+    discrete_keys: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+    summed: dict[str, torch.Tensor] = {}
+    probs: list[torch.Tensor] = []
+    discrete: dict[str, torch.Tensor] = {}
+    for branch in branches:
+        out = model.infer(normalise_input(branch(x), spec))
+        for key, value in out.items():
+            if key in discrete_keys:
+                discrete.setdefault(key, value)  # the first branch decides discrete maps
+            else:
+                summed[key] = summed[key] + value if key in summed else value.clone()
+        if len(branches) > 1 and "logits" in out:
+            probs.append(torch.softmax(out["logits"], dim=1))
+    n = float(len(branches))
+    result = {k: (v / n).float().cpu().numpy() for k, v in summed.items()}
+    if len(probs) > 1:
+        # Disagreement between branches: mean pairwise total-variation distance of the
+        # class distributions (0 = identical, 1 = disjoint).
+        tv = torch.zeros_like(probs[0][:, :1])
+        pairs = 0
+        for a in range(len(probs)):
+            for b in range(a + 1, len(probs)):
+                tv += 0.5 * (probs[a] - probs[b]).abs().sum(dim=1, keepdim=True)
+                pairs += 1
+        result["uncertainty"] = (tv / pairs).float().cpu().numpy()
+    for key, value in discrete.items():
+        result[key] = value.to(torch.int32).cpu().numpy()
+    return result
+
+
+def _accumulate(
+    grid: TileGrid,
+    y0: int,
+    x0: int,
+    outputs: dict[str, np.ndarray],
+    i: int,
+    acc: dict[str, np.ndarray],
+    best: dict[str, tuple[np.ndarray, np.ndarray]],
+    weight_sum: np.ndarray,
+    discrete_keys: tuple[str, ...],
+) -> None:
+    th, tw = grid.tile_shape
+    ph, pw = grid.padded_shape
+    win = grid.window(y0, x0)
+    sl = (slice(y0, y0 + th), slice(x0, x0 + tw))
+    weight_sum[sl] += win
+    for key, value in outputs.items():
+        if key in discrete_keys:
+            if key not in best:
+                best[key] = (np.zeros((ph, pw), np.int32), np.full((ph, pw), -1.0, np.float32))
+            values, wbest = best[key]
+            take = win > wbest[sl]
+            values[sl][take] = value[i][take]
+            wbest[sl][take] = win[take]
+            continue
+        tile_out = value[i]
+        if key not in acc:
+            acc[key] = np.zeros((tile_out.shape[0], ph, pw), dtype=np.float32)
+        acc[key][(slice(None), *sl)] += tile_out * win[None]
+
+
+def semantic_postprocess(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Softmax probabilities and argmax labels from blended logits."""
+    logits = maps["logits"]
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    probabilities = shifted / shifted.sum(axis=0, keepdims=True)
+    labels = probabilities.argmax(axis=0).astype(np.int32)
+    return {"labels": labels, "probabilities": probabilities.astype(np.float32)}
+
+
+def elapsed_since(t0: float) -> float:
+    """Seconds since ``t0`` (``time.perf_counter``), rounded for provenance."""
+    return round(time.perf_counter() - t0, 3)

@@ -223,7 +223,7 @@ class Bundle:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The network, built from the config and weights on first use (eval mode)."""
+        """The network, built from the config and weights on first use; returned in eval mode."""
         if self._model is None:
             model = self.family.build_model(self.config)
             try:
@@ -234,8 +234,8 @@ class Bundle:
                     f"bundle {self.name!r}: weights do not fit the {self.family_name!r} config "
                     f"({first}); the bundle was made by another version or edited"
                 ) from None
-            self._model = model.eval()
-        return self._model
+            self._model = model
+        return self._model.eval()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Current network weights (from the live model if it was built)."""

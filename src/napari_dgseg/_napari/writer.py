@@ -1,0 +1,93 @@
+"""napari writer contributions: labels layers to TIFF or Zarr with provenance inside.
+
+The provenance record is the layer's metadata (model, parameters, source image: whatever the
+segmentation widget put there) plus ``layer_name``, ``scale``, ``written_by``
+(``"napari-dgseg <version>"``) and ``written_at`` (UTC, ISO 8601). See ``docs/io.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from napari_dgseg.core.labels_io import json_safe, write_labels
+
+__all__ = ["provenance_from_meta", "write_labels_tif", "write_labels_zarr"]
+
+
+def provenance_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Build the provenance record from napari layer attributes.
+
+    Parameters
+    ----------
+    meta : dict
+        The layer attributes napari hands to writers (``name``, ``metadata``, ``scale`` ...).
+
+    Returns
+    -------
+    dict
+        JSON-safe record: the layer metadata (a ``provenance`` entry from an earlier read is
+        left out, its keys are already at the top level) plus ``layer_name``, ``scale``,
+        ``written_by`` and ``written_at``.
+    """
+    from napari_dgseg import __version__
+
+    layer_metadata = dict(meta.get("metadata") or {})
+    layer_metadata.pop("provenance", None)
+    record = json_safe(layer_metadata)
+    record["layer_name"] = str(meta.get("name", ""))
+    if meta.get("scale") is not None:
+        record["scale"] = json_safe(list(meta["scale"]))
+    record["written_by"] = f"napari-dgseg {__version__}"
+    record["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return record
+
+
+def _with_suffix(path: str, suffixes: tuple[str, ...]) -> Path:
+    p = Path(path)
+    return p if p.suffix.lower() in suffixes else p.with_name(p.name + suffixes[0])
+
+
+def write_labels_tif(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write a labels layer to a zlib-compressed TIFF with provenance.
+
+    Parameters
+    ----------
+    path : str
+        Target; ``.tif`` is appended when it ends in neither ``.tif`` nor ``.tiff``.
+    data : array-like
+        ``(H, W)`` labels (numpy, dask, or a multiscale list: level 0 is written).
+    meta : dict
+        Layer attributes from napari.
+
+    Returns
+    -------
+    list of str
+        The written path.
+    """
+    target = _with_suffix(path, (".tif", ".tiff"))
+    return [str(write_labels(target, data, provenance_from_meta(meta)))]
+
+
+def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write a labels layer to a Zarr array (chunks 1024 x 1024) with provenance.
+
+    For masks of whole slides: written chunk by chunk when the layer holds a dask array.
+
+    Parameters
+    ----------
+    path : str
+        Target folder; ``.zarr`` is appended when missing.
+    data : array-like
+        ``(H, W)`` labels (numpy, dask, or a multiscale list: level 0 is written).
+    meta : dict
+        Layer attributes from napari.
+
+    Returns
+    -------
+    list of str
+        The written path.
+    """
+    target = _with_suffix(path, (".zarr",))
+    return [str(write_labels(target, data, provenance_from_meta(meta)))]

@@ -1,0 +1,116 @@
+"""``dgseg predict --model M --out DIR INPUT ...``: segment files, folders and slides."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._progress import ProgressBar
+from napari_dgseg.core.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+
+    p = sub.add_parser("predict", help="segment images, folders or slides with a model bundle")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or slides")
+    p.add_argument("--model", required=True, help="bundle file or model name (see `dgseg models`)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"largest tile side (default {DEFAULT_TILE})")
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")
+    p.add_argument("--batch", type=int, default=2, help="tiles per forward pass (default 2)")
+    p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def output_stem(path: Path) -> str:
+    """File stem without image suffixes (``a.ome.tif`` -> ``a``, ``b.zarr`` -> ``b``)."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.suffix else name
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders expanded to the supported images inside (sorted, not recursive)."""
+    from napari_dgseg.core.slide import is_zarr_dir, supported_suffix
+
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise InputError(f"input {p} does not exist")
+        if p.is_dir() and not is_zarr_dir(p):
+            found = sorted(c for c in p.iterdir() if supported_suffix(c) or is_zarr_dir(c))
+            if not found:
+                raise InputError(f"folder {p} holds no supported images (.tif, .svs, .png, .jpg, .zarr)")
+            paths.extend(found)
+        else:
+            paths.append(p)
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_dgseg.core.bundle import load_bundle
+    from napari_dgseg.core.labels_io import write_labels
+    from napari_dgseg.core.slide import open_image
+
+    bundle = load_bundle(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in expand_inputs(args.inputs):
+        opened = open_image(path)
+        bar = None if args.quiet else ProgressBar(f"predict {path.name}")
+        pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
+                              device=args.device, batch=args.batch, progress=bar)
+        stem = output_stem(path)
+        provenance = {**pred.provenance, "source_image": str(path.resolve()),
+                      "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
+        labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance)
+        row = {
+            "input": str(path),
+            "labels": str(labels_path),
+            "shape": list(pred.labels.shape),
+            "seconds": pred.provenance["seconds"],
+            "class_fractions": {
+                name: round(float(np.mean(pred.labels == i)), 5)
+                for i, name in enumerate(pred.class_names)
+            } if bundle.family.output == "semantic" else None,
+            "instances": int(len(np.unique(pred.labels)) - 1) if bundle.family.output == "instances" else None,
+        }
+        if args.probabilities and pred.probabilities is not None:
+            row["probabilities"] = str(_write_probabilities(out / f"{stem}_probabilities.tif",
+                                                            pred.probabilities, provenance))
+        rows.append(row)
+    print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
+    return 0
+
+
+def _write_probabilities(path: Path, probs: np.ndarray, provenance: dict) -> Path:
+    """Float32 ``(K, H, W)`` TIFF with the provenance JSON, written atomically."""
+    import json
+    import os
+    import tempfile
+
+    import tifffile
+
+    from napari_dgseg.core.labels_io import json_safe
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, probs.astype(np.float32), compression="zlib",
+                         description=json.dumps({"napari_dgseg_provenance": json_safe(provenance)}),
+                         metadata=None)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,88 @@
+"""``dgseg train FAMILY --source DIR [DIR ...] --out X.dgseg --iters N ...``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._progress import ProgressBar
+from napari_dgseg.core.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model family on labelled source folders",
+        description="Train a model on labelled folders (images/ + labels/; one domain per folder).",
+    )
+    p.add_argument("family", help="model family: unet, sqvae, ram, ram-sgcg, hovernet")
+    p.add_argument("--source", nargs="+", required=True, metavar="DIR",
+                   help="labelled source folders (images/ + labels/), or folders of such folders")
+    p.add_argument("--out", required=True, help="bundle to write (NAME.dgseg)")
+    p.add_argument("--iters", type=int, default=1000, help="training iterations (default 1000)")
+    p.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
+    p.add_argument("--batch", type=int, default=4, help="crops per iteration (default 4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", metavar="DIR", help="labelled validation folder (Dice in provenance)")
+    p.add_argument("--cqg", action="store_true", help="colour-quality generalisation loss (DCIN paper)")
+    p.add_argument("--config", default=None,
+                   help='architecture overrides as JSON, e.g. \'{"widths": [16, 32, 64, 128]}\'')
+    p.add_argument("--task", choices=["nuclei", "vessels", "binary", "semantic"],
+                   help="what the labels mean (default: guessed from the labels)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def parse_config(text: str | None) -> dict:
+    """Parse the ``--config`` JSON object (a clear message when it is not one)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--config is not valid JSON ({exc.msg}); example: '{{\"widths\": [16, 32]}}'") from None
+    if not isinstance(value, dict):
+        raise InputError("--config must be a JSON object such as '{\"norm\": \"instance\"}'")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_dgseg.core.train.source import train
+
+    command = "dgseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    if command is None or "train" not in command:
+        command = f"dgseg train {args.family} --source {' '.join(args.source)} --out {args.out} --iters {args.iters}"
+    bar = None if args.quiet else ProgressBar(f"train {args.family}")
+    bundle = train(
+        args.family,
+        args.source,
+        out=args.out,
+        iters=args.iters,
+        size=args.size,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        val=args.val,
+        config=parse_config(args.config),
+        cqg=args.cqg,
+        task=args.task,
+        device=args.device,
+        progress=bar,
+        command=command,
+    )
+    prov = bundle.provenance
+    print_json({
+        "bundle": str(bundle.path),
+        "family": bundle.family_name,
+        "sha256": bundle.sha256,
+        "iterations": prov.get("iterations"),
+        "final_loss": prov.get("final_loss"),
+        "val_metrics": prov.get("val_metrics"),
+        "seconds": prov.get("seconds"),
+    })
+    return 0

@@ -1,0 +1,238 @@
+"""Reinhard colour transfer: match per-channel mean and std to a reference's statistics.
+
+The transfer of papers/002 (and Reinhard et al. 2001), applied in l-alpha-beta (default) or
+CIELAB, per channel ``c``::
+
+    out_c = (x_c - mu_target_c) / sigma_target_c * sigma_ref_c + mu_ref_c
+
+then back to RGB and clipped to ``[0, 1]``. The target statistics are arguments, not computed
+inside :func:`transfer`, so a whole slide is normalized with one set of statistics (computed once
+by :func:`napari_dgseg.core.color.tissue.image_color_stats`) and every tile gets the same mapping:
+no seams.
+
+:func:`normalize_colors` is the numpy front door (uint8/uint16/float in, same dtype out).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from napari_dgseg.core.color.transforms import _check, from_space, to_space
+from napari_dgseg.core.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from numpy.typing import ArrayLike
+
+__all__ = [
+    "STD_FLOOR",
+    "NormalizationSkippedWarning",
+    "color_stats",
+    "normalize_colors",
+    "transfer",
+]
+
+#: Smallest standard deviation used as a divisor (guards a flat channel against division by zero).
+STD_FLOOR: float = 1e-6
+
+#: Below this std in every channel a target is treated as flat (blank) and left unchanged.
+FLAT_STD: float = 1e-3
+
+#: Rows processed at once by :func:`normalize_colors` (bounds memory on large images).
+_ROW_BLOCK: int = 1024
+
+
+class NormalizationSkippedWarning(UserWarning):
+    """Colour normalization was skipped (no tissue, or a flat image); the input is returned."""
+
+
+def color_stats(
+    rgb: Tensor, space: str = "lab-reinhard", mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-image mean and standard deviation of each channel in ``space``.
+
+    Parameters
+    ----------
+    rgb : Tensor, shape (..., 3, H, W)
+        Floating RGB in ``[0, 1]``; e.g. ``(B, 3, H, W)`` or ``(3, H, W)``.
+    space : str
+        ``"lab-reinhard"`` or ``"cielab"``.
+    mask : Tensor, shape (..., H, W), optional
+        Pixels to use (bool, or float weights in ``[0, 1]``). An image whose mask is empty falls
+        back to all its pixels.
+
+    Returns
+    -------
+    mean, std : Tensor, shape (..., 3)
+        Population statistics (``ddof=0``); ``std`` is floored at :data:`STD_FLOOR`.
+    """
+    lab = to_space(rgb, space)
+    lead = lab.shape[:-3]
+    if mask is None:
+        mean = lab.mean(dim=(-2, -1))
+        var = lab.var(dim=(-2, -1), unbiased=False)
+        return mean, var.sqrt().clamp_min(STD_FLOOR)
+    if mask.shape != lab.shape[:-3] + lab.shape[-2:]:
+        raise InputError(
+            f"mask must have shape {tuple(lead) + tuple(lab.shape[-2:])} (one value per pixel), "
+            f"got {tuple(mask.shape)}."
+        )
+    w = mask.to(device=lab.device, dtype=lab.dtype)
+    empty = w.sum(dim=(-2, -1), keepdim=True) <= 0
+    w = torch.where(empty, torch.ones_like(w), w)
+    count = w.sum(dim=(-2, -1)).unsqueeze(-1)  # (..., 1)
+    w = w.unsqueeze(-3)  # (..., 1, H, W)
+    mean = (lab * w).sum(dim=(-2, -1)) / count
+    centred = lab - mean[..., None, None]
+    var = (centred.square() * w).sum(dim=(-2, -1)) / count
+    return mean, var.sqrt().clamp_min(STD_FLOOR)
+
+
+def _as_stats(value: Tensor | ArrayLike, like: Tensor, name: str) -> Tensor:
+    """Convert a ``(3,)`` or ``(..., 3)`` statistic to a tensor broadcastable to ``(..., 3, 1, 1)``."""
+    t = torch.as_tensor(value, device=like.device).to(like.dtype)
+    if t.ndim == 0 or t.shape[-1] != 3:
+        raise InputError(
+            f"{name} must have 3 values per image (shape (3,) or (B, 3)), got {tuple(t.shape)}."
+        )
+    return t[..., None, None]
+
+
+def transfer(
+    rgb: Tensor,
+    target_mean: Tensor | ArrayLike,
+    target_std: Tensor | ArrayLike,
+    ref_mean: Tensor | ArrayLike,
+    ref_std: Tensor | ArrayLike,
+    space: str = "lab-reinhard",
+) -> Tensor:
+    """Map the colour statistics of ``rgb`` from the target's to the reference's.
+
+    Parameters
+    ----------
+    rgb : Tensor, shape (..., 3, H, W)
+        Floating RGB in ``[0, 1]`` (one tile, a batch, or a whole image).
+    target_mean, target_std : Tensor or array, shape (3,) or (B, 3)
+        Statistics of the image being normalized in ``space`` (for a slide: of the whole slide).
+        ``target_std`` is floored at :data:`STD_FLOOR`.
+    ref_mean, ref_std : Tensor or array, shape (3,) or (B, 3)
+        Statistics of the reference in ``space``.
+    space : str
+        ``"lab-reinhard"`` or ``"cielab"``.
+
+    Returns
+    -------
+    Tensor, shape (..., 3, H, W)
+        Normalized RGB, clipped to ``[0, 1]``; same dtype and device as ``rgb``.
+    """
+    _check(rgb, "rgb")
+    mu_t = _as_stats(target_mean, rgb, "target_mean")
+    sd_t = _as_stats(target_std, rgb, "target_std").clamp_min(STD_FLOOR)
+    mu_r = _as_stats(ref_mean, rgb, "ref_mean")
+    sd_r = _as_stats(ref_std, rgb, "ref_std")
+    lab = to_space(rgb, space)
+    return from_space((lab - mu_t) / sd_t * sd_r + mu_r, space)
+
+
+def _reference_stats(reference: Any, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of ``reference``: an image array, or a ``(mean, std)`` pair of 3 values each."""
+    from napari_dgseg.core.color.tissue import image_color_stats
+
+    if isinstance(reference, (tuple, list)) and len(reference) == 2:
+        try:
+            mean = np.asarray(reference[0], dtype=np.float64)
+            std = np.asarray(reference[1], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                "reference pair must be (mean, std) with 3 numbers each; "
+                f"could not read it as numbers ({exc})."
+            ) from None
+        if mean.shape != (3,) or std.shape != (3,):
+            raise InputError(
+                "reference given as a pair must be (mean, std) with 3 values each, got shapes "
+                f"{mean.shape} and {std.shape}; pass an image array instead if that is what you meant."
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std <= 0).any():
+            raise InputError("reference (mean, std) must be finite with std > 0.")
+        return mean, std
+    if isinstance(reference, np.ndarray) or hasattr(reference, "__array__"):
+        return image_color_stats(reference, space=space, name="reference")
+    raise InputError(
+        f"reference must be an image array (H, W, 3) or a (mean, std) pair, got "
+        f"{type(reference).__name__}; read the file first (e.g. skimage.io.imread) or use "
+        "`dgseg normalize INPUT --reference FILE`."
+    )
+
+
+def normalize_colors(
+    image: np.ndarray,
+    reference: np.ndarray | Sequence[ArrayLike],
+    *,
+    space: str = "lab-reinhard",
+    tissue_only: bool = True,
+) -> np.ndarray:
+    """Transfer the colours of ``image`` to those of ``reference`` (Reinhard transfer).
+
+    Statistics of both images are computed once on a downsampled copy (longer side <= 1024),
+    from tissue pixels only when ``tissue_only`` (white background and black outside a fundus
+    field of view are left out). An image without tissue, or a flat image, is returned unchanged
+    with a :class:`NormalizationSkippedWarning`.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W, 3), (H, W, 4), (H, W, 1) or (H, W)
+        uint8, uint16 or float in ``[0, 1]``. Grey images are treated as RGB with equal channels
+        (the output is RGB); an alpha channel is passed through unchanged.
+    reference : ndarray or (mean, std)
+        A reference image (same kinds as ``image``), or its statistics in ``space``: two
+        sequences of 3 numbers.
+    space : str
+        ``"lab-reinhard"`` (default) or ``"cielab"``.
+    tissue_only : bool
+        Compute statistics on tissue pixels only (recommended for slides and fundus images).
+
+    Returns
+    -------
+    ndarray, shape (H, W, 3) or (H, W, 4)
+        The normalized image, same dtype and value range as ``image``.
+    """
+    from napari_dgseg.core.color.tissue import (
+        from_float_rgb,
+        has_tissue,
+        image_color_stats,
+        split_image,
+    )
+    from napari_dgseg.core.color.transforms import _check_space
+
+    _check_space(space)
+    ref_mean, ref_std = _reference_stats(reference, space)
+    rgb, alpha, dtype = split_image(image, name="image")
+    if tissue_only and not has_tissue(rgb):
+        warnings.warn(
+            "no tissue found in the image (blank or white background only); colour "
+            "normalization skipped, the image is returned unchanged.",
+            NormalizationSkippedWarning,
+            stacklevel=2,
+        )
+        return from_float_rgb(rgb, alpha, dtype)
+    tgt_mean, tgt_std = image_color_stats(rgb, space=space, tissue_only=tissue_only, name="image")
+    if (tgt_std < FLAT_STD).all():
+        warnings.warn(
+            "the image is flat (one colour); colour normalization skipped, the image is "
+            "returned unchanged.",
+            NormalizationSkippedWarning,
+            stacklevel=2,
+        )
+        return from_float_rgb(rgb, alpha, dtype)
+    out = np.empty_like(rgb)
+    for r0 in range(0, rgb.shape[0], _ROW_BLOCK):
+        block = torch.from_numpy(np.ascontiguousarray(rgb[r0 : r0 + _ROW_BLOCK])).permute(2, 0, 1)
+        with torch.no_grad():
+            res = transfer(block, tgt_mean, tgt_std, ref_mean, ref_std, space=space)
+        out[r0 : r0 + _ROW_BLOCK] = res.permute(1, 2, 0).numpy()
+    return from_float_rgb(out, alpha, dtype)

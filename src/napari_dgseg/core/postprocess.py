@@ -1,0 +1,37 @@
+"""Post-processing shared by families: semantic masks to instances, small-object cleanup."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Set instances (or connected components of a binary mask) smaller than ``min_size`` to 0."""
+    if min_size <= 1:
+        return labels
+    lab = labels.astype(np.int64, copy=False)
+    sizes = np.bincount(lab.ravel())
+    small = sizes < min_size
+    small[0] = False
+    out = labels.copy()
+    out[small[lab]] = 0
+    return out
+
+
+def semantic_to_instances(
+    labels: np.ndarray, foreground: int | None = None, min_size: int = 10
+) -> np.ndarray:
+    """Instances as 8-connected components of the foreground (class ``foreground`` or any > 0).
+
+    Returns int32 ids 1..n (after removing components smaller than ``min_size`` pixels).
+    """
+    fg = labels > 0 if foreground is None else labels == foreground
+    inst, _ = ndi.label(fg, structure=np.ones((3, 3), dtype=bool))
+    inst = remove_small(inst, min_size)
+    # relabel contiguously
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(inst.max()) + 1, dtype=np.int32)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+    return lut[inst]

@@ -1,0 +1,270 @@
+"""Training any family on labelled source data (``dgseg train`` and the Python API).
+
+One loop serves every family: balanced random crops from the source domains, flips and 90-degree
+rotations, Adam with poly learning-rate decay (power 0.9), the family's loss (default:
+cross-entropy + Dice, the ``Seg`` of papers 000-003), optional CQG (papers/002), a progress
+callback and a cancel flag, deterministic for a given seed. The result is a :class:`Bundle` with
+the training command, data, seed, losses and validation metrics in its provenance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_dgseg.core.bundle import Bundle
+from napari_dgseg.core.data.sample import Sample
+from napari_dgseg.core.device import select_device
+from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.losses.segmentation import ce_dice_loss
+from napari_dgseg.core.predict import normalise_input
+from napari_dgseg.core.registry import get_family
+from napari_dgseg.core.train.data import CropSampler, Source, infer_task, load_sources
+
+TrainProgress = Callable[[int, int, dict], Any]
+
+CLASS_NAMES = {
+    "nuclei": ("background", "nucleus"),
+    "vessels": ("background", "vessel"),
+    "binary": ("background", "foreground"),
+}
+
+
+def _check_cancel(cancel: Any) -> None:
+    if cancel is None:
+        return
+    if (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+        raise CancelledError("training cancelled by the user; no model was saved")
+
+
+def poly_lr(base: float, it: int, total: int, power: float = 0.9) -> float:
+    """Poly decay ``base * (1 - it / total) ** power``."""
+    return base * (1.0 - it / max(1, total)) ** power
+
+
+def train(
+    family: str,
+    sources: Sequence[Source],
+    *,
+    out: str | Path | None = None,
+    iters: int = 1000,
+    size: int = 256,
+    batch: int = 4,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val: Source | None = None,
+    config: Mapping[str, Any] | None = None,
+    cqg: bool = False,
+    task: str | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str | None = None,
+    device: str = "auto",
+    progress: TrainProgress | None = None,
+    cancel: Any = None,
+    command: str | None = None,
+) -> Bundle:
+    """Train a model of ``family`` on labelled ``sources`` and return (and optionally save) it.
+
+    Parameters
+    ----------
+    family : str
+        Registry name (``unet``, ``sqvae``, ``ram``, ``ram-sgcg``, ``hovernet``).
+    sources : sequence
+        Folders (``images/`` + ``labels/``, or folders of such domain folders) or lists of
+        :class:`Sample`; each folder is one source domain, batches are balanced over domains.
+    out : path, optional
+        Where to save the bundle (atomic). Nothing is written when training is cancelled.
+    iters, size, batch, lr, seed : training schedule (crop side ``size`` px).
+    val : source, optional
+        Labelled validation data; its Dice (and AJI/PQ for nuclei) go into the provenance.
+    config : mapping, optional
+        Architecture overrides for the family's config (``num_classes`` is set from the data).
+    cqg : bool
+        Colour-quality generalisation loss (papers/002).
+    progress : callable
+        ``progress(iteration, iters, logs)`` after every iteration.
+    cancel : threading.Event or callable
+        Checked every iteration; raises :class:`CancelledError`.
+    """
+    if iters < 1:
+        raise InputError(f"iters must be >= 1 (got {iters})")
+    if batch < 1 or size < 32:
+        raise InputError(f"batch must be >= 1 and size >= 32 (got batch={batch}, size={size})")
+    fam = get_family(family)
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    domains = load_sources(sources)
+    guessed_task, instance, num_classes = infer_task(domains)
+    task = task or guessed_task
+    names = tuple(class_names) if class_names else CLASS_NAMES.get(task) or tuple(
+        ["background"] + [f"class {i}" for i in range(1, num_classes)]
+    )
+    if len(names) != num_classes:
+        num_classes = len(names)
+    cfg_values = {**(config or {}), "num_classes": num_classes}
+    cfg = fam.make_config(cfg_values)
+    model = fam.build_model(cfg)
+    divisor = int(getattr(model, "divisor", 16))
+    if size % divisor:
+        raise InputError(f"--size {size} must be a multiple of {divisor} for this model")
+    dev = select_device(device)
+    model.to(dev).train()
+    sampler = CropSampler(domains, size=size, num_classes=num_classes, instance=instance, seed=seed)
+    params = list(model.parameters())
+    extra_params = getattr(model, "training_parameters", None)
+    if callable(extra_params):
+        params = list(extra_params())
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {"iters": iters, "generator": generator, "domains": len(domains),
+                             "cqg": cqg, "input_spec": _input_spec()}
+    history: list[dict[str, float]] = []
+    for it in range(iters):
+        _check_cancel(cancel)
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(lr, it, iters)
+        b = sampler.batch(batch)
+        b = {k: v.to(dev) for k, v in b.items()}
+        state["iteration"] = it
+        loss, logs = _training_loss(fam, model, b, state)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        logs = {"loss": float(loss.detach()), **logs, "lr": optimizer.param_groups[0]["lr"]}
+        if not np.isfinite(logs["loss"]):
+            raise InputError(f"training diverged at iteration {it} (loss {logs['loss']}); lower --lr")
+        history.append(logs)
+        if progress is not None:
+            progress(it + 1, iters, logs)
+    model.eval()
+    val_metrics = {}
+    if val is not None:
+        val_domains = load_sources([val])
+        val_metrics = evaluate_model(model, val_domains, task=task, num_classes=num_classes, device=dev)
+    provenance = {
+        "command": command or f"napari_dgseg.train({family!r}, ...)",
+        "sources": [
+            {"domain": n, "images": len(s), "path": str(_source_path(src))}
+            for (n, s), src in zip(domains, _expand_sources(sources, domains), strict=False)
+        ],
+        "validation": str(val) if val is not None and not isinstance(val, (list, tuple)) else None,
+        "seed": seed,
+        "iterations": iters,
+        "crop_size": size,
+        "batch": batch,
+        "lr": lr,
+        "schedule": "Adam, poly decay power 0.9",
+        "cqg": cqg,
+        "final_loss": _mean_tail(history, "loss"),
+        "loss_curve": _thin(history, "loss"),
+        "val_metrics": val_metrics,
+        "device": str(dev),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "parent": None,
+    }
+    bundle = Bundle.create(
+        model.cpu(), family, cfg, name=name or (Path(out).stem if out else f"{task}-{family}"),
+        class_names=names, task=task, input_spec=_input_spec(), provenance=provenance,
+    )
+    finish = getattr(fam, "finish_training", None)
+    if callable(finish):
+        finish(bundle, domains, state)
+    if out is not None:
+        bundle.save(out, cancel=cancel)
+    return bundle
+
+
+def _input_spec() -> dict[str, Any]:
+    from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC
+
+    return dict(DEFAULT_INPUT_SPEC)
+
+
+def _training_loss(fam, model, batch: dict, state: dict) -> tuple[torch.Tensor, dict]:
+    spec = state["input_spec"]
+    if fam.training_loss is not None:
+        return fam.training_loss(model, batch, state)
+    x, y = batch["image"], batch["target"]
+    if state.get("cqg"):
+        from napari_dgseg.core.augment_cqg import cqg_loss, geometric, photometric
+
+        gen = state["generator"]
+        x1, y1 = geometric(x.cpu(), y.cpu(), gen)
+        x2 = photometric(x1, gen)
+        x1, y1, x2 = x1.to(x.device), y1.to(x.device), x2.to(x.device)
+        logits1 = model(normalise_input(x1, spec))
+        logits2 = model(normalise_input(x2, spec))
+        loss, parts = cqg_loss(logits1, logits2, y1, ce_dice_loss)
+        return loss, {k: float(v) for k, v in parts.items()}
+    logits = model(normalise_input(x, spec))
+    loss = ce_dice_loss(logits, y)
+    return loss, {"seg": float(loss.detach())}
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    domains: Sequence[tuple[str, list[Sample]]],
+    *,
+    task: str,
+    num_classes: int,
+    device: Any = "cpu",
+    tile: int = 512,
+) -> dict[str, float]:
+    """Dice (and, for nuclei, AJI and PQ of connected components) averaged over images."""
+    from napari_dgseg.core import metrics
+    from napari_dgseg.core.postprocess import semantic_to_instances
+    from napari_dgseg.core.predict import run_tiled, semantic_postprocess
+
+    rows: list[dict[str, float]] = []
+    for _, samples in domains:
+        for s in samples:
+            maps = run_tiled(model, s.image, input_spec=_input_spec(), tile=tile, overlap=32,
+                             device=device, batch=2)
+            labels = semantic_postprocess(maps)["labels"]
+            if task == "nuclei":
+                inst = semantic_to_instances(labels)
+                sc = metrics.instance_scores(inst, s.labels)
+                rows.append({k: sc[k] for k in ("dice", "aji", "pq")})
+            else:
+                sc = metrics.semantic_scores(labels, s.labels, num_classes=num_classes, mask=s.mask)
+                rows.append({"dice": sc["mean_dice"], "iou": sc["mean_iou"]})
+    if not rows:
+        return {}
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]} | {"images": len(rows)}
+
+
+def _expand_sources(sources: Sequence[Source], domains) -> list:
+    out = []
+    for src in sources:
+        if isinstance(src, (str, Path)) and not (Path(src) / "images").is_dir():
+            out.extend(Path(src) / n for n, _ in domains if (Path(src) / n).is_dir())
+        else:
+            out.append(src)
+    return out
+
+
+def _source_path(src: Any) -> Any:
+    return src if isinstance(src, (str, Path)) else "<in-memory samples>"
+
+
+def _mean_tail(history: list[dict], key: str, n: int = 20) -> float:
+    vals = [h[key] for h in history[-n:] if key in h]
+    return round(float(np.mean(vals)), 5) if vals else float("nan")
+
+
+def _thin(history: list[dict], key: str, points: int = 50) -> list[list[float]]:
+    if not history:
+        return []
+    step = max(1, len(history) // points)
+    return [[i + 1, round(float(np.mean([h[key] for h in history[i : i + step]])), 5)]
+            for i in range(0, len(history), step)]

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny bundles, isolated model folders, simple labelled images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_dir(tmp_path_factory, monkeypatch):
+    """Every test gets an empty per-user model folder (never the real one)."""
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tmp_path_factory.mktemp("user-models")))
+
+
+def disks_image(size: int = 96, seed: int = 0, n: int = 6):
+    """Dark disks on a light background: an RGB uint8 image and its instance labels."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 230, np.uint8)
+    lab = np.zeros((size, size), np.int32)
+    for i in range(1, n + 1):
+        r = int(rng.integers(5, 10))
+        c = rng.integers(r, size - r, 2)
+        rr, cc = disk(tuple(c), r, shape=lab.shape)
+        lab[rr, cc] = i
+        img[rr, cc] = (90, 40, 140)
+    noise = rng.normal(0, 6, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8), lab
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path):
+    """An untrained 3-stage U-Net bundle saved to disk (fast to build and run)."""
+    import torch
+
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    torch.manual_seed(0)
+    fam = get_family("unet")
+    model = fam.build_model({"num_classes": 2, "widths": [8, 16, 32]})
+    bundle = Bundle.create(model, "unet", model.config, name="tiny",
+                           class_names=["background", "nucleus"], task="nuclei")
+    bundle.save(tmp_path / "tiny.dgseg")
+    return bundle

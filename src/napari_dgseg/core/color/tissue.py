@@ -192,15 +192,16 @@ def tissue_mask(
     return mask
 
 
-def _strided(image: Any, max_side: int) -> Any:
+def _strided(image: Any, max_side: int, name: str = "image") -> Any:
     """Strided view/copy of ``image`` whose longer side is at most ``max_side``."""
     if max_side < 1:
         raise InputError(f"max_side must be a positive number of pixels, got {max_side}.")
     shape = getattr(image, "shape", None)
     if shape is None or len(shape) < 2:
+        what = f"shape {tuple(shape)}" if shape is not None else type(image).__name__
         raise InputError(
-            f"image must be an array of shape (H, W, 3), got {type(image).__name__}; read the "
-            "file first."
+            f"{name} must be an image array of shape (H, W, 3) or (H, W), got {what}; read the "
+            "file into an array first."
         )
     step = max(1, math.ceil(max(shape[0], shape[1]) / max_side))
     small = image[::step, ::step]
@@ -248,7 +249,7 @@ def image_color_stats(
     mean, std : ndarray, shape (3,), float64
         Per-channel statistics in ``space`` (std floored, never 0).
     """
-    small = _strided(image, max_side)
+    small = _strided(image, max_side, name)
     rgb, _, _ = split_image(small, name=name)
     tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
     mask = torch.from_numpy(tissue_mask(rgb)) if tissue_only else None

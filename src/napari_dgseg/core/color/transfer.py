@@ -15,6 +15,7 @@ no seams.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from napari_dgseg.core.color.transforms import _check, from_space, to_space
+from napari_dgseg.core.color.transforms import (
+    _MATS,
+    LOG_EPS,
+    _apply,
+    _check,
+    _check_space,
+    from_space,
+    to_space,
+)
 from napari_dgseg.core.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,8 +52,9 @@ STD_FLOOR: float = 1e-6
 #: Below this std in every channel a target is treated as flat (blank) and left unchanged.
 FLAT_STD: float = 1e-3
 
-#: Rows processed at once by :func:`normalize_colors` (bounds memory on large images).
-_ROW_BLOCK: int = 1024
+#: Pixels processed at once by :func:`normalize_colors` (whole rows; bounds memory, and blocks
+#: that stay in cache are faster than one pass over a huge image).
+_BLOCK_PIXELS: int = 1 << 18
 
 
 class NormalizationSkippedWarning(UserWarning):
@@ -94,13 +104,35 @@ def color_stats(
 
 
 def _as_stats(value: Tensor | ArrayLike, like: Tensor, name: str) -> Tensor:
-    """Convert a ``(3,)`` or ``(..., 3)`` statistic to a tensor broadcastable to ``(..., 3, 1, 1)``."""
+    """Convert a ``(3,)`` or ``(..., 3)`` statistic to a tensor on ``like``'s device and dtype."""
     t = torch.as_tensor(value, device=like.device).to(like.dtype)
     if t.ndim == 0 or t.shape[-1] != 3:
         raise InputError(
             f"{name} must have 3 values per image (shape (3,) or (B, 3)), got {tuple(t.shape)}."
         )
-    return t[..., None, None]
+    return t
+
+
+def _reinhard_transfer(
+    rgb: Tensor, mu_t: Tensor, sd_t: Tensor, mu_r: Tensor, sd_r: Tensor
+) -> Tensor:
+    """l-alpha-beta transfer folded into one affine map of log-LMS (fewer full-image passes).
+
+    With ``k = sd_r / sd_t``, ``lab' = k (lab - mu_t) + mu_r`` and ``lab = M_lab log10(LMS)``::
+
+        log10(LMS') = A log10(LMS) + c,   A = M_lab^-1 diag(k) M_lab,   c = M_lab^-1 (mu_r - k mu_t)
+
+    evaluated with natural logarithms: ``LMS' = exp(A ln(LMS) + ln(10) c)``. Mathematically
+    identical to converting, matching and converting back (the tests compare both).
+    """
+    m_lab = _MATS["loglms_to_lab"].to(device=rgb.device, dtype=rgb.dtype)
+    m_lab_inv = _MATS["lab_to_loglms"].to(device=rgb.device, dtype=rgb.dtype)
+    k = sd_r / sd_t  # (..., 3)
+    a = m_lab_inv @ (k[..., :, None] * m_lab)  # (..., 3, 3)
+    c = (m_lab_inv @ (mu_r - k * mu_t)[..., None])[..., 0] * math.log(10.0)  # (..., 3)
+    log_lms = torch.log(_apply(_MATS["rgb_to_lms"], rgb).clamp_min(LOG_EPS))
+    mixed = torch.einsum("...ij,...jhw->...ihw", a, log_lms) + c[..., None, None]
+    return _apply(_MATS["lms_to_rgb"], torch.exp(mixed)).clamp(0.0, 1.0)
 
 
 def transfer(
@@ -131,12 +163,16 @@ def transfer(
         Normalized RGB, clipped to ``[0, 1]``; same dtype and device as ``rgb``.
     """
     _check(rgb, "rgb")
+    _check_space(space)
     mu_t = _as_stats(target_mean, rgb, "target_mean")
     sd_t = _as_stats(target_std, rgb, "target_std").clamp_min(STD_FLOOR)
     mu_r = _as_stats(ref_mean, rgb, "ref_mean")
     sd_r = _as_stats(ref_std, rgb, "ref_std")
+    if space == "lab-reinhard":
+        return _reinhard_transfer(rgb, mu_t, sd_t, mu_r, sd_r)
     lab = to_space(rgb, space)
-    return from_space((lab - mu_t) / sd_t * sd_r + mu_r, space)
+    scaled = (lab - mu_t[..., None, None]) / sd_t[..., None, None]
+    return from_space(scaled * sd_r[..., None, None] + mu_r[..., None, None], space)
 
 
 def _reference_stats(reference: Any, space: str) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +243,6 @@ def normalize_colors(
         image_color_stats,
         split_image,
     )
-    from napari_dgseg.core.color.transforms import _check_space
 
     _check_space(space)
     ref_mean, ref_std = _reference_stats(reference, space)
@@ -230,9 +265,10 @@ def normalize_colors(
         )
         return from_float_rgb(rgb, alpha, dtype)
     out = np.empty_like(rgb)
-    for r0 in range(0, rgb.shape[0], _ROW_BLOCK):
-        block = torch.from_numpy(np.ascontiguousarray(rgb[r0 : r0 + _ROW_BLOCK])).permute(2, 0, 1)
+    rows = max(1, _BLOCK_PIXELS // rgb.shape[1])
+    for r0 in range(0, rgb.shape[0], rows):
+        block = torch.from_numpy(np.ascontiguousarray(rgb[r0 : r0 + rows])).permute(2, 0, 1)
         with torch.no_grad():
             res = transfer(block, tgt_mean, tgt_std, ref_mean, ref_std, space=space)
-        out[r0 : r0 + _ROW_BLOCK] = res.permute(1, 2, 0).numpy()
+        out[r0 : r0 + rows] = res.permute(1, 2, 0).numpy()
     return from_float_rgb(out, alpha, dtype)

@@ -122,19 +122,13 @@ def read_array(path: str | os.PathLike, mode: str = "image") -> np.ndarray:
             arr = np.load(p, allow_pickle=False)
         else:
             arr = _read_pillow(p, mode)
-    except ImageReadError:
-        raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
+    except Exception as exc:  # tifffile/Pillow/numpy raise many types for corrupt files
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
             raise ImageReadError(
                 f"{p}: the .npy file holds Python objects (pickle), which is never loaded for "
                 "safety; save a plain numeric array with numpy.save."
             ) from exc
-        raise ImageReadError(
-            f"{p}: cannot read the file ({exc}); the file is truncated or corrupt: re-export it."
-        ) from exc
-    except Exception as exc:  # tifffile/Pillow raise many types for corrupt files
-        kind = {".npy": "a numpy .npy"}.get(ext, f"a {ext.lstrip('.').upper()} image")
+        kind = "a numpy .npy file" if ext == ".npy" else f"a {ext.lstrip('.').upper()} image"
         raise ImageReadError(
             f"{p}: cannot read the file as {kind} ({type(exc).__name__}: {exc}); the file is "
             "truncated, corrupt or of another type: re-export it."
@@ -219,8 +213,8 @@ def _binary(grey: np.ndarray) -> np.ndarray:
     """0/1 or 0/255 (and anti-aliased) grey levels to bool."""
     if grey.dtype == bool:
         return grey
-    top = grey.max(initial=0)
-    return grey > 0 if top <= 1 else grey >= (top + 1) / 2
+    top = float(grey.max(initial=0))
+    return grey > 0 if top <= 1 else grey >= (top + 1.0) / 2.0
 
 
 def to_rgb_uint8(

@@ -65,25 +65,46 @@ def semantic_target(labels: np.ndarray, num_classes: int, instance: bool) -> np.
     return out
 
 
+def _is_instance_map(labels: np.ndarray) -> bool:
+    """True when every non-zero id forms one connected region and there are >= 3 ids."""
+    from scipy import ndimage as ndi
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if len(ids) < 3:
+        return False
+    _, n_components = ndi.label(labels > 0)
+    if n_components >= len(ids):
+        # touching instances merge into one component, so count per id on a sample of ids
+        for i in ids[:: max(1, len(ids) // 12)]:
+            if ndi.label(labels == i)[1] != 1:
+                return False
+        return True
+    return all(ndi.label(labels == i)[1] == 1 for i in ids[:: max(1, len(ids) // 12)])
+
+
 def infer_task(domains: Sequence[tuple[str, list[Sample]]]) -> tuple[str, bool, int]:
     """Guess ``(task, labels_are_instances, num_classes)`` from the labels.
 
-    Many distinct ids per image means instance labels (nuclei); only 0/1 means a binary semantic
-    task (vessels when the samples carry a field-of-view mask); otherwise multi-class semantic.
+    Instance maps (every id one connected region, >= 3 ids) mean nuclei; only 0/1 means a binary
+    semantic task (vessels when the samples carry a field-of-view mask); otherwise multi-class
+    semantic with ``max id + 1`` classes. ``--task`` overrides the guess.
     """
-    maxima, counts, has_mask = [], [], False
+    maxima, instance_votes, has_mask = [], [], False
     for _, samples in domains:
-        for s in samples[:16]:
-            ids = np.unique(s.labels)
-            maxima.append(int(ids.max()))
-            counts.append(len(ids))
+        for s in samples[:8]:
+            maxima.append(int(s.labels.max()))
+            instance_votes.append(_is_instance_map(s.labels))
             has_mask |= s.mask is not None
     top = max(maxima) if maxima else 1
     if top <= 1:
         return ("vessels" if has_mask else "binary", False, 2)
-    if max(counts) > 8 or top > 8:
+    if np.mean(instance_votes) >= 0.5:
         return ("nuclei", True, 2)
     return ("semantic", False, top + 1)
+
+
+TASK_IS_INSTANCE = {"nuclei": True, "vessels": False, "binary": False, "semantic": False}
 
 
 @dataclass

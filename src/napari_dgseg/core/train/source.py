@@ -26,7 +26,13 @@ from napari_dgseg.core.errors import CancelledError, InputError
 from napari_dgseg.core.losses.segmentation import ce_dice_loss
 from napari_dgseg.core.predict import normalise_input
 from napari_dgseg.core.registry import get_family
-from napari_dgseg.core.train.data import CropSampler, Source, infer_task, load_sources
+from napari_dgseg.core.train.data import (
+    TASK_IS_INSTANCE,
+    CropSampler,
+    Source,
+    infer_task,
+    load_sources,
+)
 
 TrainProgress = Callable[[int, int, dict], Any]
 
@@ -102,6 +108,9 @@ def train(
     torch.manual_seed(seed)
     domains = load_sources(sources)
     guessed_task, instance, num_classes = infer_task(domains)
+    if task is not None and task != guessed_task:
+        instance = TASK_IS_INSTANCE[task]
+        num_classes = 2 if task != "semantic" else num_classes
     task = task or guessed_task
     names = tuple(class_names) if class_names else CLASS_NAMES.get(task) or tuple(
         ["background"] + [f"class {i}" for i in range(1, num_classes)]

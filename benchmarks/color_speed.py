@@ -1,0 +1,122 @@
+"""Speed of the torch Reinhard colour transfer vs a straightforward numpy implementation.
+
+Transfers a random-textured 4096 x 4096 RGB image (float32 in [0, 1]) to fixed reference
+statistics on the CPU and prints one JSON object with the best-of-``--repeat`` wall times, the
+speed-up, and the largest difference between the two outputs. Also times the numpy-facing
+``normalize_colors`` on the uint8 image (statistics on a downsampled copy + transfer), and the
+torch transfer on CUDA when a GPU is present.
+
+    python benchmarks/color_speed.py [--size 4096] [--repeat 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from napari_dgseg.core.color.transfer import color_stats, normalize_colors, transfer
+
+M_LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+M_LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array(
+    [[1, 1, 1], [1, 1, -2], [1, -1, 0]], dtype=np.float64
+)
+
+
+def numpy_transfer(
+    rgb: np.ndarray, t_mean: np.ndarray, t_std: np.ndarray, r_mean: np.ndarray, r_std: np.ndarray
+) -> np.ndarray:
+    """Reference: the paper's equations on an (H, W, 3) array, in the array's dtype."""
+    dt = rgb.dtype
+    lms = rgb @ M_LMS.T.astype(dt)
+    lab = np.log10(np.maximum(lms, dt.type(1e-6))) @ M_LAB.T.astype(dt)
+    lab = (lab - t_mean.astype(dt)) / t_std.astype(dt) * r_std.astype(dt) + r_mean.astype(dt)
+    out = (10.0 ** (lab @ np.linalg.inv(M_LAB).T.astype(dt))) @ np.linalg.inv(M_LMS).T.astype(dt)
+    return np.clip(out, 0.0, 1.0)
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def make_image(size: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour texture + noise, uint8 (H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0.2, 0.9, (3, size // 64 + 1, size // 64 + 1)).astype(np.float32)
+    t = torch.nn.functional.interpolate(
+        torch.from_numpy(coarse)[None], size=(size, size), mode="bilinear", align_corners=True
+    )[0]
+    img = t.permute(1, 2, 0).numpy() + rng.normal(0, 0.03, (size, size, 3)).astype(np.float32)
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    img8 = make_image(args.size)
+    rgb = img8.astype(np.float32) / 255.0
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+    t_mean, t_std = (v.numpy().astype(np.float64) for v in color_stats(tensor[:, ::8, ::8]))
+    r_mean, r_std = t_mean + np.array([0.05, -0.01, 0.005]), t_std * np.array([1.2, 0.9, 1.1])
+
+    def run_torch() -> torch.Tensor:
+        with torch.no_grad():
+            return transfer(tensor, t_mean, t_std, r_mean, r_std)
+
+    torch_s, out_t = best_time(run_torch, args.repeat)
+    np64_s, out_64 = best_time(
+        lambda: numpy_transfer(rgb.astype(np.float64), t_mean, t_std, r_mean, r_std), args.repeat
+    )
+    np32_s, out_32 = best_time(
+        lambda: numpy_transfer(rgb, t_mean, t_std, r_mean, r_std), args.repeat
+    )
+    ours = out_t.permute(1, 2, 0).numpy()
+    norm_s, _ = best_time(lambda: normalize_colors(img8, (r_mean, r_std)), args.repeat)
+    report = {
+        "image": [args.size, args.size, 3],
+        "device": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "torch_transfer_float32_s": round(torch_s, 4),
+        "numpy_transfer_float64_s": round(np64_s, 4),
+        "numpy_transfer_float32_s": round(np32_s, 4),
+        "speedup_vs_numpy_float64": round(np64_s / torch_s, 2),
+        "speedup_vs_numpy_float32": round(np32_s / torch_s, 2),
+        "max_abs_diff_vs_numpy_float64": float(np.abs(ours - out_64).max()),
+        "max_abs_diff_vs_numpy_float32": float(np.abs(ours - out_32).max()),
+        "normalize_colors_uint8_s": round(norm_s, 4),
+    }
+    if torch.cuda.is_available():
+        cuda = tensor.cuda()
+
+        def run_cuda() -> torch.Tensor:
+            with torch.no_grad():
+                out = transfer(cuda, t_mean, t_std, r_mean, r_std)
+            torch.cuda.synchronize()
+            return out
+
+        run_cuda()
+        report["torch_transfer_cuda_s"] = round(best_time(run_cuda, args.repeat)[0], 4)
+        report["cuda_device"] = torch.cuda.get_device_name()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,537 @@
+"""The "Segment" dock widget: pick a model and an image, press Run, get masks.
+
+The widget only gathers parameters: the work is :meth:`Bundle.predict` in a thread worker
+(:class:`~napari_dgseg._napari.widgets._common.TaskRunner`), and the result becomes layers through
+:mod:`napari_dgseg._napari.layers`. The image is never read in the GUI thread: the selected region
+of full-resolution level 0 (numpy, dask or zarr) is sliced lazily and the core reads it tile by
+tile in the worker.
+
+Regions
+-------
+``whole image (full resolution)``
+    All of level 0.
+``current view``
+    The part of level 0 visible on the canvas (from the camera and canvas size).
+``drawn rectangle``
+    The bounding box of the first rectangle (else the first shape) of the chosen Shapes layer, in
+    the image's pixel coordinates.
+
+Results replace an existing layer of the same name and type (see :func:`add_or_replace`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_dgseg._napari.layers import add_or_replace, prediction_layer_data, summarize
+from napari_dgseg._napari.widgets._common import (
+    LayerPicker,
+    ModelPicker,
+    TaskRunner,
+    disable_unavailable,
+    notify,
+)
+from napari_dgseg.core.device import DEVICES
+from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+
+__all__ = ["REGIONS", "MAX_PIXELS", "Region", "SegmentWidget"]
+
+#: Region choices, in the order of the combo box.
+REGIONS = ("whole image (full resolution)", "current view", "drawn rectangle")
+#: Largest region (pixels) segmented in one run; beyond it the outputs alone need many GB.
+MAX_PIXELS = 16384 * 16384
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of level-0 pixels: rows ``[y0, y1)``, columns ``[x0, x1)``."""
+
+    mode: str
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "y0": self.y0,
+            "x0": self.x0,
+            "height": self.shape[0],
+            "width": self.shape[1],
+        }
+
+
+# ---------------------------------------------------------------------- image access
+def _plane_shape(layer: Any) -> tuple[int, int]:
+    """Rows and columns of the layer's level 0."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape = tuple(int(s) for s in data.shape)
+    return (shape[-3], shape[-2]) if layer.rgb else (shape[-2], shape[-1])
+
+
+def _level0_plane(layer: Any, viewer: Any) -> tuple[Any, dict[str, Any]]:
+    """The displayed 2-D plane of level 0 as a lazy ``(H, W)`` or ``(H, W, C)`` array.
+
+    Leading axes (time, z, channels without ``rgb``) are indexed at the viewer's current
+    position. Nothing is read: numpy gives a view, dask/zarr stay lazy.
+    """
+    data = layer.data[0] if layer.multiscale else layer.data
+    spatial_nd = data.ndim - (1 if layer.rgb else 0)
+    extra: dict[str, Any] = {"level": 0}
+    if spatial_nd > 2:
+        lead = spatial_nd - 2
+        displayed = list(viewer.dims.displayed)
+        layer_axes = list(range(viewer.dims.ndim - layer.ndim, viewer.dims.ndim))
+        if len(displayed) != 2 or displayed != layer_axes[-2:]:
+            raise InputError(
+                f"layer {layer.name!r} has {spatial_nd} dimensions and its last two are not the "
+                "ones displayed; switch to the 2D view with the image rows/columns on screen"
+            )
+        point = layer.world_to_data(viewer.dims.point)
+        index = tuple(
+            int(np.clip(round(float(point[i])), 0, data.shape[i] - 1)) for i in range(lead)
+        )
+        data = data[index]
+        extra["plane_index"] = list(index)
+    return data, extra
+
+
+def _visible_world_box(viewer: Any) -> np.ndarray:
+    """``(2, 2)`` world coordinates (top-left, bottom-right) of the canvas' displayed axes."""
+    ndisplay = viewer.dims.ndisplay
+    if ndisplay != 2:
+        raise InputError(
+            "'current view' needs the 2D view; switch the viewer to 2D or pick another region"
+        )
+    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    canvas = getattr(qt_viewer, "canvas", None)
+    try:
+        corners = np.asarray(canvas._viewbox_corners_in_world, dtype=float)
+        if corners.shape[0] == 2 and corners.shape[1] >= 2 and np.isfinite(corners).all():
+            return corners[:, list(viewer.dims.displayed)]
+    except Exception:  # private API changed or no canvas: fall back to camera maths
+        pass
+    native = getattr(canvas, "native", None)
+    height, width = (native.height(), native.width()) if native is not None else (600, 800)
+    center = np.asarray(viewer.camera.center, dtype=float)[-2:]
+    half = np.array([height, width], dtype=float) / (2.0 * float(viewer.camera.zoom))
+    return np.stack([center - half, center + half])
+
+
+def _world_box_to_pixels(layer: Any, viewer: Any, world_yx: np.ndarray) -> np.ndarray:
+    """Map world ``(N, 2)`` points of the displayed axes to level-0 pixel ``(N, 2)`` of ``layer``."""
+    base = np.asarray(viewer.dims.point, dtype=float)
+    out = []
+    displayed = list(viewer.dims.displayed)
+    for yx in world_yx:
+        pos = base.copy()
+        pos[displayed] = yx
+        data_pos = np.asarray(layer.world_to_data(pos), dtype=float)
+        out.append(data_pos[-2:])  # layer.ndim excludes the RGB axis
+    return np.asarray(out)
+
+
+def _clip_box(mode: str, pixels: np.ndarray, shape: tuple[int, int], what: str) -> Region:
+    h, w = shape
+    lo = np.floor(pixels.min(axis=0)).astype(int)
+    hi = np.ceil(pixels.max(axis=0)).astype(int)
+    y0, x0 = int(np.clip(lo[0], 0, h)), int(np.clip(lo[1], 0, w))
+    y1, x1 = int(np.clip(hi[0], 0, h)), int(np.clip(hi[1], 0, w))
+    if y1 <= y0 or x1 <= x0:
+        raise InputError(f"{what} does not overlap the image; {_REGION_HINT[mode]}")
+    return Region(mode, y0, x0, y1, x1)
+
+
+_REGION_HINT = {
+    REGIONS[1]: "pan/zoom so that the image is on screen",
+    REGIONS[2]: "draw the rectangle over the image",
+}
+
+
+def shape_box_in_image(shapes_layer: Any, image_layer: Any, viewer: Any) -> np.ndarray:
+    """Level-0 pixel corners ``(N, 2)`` of the first rectangle (else first shape) of a layer."""
+    if shapes_layer is None or len(shapes_layer.data) == 0:
+        raise InputError(
+            "'drawn rectangle' needs a Shapes layer with a rectangle: add a Shapes layer, draw a "
+            "rectangle over the image, and choose that layer under 'Shapes'"
+        )
+    types = list(shapes_layer.shape_type)
+    index = types.index("rectangle") if "rectangle" in types else 0
+    verts = np.asarray(shapes_layer.data[index], dtype=float)
+    world = np.asarray([shapes_layer.data_to_world(v) for v in verts], dtype=float)
+    displayed = list(viewer.dims.displayed)
+    nd = viewer.dims.ndim
+    world_full = np.zeros((len(world), nd))
+    world_full[:, nd - world.shape[1] :] = world
+    return _world_box_to_pixels(image_layer, viewer, world_full[:, displayed])
+
+
+# ---------------------------------------------------------------------- widget
+class SegmentWidget(QWidget):
+    """Dock widget: segment an image layer with a model bundle.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (injected by napari).
+
+    Notes
+    -----
+    Tests: :meth:`run` with ``block=True`` (or ``$DGSEG_SYNC_WORKERS=1``) runs in the calling
+    thread; otherwise wait on :attr:`running` (``qtbot.waitUntil(lambda: not w.running)``).
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from napari.layers import Image, Shapes
+
+        self.viewer = napari_viewer
+        self._started = 0.0
+        self._last_result: list[Any] = []
+        self._runner = TaskRunner("Segmenting", self)
+        self._runner.progressed.connect(self._on_progress)
+        self._runner.succeeded.connect(self._on_succeeded)
+        self._runner.failed.connect(self._on_failed)
+        self._runner.cancelled.connect(self._on_cancelled)
+        self._runner.finished.connect(self._on_finished)
+
+        # model
+        self.model_picker = ModelPicker(self)
+        model_box = QGroupBox("Model")
+        QVBoxLayout(model_box).addWidget(self.model_picker)
+
+        # input
+        self.image_picker = LayerPicker(napari_viewer, Image, "(open an image first)")
+        self.image_picker.setToolTip("Image layer to segment (RGB, grey, 16-bit, multiscale)")
+        self.region_combo = QComboBox()
+        self.region_combo.addItems(list(REGIONS))
+        self.region_combo.setToolTip(
+            "What to segment: all of the full-resolution image, the part visible on the canvas, "
+            "or a rectangle drawn in a Shapes layer"
+        )
+        self.shapes_picker = LayerPicker(napari_viewer, Shapes, "(add a Shapes layer)")
+        self.shapes_picker.setToolTip("Shapes layer whose first rectangle is the region")
+        input_box = QGroupBox("Input")
+        form = QFormLayout(input_box)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Image", self.image_picker)
+        form.addRow("Region", self.region_combo)
+        self._shapes_label = QLabel("Shapes")
+        form.addRow(self._shapes_label, self.shapes_picker)
+
+        # settings
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 8192)
+        self.tile_spin.setSingleStep(64)
+        self.tile_spin.setValue(DEFAULT_TILE)
+        self.tile_spin.setSuffix(" px")
+        self.tile_spin.setToolTip(
+            "Largest tile sent to the network; smaller tiles use less memory, results are the same"
+        )
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(0, 1024)
+        self.overlap_spin.setSingleStep(16)
+        self.overlap_spin.setValue(DEFAULT_OVERLAP)
+        self.overlap_spin.setSuffix(" px")
+        self.overlap_spin.setToolTip("Minimum overlap between neighbouring tiles (blended)")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        disable_unavailable(self.device_combo, _device_availability(), "{name}: not available here")
+        self.device_combo.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
+        self.probabilities_check = QCheckBox("add class probabilities")
+        self.probabilities_check.setToolTip("Also add the class probabilities as an image layer")
+        settings_box = QGroupBox("Settings")
+        sform = QFormLayout(settings_box)
+        sform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        tiles_row = QHBoxLayout()
+        tiles_row.addWidget(self.tile_spin, 1)
+        tiles_row.addWidget(QLabel("overlap"))
+        tiles_row.addWidget(self.overlap_spin, 1)
+        sform.addRow("Tile", tiles_row)
+        sform.addRow("Device", self.device_combo)
+        sform.addRow("", self.probabilities_check)
+
+        # run
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Segment the chosen region in the background")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.cancel_button, 1)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%v / %m tiles")
+        self.progress_bar.setTextVisible(True)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(model_box)
+        layout.addWidget(input_box)
+        layout.addWidget(settings_box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.setMinimumWidth(320)
+
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.region_combo.currentIndexChanged.connect(self._update_controls)
+        self.image_picker.currentIndexChanged.connect(self._update_controls)
+        self.model_picker.loading_changed.connect(lambda _: self._update_controls())
+        self.model_picker.model_changed.connect(lambda _: self._update_controls())
+        self._update_controls()
+
+    # -------------------------------------------------------------- state
+    @property
+    def running(self) -> bool:
+        """True while a segmentation runs."""
+        return self._runner.running
+
+    @property
+    def runner(self) -> TaskRunner:
+        return self._runner
+
+    @property
+    def _worker(self) -> Any:
+        return self._runner.worker
+
+    @property
+    def last_result(self) -> list[Any]:
+        """Layers added by the last successful run."""
+        return list(self._last_result)
+
+    def _update_controls(self, *_: Any) -> None:
+        drawn = self.region_combo.currentText() == REGIONS[2]
+        self.shapes_picker.setVisible(drawn)
+        self._shapes_label.setVisible(drawn)
+        busy = self.running or self.model_picker.loading
+        ready = self.model_picker.bundle is not None and self.image_picker.layer() is not None
+        self.run_button.setEnabled(ready and not busy)
+        self.cancel_button.setEnabled(self.running)
+        for w in (self.model_picker, self.image_picker, self.region_combo, self.shapes_picker):
+            w.setEnabled(not self.running)
+
+    # -------------------------------------------------------------- actions
+    def cancel(self) -> None:
+        """Ask the running segmentation to stop; no layer will be added."""
+        if self.running:
+            self._runner.cancel()
+            self.status_label.setText("Cancelling…")
+            self.cancel_button.setEnabled(False)
+
+    def run(self, block: bool = False) -> None:
+        """Segment the selected image layer with the loaded model.
+
+        Parameters
+        ----------
+        block : bool
+            Run in the calling thread and return when done (tests, scripts).
+        """
+        bundle = self.model_picker.bundle
+        if bundle is None:
+            notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
+            return
+        layer = self.image_picker.layer()
+        if layer is None:
+            notify("no image to segment; open an image and choose it under 'Image'")
+            return
+        self.segment_layer(layer, block=block)
+
+    def segment_layer(self, layer: Any, *, block: bool = False) -> None:
+        """Segment ``layer`` (must be an Image layer) with the current settings."""
+        from napari.layers import Image
+
+        if self.running:
+            notify("a segmentation is already running; wait or press Cancel", "warning")
+            return
+        bundle = self.model_picker.bundle
+        if bundle is None:
+            notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
+            return
+        if not isinstance(layer, Image):
+            kind = type(layer).__name__
+            notify(
+                f"'{getattr(layer, 'name', layer)}' is a {kind} layer; segmentation needs an "
+                "Image layer. Choose an image under 'Image'."
+            )
+            return
+        try:
+            plane, plane_info = _level0_plane(layer, self.viewer)
+            region = self.current_region(layer)
+        except InputError as exc:
+            notify(str(exc))
+            self.status_label.setText(str(exc))
+            return
+        h, w = region.shape
+        if h * w > MAX_PIXELS:
+            notify(
+                f"the region is {h} x {w} pixels, more than one run can hold in memory "
+                f"({MAX_PIXELS / 1e6:.0f} Mpx); choose 'current view' or 'drawn rectangle', or use "
+                "`dgseg predict` for whole slides"
+            )
+            return
+        crop = plane[region.y0 : region.y1, region.x0 : region.x1]
+        job = _Job(
+            bundle=bundle,
+            image=crop,
+            image_name=layer.name,
+            region=region,
+            scale=tuple(float(s) for s in layer.scale),
+            translate=tuple(float(t) for t in layer.translate),
+            source_path=_source_path(layer),
+            plane_info=plane_info,
+            tile=int(self.tile_spin.value()),
+            overlap=int(self.overlap_spin.value()),
+            device=self.device_combo.currentText(),
+            probabilities=self.probabilities_check.isChecked(),
+        )
+        self._started = time.perf_counter()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.status_label.setText(
+            f"Segmenting {h} x {w} px of '{layer.name}' ({region.mode}) with {bundle.name}…"
+        )
+        self._runner.start(job, block=block, description=f"Segmenting {layer.name}")
+        self._update_controls()
+
+    def current_region(self, layer: Any) -> Region:
+        """The level-0 pixel region chosen in the 'Region' box for ``layer``."""
+        mode = self.region_combo.currentText()
+        shape = _plane_shape(layer)
+        if mode == REGIONS[0]:
+            return Region(mode, 0, 0, shape[0], shape[1])
+        if mode == REGIONS[1]:
+            world = _visible_world_box(self.viewer)
+            pixels = _world_box_to_pixels(layer, self.viewer, world)
+            return _clip_box(mode, pixels, shape, "the current view")
+        pixels = shape_box_in_image(self.shapes_picker.layer(), layer, self.viewer)
+        return _clip_box(mode, pixels, shape, "the drawn rectangle")
+
+    # -------------------------------------------------------------- results
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+
+    def _on_succeeded(self, result: tuple[list[Any], str]) -> None:
+        layer_data, summary = result
+        self._last_result = add_or_replace(self.viewer, layer_data)
+        if self._last_result:
+            self.viewer.layers.selection.active = self._last_result[0]
+        self.status_label.setText(summary)
+
+    def _on_failed(self, message: str) -> None:
+        notify(message)
+        self.status_label.setText(f"Failed: {message}")
+
+    def _on_cancelled(self) -> None:
+        notify("Segmentation cancelled", "info")
+        self.status_label.setText("Segmentation cancelled; nothing was added.")
+
+    def _on_finished(self) -> None:
+        self._update_controls()
+
+
+@dataclass
+class _Job:
+    """Everything one run needs, gathered in the GUI thread and executed in the worker."""
+
+    bundle: Any
+    image: Any
+    image_name: str
+    region: Region
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    source_path: str | None
+    plane_info: dict[str, Any]
+    tile: int
+    overlap: int
+    device: str
+    probabilities: bool
+
+    def __call__(
+        self, progress: Callable[[int, int], None], cancel: threading.Event
+    ) -> tuple[list[Any], str]:
+        pred = self.bundle.predict(
+            self.image,
+            tile=self.tile,
+            overlap=self.overlap,
+            device=self.device,
+            progress=progress,
+            cancel=cancel,
+        )
+        provenance = dict(pred.provenance)
+        provenance.update(
+            {
+                "source_layer": self.image_name,
+                "source_path": self.source_path,
+                "region": self.region.as_dict(),
+                **self.plane_info,
+            }
+        )
+        output = self.bundle.family.output
+        layer_data = prediction_layer_data(
+            pred,
+            image_name=self.image_name,
+            model_name=self.bundle.name,
+            output=output,
+            class_colors=self.bundle.class_colors,
+            scale=self.scale,
+            translate=self.translate,
+            offset=(self.region.y0, self.region.x0),
+            provenance=provenance,
+            probabilities=self.probabilities,
+        )
+        return layer_data, summarize(pred, output)
+
+
+def _source_path(layer: Any) -> str | None:
+    path = layer.metadata.get("source_path") if isinstance(layer.metadata, dict) else None
+    if path is None:
+        path = getattr(getattr(layer, "source", None), "path", None)
+    return None if path is None else str(path)
+
+
+def _device_availability() -> list[bool]:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has = {
+        "auto": True,
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(mps is not None and mps.is_available()),
+    }
+    return [has.get(d, False) for d in DEVICES]

@@ -1,0 +1,193 @@
+"""``dgseg evaluate``: JSON output for files and folders, and every bad input answered clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_dgseg.cli import main
+from napari_dgseg.core.metrics import instance_scores, semantic_scores
+
+
+def _inst(h: int = 10, w: int = 12, shift: int = 0) -> np.ndarray:
+    lab = np.zeros((h, w), np.uint16)
+    lab[1:4, 1 + shift : 5 + shift] = 7
+    lab[6:9, 3:9] = 40
+    return lab
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _error(capsys, *argv) -> str:
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dgseg evaluate: error: ")
+    return lines[0]
+
+
+def test_instance_two_files(tmp_path, capsys):
+    gt, pred = _inst(), _inst(shift=1)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    np.save(tmp_path / "pred.npy", pred.astype(np.int32))
+    rc, out, _ = _run(capsys, "evaluate", tmp_path / "pred.npy", tmp_path / "gt.tif", "--instance")
+    assert rc == 0
+    res = json.loads(out)
+    want = instance_scores(pred, gt)
+    assert res["task"] == "instance" and res["n_images"] == 1
+    for k in ("dice", "aji", "aji_plus", "dq", "sq", "pq"):
+        assert res["images"][0][k] == pytest.approx(want[k])
+        assert res["mean"][k] == pytest.approx(want[k])
+    # by hand: instance 7 is 12 px, shifted by one column: overlap 9, union 15
+    assert res["images"][0]["aji"] == pytest.approx((9 + 18) / (15 + 18))
+
+
+def test_semantic_folders_pairing_mean_and_mask(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    gts, preds = {}, {}
+    for i, name in enumerate(("a", "b")):
+        g = np.zeros((8, 8), np.uint8)
+        g[2:6, 2:6] = 1
+        g[0, 0:3] = 2
+        p = g.copy()
+        p[2:6, 2 + i : 4 + i] = 0
+        gts[name], preds[name] = g, p
+        Image.fromarray(g).save(tmp_path / "gt" / f"{name}.png")
+    tifffile.imwrite(tmp_path / "pred" / "a_labels.tif", preds["a"])
+    np.save(tmp_path / "pred" / "b.npy", preds["b"])
+    mask = np.ones((8, 8), np.uint8) * 255
+    mask[0, :] = 0
+    Image.fromarray(mask).save(tmp_path / "fov.png")
+    rc, out, _ = _run(capsys, "evaluate", tmp_path / "pred", tmp_path / "gt", "--mask", tmp_path / "fov.png")  # fmt: skip
+    assert rc == 0
+    res = json.loads(out)
+    assert res["task"] == "semantic" and res["num_classes"] == 3
+    assert [r["name"] for r in res["images"]] == ["a", "b"]
+    assert res["images"][0]["pred"].endswith("a_labels.tif")
+    per = [semantic_scores(preds[n], gts[n], 3, mask=mask > 0) for n in ("a", "b")]
+    for row, want in zip(res["images"], per, strict=True):
+        assert row["dice"] == pytest.approx(want["dice"])
+        assert row["asd"] == pytest.approx(want["asd"])
+    # class 2 lies outside the mask: absent in both -> 1.0; class 1 Dice 2*8/(16+8) for both
+    assert res["mean"]["dice"]["2"] == 1.0
+    assert res["mean"]["dice"]["1"] == pytest.approx(16 / 24)
+    assert res["mean"]["mean_dice"] == pytest.approx((16 / 24 + 1) / 2)
+
+
+def test_folder_instance_mean_is_mean_of_rows(tmp_path, capsys):
+    for d in ("p", "g"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "g" / f"im{i}.tif", _inst())
+        tifffile.imwrite(tmp_path / "p" / f"im{i}_labels.tif", _inst(shift=i))
+    rc, out, _ = _run(capsys, "evaluate", tmp_path / "p", tmp_path / "g", "--instance")
+    res = json.loads(out)
+    assert rc == 0 and res["n_images"] == 3
+    assert res["images"][0]["pq"] == 1.0
+    assert res["mean"]["pq"] == pytest.approx(np.mean([r["pq"] for r in res["images"]]))
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: exit code 2, one line on stderr naming the file(s) and what to do
+# ------------------------------------------------------------------------------------------
+
+
+def test_float_labels_rejected(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "gt.tif", _inst())
+    np.save(tmp_path / "prob.npy", np.full((10, 12), 0.3, np.float32))
+    msg = _error(capsys, "evaluate", tmp_path / "prob.npy", tmp_path / "gt.tif", "--instance")
+    assert "prob.npy" in msg and "not integral" in msg and "threshold or argmax" in msg
+    # integral floats and bool are fine
+    np.save(tmp_path / "ok.npy", _inst().astype(np.float64))
+    assert _run(capsys, "evaluate", tmp_path / "ok.npy", tmp_path / "gt.tif")[0] == 0
+    np.save(tmp_path / "ok.npy", _inst() > 0)
+    assert _run(capsys, "evaluate", tmp_path / "ok.npy", tmp_path / "gt.tif")[0] == 0
+
+
+def test_rgb_labels_rejected(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "gt.tif", _inst())
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "rgb.png")
+    msg = _error(capsys, "evaluate", tmp_path / "rgb.png", tmp_path / "gt.tif")
+    assert "rgb.png" in msg and "colour image" in msg and "(10, 12, 3)" in msg
+
+
+def test_mismatched_shapes(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "gt.tif", _inst())
+    tifffile.imwrite(tmp_path / "pred.tif", _inst(12, 10))
+    msg = _error(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif", "--instance")
+    assert "pred.tif has shape (12, 10)" in msg and "gt.tif has shape (10, 12)" in msg
+
+
+def test_empty_file(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "gt.tif", _inst())
+    (tmp_path / "pred.tif").write_bytes(b"")
+    msg = _error(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif")
+    assert "pred.tif" in msg and "empty" in msg
+
+
+def test_text_file_named_tif(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "pred.tif", _inst())
+    (tmp_path / "gt.tif").write_text("these are my notes, not an image\n")
+    msg = _error(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif")
+    assert "gt.tif: cannot read the file as a TIF image" in msg and "re-export" in msg
+
+
+def test_missing_pairs(tmp_path, capsys):
+    for d in ("p", "g"):
+        (tmp_path / d).mkdir()
+    tifffile.imwrite(tmp_path / "g" / "x.tif", _inst())
+    tifffile.imwrite(tmp_path / "p" / "x_labels.tif", _inst())
+    tifffile.imwrite(tmp_path / "p" / "orphan.tif", _inst())
+    msg = _error(capsys, "evaluate", tmp_path / "p", tmp_path / "g")
+    assert "no ground truth" in msg and "orphan.tif" in msg
+    (tmp_path / "p" / "orphan.tif").unlink()
+    tifffile.imwrite(tmp_path / "g" / "y.tif", _inst())
+    msg = _error(capsys, "evaluate", tmp_path / "p", tmp_path / "g")
+    assert "no prediction" in msg and "y.tif" in msg
+    msg = _error(capsys, "evaluate", tmp_path / "p", tmp_path / "g" / "x.tif")
+    assert "is a folder" in msg and "two files or two folders" in msg
+    msg = _error(capsys, "evaluate", tmp_path / "nothere.tif", tmp_path / "g" / "x.tif")
+    assert "nothere.tif: no such file or folder" in msg
+
+
+def test_bad_mask_and_classes(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "gt.tif", _inst())
+    tifffile.imwrite(tmp_path / "m.tif", np.ones((3, 3), np.uint8))
+    msg = _error(capsys, "evaluate", tmp_path / "gt.tif", tmp_path / "gt.tif", "--mask", tmp_path / "m.tif")  # fmt: skip
+    assert "m.tif has shape (3, 3)" in msg
+    msg = _error(capsys, "evaluate", tmp_path / "gt.tif", tmp_path / "gt.tif", "--num-classes", "3")
+    assert "--num-classes 41" in msg and "gt.tif" in msg
+
+
+def test_console_script(tmp_path):
+    tifffile.imwrite(tmp_path / "gt.tif", _inst())
+    tifffile.imwrite(tmp_path / "pred.tif", _inst(shift=1))
+    script = Path(sys.executable).parent / "dgseg"
+    if not script.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    ok = subprocess.run(
+        [script, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif", "--instance"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["images"][0]["pq"] == pytest.approx((0.6 + 1.0) / 2)
+    (tmp_path / "bad.tif").write_text("text")
+    bad = subprocess.run(
+        [script, "evaluate", tmp_path / "bad.tif", tmp_path / "gt.tif"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "bad.tif" in bad.stderr and "Traceback" not in bad.stderr

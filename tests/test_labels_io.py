@@ -1,0 +1,151 @@
+"""Tests of napari_dgseg.core.labels_io: round trips with provenance, dtypes, atomic saves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.labels_io import (
+    PROVENANCE_KEY,
+    json_safe,
+    read_labels,
+    read_provenance,
+    write_labels,
+)
+
+PROVENANCE = {
+    "model": "nuclei-unet",
+    "parameters": {"tile": 512, "overlap": 64, "threshold": np.float32(0.5), "dcin": "gris"},
+    "source_image": Path("/data/slides/case-07.svs"),
+    "classes": np.array([0, 1]),
+}
+
+
+def _labels(shape=(600, 700), dtype=np.int32) -> np.ndarray:
+    labels = np.zeros(shape, dtype)
+    labels[10:60, 20:90] = 3
+    labels[100:130, 400:480] = 250
+    return labels
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".tiff", ".zarr"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_round_trip_keeps_dtype_values_and_provenance(tmp_path, suffix, dtype):
+    labels = _labels(dtype=dtype)
+    written = write_labels(tmp_path / f"mask{suffix}", labels, PROVENANCE)
+    back, record = read_labels(written)
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, labels)
+    assert record == {
+        "model": "nuclei-unet",
+        "parameters": {"tile": 512, "overlap": 64, "threshold": 0.5, "dcin": "gris"},
+        "source_image": "/data/slides/case-07.svs",
+        "classes": [0, 1],
+    }
+    assert read_provenance(written) == record
+
+
+def test_bool_and_wide_integer_dtypes(tmp_path):
+    back, _ = read_labels(write_labels(tmp_path / "b.tif", _labels() > 0))
+    assert back.dtype == np.uint8 and set(np.unique(back)) == {0, 1}
+    back, _ = read_labels(write_labels(tmp_path / "i64.tif", _labels(dtype=np.int64)))
+    assert back.dtype == np.int32
+    with pytest.raises(InputError, match="beyond int32"):
+        write_labels(tmp_path / "huge.tif", np.array([[0, 2**40]] * 2, np.int64))
+    with pytest.raises(InputError, match="integer ids"):
+        write_labels(tmp_path / "f.tif", np.zeros((4, 4), np.float32))
+
+
+def test_tiff_is_zlib_tiled_and_description_is_json(tmp_path):
+    path = write_labels(tmp_path / "m.tif", _labels(), {"model": "x"})
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages.first
+        assert page.compression.name == "ADOBE_DEFLATE"
+        assert page.is_tiled and (page.tilelength, page.tilewidth) == (256, 256)
+        assert json.loads(page.description) == {PROVENANCE_KEY: {"model": "x"}}
+
+
+def test_zarr_from_dask_chunks_and_attrs(tmp_path):
+    labels = _labels(shape=(1500, 1200))
+    path = write_labels(tmp_path / "big.zarr", da.from_array(labels, chunks=500), {"model": "y"})
+    z = zarr.open_array(str(path), mode="r")
+    assert z.chunks == (1024, 1024)
+    assert z.attrs[PROVENANCE_KEY] == {"model": "y"}
+    np.testing.assert_array_equal(z[...], labels)
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
+    for suffix in (".tif", ".zarr"):
+        target = tmp_path / f"mask{suffix}"
+        write_labels(target, _labels(), {"version": 1})
+        write_labels(target, _labels() * 0 + 1, {"version": 2})
+        back, record = read_labels(target)
+        assert record == {"version": 2} and set(np.unique(back)) == {1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "mask.zarr"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "keep.tif"
+    write_labels(target, _labels(), {"version": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tifffile, "imwrite", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(target, _labels() + 1, {"version": 2})
+    monkeypatch.undo()
+    back, record = read_labels(target)
+    assert record == {"version": 1}
+    np.testing.assert_array_equal(back, _labels())
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.tif"]
+
+
+def test_bad_targets_and_files(tmp_path):
+    with pytest.raises(InputError, match=r"\.tif"):
+        write_labels(tmp_path / "mask.png", _labels())
+    with pytest.raises(InputError, match="does not exist"):
+        write_labels(tmp_path / "nowhere" / "mask.tif", _labels())
+    with pytest.raises(InputError, match="2-D"):
+        write_labels(tmp_path / "m.tif", np.zeros(5, np.uint8))
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty"):
+        read_labels(tmp_path / "empty.tif")
+    (tmp_path / "text.tif").write_text("not a tiff")
+    with pytest.raises(ImageReadError, match="text.tif"):
+        read_labels(tmp_path / "text.tif")
+    assert read_provenance(tmp_path / "text.tif") is None
+
+
+def test_foreign_tiff_has_empty_provenance(tmp_path):
+    tifffile.imwrite(tmp_path / "other.tif", _labels())
+    back, record = read_labels(tmp_path / "other.tif")
+    assert record == {}
+    np.testing.assert_array_equal(back, _labels())
+    assert read_provenance(tmp_path / "other.tif") is None
+
+
+def test_json_safe():
+    value = {
+        1: np.int64(3),
+        "big": np.zeros((100, 100)),
+        "nan": float("nan"),
+        "set": {"b", "a"},
+        "nested": [np.bool_(True), (1.5, None)],
+        "obj": object,
+    }
+    safe = json_safe(value)
+    json.dumps(safe)
+    assert safe["1"] == 3
+    assert safe["big"] == "<array shape=[100, 100] dtype=float64>"
+    assert safe["nan"] == "nan"
+    assert safe["set"] == ["a", "b"]
+    assert safe["nested"] == [True, [1.5, None]]
+    assert safe["obj"] == repr(object)

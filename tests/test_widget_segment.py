@@ -1,0 +1,314 @@
+"""The Segment dock widget in a real napari viewer (run under Xvfb).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/pytest tests/test_widget_segment.py -q
+
+A tiny untrained U-Net bundle is put in a temporary user model folder (``$DGSEG_MODEL_DIR``); the
+tests check what a user sees: layers, their shape/placement/provenance, notifications, and that
+the widget returns to idle after cancel and errors.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+
+MODEL = "tiny-unet"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle_dir(tmp_path_factory):
+    """A folder holding ``tiny-unet.dgseg`` (untrained, widths 8-16-32, 2 classes)."""
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    folder = tmp_path_factory.mktemp("models")
+    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
+    model = get_family("unet").build_model(cfg)
+    bundle = Bundle.create(
+        model, "unet", cfg, name=MODEL, class_names=["background", "nucleus"], task="nuclei"
+    )
+    bundle.save(folder / f"{MODEL}.dgseg")
+    return folder
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def record(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
+    """A docked SegmentWidget with the tiny model loaded."""
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
+    from napari_dgseg._napari.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment")
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
+        w.model_picker.load(MODEL, block=True)
+    assert w.model_picker.bundle.name == MODEL
+    w.tile_spin.setValue(256)
+    w.overlap_spin.setValue(32)
+    w.device_combo.setCurrentText("cpu")
+    return w
+
+
+def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _wait(qtbot, w, timeout: int = 30000) -> None:
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+
+
+def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
+    viewer = widget.viewer
+    image = viewer.add_image(
+        _rgb(200, 260), name="tile", rgb=True, metadata={"source_path": "/data/tile.png"}
+    )
+    widget.probabilities_check.setChecked(True)
+    assert widget.run_button.isEnabled()
+    widget.run()  # threaded, like a click
+    assert widget.running and not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    _wait(qtbot, widget)
+
+    name = f"tile labels ({MODEL})"
+    assert name in viewer.layers
+    labels = viewer.layers[name]
+    assert labels._type_string == "labels"
+    assert labels.data.shape == (200, 260) and labels.data.dtype == np.int32
+    prov = labels.metadata["provenance"]
+    assert labels.metadata["source_layer"] == "tile"
+    assert prov["model"] == MODEL and len(prov["model_sha256"]) == 64
+    assert (prov["tile"], prov["overlap"], prov["device"]) == (256, 32, "cpu")
+    assert prov["region"] == {
+        "mode": "whole image (full resolution)",
+        "y0": 0,
+        "x0": 0,
+        "height": 200,
+        "width": 260,
+    }
+    assert prov["source_path"] == "/data/tile.png"
+    probs = viewer.layers[f"tile probability nucleus ({MODEL})"]
+    assert probs.data.shape == (200, 260) and 0.0 <= probs.data.min() <= probs.data.max() <= 1.0
+    assert (
+        np.array_equal(labels.data, (probs.data > 0.5).astype(np.int32)) or labels.data.max() <= 1
+    )
+    assert "200 x 260 px" in widget.status_label.text() and "nucleus" in widget.status_label.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert image in viewer.layers
+
+    # a second run replaces the result instead of piling up copies
+    n_layers = len(viewer.layers)
+    widget.run(block=True)
+    assert len(viewer.layers) == n_layers
+    assert [lyr.name for lyr in viewer.layers].count(name) == 1
+
+
+def test_cancel_midway_adds_nothing_and_stays_usable(widget, qtbot, notes):
+    viewer = widget.viewer
+    viewer.add_image(_rgb(1536, 1536, seed=1), name="big", rgb=True)
+    widget.tile_spin.setValue(128)
+    widget.overlap_spin.setValue(16)
+    seen: list[tuple[int, int]] = []
+
+    def on_progress(done, total):
+        seen.append((done, total))
+        if done > 0:
+            widget.cancel()
+
+    widget.runner.progressed.connect(on_progress)
+    before = [lyr.name for lyr in viewer.layers]
+    widget.run()
+    _wait(qtbot, widget)
+    widget.runner.progressed.disconnect(on_progress)
+
+    total = seen[0][1]
+    assert total > 20
+    assert max(d for d, _ in seen) < total  # stopped before the end
+    assert [lyr.name for lyr in viewer.layers] == before
+    assert any("Segmentation cancelled" in m for m in notes)
+    assert "cancelled" in widget.status_label.text()
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+
+    # the viewer and widget are still usable: a second run works
+    viewer.add_image(_rgb(64, 80), name="small", rgb=True)
+    widget.image_picker.set_layer(viewer.layers["small"])
+    widget.run()
+    _wait(qtbot, widget)
+    assert viewer.layers[f"small labels ({MODEL})"].data.shape == (64, 80)
+
+
+def test_wrong_layer_type_is_a_notification(widget, notes):
+    viewer = widget.viewer
+    labels = viewer.add_labels(np.zeros((50, 50), np.int32), name="masks")
+    viewer.add_shapes([np.array([[0, 0], [10, 10]])], shape_type="rectangle", name="roi")
+    assert widget.image_picker.layers() == []  # Labels/Shapes are not offered
+    assert not widget.run_button.isEnabled()
+    n_layers = len(viewer.layers)
+    widget.segment_layer(labels, block=True)
+    assert len(viewer.layers) == n_layers
+    assert any("'masks' is a Labels layer" in m and "Image layer" in m for m in notes)
+    assert not widget.running
+
+
+def test_one_pixel_image_is_refused_clearly(widget, notes):
+    viewer = widget.viewer
+    viewer.add_image(np.full((1, 1), 7, np.uint8), name="dot")
+    n_layers = len(viewer.layers)
+    widget.run(block=True)
+    assert len(viewer.layers) == n_layers
+    assert any("1 x 1 pixels" in m and "at least 8 x 8" in m for m in notes)
+    assert not any("Traceback" in m for m in notes)
+    assert widget.status_label.text().startswith("Failed:")
+    assert widget.run_button.isEnabled()
+
+
+def test_grey_uint16_image(widget):
+    viewer = widget.viewer
+    rng = np.random.default_rng(3)
+    viewer.add_image(
+        rng.integers(0, 4096, (150, 170), dtype=np.uint16), name="grey", scale=(0.5, 0.25)
+    )
+    widget.run(block=True)
+    labels = viewer.layers[f"grey labels ({MODEL})"]
+    assert labels.data.shape == (150, 170)
+    np.testing.assert_allclose(labels.scale, (0.5, 0.25))
+    np.testing.assert_allclose(labels.translate, (0.0, 0.0))
+    assert labels.metadata["provenance"]["intensity_range"][1] > 255  # scaled from 16-bit
+
+
+def _counting_pyramid(counter: dict, size: int = 20000, chunk: int = 1000):
+    """A lazy multiscale RGB pyramid; ``counter['level0']`` counts level-0 chunks computed."""
+    import dask.array as da
+
+    lock = threading.Lock()
+
+    def block(block_info=None):
+        with lock:
+            counter["level0"] += 1
+        shape = block_info[None]["chunk-shape"]
+        return np.full(shape, 180, np.uint8)
+
+    level0 = da.map_blocks(
+        block, chunks=((chunk,) * (size // chunk),) * 2 + ((3,),), dtype=np.uint8
+    )
+    levels = [level0]
+    for factor in (4, 16):
+        n = size // factor
+        levels.append(
+            da.full((n, n, 3), 180, dtype=np.uint8, chunks=(min(n, 1024), min(n, 1024), 3))
+        )
+    return levels
+
+
+def test_huge_image_with_drawn_rectangle(widget):
+    viewer = widget.viewer
+    counter = {"level0": 0}
+    layer = viewer.add_image(
+        _counting_pyramid(counter), name="slide", rgb=True, multiscale=True, scale=(0.5, 0.5)
+    )
+    # rectangle drawn in world units: rows 500-650, cols 1000-1200 -> pixels 1000-1300, 2000-2400
+    rect = np.array([[500.0, 1000.0], [500.0, 1200.0], [650.0, 1200.0], [650.0, 1000.0]])
+    viewer.add_shapes([rect], shape_type="rectangle", name="roi")
+    widget.image_picker.set_layer(layer)
+    widget.region_combo.setCurrentText("drawn rectangle")
+    assert widget.shapes_picker.layer().name == "roi"
+    widget.run(block=True)
+    labels = viewer.layers[f"slide labels ({MODEL})"]
+    assert labels.data.shape == (300, 400)
+    np.testing.assert_allclose(labels.scale, (0.5, 0.5))
+    np.testing.assert_allclose(labels.translate, (500.0, 1000.0))  # region offset x scale
+    region = labels.metadata["provenance"]["region"]
+    assert (region["y0"], region["x0"], region["height"], region["width"]) == (1000, 2000, 300, 400)
+    assert counter["level0"] < 40, f"{counter['level0']} of 400 level-0 chunks were read"
+
+
+def test_current_view_region(widget):
+    viewer = widget.viewer
+    layer = viewer.add_image(_rgb(600, 600, seed=5), name="view", rgb=True)
+    viewer.camera.center = (300, 300)
+    viewer.camera.zoom = 8.0
+    widget.image_picker.set_layer(layer)
+    widget.region_combo.setCurrentText("current view")
+    region = widget.current_region(layer)
+    h, w = region.shape
+    assert 0 < h < 600 and 0 < w < 600
+    assert region.y0 <= 300 <= region.y1 and region.x0 <= 300 <= region.x1
+    widget.run(block=True)
+    labels = viewer.layers[f"view labels ({MODEL})"]
+    assert labels.data.shape == (h, w)
+    np.testing.assert_allclose(labels.translate, (region.y0, region.x0))
+
+
+def test_bad_bundle_keeps_previous_model(widget, tmp_path, notes):
+    bad = tmp_path / "broken.dgseg"
+    bad.write_bytes(b"not a zip at all")
+    widget.model_picker.load(str(bad), block=True)
+    assert widget.model_picker.bundle.name == MODEL
+    assert any("could not load the model" in m and "broken.dgseg" in m for m in notes)
+    assert MODEL in widget.model_picker.combo.currentText()
+    assert "unet" in widget.model_picker.info.text()
+
+
+def test_layer_data_for_many_classes_and_instances():
+    from napari_dgseg._napari.layers import prediction_layer_data, summarize
+    from napari_dgseg.core.predict import Prediction
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 20, 30)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    pred = Prediction(
+        labels=probs.argmax(0).astype(np.int32),
+        probabilities=probs,
+        uncertainty=rng.random((20, 30)).astype(np.float32),
+        class_names=("background", "a", "b"),
+        provenance={"model": "m", "seconds": 1.25},
+    )
+    tuples = prediction_layer_data(
+        pred,
+        image_name="img",
+        model_name="m",
+        class_colors={0: (0, 0, 0), 1: (255, 0, 0), 2: (0, 0, 255)},
+        scale=(2.0, 2.0),
+        translate=(10.0, 0.0),
+        offset=(5, 7),
+    )
+    names = [kw["name"] for _, kw, _ in tuples]
+    assert names == ["img labels (m)", "img probabilities (m)", "img uncertainty (m)"]
+    _, kw, _ = tuples[0]
+    assert kw["translate"] == [20.0, 14.0] and kw["scale"] == [2.0, 2.0]
+    cmap = kw["colormap"]
+    np.testing.assert_allclose(cmap.color_dict[1], [1, 0, 0, 1])
+    assert cmap.color_dict[0][3] == 0  # background transparent
+    data, kw, kind = tuples[1]
+    assert kind == "image" and data.shape == (3, 20, 30)
+    assert kw["scale"] == [1.0, 2.0, 2.0] and kw["translate"] == [0.0, 20.0, 14.0]
+    assert kw["metadata"]["source_layer"] == "img"
+    assert "1.2 s" in summarize(pred) or "1.3 s" in summarize(pred)
+
+    inst = Prediction(labels=np.array([[0, 1], [2, 2]], np.int32), provenance={})
+    ((data, kw, kind),) = prediction_layer_data(
+        inst, image_name="x", model_name="h", output="instances", class_colors={1: (1, 2, 3)}
+    )
+    assert kind == "labels" and "colormap" not in kw
+    assert summarize(inst, "instances").endswith("2 instances")

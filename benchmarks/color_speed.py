@@ -6,7 +6,11 @@ speed-up, and the largest difference between the two outputs. Also times the num
 ``normalize_colors`` on the uint8 image (statistics on a downsampled copy + transfer), and the
 torch transfer on CUDA when a GPU is present.
 
-    python benchmarks/color_speed.py [--size 4096] [--repeat 3] [--threads N]
+    python benchmarks/color_speed.py [--size 4096] [--repeat 3] [--threads N] [--figure PNG]
+
+``--figure PNG`` also writes the documentation figure (docs/images/dcin_transfer.png): a colour
+cast removed by transfer to a reference (skimage's bundled IHC image) and the two CQG views of a
+fundus crop (skimage's bundled retina image).
 """
 
 from __future__ import annotations
@@ -60,12 +64,43 @@ def make_image(size: int, seed: int = 0) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+def write_figure(path: str) -> None:
+    """Reference / colour-cast target / normalized (two spaces); fundus x, x1, x2 of CQG."""
+    import skimage.data
+    import skimage.io
+    from skimage.transform import resize
+
+    from napari_dgseg.core.augment_cqg import cqg_views
+
+    def small(a: np.ndarray) -> np.ndarray:
+        return (resize(a, (160, 160), anti_aliasing=True) * 255).astype(np.uint8)
+
+    ihc = skimage.data.immunohistochemistry()
+    ref, tgt = ihc[:256, :256], ihc[256:, 256:].astype(np.float64) / 255
+    cast = np.clip(tgt ** np.array([0.7, 1.2, 0.9]) * np.array([0.95, 0.85, 1.0]), 0, 1)
+    cast8 = (cast * 255).astype(np.uint8)
+    row1 = [ref, cast8, normalize_colors(cast8, ref), normalize_colors(cast8, ref, space="cielab")]
+    retina = skimage.data.retina()[300:812, 300:812]
+    x = torch.from_numpy(retina).permute(2, 0, 1)[None].float() / 255
+    labels = torch.zeros(1, 512, 512, dtype=torch.long)
+    x1, x2, _ = cqg_views(x, labels, torch.Generator().manual_seed(3))
+    views = [(v[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8) for v in (x, x1, x2)]
+    row2 = [views[0], views[1], views[2], np.full_like(views[0], 255)]
+    grid = np.concatenate(
+        [np.concatenate([small(a) for a in row], axis=1) for row in (row1, row2)], axis=0
+    )
+    skimage.io.imsave(path, grid, check_contrast=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--figure", default=None, help="also write the docs figure to this PNG")
     args = parser.parse_args()
+    if args.figure:
+        write_figure(args.figure)
     if args.threads:
         torch.set_num_threads(args.threads)
 

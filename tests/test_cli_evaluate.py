@@ -191,3 +191,24 @@ def test_console_script(tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
     assert "bad.tif" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_mask_folder_paired_by_stem(tmp_path, capsys):
+    for d in ("p", "g", "m"):
+        (tmp_path / d).mkdir()
+    g = np.zeros((8, 8), np.uint8)
+    g[2:5, 2:5] = 1
+    p = g.copy()
+    p[7, 7] = 1  # a false positive outside the field of view
+    fov = np.ones((8, 8), np.uint8)
+    fov[7, 7] = 0
+    tifffile.imwrite(tmp_path / "g" / "a.tif", g)
+    tifffile.imwrite(tmp_path / "p" / "a_labels.tif", p)
+    Image.fromarray(fov * 255).save(tmp_path / "m" / "a_mask.png")
+    rc, out, _ = _run(capsys, "evaluate", tmp_path / "p", tmp_path / "g", "--mask", tmp_path / "m")
+    assert rc == 0 and json.loads(out)["mean"]["mean_dice"] == 1.0
+    rc, out, _ = _run(capsys, "evaluate", tmp_path / "p", tmp_path / "g")
+    assert json.loads(out)["mean"]["mean_dice"] == pytest.approx(18 / 19)
+    (tmp_path / "m" / "a_mask.png").rename(tmp_path / "m" / "other.png")
+    msg = _error(capsys, "evaluate", tmp_path / "p", tmp_path / "g", "--mask", tmp_path / "m")
+    assert "no mask for image 'a'" in msg

@@ -417,6 +417,19 @@ def test_bad_input_message_names_file_reason_and_action(bad_files, case):
     assert len(message.split(". ")) >= 2  # a reason and what to do
 
 
+def test_corrupt_tile_data_is_reported_at_open(tmp_path):
+    path = tmp_path / "corrupt.tif"
+    data = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    tifffile.imwrite(path, data, tile=(32, 32), compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        offset, count = tf.pages.first.dataoffsets[0], tf.pages.first.databytecounts[0]
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + count] = b"\x00" * count
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ImageReadError, match="^corrupt.tif: the pixel data cannot be decoded"):
+        open_image(path)
+
+
 def test_z_stack_and_unsupported_suffix(tmp_path):
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.zeros((4, 32, 32), np.uint8), imagej=True, metadata={"axes": "ZYX"})

@@ -246,8 +246,9 @@ def test_huge_image_with_drawn_rectangle(widget):
 def test_current_view_region(widget):
     viewer = widget.viewer
     layer = viewer.add_image(_rgb(600, 600, seed=5), name="view", rgb=True)
-    viewer.camera.center = (300, 300)
-    viewer.camera.zoom = 8.0
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (300, 300)
+    camera.zoom = 8.0
     widget.image_picker.set_layer(layer)
     widget.region_combo.setCurrentText("current view")
     region = widget.current_region(layer)

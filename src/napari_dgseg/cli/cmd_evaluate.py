@@ -9,6 +9,7 @@ scores (per-class Dice, IoU, ASD) by default, instance scores (Dice, AJI, AJI+, 
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +148,18 @@ def pair_files(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
     return [(k, p_idx[k], g_idx[k]) for k in sorted(g_idx)]
 
 
+@functools.lru_cache(maxsize=4)
+def _mask_index(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    return _index(folder, "_mask", exts, "MASK")
+
+
 def _mask_for(mask_arg: Path | None, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
     from napari_dgseg.core.data.datasets import IMAGE_EXTS, read_mask
 
     if mask_arg is None:
         return None
     if mask_arg.is_dir():
-        idx = _index(mask_arg, "_mask", IMAGE_EXTS, "MASK")
+        idx = _mask_index(mask_arg, IMAGE_EXTS)
         if name not in idx:
             raise InputError(
                 f"no mask for image {name!r} in {mask_arg} (pairs by stem, a '_mask' suffix is "

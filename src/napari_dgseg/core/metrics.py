@@ -41,7 +41,7 @@ __all__ = ["dice", "semantic_scores", "instance_scores", "remap_label", "check_l
 #: of a GT instance. Using the same expression reproduces its tie-breaking exactly.
 _PAIR_EPS = 1.0e-6
 #: Largest label value for which relabelling uses an O(N) lookup table instead of sorting.
-_LUT_MAX = 1 << 24
+_LUT_MAX = 1 << 20
 
 
 def check_label_array(labels: np.ndarray, name: str = "labels") -> np.ndarray:
@@ -115,7 +115,7 @@ def remap_label(labels: np.ndarray) -> np.ndarray:
     top = int(flat.max())
     if top == 0:
         return np.zeros(arr.shape, np.int32)
-    if top <= max(_LUT_MAX, 4 * flat.size):
+    if top <= max(_LUT_MAX, 2 * flat.size):
         present = np.bincount(flat, minlength=top + 1) > 0
         present[0] = False
         n = int(present.sum())
@@ -302,7 +302,7 @@ def _pair_table(
     gv = g[both].astype(np.int64)
     codes = gv * (n_p + 1) + pv
     n_cells = (n_g + 1) * (n_p + 1)
-    if n_cells <= max(1 << 22, 4 * codes.size):
+    if n_cells <= max(1 << 21, 2 * codes.size):
         counts = np.bincount(codes, minlength=n_cells)
         cells = np.flatnonzero(counts)
         inter = counts[cells]

@@ -54,6 +54,9 @@ class Family:
     postprocess : callable or None
         ``(maps, config) -> dict`` turning blended network maps into ``labels`` (and
         ``probabilities``, ``codebook_indices``, ...); None means softmax + argmax of ``logits``.
+    finish_training : callable or None
+        ``(bundle, domains, state) -> None`` run once after training, before saving: a family
+        adds what it needs to the bundle (extra tensor files, manifest entries).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Family:
     training_loss: Callable[..., Any] | None = None
     target_kind: str = "semantic"
     postprocess: Callable[..., Any] | None = None
+    finish_training: Callable[..., Any] | None = None
 
     def make_config(self, values: Mapping[str, Any] | None = None) -> Any:
         """Build the frozen config from a mapping, refusing unknown keys with the valid ones."""

@@ -140,8 +140,10 @@ def _visible_world_box(viewer: Any) -> np.ndarray:
         pass
     native = getattr(canvas, "native", None)
     height, width = (native.height(), native.width()) if native is not None else (600, 800)
-    center = np.asarray(viewer.camera.center, dtype=float)[-2:]
-    half = np.array([height, width], dtype=float) / (2.0 * float(viewer.camera.zoom))
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+    camera = scene.camera if scene is not None else viewer.camera
+    center = np.asarray(camera.center, dtype=float)[-2:]
+    half = np.array([height, width], dtype=float) / (2.0 * float(camera.zoom))
     return np.stack([center - half, center + half])
 
 
@@ -270,11 +272,11 @@ class SegmentWidget(QWidget):
         settings_box = QGroupBox("Settings")
         sform = QFormLayout(settings_box)
         sform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        tiles_row = QHBoxLayout()
-        tiles_row.addWidget(self.tile_spin, 1)
-        tiles_row.addWidget(QLabel("overlap"))
-        tiles_row.addWidget(self.overlap_spin, 1)
-        sform.addRow("Tile", tiles_row)
+        for spin in (self.tile_spin, self.overlap_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        sform.addRow("Tile size", self.tile_spin)
+        sform.addRow("Overlap", self.overlap_spin)
         sform.addRow("Device", self.device_combo)
         sform.addRow("", self.probabilities_check)
 

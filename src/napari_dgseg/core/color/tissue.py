@@ -252,7 +252,8 @@ def image_color_stats(
     small = _strided(image, max_side, name)
     rgb, _, _ = split_image(small, name=name)
     tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-    mask = torch.from_numpy(tissue_mask(rgb)) if tissue_only else None
+    rgb8 = small if small.dtype == np.uint8 and small.ndim == 3 and small.shape[-1] == 3 else rgb
+    mask = torch.from_numpy(tissue_mask(np.asarray(rgb8))) if tissue_only else None
     with torch.no_grad():
         mean, std = color_stats(tensor.double(), space=space, mask=mask)
     return mean.numpy(), std.numpy()

@@ -60,6 +60,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(np.dstack([rgb, np.full((64, 80), 128, np.uint8)])).save(folder / "rgba.png")
     grey16 = (rng.integers(1000, 4000, (64, 80))).astype(np.uint16)
     tifffile.imwrite(folder / "grey16.tif", grey16)
+    tifffile.imwrite(folder / "rgb16.tif", np.dstack([grey16] * 3), photometric="rgb")
     write_ome_zarr(folder / "image.ome.zarr", zarr_format=3, pixel_um=0.5)
     out.update(
         {
@@ -68,6 +69,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
             "grey": folder / "grey.png",
             "rgba": folder / "rgba.png",
             "grey16": folder / "grey16.tif",
+            "rgb16": folder / "rgb16.tif",
             "omezarr": folder / "image.ome.zarr",
         }
     )
@@ -152,6 +154,7 @@ def test_svs_opens_with_mpp_scale(make_napari_viewer, files):
         ("grey", False, (64, 80), "png"),
         ("rgba", True, (64, 80, 4), "png"),
         ("grey16", False, (64, 80), "tiff"),
+        ("rgb16", True, (64, 80, 3), "tiff"),
         ("omezarr", True, (256, 320, 3), "ome-zarr"),
     ],
 )
@@ -164,7 +167,7 @@ def test_formats_open_with_rgb_flag_and_metadata(make_napari_viewer, files, key,
     assert layer.metadata["format"] == fmt
     assert layer.metadata["source_path"] == str(files[key])
     assert "pixel_size_um" in layer.metadata
-    if key == "grey16":
+    if key in ("grey16", "rgb16"):
         values = np.asarray(level0)
         lo, hi = np.percentile(values, [0.5, 99.5])
         assert layer.contrast_limits == pytest.approx([lo, hi])

@@ -236,6 +236,7 @@ def test_pyramid_opens_lazily_and_reads_only_the_tiles_asked_for(tmp_path, monke
     assert all(isinstance(lev, da.Array) for lev in opened.levels)
     assert opened.rgb and opened.multiscale
     assert counter.counts["0"] == 0, "opening must not decode full-resolution tiles"
+    assert counter.counts["3"] == 1  # the probe: one tile of the smallest level
     region = np.asarray(opened.full[5000:5100, 6000:6300])
     # the region spans 1 x 2 tiles; level 0 has 32 x 32 = 1024 tiles
     assert counter.counts["0"] == 2

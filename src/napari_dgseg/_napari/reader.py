@@ -14,6 +14,7 @@ and never raises. The returned function opens each path:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -138,8 +139,19 @@ def _common_kwargs(opened: OpenedImage) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"name": _layer_name(p)}
     if opened.pixel_size_um is not None:
         kwargs["scale"] = tuple(float(s) for s in opened.pixel_size_um)
-        kwargs["units"] = ("um", "um")
+        if _layers_accept_units():
+            kwargs["units"] = ("um", "um")
     return kwargs
+
+
+@functools.lru_cache(maxsize=1)
+def _layers_accept_units() -> bool:
+    """napari >= 0.6 layers take ``units``; older ones would reject the keyword."""
+    import inspect
+
+    from napari.layers import Image
+
+    return "units" in inspect.signature(Image.__init__).parameters
 
 
 def _image_layer(opened: OpenedImage) -> LayerData:

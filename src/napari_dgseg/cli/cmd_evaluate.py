@@ -9,7 +9,6 @@ scores (per-class Dice, IoU, ASD) by default, instance scores (Dice, AJI, AJI+, 
 from __future__ import annotations
 
 import argparse
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -148,18 +147,14 @@ def pair_files(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
     return [(k, p_idx[k], g_idx[k]) for k in sorted(g_idx)]
 
 
-@functools.lru_cache(maxsize=4)
-def _mask_index(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
-    return _index(folder, "_mask", exts, "MASK")
-
-
-def _mask_for(mask_arg: Path | None, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    from napari_dgseg.core.data.datasets import IMAGE_EXTS, read_mask
+def _mask_for(
+    mask_arg: Path | None, name: str, shape: tuple[int, ...], idx: dict[str, Path] | None
+) -> np.ndarray | None:
+    from napari_dgseg.core.data.datasets import read_mask
 
     if mask_arg is None:
         return None
-    if mask_arg.is_dir():
-        idx = _mask_index(mask_arg, IMAGE_EXTS)
+    if idx is not None:
         if name not in idx:
             raise InputError(
                 f"no mask for image {name!r} in {mask_arg} (pairs by stem, a '_mask' suffix is "
@@ -200,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes < 2:
         raise InputError(f"--num-classes must be >= 2 (background + 1 class), got {args.num_classes}.")  # fmt: skip
     pairs = pair_files(pred_root, gt_root)
+    mask_idx = None
+    if mask_arg is not None and mask_arg.is_dir():
+        from napari_dgseg.core.data.datasets import IMAGE_EXTS
+
+        mask_idx = _index(mask_arg, "_mask", IMAGE_EXTS, "MASK")
 
     # read and check everything before computing anything (fail fast, name the files)
     loaded = []
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 f"prediction {p_path} has shape {pred.shape} but ground truth {g_path} has shape "
                 f"{gt.shape}; they must be label maps of the same image (same height and width)."
             )
-        mask = _mask_for(mask_arg, name, gt.shape)
+        mask = _mask_for(mask_arg, name, gt.shape, mask_idx)
         loaded.append((name, p_path, g_path, pred, gt, mask))
 
     num_classes = args.num_classes

@@ -23,6 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")
     p.add_argument("--batch", type=int, default=2, help="tiles per forward pass (default 2)")
+    p.add_argument("--dcin", default="auto",
+                   choices=["auto", "none", "gris", "lris", "full", "reference"],
+                   help="colour normalisation (default auto: full when the model has a bank)")
+    p.add_argument("--reference", help="reference image for --dcin reference")
+    p.add_argument("--normalized", action="store_true",
+                   help="also write the colour-normalised image(s) <stem>_normalized_<branch>.png")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <stem>_uncertainty.tif (DCIN full: GRIS/LRIS disagreement)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -68,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
     for path in expand_inputs(args.inputs):
         opened = open_image(path)
         bar = None if args.quiet else ProgressBar(f"predict {path.name}")
+        if args.dcin == "reference" and not args.reference:
+            raise InputError("--dcin reference needs --reference IMAGE")
         pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
-                              device=args.device, batch=args.batch, progress=bar)
+                              device=args.device, batch=args.batch, progress=bar,
+                              dcin=args.dcin, reference=args.reference,
+                              return_normalized=args.normalized)
         stem = output_stem(path)
         provenance = {**pred.provenance, "source_image": str(path.resolve()),
                       "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
@@ -85,16 +97,44 @@ def run(args: argparse.Namespace) -> int:
             } if bundle.family.output == "semantic" else None,
             "instances": int(len(np.unique(pred.labels)) - 1) if bundle.family.output == "instances" else None,
         }
+        if args.uncertainty and pred.uncertainty is not None:
+            row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
+                                                      pred.uncertainty, provenance))
+        if args.normalized:
+            row["normalized"] = {}
+            for branch, img in pred.extras.get("normalized", {}).items():
+                dest = out / f"{stem}_normalized_{branch}.png"
+                _write_png(dest, img)
+                row["normalized"][branch] = str(dest)
+        row["dcin"] = pred.provenance["dcin"]["mode"]
         if args.probabilities and pred.probabilities is not None:
-            row["probabilities"] = str(_write_probabilities(out / f"{stem}_probabilities.tif",
-                                                            pred.probabilities, provenance))
+            row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
+                                                        pred.probabilities, provenance))
         rows.append(row)
     print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
     return 0
 
 
-def _write_probabilities(path: Path, probs: np.ndarray, provenance: dict) -> Path:
-    """Float32 ``(K, H, W)`` TIFF with the provenance JSON, written atomically."""
+def _write_png(path: Path, image: np.ndarray) -> Path:
+    """Write an RGB uint8 PNG atomically."""
+    import os
+    import tempfile
+
+    from skimage.io import imsave
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        imsave(tmp, image, check_contrast=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
+    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
     import json
     import os
     import tempfile

@@ -30,6 +30,9 @@ def predict_bundle(
     overlap: int = DEFAULT_OVERLAP,
     device: str = "auto",
     batch: int = 2,
+    dcin: str = "auto",
+    reference: Any = None,
+    return_normalized: bool = False,
     progress: ProgressFn | None = None,
     cancel: Any = None,
 ) -> Prediction:
@@ -49,6 +52,13 @@ def predict_bundle(
         ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
     batch : int
         Tiles per forward pass.
+    dcin : str
+        Colour normalisation (papers/002): ``auto`` (``full`` when the bundle has a reference
+        bank, else ``none``), ``none``, ``gris``, ``lris``, ``full`` or ``reference``.
+    reference : array, path or (mean, std), optional
+        The user's reference for ``dcin="reference"``.
+    return_normalized : bool
+        Also return the colour-normalised image of each branch in ``extras["normalized"]``.
     progress : callable
         ``progress(done, total)`` in tiles.
     cancel : threading.Event or callable
@@ -59,8 +69,11 @@ def predict_bundle(
     Prediction
     """
     t0 = time.perf_counter()
+    from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
+
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
+    plan = plan_dcin(bundle, adapter, dcin, reference)
     maps = run_tiled(
         bundle.model,
         adapter,
@@ -69,6 +82,7 @@ def predict_bundle(
         overlap=overlap,
         device=dev,
         batch=batch,
+        branches=plan.branches,
         progress=progress,
         cancel=cancel,
     )
@@ -87,12 +101,19 @@ def predict_bundle(
         "overlap": overlap,
         "device": str(dev),
         "batch": batch,
+        "dcin": plan.provenance(),
         "image_shape": [adapter.height, adapter.width],
         "intensity_range": [adapter.low, adapter.high],
         "seconds": elapsed_since(t0),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "napari_dgseg": _version(),
     }
+    extras = {k: v for k, v in fields.items() if k not in _FIELDS}
+    if return_normalized and plan.references:
+        extras["normalized"] = {
+            ref["branch"]: normalized_image(adapter, branch)
+            for ref, branch in zip(plan.references, plan.branches, strict=True)
+        }
     return Prediction(
         labels=fields["labels"],
         probabilities=fields.get("probabilities"),
@@ -101,7 +122,7 @@ def predict_bundle(
         uncertainty=None if uncertainty is None else uncertainty[0],
         class_names=bundle.class_names,
         provenance=provenance,
-        extras={k: v for k, v in fields.items() if k not in _FIELDS},
+        extras=extras,
     )
 
 

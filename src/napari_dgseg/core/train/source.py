@@ -186,6 +186,10 @@ def train(
         class_names=names, task=task, input_spec=_input_spec(), provenance=provenance,
     )
     bundle.set_extra("replay", make_replay_set(domains, size=min(256, size * 2), seed=seed))
+    from napari_dgseg.core.color.bank import add_bank_to_bundle
+
+    add_bank_to_bundle(bundle, [s.image for _, ss in domains for s in ss],
+                       [s.name for _, ss in domains for s in ss])
     if fam.finish_training is not None:
         fam.finish_training(bundle, domains, state)
     if out is not None:

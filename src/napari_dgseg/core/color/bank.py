@@ -1,0 +1,123 @@
+"""The DCIN reference bank stored in every bundle (papers/002, GRIS and LRIS).
+
+Per training image the bank keeps what test-time normalisation needs instead of the image
+itself (methods.md section 3):
+
+* ``hist``: its joint 8 x 8 x 8 RGB histogram, L2-normalised (512 values);
+* ``embedding``: the model's own global-average-pooled bottleneck, L2-normalised (the paper used
+  an ImageNet Swin-V2, which cannot be downloaded here; the segmentation encoder is the stand-in);
+* ``mean`` / ``std``: its colour statistics (tissue pixels) in the bank's colour space;
+* ``gris``: the index of the GRIS reference, the histogram medoid (the image with the smallest
+  mean Euclidean distance to all others).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_dgseg.core.color.tissue import image_color_stats
+from napari_dgseg.core.errors import InputError
+
+BANK_FILE = "bank"
+BINS = 8
+
+
+def rgb_histogram(rgb8: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """Joint ``bins^3`` RGB histogram of a uint8 ``(H, W, 3)`` image, L2-normalised, flattened."""
+    q = (rgb8.reshape(-1, 3).astype(np.int64) * bins) // 256
+    idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+    hist = np.bincount(idx, minlength=bins**3).astype(np.float64)
+    norm = np.linalg.norm(hist)
+    return (hist / norm if norm > 0 else hist).astype(np.float32)
+
+
+def histogram_medoid(hists: np.ndarray) -> int:
+    """Index of the row with the smallest mean Euclidean distance to all rows (GRIS)."""
+    h = hists.astype(np.float64)
+    sq = (h * h).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * h @ h.T, 0.0)
+    return int(np.sqrt(d2).mean(1).argmin())
+
+
+def downsample(rgb8: np.ndarray, max_side: int) -> np.ndarray:
+    """Stride an image so its longer side is at most ``max_side`` (cheap, no interpolation)."""
+    step = max(1, int(np.ceil(max(rgb8.shape[:2]) / max_side)))
+    return np.ascontiguousarray(rgb8[::step, ::step])
+
+
+def image_embedding(
+    model: torch.nn.Module, rgb8: np.ndarray, input_spec: dict, *, max_side: int = 256
+) -> np.ndarray:
+    """The model's L2-normalised global embedding of an image (resized to <= ``max_side``)."""
+    from napari_dgseg.core.predict import normalise_input
+
+    div = int(getattr(model, "divisor", 16))
+    x = torch.from_numpy(rgb8).permute(2, 0, 1)[None].float().div(255.0)
+    h, w = x.shape[-2:]
+    scale = min(1.0, max_side / max(h, w))
+    th = max(div, int(round(h * scale / div)) * div)
+    tw = max(div, int(round(w * scale / div)) * div)
+    x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False, antialias=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        emb = model.embed(normalise_input(x.to(device), input_spec))
+    model.train(was_training)
+    return emb[0].float().cpu().numpy()
+
+
+def build_reference_bank(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    input_spec: dict,
+    *,
+    space: str = "lab-reinhard",
+    max_images: int = 256,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Build the bank from training images (uint8 RGB); at most ``max_images`` (random subset)."""
+    if len(images) == 0:
+        raise InputError("cannot build a reference bank from zero images")
+    order = np.arange(len(images))
+    if len(order) > max_images:
+        order = np.sort(np.random.default_rng(seed).choice(order, max_images, replace=False))
+    hists, embs, means, stds = [], [], [], []
+    for i in order:
+        rgb8 = downsample(np.asarray(images[i]), 512)
+        hists.append(rgb_histogram(rgb8))
+        embs.append(image_embedding(model, rgb8, input_spec))
+        m, s = image_color_stats(rgb8, space=space)
+        means.append(m)
+        stds.append(s)
+    hist = np.stack(hists)
+    return {
+        "hist": torch.from_numpy(hist),
+        "embedding": torch.from_numpy(np.stack(embs)),
+        "mean": torch.from_numpy(np.stack(means)).float(),
+        "std": torch.from_numpy(np.stack(stds)).float(),
+        "gris": torch.tensor([histogram_medoid(hist)], dtype=torch.int64),
+        "source_index": torch.from_numpy(order.astype(np.int64)),
+    }
+
+
+def add_bank_to_bundle(bundle: Any, images: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                       *, space: str = "lab-reinhard") -> dict[str, torch.Tensor]:
+    """Compute the bank with the bundle's own model and store it (``bank.safetensors``)."""
+    bank = build_reference_bank(bundle.model, images, bundle.input_spec, space=space)
+    bundle.set_extra(BANK_FILE, bank)
+    idx = bank["source_index"].tolist()
+    gris = int(bank["gris"][0])
+    bundle.manifest["dcin"] = {
+        "space": space,
+        "images": len(idx),
+        "gris_reference": (names[idx[gris]] if names else f"training image {idx[gris]}"),
+        "embedding": "model encoder, global-average-pooled bottleneck, L2-normalised",
+        "names": [names[i] for i in idx] if names else None,
+    }
+    return bank

@@ -313,3 +313,16 @@ def test_layer_data_for_many_classes_and_instances():
     )
     assert kind == "labels" and "colormap" not in kw
     assert summarize(inst, "instances").endswith("2 instances")
+
+
+def test_opens_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
+    from napari_dgseg._napari.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-dgseg", "Segment")
+    assert isinstance(w, SegmentWidget)
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    assert w.model_picker.bundle is not None  # the first listed model is loaded on open
+    labels = [w.model_picker.combo.itemText(i) for i in range(w.model_picker.combo.count())]
+    assert f"{MODEL} (unet, yours)" in labels

@@ -21,12 +21,14 @@ _LAZY = {
     "Bundle": ("napari_dgseg.core.bundle", "Bundle"),
     "Prediction": ("napari_dgseg.core.predict", "Prediction"),
     "train": ("napari_dgseg.core.train.source", "train"),
+    "normalize_colors": ("napari_dgseg.core.color.transfer", "normalize_colors"),
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_dgseg.core.bundle import Bundle, list_bundles, load_bundle
+    from napari_dgseg.core.color.transfer import normalize_colors
     from napari_dgseg.core.predict import Prediction
     from napari_dgseg.core.train.source import train
 

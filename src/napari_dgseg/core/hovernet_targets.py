@@ -44,26 +44,27 @@ def hv_targets(instances: torch.Tensor) -> torch.Tensor:
     fg = inst > 0
     if not bool(fg.any()):
         return out
-    # one key per (image, instance id), compacted to 0..n-1
+    # one bin per (image, instance id); ids are bounded by the largest id in the batch
     stride = int(inst.max()) + 1
-    keys_all = inst + torch.arange(b, device=dev).view(b, 1, 1) * stride
-    keys = keys_all[fg]
-    uniq, key = torch.unique(keys, return_inverse=True)
-    n = uniq.numel()
-    ys = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1).expand(b, h, w)[fg]
-    xs = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w).expand(b, h, w)[fg]
-    count = torch.zeros(n, device=dev).index_add_(0, key, torch.ones_like(xs))
+    n = b * stride
+    flat_fg = fg.reshape(-1)
+    key = (inst + torch.arange(b, device=dev).view(b, 1, 1) * stride).reshape(-1)[flat_fg]
+    pix = torch.nonzero(flat_fg).squeeze(1)
+    xs = (pix % w).to(torch.float32)
+    ys = ((pix // w) % h).to(torch.float32)
+    count = torch.bincount(key, minlength=n).to(torch.float32).clamp_min(1.0)
+    planes = out.view(b, 2, h * w)
+    img = pix // (h * w)
+    pos = pix % (h * w)
     for channel, coord in ((0, xs), (1, ys)):
-        centre = torch.zeros(n, device=dev).index_add_(0, key, coord) / count
+        centre = torch.bincount(key, weights=coord, minlength=n).to(torch.float32) / count
         d = coord - centre[key]
         neg_min = torch.zeros(n, device=dev).scatter_reduce_(0, key, d, "amin", include_self=True)
         pos_max = torch.zeros(n, device=dev).scatter_reduce_(0, key, d, "amax", include_self=True)
-        lo = (-neg_min[key]).clamp_min(1e-6)
-        hi = pos_max[key].clamp_min(1e-6)
+        lo = (-neg_min).clamp_min(1e-6)[key]
+        hi = pos_max.clamp_min(1e-6)[key]
         scaled = torch.where(d < 0, d / lo, d / hi)
-        scaled = torch.where(d == 0, torch.zeros_like(d), scaled)
-        plane = out[:, channel]
-        plane[fg] = scaled
+        planes[img, channel, pos] = scaled
     return out
 
 

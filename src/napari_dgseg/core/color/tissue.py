@@ -31,9 +31,12 @@ from napari_dgseg.core.errors import InputError
 
 __all__ = [
     "MIN_OD_THRESHOLD",
+    "colour_to_float",
+    "float_to_dtype",
     "from_float_rgb",
     "has_tissue",
     "image_color_stats",
+    "prepare_image",
     "split_image",
     "tissue_fraction",
     "tissue_mask",
@@ -45,8 +48,8 @@ MIN_OD_THRESHOLD: float = 0.05
 _FLOAT_TOL = 1e-3
 
 
-def split_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray | None, np.dtype]:
-    """Split an image into float RGB in ``[0, 1]``, its alpha channel and its dtype.
+def prepare_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate an image and split off its alpha channel, without converting the pixels.
 
     Parameters
     ----------
@@ -57,12 +60,10 @@ def split_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray
 
     Returns
     -------
-    rgb : ndarray, shape (H, W, 3), float32
-        Colour channels in ``[0, 1]`` (grey is repeated into three channels).
+    colour : ndarray, shape (H, W, 1) or (H, W, 3)
+        A view of the colour channels, in the input dtype.
     alpha : ndarray, shape (H, W), or None
-        The untouched alpha channel of an RGBA image.
-    dtype : numpy.dtype
-        The input dtype, for :func:`from_float_rgb`.
+        A view of the alpha channel of an RGBA image.
     """
     try:
         arr = np.asarray(image)
@@ -80,30 +81,66 @@ def split_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray
             f"{name} must have shape (H, W), (H, W, 3) or (H, W, 4) (channels last), got "
             f"{arr.shape}; for channels-first data use np.moveaxis(image, 0, -1)."
         )
-    dtype = arr.dtype
-    alpha = arr[..., 3].copy() if arr.shape[-1] == 4 else None
-    colour = arr[..., :3] if arr.shape[-1] != 1 else np.repeat(arr, 3, axis=-1)
-    if dtype == np.uint8:
-        rgb = colour.astype(np.float32) / 255.0
-    elif dtype == np.uint16:
-        rgb = colour.astype(np.float32) / 65535.0
-    elif dtype.kind == "f":
-        rgb = colour.astype(np.float32)
-        if not np.isfinite(rgb).all():
+    if arr.dtype.kind in "ui" and arr.dtype not in (np.uint8, np.uint16):
+        raise InputError(
+            f"{name} has integer dtype {arr.dtype}; only uint8 and uint16 are understood. "
+            "Convert it with image.astype(np.uint8) (0-255) or to float in [0, 1]."
+        )
+    colour = arr[..., :3]
+    if arr.dtype.kind == "f":
+        if not np.isfinite(colour).all():
             raise InputError(f"{name} contains NaN or infinite values; clean it first.")
-        lo, hi = float(rgb.min()), float(rgb.max())
+        lo, hi = float(colour.min()), float(colour.max())
         if lo < -_FLOAT_TOL or hi > 1.0 + _FLOAT_TOL:
             raise InputError(
                 f"float {name} must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; divide "
                 "8-bit data by 255 (or pass it as uint8)."
             )
-        rgb = np.clip(rgb, 0.0, 1.0)
+    return colour, (arr[..., 3] if arr.shape[-1] == 4 else None)
+
+
+def colour_to_float(colour: np.ndarray) -> np.ndarray:
+    """Pixels of :func:`prepare_image` (``(h, w, 1)`` or ``(h, w, 3)``) to float32 RGB in ``[0, 1]``."""
+    if colour.dtype == np.uint8:
+        rgb = colour.astype(np.float32) * np.float32(1.0 / 255.0)
+    elif colour.dtype == np.uint16:
+        rgb = colour.astype(np.float32) * np.float32(1.0 / 65535.0)
     else:
-        raise InputError(
-            f"{name} has integer dtype {dtype}; only uint8 and uint16 are understood. Convert it "
-            "with image.astype(np.uint8) (0-255) or to float in [0, 1]."
-        )
-    return rgb, alpha, dtype
+        rgb = np.clip(colour.astype(np.float32), 0.0, 1.0)
+    return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+
+
+def float_to_dtype(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float RGB in ``[0, 1]`` to ``dtype`` (uint8/uint16 rounded, floats cast)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if dtype == np.uint16:
+        return np.rint(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return rgb.astype(dtype, copy=False)
+
+
+def split_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray | None, np.dtype]:
+    """Split an image into float RGB in ``[0, 1]``, its alpha channel and its dtype.
+
+    Parameters
+    ----------
+    image : array-like, shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)
+        uint8, uint16, or float in ``[0, 1]``.
+    name : str
+        How the image is called in error messages.
+
+    Returns
+    -------
+    rgb : ndarray, shape (H, W, 3), float32
+        Colour channels in ``[0, 1]`` (grey is repeated into three channels).
+    alpha : ndarray, shape (H, W), or None
+        A copy of the alpha channel of an RGBA image.
+    dtype : numpy.dtype
+        The input dtype, for :func:`from_float_rgb`.
+    """
+    colour, alpha = prepare_image(image, name)
+    return colour_to_float(colour), (None if alpha is None else alpha.copy()), colour.dtype
 
 
 def from_float_rgb(rgb: np.ndarray, alpha: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
@@ -114,13 +151,7 @@ def from_float_rgb(rgb: np.ndarray, alpha: np.ndarray | None, dtype: np.dtype) -
     ndarray, shape (H, W, 3) or (H, W, 4)
         With ``alpha`` appended as a fourth channel when it is not None.
     """
-    dtype = np.dtype(dtype)
-    if dtype == np.uint8:
-        out = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
-    elif dtype == np.uint16:
-        out = np.rint(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    else:
-        out = rgb.astype(dtype, copy=False)
+    out = float_to_dtype(rgb, dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha[..., None].astype(out.dtype)], axis=-1)
     return out

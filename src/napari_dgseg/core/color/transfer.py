@@ -238,37 +238,41 @@ def normalize_colors(
         The normalized image, same dtype and value range as ``image``.
     """
     from napari_dgseg.core.color.tissue import (
-        from_float_rgb,
+        colour_to_float,
+        float_to_dtype,
         has_tissue,
         image_color_stats,
-        split_image,
+        prepare_image,
     )
 
     _check_space(space)
     ref_mean, ref_std = _reference_stats(reference, space)
-    rgb, alpha, dtype = split_image(image, name="image")
-    if tissue_only and not has_tissue(rgb):
+    colour, alpha = prepare_image(image, name="image")
+    h, w = colour.shape[:2]
+    skip = None
+    if tissue_only and not has_tissue(colour):
+        skip = "no tissue found in the image (blank or white background only)"
+    else:
+        tgt_mean, tgt_std = image_color_stats(
+            colour, space=space, tissue_only=tissue_only, name="image"
+        )
+        if (tgt_std < FLAT_STD).all():
+            skip = "the image is flat (one colour)"
+    if skip is not None:
         warnings.warn(
-            "no tissue found in the image (blank or white background only); colour "
-            "normalization skipped, the image is returned unchanged.",
+            f"{skip}; colour normalization skipped, the image is returned unchanged.",
             NormalizationSkippedWarning,
             stacklevel=2,
         )
-        return from_float_rgb(rgb, alpha, dtype)
-    tgt_mean, tgt_std = image_color_stats(rgb, space=space, tissue_only=tissue_only, name="image")
-    if (tgt_std < FLAT_STD).all():
-        warnings.warn(
-            "the image is flat (one colour); colour normalization skipped, the image is "
-            "returned unchanged.",
-            NormalizationSkippedWarning,
-            stacklevel=2,
-        )
-        return from_float_rgb(rgb, alpha, dtype)
-    out = np.empty_like(rgb)
-    rows = max(1, _BLOCK_PIXELS // rgb.shape[1])
-    for r0 in range(0, rgb.shape[0], rows):
-        block = torch.from_numpy(np.ascontiguousarray(rgb[r0 : r0 + rows])).permute(2, 0, 1)
-        with torch.no_grad():
-            res = transfer(block, tgt_mean, tgt_std, ref_mean, ref_std, space=space)
-        out[r0 : r0 + rows] = res.permute(1, 2, 0).numpy()
-    return from_float_rgb(out, alpha, dtype)
+        out = np.array(np.broadcast_to(colour, (h, w, 3)))
+    else:
+        out = np.empty((h, w, 3), dtype=colour.dtype)
+        rows = max(1, _BLOCK_PIXELS // w)
+        for r0 in range(0, h, rows):
+            block = torch.from_numpy(colour_to_float(colour[r0 : r0 + rows])).permute(2, 0, 1)
+            with torch.no_grad():
+                res = transfer(block, tgt_mean, tgt_std, ref_mean, ref_std, space=space)
+            out[r0 : r0 + rows] = float_to_dtype(res.permute(1, 2, 0).numpy(), colour.dtype)
+    if alpha is not None:
+        out = np.concatenate([out, alpha[..., None]], axis=-1)
+    return out

@@ -1,0 +1,510 @@
+"""Label-free adaptation of a trained bundle to a new domain with MaNi (papers/003).
+
+Each iteration takes ``batch`` labelled source crops and ``batch`` unlabelled target crops,
+pairs them at random, and minimises ``Seg(source) + mi_weight * L_MI`` where ``L_MI`` is the
+Jensen-Shannon mutual-information loss of :mod:`napari_dgseg.core.losses.mani` between the
+pooled foreground/background features of source (ground truth masks) and target (the model's own
+prediction, threshold 0.5). The first ``warmup`` fraction of the iterations uses the source
+segmentation loss only. Adam, constant learning rate (1e-4 by default, as in the paper).
+
+Source data: a labelled folder when given, otherwise the replay set every trained bundle
+carries (``bundle.extra("replay")``). Target images may come with corrected labels, which then
+join the segmentation loss (as an extra labelled domain) and replace the pseudo-labels.
+
+The parent bundle is never modified: the network is deep-copied, and the result is a new
+:class:`Bundle` whose provenance names the parent's sha256, the target files, the iterations
+and the loss curves. :func:`adapt_steps` is the generator the napari widget drives (one step per
+iteration, optional previews); :func:`adapt` runs it to the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import re
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_dgseg.core.bundle import SUFFIX, WEIGHTS, Bundle, sha256_bytes
+from napari_dgseg.core.data.sample import Sample
+from napari_dgseg.core.device import select_device
+from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.losses.mani import ManiModule
+from napari_dgseg.core.losses.segmentation import ce_dice_loss
+from napari_dgseg.core.predict import normalise_input
+from napari_dgseg.core.train.data import CropSampler, infer_task, load_sources
+
+Target = str | Path | np.ndarray
+AdaptProgress = Callable[[int, int, dict], Any]
+
+
+@dataclass
+class AdaptStep:
+    """One adaptation iteration, as yielded by :func:`adapt_steps`.
+
+    Attributes
+    ----------
+    iteration : int
+        Iterations done (1-based).
+    iters : int
+        Iterations planned.
+    logs : dict
+        ``seg`` (source segmentation loss), ``mi`` (MI loss, 0 during warm-up), ``loss``.
+    preview : np.ndarray or None
+        ``(H, W)`` int32 labels of the preview image predicted by the current model, on the
+        iterations where one was requested.
+    """
+
+    iteration: int
+    iters: int
+    logs: dict[str, float]
+    preview: np.ndarray | None = None
+
+
+@dataclass
+class AdaptData:
+    """Prepared inputs of an adaptation run (see :func:`prepare_data`)."""
+
+    source: list[tuple[str, list[Sample]]]
+    targets: list[Sample]
+    instance: bool
+    num_classes: int
+    source_desc: str
+    target_names: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- inputs
+def replay_samples(bundle: Bundle) -> list[Sample]:
+    """The bundle's labelled replay crops as samples.
+
+    Raises
+    ------
+    InputError
+        If the bundle has no replay set; the message asks for a source folder.
+    """
+    replay = bundle.extra("replay")
+    if not replay or "images" not in replay or "labels" not in replay:
+        raise InputError(
+            f"model {bundle.name!r} carries no labelled source replay set (it was trained or "
+            "converted without one), and MaNi needs labelled source data: give a labelled source "
+            "folder (images/ + labels/) with --source DIR (widget: 'Source folder')"
+        )
+    images = replay["images"].numpy()
+    labels = replay["labels"].numpy()
+    return [
+        Sample(images[i], labels[i].astype(np.int32), f"replay/{i}", domain="replay")
+        for i in range(images.shape[0])
+    ]
+
+
+def read_targets(targets: Sequence[Target]) -> list[Sample]:
+    """Target images from arrays, image files or folders (``DIR`` or ``DIR/images``).
+
+    Returns unlabelled :class:`Sample` records (uint8 RGB); names are file stems or ``target<i>``.
+    """
+    from napari_dgseg.core.data.datasets import IMAGE_EXTS, read_array, to_rgb_uint8
+
+    if targets is None or len(targets) == 0:
+        raise InputError("no target images given; pass target image files or folders (--target)")
+    out: list[Sample] = []
+    for i, t in enumerate(targets):
+        if isinstance(t, (str, Path)):
+            p = Path(t)
+            if p.is_dir():
+                folder = p / "images" if (p / "images").is_dir() else p
+                files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+                if not files:
+                    raise InputError(f"target folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
+                for f in files:
+                    out.append(Sample(to_rgb_uint8(read_array(f), str(f)), None, f.stem,
+                                      domain="target", meta={"image_path": str(f)}))
+            elif p.is_file():
+                out.append(Sample(to_rgb_uint8(read_array(p), str(p)), None, p.stem,
+                                  domain="target", meta={"image_path": str(p)}))
+            else:
+                raise InputError(f"target {p} is neither an image file nor a folder; check the path")
+        else:
+            arr = np.asarray(t)
+            out.append(Sample(to_rgb_uint8(arr, f"target {i}"), None, f"target{i}", domain="target"))
+    return out
+
+
+def prepare_data(
+    bundle: Bundle,
+    targets: Sequence[Target],
+    *,
+    source: str | Path | Sequence[Sample] | None = None,
+    target_labels: Sequence[np.ndarray | None] | None = None,
+    size: int,
+) -> AdaptData:
+    """Load source and target data and check them against the crop ``size``."""
+    target_samples = read_targets(targets)
+    if source is not None:
+        domains = load_sources([source])
+        task, instance, num_classes = infer_task(domains)
+        desc = str(source) if isinstance(source, (str, Path)) else "<in-memory samples>"
+    else:
+        samples = replay_samples(bundle)
+        domains = [("replay", samples)]
+        instance = bundle.manifest.get("task") == "nuclei" or bundle.family.target_kind == "instance"
+        num_classes = max(2, len(bundle.class_names))
+        desc = f"replay set of {bundle.name} ({len(samples)} crops of {samples[0].image.shape[0]} px)"
+    for s in target_samples:
+        h, w = s.image.shape[:2]
+        if h < size or w < size:
+            raise InputError(
+                f"target {s.name!r} is {h}x{w} px, smaller than the crop size {size}: use a smaller "
+                f"crop size (at most {min(h, w)}, a multiple of the model's divisor) or larger target images"
+            )
+    if target_labels is not None:
+        if len(target_labels) != len(target_samples):
+            raise InputError(
+                f"target_labels has {len(target_labels)} entries for {len(target_samples)} targets; "
+                "give one (or None) per target image"
+            )
+        labelled = []
+        for s, lab in zip(target_samples, target_labels, strict=True):
+            if lab is None:
+                continue
+            lab = np.asarray(lab)
+            if lab.shape != s.image.shape[:2]:
+                raise InputError(
+                    f"labels for target {s.name!r} have shape {lab.shape}, the image {s.image.shape[:2]}; "
+                    "they must match"
+                )
+            s.labels = lab.astype(np.int32)
+            labelled.append(Sample(s.image, s.labels, s.name, domain="target-labelled"))
+        if labelled:
+            domains = [*domains, ("target-labelled", labelled)]
+    return AdaptData(domains, target_samples, bool(instance), int(num_classes), desc,
+                     [s.meta.get("image_path", s.name) for s in target_samples])
+
+
+# --------------------------------------------------------------------------- model plumbing
+def features_and_outputs(model: torch.nn.Module, x: torch.Tensor, family: str) -> tuple[torch.Tensor, dict]:
+    """Decoder features ``(B, F, H, W)`` and outputs (``"logits"`` at least) in one pass.
+
+    HoVer-Net: ``mani_forward`` (NP branch features). U-Net-like models (``features`` + ``head``):
+    features then head. Models with only ``features``: two passes.
+
+    Raises
+    ------
+    InputError
+        If the model exposes no ``features(x)`` method.
+    """
+    if hasattr(model, "mani_forward"):
+        feats, out = model.mani_forward(x)
+        return feats, {**out, "logits": out["np"]}
+    if hasattr(model, "features") and isinstance(getattr(model, "head", None), torch.nn.Conv2d):
+        feats = model.features(x)
+        return feats, {"logits": model.head(feats)}
+    if hasattr(model, "features"):
+        return model.features(x), {"logits": model(x)}
+    raise InputError(
+        f"the {family!r} family exposes no decoder feature map (a features(x) method), which MaNi "
+        "needs; adapt a unet or hovernet model instead"
+    )
+
+
+def _seg_loss(bundle: Bundle, model, out: dict, batch: dict, state: dict) -> tuple[torch.Tensor, dict]:
+    fam = bundle.family
+    if hasattr(model, "mani_forward"):
+        from napari_dgseg.core.models.hovernet import loss_from_outputs
+
+        return loss_from_outputs(model, out, batch)
+    if fam.training_loss is None:
+        loss = ce_dice_loss(out["logits"], batch["target"])
+        return loss, {}
+    return fam.training_loss(model, batch, state)
+
+
+def _is_set(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+
+
+def default_crop_size(bundle: Bundle, source_given: bool, requested: int | None) -> int:
+    """Crop side: ``requested`` or 256, no larger than the replay crops, a multiple of the divisor."""
+    divisor = int(getattr(bundle.model, "divisor", 16))
+    size = requested if requested is not None else 256
+    if requested is None and not source_given:
+        replay = bundle.extra("replay")
+        if replay is not None and "images" in replay:
+            size = min(size, int(replay["images"].shape[1]))
+    if size < 32 or size % divisor:
+        raise InputError(f"crop size {size} must be >= 32 and a multiple of {divisor} for this model")
+    return size
+
+
+# --------------------------------------------------------------------------- the loop
+def adapt_steps(
+    bundle: Bundle,
+    targets: Sequence[Target],
+    *,
+    source: str | Path | Sequence[Sample] | None = None,
+    target_labels: Sequence[np.ndarray | None] | None = None,
+    iters: int = 200,
+    lr: float = 1e-4,
+    seed: int = 0,
+    batch: int = 4,
+    size: int | None = None,
+    warmup: float = 0.1,
+    mi_weight: float = 1.0,
+    device: str = "auto",
+    cancel: Any = None,
+    stop_on_cancel: bool = False,
+    preview: np.ndarray | None = None,
+    preview_every: int = 0,
+    name: str | None = None,
+    command: str | None = None,
+) -> Generator[AdaptStep, None, Bundle]:
+    """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
+
+    With ``stop_on_cancel`` a set ``cancel`` ends the run early and the bundle of the iterations
+    done so far is returned (its provenance says so); otherwise :class:`CancelledError` is raised.
+    ``preview`` ``(H, W, 3)`` uint8 is segmented every ``preview_every`` iterations (and at the end).
+    """
+    if iters < 1:
+        raise InputError(f"iters must be >= 1 (got {iters})")
+    if batch < 1:
+        raise InputError(f"batch must be >= 1 (got {batch})")
+    if not (lr > 0):
+        raise InputError(f"learning rate must be > 0 (got {lr})")
+    if not 0.0 <= warmup < 1.0:
+        raise InputError(f"warmup must be a fraction in [0, 1) (got {warmup})")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    crop = default_crop_size(bundle, source is not None, size)
+    data = prepare_data(bundle, targets, source=source, target_labels=target_labels, size=crop)
+    dev = select_device(device)
+    model = copy.deepcopy(bundle.model).to(dev).train()
+    spec = bundle.input_spec
+    probe = torch.zeros(1, 3, crop, crop, device=dev)
+    with torch.no_grad():
+        model.eval()
+        feats, _ = features_and_outputs(model, probe, bundle.family_name)
+        model.train()
+    mani = ManiModule(int(feats.shape[1])).to(dev).train()
+    params = list(model.training_parameters()) if hasattr(model, "training_parameters") else list(model.parameters())
+    optimizer = torch.optim.Adam([*params, *mani.parameters()], lr=lr)
+    src_sampler = CropSampler(data.source, size=crop, num_classes=data.num_classes,
+                              instance=data.instance, seed=seed)
+    tgt_pool = [Sample(s.image, s.labels if s.labels is not None else np.full(s.image.shape[:2], -1, np.int32),
+                       s.name, domain="target") for s in data.targets]
+    tgt_sampler = CropSampler([("target", tgt_pool)], size=crop, num_classes=data.num_classes,
+                              instance=data.instance, seed=seed + 1)
+    state = {"iters": iters, "generator": torch.Generator().manual_seed(seed), "domains": len(data.source),
+             "cqg": False, "input_spec": spec}
+    n_warm = int(round(warmup * iters))
+    history: list[dict[str, float]] = []
+    stopped = False
+    for it in range(iters):
+        if _is_set(cancel):
+            if not stop_on_cancel:
+                raise CancelledError("adaptation cancelled by the user; no model was saved")
+            stopped = True
+            break
+        state["iteration"] = it
+        sb = {k: v.to(dev) for k, v in src_sampler.batch(batch).items()}
+        xs = normalise_input(sb["image"], spec)
+        if it < n_warm:
+            feats_s, out_s = features_and_outputs(model, xs, bundle.family_name)
+            seg, _ = _seg_loss(bundle, model, out_s, sb, state)
+            mi = torch.zeros((), device=dev)
+            mi_logs = {"mi": 0.0}
+        else:
+            tb = {k: v.to(dev) for k, v in tgt_sampler.batch(batch).items()}
+            xt = normalise_input(tb["image"], spec)
+            feats, out = features_and_outputs(model, torch.cat([xs, xt]), bundle.family_name)
+            out_s = {k: v[:batch] for k, v in out.items()}
+            seg, _ = _seg_loss(bundle, model, out_s, sb, state)
+            mi, mi_logs = mani(feats[:batch], sb["target"], feats[batch:], out["logits"][batch:], tb["target"])
+        loss = seg + mi_weight * mi
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        logs = {"loss": float(loss.detach()), "seg": float(seg.detach()), "mi": float(mi_logs.get("mi", 0.0)),
+                "warmup": float(it < n_warm)}
+        if not np.isfinite(logs["loss"]):
+            raise InputError(f"adaptation diverged at iteration {it + 1} (loss {logs['loss']}); lower the learning rate")
+        history.append(logs)
+        shot = None
+        last = it + 1 == iters
+        if preview is not None and ((preview_every > 0 and (it + 1) % preview_every == 0) or last):
+            shot = predict_labels(model, bundle, preview, device=dev)
+            model.train()
+        yield AdaptStep(it + 1, iters, logs, shot)
+    model.eval()
+    provenance = {
+        "command": command or "napari_dgseg.adapt(...)",
+        "method": "MaNi (papers/003): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
+        "parent": {"name": bundle.name, "sha256": parent_sha256(bundle),
+                   "path": str(bundle.path) if bundle.path else None},
+        "parent_training": {k: bundle.provenance.get(k) for k in ("command", "sources", "val_metrics")},
+        "targets": data.target_names,
+        "labelled_targets": [s.name for s in data.targets if s.labels is not None],
+        "source": data.source_desc,
+        "iterations": len(history),
+        "iters_planned": iters,
+        "stopped_early": stopped,
+        "warmup_iterations": n_warm,
+        "mi_weight": mi_weight,
+        "lr": lr,
+        "batch": f"{batch} source + {batch} target",
+        "crop_size": crop,
+        "seed": seed,
+        "optimizer": "Adam, constant learning rate",
+        "final_seg": _mean_tail(history, "seg"),
+        "final_mi": _mean_tail([h for h in history if not h["warmup"]], "mi"),
+        "losses": {"seg": _thin(history, "seg"), "mi": _thin(history, "mi")},
+        "device": str(dev),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    return make_adapted_bundle(bundle, model.cpu(), mani.cpu(), provenance, name=name)
+
+
+def adapt(
+    bundle: Bundle,
+    targets: Sequence[Target],
+    *,
+    source: str | Path | Sequence[Sample] | None = None,
+    target_labels: Sequence[np.ndarray | None] | None = None,
+    iters: int = 200,
+    lr: float = 1e-4,
+    seed: int = 0,
+    batch: int = 4,
+    size: int | None = None,
+    warmup: float = 0.1,
+    mi_weight: float = 1.0,
+    device: str = "auto",
+    progress: AdaptProgress | None = None,
+    cancel: Any = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    command: str | None = None,
+) -> Bundle:
+    """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        The trained (parent) model; never modified.
+    targets : sequence
+        Target images: ``(H, W[, C])`` arrays, image files, or folders of images.
+    source : path or samples, optional
+        Labelled source folder (images/ + labels/); default: the bundle's replay set.
+    target_labels : sequence, optional
+        One ``(H, W)`` label map (instance ids for nuclei) or None per target: corrected masks
+        used as labelled target data.
+    iters, lr, seed, batch, size, warmup, mi_weight :
+        Schedule: iterations, Adam learning rate (1e-4), seed, crops per domain per iteration
+        (4 + 4), crop side (default 256, at most the replay crop side), warm-up fraction (0.1),
+        weight of the MI loss (1).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    progress : callable
+        ``progress(iteration, iters, logs)`` after every iteration.
+    cancel : threading.Event or callable
+        Checked every iteration and before the final rename of ``out``; raises
+        :class:`CancelledError` and leaves every file as it was.
+    name : str, optional
+        Name of the new bundle (default ``<parent>-adapted``).
+    out : path, optional
+        Save the new bundle there (atomically).
+
+    Returns
+    -------
+    Bundle
+        The adapted model, with provenance (parent sha256, targets, iterations, losses).
+    """
+    gen = adapt_steps(bundle, targets, source=source, target_labels=target_labels, iters=iters, lr=lr,
+                      seed=seed, batch=batch, size=size, warmup=warmup, mi_weight=mi_weight,
+                      device=device, cancel=cancel, name=name, command=command)
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            result: Bundle = stop.value
+            break
+        if progress is not None:
+            progress(step.iteration, step.iters, step.logs)
+    if out is not None:
+        result.save(out, cancel=cancel)
+    return result
+
+
+# --------------------------------------------------------------------------- results
+def predict_labels(model: torch.nn.Module, bundle: Bundle, image: np.ndarray, *, device: Any = "cpu") -> np.ndarray:
+    """Labels ``(H, W)`` int32 of ``image`` by ``model`` with ``bundle``'s post-processing."""
+    from napari_dgseg.core.predict import run_tiled, semantic_postprocess
+
+    maps = run_tiled(model, image, input_spec=bundle.input_spec, tile=512, overlap=32, device=device, batch=1)
+    fam = bundle.family
+    fields = fam.postprocess(maps, bundle.config) if fam.postprocess is not None else semantic_postprocess(maps)
+    return np.asarray(fields["labels"], dtype=np.int32)
+
+
+def parent_sha256(bundle: Bundle) -> str:
+    """sha256 of the parent's file (or of its serialised bytes when it was never saved)."""
+    if bundle.sha256:
+        return bundle.sha256
+    return sha256_bytes(copy.copy(bundle).to_bytes())
+
+
+def make_adapted_bundle(
+    parent: Bundle, model: torch.nn.Module, mani: ManiModule, provenance: dict, *, name: str | None = None
+) -> Bundle:
+    """New bundle: adapted weights, the parent's extra files (replay set, bank), and the MaNi head."""
+    extras = {}
+    for fname in parent.tensor_files:
+        if fname != WEIGHTS:
+            extras[fname] = parent.extra(fname)
+    extras["mani"] = {k: v.detach().cpu().contiguous() for k, v in mani.state_dict().items()}
+    fam = parent.family
+    return Bundle.create(
+        model,
+        parent.family_name,
+        fam.make_config(parent.config),
+        name=name or f"{_base_name(parent.name)}-adapted",
+        class_names=parent.class_names,
+        class_colors=[parent.class_colors[i] for i in sorted(parent.class_colors)],
+        task=str(parent.manifest.get("task", "")),
+        input_spec=parent.input_spec,
+        provenance=provenance,
+        extras=extras,
+        description=f"{parent.manifest.get('description', '')} (MaNi-adapted from {parent.name})",
+    )
+
+
+def _base_name(name: str) -> str:
+    return re.sub(r"-adapted(-\d+)?$", "", name)
+
+
+def next_version_path(parent_name: str, folder: str | Path) -> Path:
+    """``folder/<parent>-adapted-<n>.dgseg`` with the smallest ``n >= 1`` not yet taken."""
+    folder = Path(folder)
+    base = _base_name(parent_name)
+    n = 1
+    while (folder / f"{base}-adapted-{n}{SUFFIX}").exists():
+        n += 1
+    return folder / f"{base}-adapted-{n}{SUFFIX}"
+
+
+def _mean_tail(history: list[dict], key: str, n: int = 20) -> float | None:
+    vals = [h[key] for h in history[-n:] if key in h]
+    return round(float(np.mean(vals)), 5) if vals else None
+
+
+def _thin(history: list[dict], key: str, points: int = 100) -> list[list[float]]:
+    step = max(1, len(history) // points)
+    return [[i + 1, round(float(np.mean([h[key] for h in history[i : i + step]])), 5)]
+            for i in range(0, len(history), step)]

@@ -11,7 +11,7 @@ from napari_dgseg.core.color.bank import (
 )
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.color.transfer import transfer
-from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.errors import DgsegError, InputError
 from napari_dgseg.core.imageprep import ImageAdapter
 
 from conftest import disks_image
@@ -131,3 +131,28 @@ def _other_nuclei_domain() -> str:
     from napari_dgseg.core.data.synthetic import list_domains
 
     return list_domains()["nuclei"][1]
+
+
+@pytest.fixture
+def banked(tiny_bundle):
+    add_bank_to_bundle(tiny_bundle, [_tinted(i) for i in range(4)])
+    return tiny_bundle
+
+
+def test_bad_input_no_nan(banked):
+    white = np.full((80, 80, 3), 250, np.uint8)
+    pred = banked.predict(white, tile=64, dcin="full")
+    assert "no tissue" in pred.provenance["dcin"]["notice"]
+    assert np.isfinite(pred.probabilities).all()
+    rgb = _tinted(1)
+    grey = rgb.mean(2).astype(np.uint8)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    u16 = rgb.astype(np.uint16) * 257
+    for img in (grey, rgba, u16):
+        pred = banked.predict(img, tile=64, dcin="full")
+        assert pred.labels.shape == rgb.shape[:2]
+        assert np.isfinite(pred.probabilities).all() and np.isfinite(pred.uncertainty).all()
+    with pytest.raises(DgsegError, match="not an image at all"):
+        banked.predict(rgb, tile=64, dcin="reference", reference="not an image at all")
+    with pytest.raises(InputError, match="mean, std|image array"):
+        banked.predict(rgb, tile=64, dcin="reference", reference=42)

@@ -143,15 +143,23 @@ def test_restoration_loss_sums_domains():
 
 # ----------------------------------------------------------------------------- model
 def _state(domains: int = 3, seed: int = 0) -> dict:
-    return {"generator": torch.Generator().manual_seed(seed), "domains": domains, "cqg": False,
-            "input_spec": dict(DEFAULT_INPUT_SPEC), "iteration": 0, "iters": 1}
+    return {
+        "generator": torch.Generator().manual_seed(seed),
+        "domains": domains,
+        "cqg": False,
+        "input_spec": dict(DEFAULT_INPUT_SPEC),
+        "iteration": 0,
+        "iters": 1,
+    }
 
 
 def _batch(domain: list[int], size: int = 32) -> dict:
     g = torch.Generator().manual_seed(1)
-    return {"image": torch.rand(len(domain), 3, size, size, generator=g),
-            "target": (torch.rand(len(domain), size, size, generator=g) > 0.7).long(),
-            "domain": torch.tensor(domain)}
+    return {
+        "image": torch.rand(len(domain), 3, size, size, generator=g),
+        "target": (torch.rand(len(domain), size, size, generator=g) > 0.7).long(),
+        "domain": torch.tensor(domain),
+    }
 
 
 def test_batch_from_domain_updates_only_its_batchnorm():
@@ -159,7 +167,9 @@ def test_batch_from_domain_updates_only_its_batchnorm():
     model = fam.build_model({**TINY, "num_domains": 3})
     model.train()
     bns = [norm.bns for norm in model.restoration.norms]
-    before = [[(bn.running_mean.clone(), bn.weight.detach().clone()) for bn in stage] for stage in bns]
+    before = [
+        [(bn.running_mean.clone(), bn.weight.detach().clone()) for bn in stage] for stage in bns
+    ]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss, _ = fam.training_loss(model, _batch([1, 1, 1]), _state())
     opt.zero_grad()

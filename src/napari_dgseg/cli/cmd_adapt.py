@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if parent.path is not None and out.resolve() == Path(parent.path).resolve():
         raise InputError(f"--out {out} is the parent model itself; give a new file name (the parent is never overwritten)")
-    command = "dgseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if "adapt" not in command:
-        command = f"dgseg adapt --model {args.model} --target {' '.join(args.target)} --out {args.out}"
+    if len(sys.argv) > 1 and sys.argv[1] == "adapt":
+        command = "dgseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    else:  # called as a function (tests, scripts): rebuild the command from the arguments
+        command = (f"dgseg adapt --model {args.model} --target {' '.join(args.target)} --out {args.out} "
+                   f"--iters {args.iters} --lr {args.lr} --seed {args.seed}")
     bar = None if args.quiet else ProgressBar("adapt")
     bundle = adapt(
         parent,

@@ -140,7 +140,9 @@ def pick_partners(domain: Tensor, generator: torch.Generator) -> tuple[Tensor, T
     return partners, cross
 
 
-def draw_lambdas(n: int, generator: torch.Generator, choices: tuple[float, ...] = LAMBDAS) -> Tensor:
+def draw_lambdas(
+    n: int, generator: torch.Generator, choices: tuple[float, ...] = LAMBDAS
+) -> Tensor:
     """``n`` mixing weights drawn uniformly from ``choices`` (CPU float32 tensor ``(n,)``)."""
     table = torch.tensor(choices, dtype=torch.float32)
     return table[torch.randint(0, len(choices), (n,), generator=generator)]
@@ -192,7 +194,5 @@ def random_amplitude_mixup(
         raise InputError(f"domain has {domain.numel()} entries for a batch of {x.shape[0]} images")
     partners, cross = pick_partners(domain, generator)
     lam = draw_lambdas(x.shape[0], generator)
-    out = amplitude_mix(
-        x, x[partners.to(x.device)], lam.to(x.device), ratio=ratio, clip=clip
-    )
+    out = amplitude_mix(x, x[partners.to(x.device)], lam.to(x.device), ratio=ratio, clip=clip)
     return RAMResult(images=out, partners=partners, lambdas=lam, cross_domain=cross)

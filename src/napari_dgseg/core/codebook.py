@@ -229,11 +229,17 @@ class CodebookReport:
             "threshold": None if self.threshold is None else round(self.threshold, 5),
             "out_of_domain": self.out_of_domain,
             "codes_used": self.codes_used,
-            "codes_used_in_training": None if self.reference is None
+            "codes_used_in_training": None
+            if self.reference is None
             else int(np.count_nonzero(self.reference)),
             "top_codes": [
-                {"code": int(c), "class": self._class_of(int(c)), "fraction": round(float(self.usage[c]), 5)}
-                for c in top if self.usage[c] > 0
+                {
+                    "code": int(c),
+                    "class": self._class_of(int(c)),
+                    "fraction": round(float(self.usage[c]), 5),
+                }
+                for c in top
+                if self.usage[c] > 0
             ],
             "usage": [round(float(v), 6) for v in self.usage],
         }
@@ -305,10 +311,13 @@ def image_usage(
     """Class- and domain-code usage ``((N_alpha,), (N_beta,))`` of one image (tiled inference)."""
     from napari_dgseg.core.predict import run_tiled
 
-    maps = run_tiled(model, image, input_spec=input_spec, tile=tile, overlap=32, device=device,
-                     batch=2)
-    return (code_usage(maps["codebook_indices"], num_codes[0]),
-            code_usage(maps["domain_code_indices"], num_codes[1]))
+    maps = run_tiled(
+        model, image, input_spec=input_spec, tile=tile, overlap=32, device=device, batch=2
+    )
+    return (
+        code_usage(maps["codebook_indices"], num_codes[0]),
+        code_usage(maps["domain_code_indices"], num_codes[1]),
+    )
 
 
 def _leave_one_out_scores(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -317,10 +326,12 @@ def _leave_one_out_scores(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     if n < 2:
         return np.zeros(0)
     sa, sb = alpha.sum(0), beta.sum(0)
-    return np.array([
-        shift_score(alpha[i], (sa - alpha[i]) / (n - 1), beta[i], (sb - beta[i]) / (n - 1))
-        for i in range(n)
-    ])
+    return np.array(
+        [
+            shift_score(alpha[i], (sa - alpha[i]) / (n - 1), beta[i], (sb - beta[i]) / (n - 1))
+            for i in range(n)
+        ]
+    )
 
 
 def _threshold(scores: np.ndarray) -> float:
@@ -377,11 +388,16 @@ def calibrate_shift(bundle: Any, samples: Sequence[Sample], *, device: Any = "au
     if ref is None:
         raise InputError(f"model {bundle.name!r} has no training code usage; retrain it")
     alpha, beta = _usages(bundle, samples, device)
-    scores = np.array([shift_score(a, ref["usage_alpha"], b, ref["usage_beta"])
-                       for a, b in zip(alpha, beta, strict=True)])
+    scores = np.array(
+        [
+            shift_score(a, ref["usage_alpha"], b, ref["usage_beta"])
+            for a, b in zip(alpha, beta, strict=True)
+        ]
+    )
     stored = {**ref, "calibration_scores": scores, "threshold": np.array([_threshold(scores)])}
-    bundle.set_extra(EXTRA, {k: torch.as_tensor(np.asarray(v), dtype=torch.float64)
-                             for k, v in stored.items()})
+    bundle.set_extra(
+        EXTRA, {k: torch.as_tensor(np.asarray(v), dtype=torch.float64) for k, v in stored.items()}
+    )
     return stored
 
 
@@ -395,8 +411,12 @@ def _usages(bundle: Any, samples: Sequence[Sample], device: Any) -> tuple[np.nda
     n_beta = int(cfg.get("codebook_size_beta", 0) or n_alpha)
     dev = select_device(device)
     model = bundle.model
-    rows = [image_usage(model, s.image, input_spec=bundle.input_spec, num_codes=(n_alpha, n_beta),
-                        device=dev) for s in samples]
+    rows = [
+        image_usage(
+            model, s.image, input_spec=bundle.input_spec, num_codes=(n_alpha, n_beta), device=dev
+        )
+        for s in samples
+    ]
     model.cpu()
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
@@ -411,6 +431,7 @@ def _store(bundle: Any, samples: Sequence[Sample], device: Any) -> dict:
         "calibration_scores": scores,
         "threshold": np.array([_threshold(scores)]),
     }
-    bundle.set_extra(EXTRA, {k: torch.as_tensor(np.asarray(v), dtype=torch.float64)
-                             for k, v in stored.items()})
+    bundle.set_extra(
+        EXTRA, {k: torch.as_tensor(np.asarray(v), dtype=torch.float64) for k, v in stored.items()}
+    )
     return stored

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.color.bank import BANK_FILE, downsample, image_embedding
-from napari_dgseg.core.color.tissue import image_color_stats
+from napari_dgseg.core.color.tissue import has_tissue, image_color_stats
 from napari_dgseg.core.color.transfer import FLAT_STD, transfer
 from napari_dgseg.core.errors import InputError
 
@@ -46,6 +46,8 @@ class DcinPlan:
         One per branch: ``{"branch", "reference", "mean", "std"}`` for display and provenance.
     target_mean, target_std : list of float
         The target's colour statistics (None for ``none``).
+    notice : str or None
+        Why normalisation was skipped (no tissue, flat image), for the user.
     """
 
     mode: str
@@ -54,10 +56,12 @@ class DcinPlan:
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
     space: str = "lab-reinhard"
+    notice: str | None = None
 
     def provenance(self) -> dict[str, Any]:
         return {"mode": self.mode, "space": self.space, "references": self.references,
-                "target_mean": self.target_mean, "target_std": self.target_std}
+                "target_mean": self.target_mean, "target_std": self.target_std,
+                "notice": self.notice}
 
 
 def _make_branch(t_mean: np.ndarray, t_std: np.ndarray, r_mean: np.ndarray, r_std: np.ndarray,
@@ -98,10 +102,15 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
             "with `dgseg bank MODEL --source TRAINING_DIR`, or use mode 'reference' or 'none'"
         )
     sample = target_sample(adapter)
+    if not has_tissue(sample):
+        # White background only: statistics of glass would turn it into tissue colours.
+        return DcinPlan(mode="none", branches=[_identity], space=space,
+                        notice=f"DCIN {mode} skipped: no tissue found (blank or white image)")
     t_mean, t_std = image_color_stats(sample, space=space)
     if (t_std < FLAT_STD).all():
-        # A blank image: nothing to normalise (transfer would amplify noise).
-        return DcinPlan(mode=f"{mode} (skipped: flat image)", branches=[_identity], space=space)
+        # A flat image: nothing to normalise (transfer would amplify noise).
+        return DcinPlan(mode="none", branches=[_identity], space=space,
+                        notice=f"DCIN {mode} skipped: the image is a single flat colour")
     plan = DcinPlan(mode=mode, branches=[], target_mean=t_mean.tolist(), target_std=t_std.tolist(),
                     space=space)
     names = (bundle.manifest.get("dcin") or {}).get("names") or []

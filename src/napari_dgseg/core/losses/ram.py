@@ -15,7 +15,11 @@ from napari_dgseg.core.losses.segmentation import IGNORE_INDEX
 
 
 def symmetric_kl(
-    logits_a: Tensor, logits_b: Tensor, target: Tensor | None = None, *, ignore_index: int = IGNORE_INDEX
+    logits_a: Tensor,
+    logits_b: Tensor,
+    target: Tensor | None = None,
+    *,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Symmetric KL divergence ``KL(p_a || p_b) + KL(p_b || p_a)`` per pixel, averaged.
 
@@ -50,7 +54,9 @@ def image_to_tanh_range(x: Tensor) -> Tensor:
     return x * 2.0 - 1.0
 
 
-def restoration_loss(restored: Tensor, image: Tensor, domain: Tensor) -> tuple[Tensor, dict[int, float]]:
+def restoration_loss(
+    restored: Tensor, image: Tensor, domain: Tensor
+) -> tuple[Tensor, dict[int, float]]:
     """Sum over source domains of the restoration MSE of that domain's images.
 
     Parameters

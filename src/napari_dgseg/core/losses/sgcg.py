@@ -243,7 +243,9 @@ class SgCGLoss(nn.Module):
         Temperature.
     """
 
-    def __init__(self, num_classes: int, dim: int, *, tau: float = 0.1, covariance: str = "full") -> None:
+    def __init__(
+        self, num_classes: int, dim: int, *, tau: float = 0.1, covariance: str = "full"
+    ) -> None:
         super().__init__()
         if tau <= 0:
             raise InputError(f"SgCG temperature tau must be > 0 (got {tau})")
@@ -264,7 +266,11 @@ class SgCGLoss(nn.Module):
         if not bool(valid.any()):
             return q.sum() * 0.0
         per_pixel = sgcg_bound(
-            q[valid], labels[valid], self.stats.mean.to(q.dtype), self.stats.cov.to(q.dtype),
-            tau=self.tau, present=self.stats.present,
+            q[valid],
+            labels[valid],
+            self.stats.mean.to(q.dtype),
+            self.stats.cov.to(q.dtype),
+            tau=self.tau,
+            present=self.stats.present,
         )
         return per_pixel.mean()

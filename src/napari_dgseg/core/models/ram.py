@@ -154,7 +154,7 @@ class DomainBatchNorm2d(nn.Module):
         if not 0 <= domain < len(self.bns):
             raise InputError(
                 f"domain index {domain} has no BatchNorm (this model has {len(self.bns)}); "
-                f'train with --config \'{{"num_domains": {domain + 1}}}\' or more'
+                f"train with --config '{{\"num_domains\": {domain + 1}}}' or more"
             )
         return self.bns[domain](x)
 
@@ -175,7 +175,9 @@ class RestorationDecoder(nn.Module):
         self.convs = nn.ModuleList(
             nn.Conv2d(rev[i + 1], rev[i + 1], 3, padding=1, bias=False) for i in range(len(rev) - 1)
         )
-        self.norms = nn.ModuleList(DomainBatchNorm2d(rev[i + 1], num_domains) for i in range(len(rev) - 1))
+        self.norms = nn.ModuleList(
+            DomainBatchNorm2d(rev[i + 1], num_domains) for i in range(len(rev) - 1)
+        )
         self.out = nn.Conv2d(rev[-1], out_channels, 1)
 
     def _run(self, x: Tensor, d: int) -> Tensor:
@@ -186,7 +188,9 @@ class RestorationDecoder(nn.Module):
     def forward(self, deepest: Tensor, domain: Tensor) -> Tensor:
         """Restore every image with the BatchNorms of its domain (``domain``: (B,) long)."""
         if domain.numel() != deepest.shape[0]:
-            raise InputError(f"domain has {domain.numel()} entries for a batch of {deepest.shape[0]}")
+            raise InputError(
+                f"domain has {domain.numel()} entries for a batch of {deepest.shape[0]}"
+            )
         groups = [(int(d), (domain == d).nonzero(as_tuple=True)[0]) for d in torch.unique(domain)]
         if len(groups) == 1:
             return self._run(deepest, groups[0][0])
@@ -212,14 +216,18 @@ class RAMNet(SegModel):
         self.projection: nn.Module | None = None
         self.sgcg: SgCGLoss | None = None
         if config.training_heads:
-            self.restoration = RestorationDecoder(config.widths, config.num_domains, config.in_channels)
+            self.restoration = RestorationDecoder(
+                config.widths, config.num_domains, config.in_channels
+            )
             if isinstance(config, RAMSgCGConfig):
                 w = config.widths[0]
                 self.projection = nn.Sequential(
                     nn.Conv2d(w, w, 1), nn.ReLU(inplace=True), nn.Conv2d(w, config.sgcg_dim, 1)
                 )
                 self.sgcg = SgCGLoss(
-                    config.num_classes, config.sgcg_dim, tau=config.sgcg_tau,
+                    config.num_classes,
+                    config.sgcg_dim,
+                    tau=config.sgcg_tau,
                     covariance=config.sgcg_covariance,
                 )
 
@@ -248,7 +256,9 @@ class RAMNet(SegModel):
     def project(self, features: Tensor) -> Tensor:
         """SgCG projection: ``(B, D, H', W')`` L2-normalised (H' = H / sgcg_stride)."""
         if self.projection is None:
-            raise InputError("this model has no SgCG projection (family 'ram' or training_heads=false)")
+            raise InputError(
+                "this model has no SgCG projection (family 'ram' or training_heads=false)"
+            )
         stride = getattr(self.config, "sgcg_stride", 1)
         if stride > 1:
             features = F.avg_pool2d(features, stride)
@@ -265,11 +275,17 @@ class RAMNet(SegModel):
         """
         out: dict[str, dict[str, Tensor]] = {}
         if self.restoration is not None:
-            out["restoration"] = {k: v.detach().cpu() for k, v in self.restoration.state_dict().items()}
+            out["restoration"] = {
+                k: v.detach().cpu() for k, v in self.restoration.state_dict().items()
+            }
             self.restoration = None
         if self.projection is not None and self.sgcg is not None:
-            sg = {f"projection.{k}": v.detach().cpu() for k, v in self.projection.state_dict().items()}
-            sg.update({f"stats.{k}": v.detach().cpu() for k, v in self.sgcg.stats.state_dict().items()})
+            sg = {
+                f"projection.{k}": v.detach().cpu() for k, v in self.projection.state_dict().items()
+            }
+            sg.update(
+                {f"stats.{k}": v.detach().cpu() for k, v in self.sgcg.stats.state_dict().items()}
+            )
             out["sgcg"] = sg
             self.projection = None
             self.sgcg = None
@@ -277,7 +293,9 @@ class RAMNet(SegModel):
 
 
 # ---------------------------------------------------------------------------------------- loss
-def _pixels(q: Tensor, labels: Tensor, limit: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def _pixels(
+    q: Tensor, labels: Tensor, limit: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Flatten ``q`` (B,D,h,w) and ``labels`` (B,h,w) to labelled pixels, at most ``limit``."""
     d = q.shape[1]
     flat_q = q.permute(0, 2, 3, 1).reshape(-1, d)
@@ -293,7 +311,9 @@ def _seg(logits: Tensor, target: Tensor) -> Tensor:
     return ce_dice_loss(logits, target)
 
 
-def ram_training_loss(model: RAMNet, batch: Mapping[str, Tensor], state: Mapping[str, Any]) -> tuple[Tensor, dict]:
+def ram_training_loss(
+    model: RAMNet, batch: Mapping[str, Tensor], state: Mapping[str, Any]
+) -> tuple[Tensor, dict]:
     """One iteration's RAM-DSIR (+ SgCG) loss; the trainer's ``Family.training_loss``.
 
     Parameters
@@ -317,7 +337,7 @@ def ram_training_loss(model: RAMNet, batch: Mapping[str, Tensor], state: Mapping
     if n_domains > cfg.num_domains:
         raise InputError(
             f"the training data has {n_domains} source domains but this {type(cfg).__name__} has "
-            f'num_domains={cfg.num_domains}; pass --config \'{{"num_domains": {n_domains}}}\''
+            f"num_domains={cfg.num_domains}; pass --config '{{\"num_domains\": {n_domains}}}'"
         )
     spec = state["input_spec"]
     gen = state["generator"]
@@ -328,7 +348,11 @@ def ram_training_loss(model: RAMNet, batch: Mapping[str, Tensor], state: Mapping
 
         x1, y1 = geometric(x.cpu(), y.cpu(), gen)
         x2 = photometric(x1, gen)
-        x, y, x2 = x1.to(batch["image"].device), y1.to(batch["image"].device), x2.to(batch["image"].device)
+        x, y, x2 = (
+            x1.to(batch["image"].device),
+            y1.to(batch["image"].device),
+            x2.to(batch["image"].device),
+        )
         out = model.training_forward(normalise_input(x, spec))
         logits2 = model(normalise_input(x2, spec))
         base, parts = cqg_loss(out["logits"], logits2, y, _seg)
@@ -343,13 +367,19 @@ def ram_training_loss(model: RAMNet, batch: Mapping[str, Tensor], state: Mapping
     kl = symmetric_kl(out["logits"], out_r["logits"], y)
     rest, _ = restoration_loss(model.restore(out_r["deepest"], dom), x, dom)
     loss = base + seg_r + cfg.kl_weight * kl + cfg.restoration_weight * rest
-    logs.update({"seg_ram": float(seg_r.detach()), "kl": float(kl.detach()),
-                 "restoration": float(rest.detach()),
-                 "cross_domain": float(ram.cross_domain.float().mean())})
+    logs.update(
+        {
+            "seg_ram": float(seg_r.detach()),
+            "kl": float(kl.detach()),
+            "restoration": float(rest.detach()),
+            "cross_domain": float(ram.cross_domain.float().mean()),
+        }
+    )
     if isinstance(cfg, RAMSgCGConfig) and model.sgcg is not None:
         labels = downsample_labels(y, cfg.sgcg_stride, cfg.num_classes)
         views = [
-            _pixels(model.project(o["features"]), labels, cfg.sgcg_max_pixels, gen) for o in (out, out_r)
+            _pixels(model.project(o["features"]), labels, cfg.sgcg_max_pixels, gen)
+            for o in (out, out_r)
         ]
         for q, lab in views:  # statistics from detached features, before the loss
             model.sgcg.stats.update(q, lab)
@@ -360,7 +390,9 @@ def ram_training_loss(model: RAMNet, batch: Mapping[str, Tensor], state: Mapping
 
 
 # ------------------------------------------------------------------------- bundle integration
-def finish_training(bundle: Any, domains: Sequence[tuple[str, Any]], state: Mapping[str, Any]) -> None:
+def finish_training(
+    bundle: Any, domains: Sequence[tuple[str, Any]], state: Mapping[str, Any]
+) -> None:
     """Move the training-only parts out of the weights (``Family.finish_training``).
 
     The DSIR decoder goes to ``restoration.safetensors``, the SgCG projection and statistics to
@@ -383,21 +415,33 @@ def training_model_from_bundle(bundle: Any) -> RAMNet:
         If the bundle is not a ``ram``/``ram-sgcg`` bundle or lacks ``restoration.safetensors``.
     """
     if bundle.family_name not in ("ram", "ram-sgcg"):
-        raise InputError(f"bundle {bundle.name!r} is a {bundle.family_name!r} model, not ram/ram-sgcg")
+        raise InputError(
+            f"bundle {bundle.name!r} is a {bundle.family_name!r} model, not ram/ram-sgcg"
+        )
     rest = bundle.extra("restoration")
     if rest is None:
-        raise InputError(f"bundle {bundle.name!r} has no restoration.safetensors; retrain it with dgseg train")
+        raise InputError(
+            f"bundle {bundle.name!r} has no restoration.safetensors; retrain it with dgseg train"
+        )
     cfg = bundle.family.make_config({**bundle.config, "training_heads": True})
     model = RAMNet(cfg)
     missing = model.load_state_dict(bundle.state_dict(), strict=False)
     if missing.unexpected_keys:
-        raise InputError(f"bundle {bundle.name!r}: unexpected weights {missing.unexpected_keys[:3]}")
-    assert model.restoration is not None
-    model.restoration.load_state_dict(rest)
+        raise InputError(
+            f"bundle {bundle.name!r}: unexpected weights {missing.unexpected_keys[:3]}"
+        )
+    restoration = model.restoration
+    if restoration is None:  # training_heads=True always builds it
+        raise InputError(f"bundle {bundle.name!r}: the training model has no restoration decoder")
+    restoration.load_state_dict(rest)
     sg = bundle.extra("sgcg")
     if model.projection is not None and model.sgcg is not None and sg is not None:
-        model.projection.load_state_dict({k[11:]: v for k, v in sg.items() if k.startswith("projection.")})
-        model.sgcg.stats.load_state_dict({k[6:]: v for k, v in sg.items() if k.startswith("stats.")})
+        model.projection.load_state_dict(
+            {k[11:]: v for k, v in sg.items() if k.startswith("projection.")}
+        )
+        model.sgcg.stats.load_state_dict(
+            {k[6:]: v for k, v in sg.items() if k.startswith("stats.")}
+        )
     return model
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from napari_dgseg.core.losses.segmentation import ce_dice_loss
@@ -167,13 +168,18 @@ def code_groups(num_codes: int, num_classes: int) -> torch.Tensor:
     """
     if num_codes < num_classes:
         raise ValueError(f"{num_codes} codes cannot form {num_classes} non-empty groups")
-    sizes = [num_codes // num_classes + (1 if k < num_codes % num_classes else 0)
-             for k in range(num_classes)]
+    sizes = [
+        num_codes // num_classes + (1 if k < num_codes % num_classes else 0)
+        for k in range(num_classes)
+    ]
     return torch.repeat_interleave(torch.arange(num_classes), torch.tensor(sizes))
 
 
 def gumbel_softmax(
-    logits: torch.Tensor, temperature: torch.Tensor | float, *, dim: int = 1,
+    logits: torch.Tensor,
+    temperature: torch.Tensor | float,
+    *,
+    dim: int = 1,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``softmax((logits + g) / T)`` with standard Gumbel noise ``g`` (eq. 6).
@@ -227,13 +233,13 @@ class GaussianQuantizer(nn.Module):
         e = self.codebook
         z2 = z.pow(2).sum(dim=1, keepdim=True)
         e2 = e.pow(2).sum(dim=1).view(1, -1, 1, 1)
-        ze = torch.einsum("bdhw,nd->bnhw", z, e)
+        ze = F.conv2d(z, e[:, :, None, None])  # z.e for every code: a 1x1 convolution
         dist = (z2 + e2 - 2.0 * ze).clamp(min=0.0)
         return -dist / (2.0 * self.variance)
 
     def quantize_soft(self, probs: torch.Tensor) -> torch.Tensor:
         """``Z' = P @ e``: ``(B, N, H, W)`` -> ``(B, D, H, W)``."""
-        return torch.einsum("bnhw,nd->bdhw", probs, self.codebook)
+        return F.conv2d(probs, self.codebook.T[:, :, None, None])
 
     def quantize_hard(self, index: torch.Tensor) -> torch.Tensor:
         """``Z' = e[index]``: ``(B, H, W)`` long -> ``(B, D, H, W)``."""
@@ -365,10 +371,17 @@ class SQVAE(SegModel):
         z2q = self.quant_beta.quantize_soft(pb)
         recon = self.recon(torch.cat([z1q, z2q], dim=1))
         return {
-            "z1": z1, "z2": z2, "z1q": z1q, "z2q": z2q,
-            "logits_alpha": la, "logits_beta": lb, "probs_alpha": pa, "probs_beta": pb,
+            "z1": z1,
+            "z2": z2,
+            "z1q": z1q,
+            "z2q": z2q,
+            "logits_alpha": la,
+            "logits_beta": lb,
+            "probs_alpha": pa,
+            "probs_beta": pb,
             "class_logits": self.class_logits(la / t, "logsumexp"),
-            "recon": recon, "temperature": t,
+            "recon": recon,
+            "temperature": t,
         }
 
 
@@ -453,8 +466,9 @@ def sqvae_training_loss(
         x2 = photometric(x1, gen)
         x1, y1, x2 = x1.to(x.device), y1.to(x.device), x2.to(x.device)
         own, logs, logits1 = _own_terms(model, normalise_input(x1, spec), y1, state)
-        out2 = model.training_outputs(normalise_input(x2, spec), int(state.get("iteration", 0)),
-                                      state.get("generator"))
+        out2 = model.training_outputs(
+            normalise_input(x2, spec), int(state.get("iteration", 0)), state.get("generator")
+        )
         seg, parts = cqg_loss(logits1, out2["class_logits"], y1, ce_dice_loss)
         logs = {**logs, **{f"cqg_{k}": v for k, v in parts.items()}}
     else:

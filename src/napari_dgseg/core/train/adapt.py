@@ -302,7 +302,7 @@ def adapt_steps(
                               instance=data.instance, seed=seed + 1)
     state = {"iters": iters, "generator": torch.Generator().manual_seed(seed), "domains": len(data.source),
              "cqg": False, "input_spec": spec}
-    n_warm = int(round(warmup * iters))
+    n_warm = int(np.ceil(warmup * iters))
     history: list[dict[str, float]] = []
     stopped = False
     for it in range(iters):

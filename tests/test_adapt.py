@@ -1,0 +1,184 @@
+"""MaNi adaptation loop, the adapt API and `dgseg adapt`: provenance, parent intact, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dgseg.core.bundle import load_bundle, sha256_file
+from napari_dgseg.core.data.sample import Sample
+from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.train.adapt import adapt, adapt_steps, next_version_path
+
+from conftest import disks_image
+
+
+def _domain(n: int, tint: tuple[int, int, int], seed0: int, size: int = 96) -> list[Sample]:
+    out = []
+    for i in range(n):
+        img, lab = disks_image(size, seed=seed0 + i, n=8)
+        img = img.copy()
+        img[lab > 0] = tint
+        out.append(Sample(img, lab, f"img{i}", domain=str(tint)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def parent_file(tmp_path_factory):
+    from napari_dgseg.core.train.source import train
+
+    path = tmp_path_factory.mktemp("parent") / "parent.dgseg"
+    train("hovernet", [_domain(3, (90, 40, 140), 0)], out=path, iters=4, size=64, batch=2,
+          config={"widths": [8, 16, 32]}, seed=0)
+    return path
+
+
+def _targets(n=2):
+    return [s.image for s in _domain(n, (150, 70, 90), 100)]
+
+
+def test_adapt_makes_new_bundle_with_provenance_and_leaves_parent(parent_file, tmp_path):
+    before = parent_file.read_bytes()
+    parent = load_bundle(parent_file)
+    w0 = {k: v.clone() for k, v in parent.model.state_dict().items()}
+    seen = []
+    out = tmp_path / "new.dgseg"
+    new = adapt(parent, _targets(), iters=5, size=64, batch=2, seed=1, out=out,
+                progress=lambda i, n, logs: seen.append((i, n, logs)))
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5] and seen[0][2]["mi"] == 0.0  # warm-up first
+    assert all(s[2]["mi"] > 0 for s in seen[1:])
+    assert parent_file.read_bytes() == before  # the parent file is untouched
+    for k, v in parent.model.state_dict().items():  # and so is the loaded parent model
+        torch.testing.assert_close(v, w0[k])
+    prov = load_bundle(out).provenance
+    assert prov["parent"]["sha256"] == sha256_file(parent_file)
+    assert prov["iterations"] == 5 and prov["targets"] == ["target0", "target1"]
+    assert len(prov["losses"]["seg"]) == 5 and len(prov["losses"]["mi"]) == 5
+    assert prov["source"].startswith("replay set of parent")
+    loaded = load_bundle(out)
+    assert loaded.extra("replay") is not None and loaded.extra("mani") is not None
+    changed = any(not torch.equal(v, w0[k]) for k, v in loaded.model.state_dict().items())
+    assert changed
+    pred = loaded.predict(_targets(1)[0], device="cpu")
+    assert pred.labels.shape == (96, 96) and pred.labels.dtype == np.int32
+
+
+def test_pseudo_labels_come_from_the_models_prediction(parent_file, monkeypatch):
+    from napari_dgseg.core.losses import mani as mani_mod
+
+    calls = []
+    original = mani_mod.ManiModule.forward
+
+    def spy(self, fs, st, ft, tlogits, tlabels=None):
+        calls.append((tlogits, tlabels))
+        return original(self, fs, st, ft, tlogits, tlabels)
+
+    monkeypatch.setattr(mani_mod.ManiModule, "forward", spy)
+    gen = adapt_steps(load_bundle(parent_file), _targets(), iters=3, size=64, batch=2, warmup=0.0)
+    for _ in gen:
+        pass
+    assert len(calls) == 3
+    for logits, labels in calls:
+        assert logits.grad_fn is not None and logits.shape == (2, 2, 64, 64)  # the network's output
+        assert bool((labels == 255).all())  # no target labels: only the pseudo-labels count
+
+
+def test_source_folder_and_labelled_targets(parent_file, tmp_path):
+    from napari_dgseg.core.data.datasets import save_folder
+
+    src = tmp_path / "src"
+    save_folder(_domain(2, (90, 40, 140), 50), src)
+    tg = _domain(2, (150, 70, 90), 200)
+    new = adapt(load_bundle(parent_file), [s.image for s in tg], source=src,
+                target_labels=[tg[0].labels, None], iters=2, size=64, batch=2)
+    prov = new.provenance
+    assert prov["source"] == str(src) and prov["labelled_targets"] == ["target0"]
+    with pytest.raises(InputError, match="one \\(or None\\) per target"):
+        adapt(load_bundle(parent_file), [s.image for s in tg], target_labels=[None], iters=1, size=64)
+
+
+def test_unet_family_adapts_too(tmp_path):
+    from napari_dgseg.core.train.source import train
+
+    b = train("unet", [_domain(2, (90, 40, 140), 0)], iters=2, size=64, batch=2,
+              config={"widths": [8, 16, 32]}, seed=0)
+    new = adapt(b, _targets(1), iters=3, size=64, batch=2)
+    assert new.family_name == "unet" and new.provenance["iterations"] == 3
+    assert new.provenance["parent"]["sha256"]  # computed from the bytes of an unsaved parent
+
+
+def test_bad_input(parent_file, tmp_path):
+    parent = load_bundle(parent_file)
+    with pytest.raises(InputError, match="no target images"):
+        adapt(parent, [], iters=1, size=64)
+    with pytest.raises(InputError, match="smaller than the crop size 64"):
+        adapt(parent, [np.zeros((40, 200, 3), np.uint8)], iters=1, size=64)
+    with pytest.raises(InputError, match="neither an image file nor a folder"):
+        adapt(parent, [tmp_path / "missing.png"], iters=1, size=64)
+    with pytest.raises(InputError, match="multiple of 4"):
+        adapt(parent, _targets(1), iters=1, size=66)
+    bare = load_bundle(parent_file)
+    del bare._tensors["replay.safetensors"]
+    with pytest.raises(InputError, match="--source"):
+        adapt(bare, _targets(1), iters=1, size=64)
+
+
+def test_cancel_during_run_and_during_save(parent_file, tmp_path):
+    before = parent_file.read_bytes()
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(CancelledError):
+        adapt(load_bundle(parent_file), _targets(1), iters=3, size=64, batch=2, cancel=ev)
+    # stop_on_cancel: the iterations done so far become the result
+    ev2 = threading.Event()
+    gen = adapt_steps(load_bundle(parent_file), _targets(1), iters=10, size=64, batch=2, cancel=ev2,
+                      stop_on_cancel=True)
+    next(gen)
+    next(gen)
+    ev2.set()
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    partial = stop.value.value
+    assert partial.provenance["iterations"] == 2 and partial.provenance["stopped_early"]
+    # cancel while saving onto the parent's own path: the parent stays byte-identical
+    save_ev = threading.Event()
+    save_ev.set()
+    with pytest.raises(CancelledError):
+        partial.save(parent_file, cancel=save_ev)
+    assert parent_file.read_bytes() == before
+    assert not any(p.name.endswith(".tmp") for p in parent_file.parent.iterdir())
+
+
+def test_next_version_path(tmp_path):
+    assert next_version_path("nuclei", tmp_path).name == "nuclei-adapted-1.dgseg"
+    (tmp_path / "nuclei-adapted-1.dgseg").write_bytes(b"x")
+    assert next_version_path("nuclei", tmp_path).name == "nuclei-adapted-2.dgseg"
+    assert next_version_path("nuclei-adapted-1", tmp_path).name == "nuclei-adapted-2.dgseg"
+
+
+def test_cli_adapt(parent_file, tmp_path, capsys):
+    import tifffile
+
+    from napari_dgseg.cli import main
+
+    tdir = tmp_path / "targets"
+    tdir.mkdir()
+    for i, img in enumerate(_targets(2)):
+        tifffile.imwrite(tdir / f"t{i}.tif", img)
+    out = tmp_path / "adapted.dgseg"
+    before = parent_file.read_bytes()
+    rc = main(["adapt", "--model", str(parent_file), "--target", str(tdir), "--out", str(out),
+               "--iters", "2", "--size", "64", "--batch", "2", "--quiet"])
+    assert rc == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["iterations"] == 2 and info["targets"] == 2 and out.is_file()
+    assert info["parent"]["sha256"] == sha256_file(parent_file) and parent_file.read_bytes() == before
+    prov = load_bundle(out).provenance
+    assert prov["command"].startswith("dgseg adapt") and prov["targets"][0].endswith("t0.tif")
+    rc = main(["adapt", "--model", str(parent_file), "--target", str(tdir), "--out", str(parent_file),
+               "--iters", "1", "--quiet"])
+    assert rc == 2 and "never overwritten" in capsys.readouterr().err

@@ -1,0 +1,171 @@
+"""The Codebook dock widget in a real napari viewer (run under Xvfb).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/pytest tests/test_codebook_widget.py -q
+
+A tiny untrained ``sqvae`` bundle with a stored training code usage is put in a temporary user
+model folder; the tests check the layer (data, colours per class group, metadata), the plot, the
+shift score line, the cursor read-out, and that a 2048 x 2048 image runs in a worker while the
+GUI thread keeps processing events.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+
+MODEL = "tiny-sqvae"
+N_CODES = 12
+
+
+@pytest.fixture(scope="module")
+def sqvae_dir(tmp_path_factory):
+    import torch
+
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.codebook import store_training_usage
+    from napari_dgseg.core.data.sample import Sample
+    from napari_dgseg.core.registry import get_family
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    cfg = {"num_classes": 2, "widths": [8, 16, 32], "latent_channels": 8, "codebook_size": N_CODES}
+    model = get_family("sqvae").build_model(cfg)
+    bundle = Bundle.create(
+        model, "sqvae", cfg, name=MODEL, class_names=["background", "nucleus"], task="nuclei"
+    )
+    rng = np.random.default_rng(0)
+    samples = [
+        Sample(
+            image=(rng.random((48, 48, 3)) * 80 + 100).astype(np.uint8),
+            labels=np.zeros((48, 48), np.int32),
+            name=f"s{i}",
+        )
+        for i in range(4)
+    ]
+    store_training_usage(bundle, [("train", samples)], device="cpu")
+    bundle.save(folder / f"{MODEL}.dgseg")
+    return folder
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, sqvae_dir, monkeypatch):
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(sqvae_dir))
+    from napari_dgseg._napari.widgets.codebook import CodebookWidget
+
+    viewer = make_napari_viewer()
+    w = CodebookWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Codebook")
+    qtbot.waitUntil(lambda: w.model_picker.bundle is not None, timeout=20000)
+    assert w.model_picker.bundle.name == MODEL
+    return w
+
+
+def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
+    from napari_dgseg.core.codebook import code_groups_np, group_colors
+
+    viewer = widget.viewer
+    rng = np.random.default_rng(1)
+    image = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
+    viewer.add_image(image, name="tile", rgb=True, scale=(0.5, 0.5), translate=(10, 20))
+    assert widget.run_button.isEnabled()
+    widget.run(block=True)
+    name = f"tile codebook ({MODEL})"
+    assert name in viewer.layers
+    layer = viewer.layers[name]
+    assert layer.data.shape == (64, 80) and layer.data.dtype == np.int32
+    assert int(layer.data.max()) < N_CODES
+    assert list(layer.scale) == [0.5, 0.5] and list(layer.translate) == [10, 20]
+    assert layer.metadata["source_layer"] == "tile"
+    # colours: every code present gets its group's colour
+    expected = group_colors(N_CODES, 2, widget.model_picker.bundle.class_colors)
+    for code in np.unique(layer.data):
+        np.testing.assert_allclose(
+            layer.colormap.map(np.array([code]))[0], expected[int(code)], atol=1e-6
+        )
+    groups = code_groups_np(N_CODES, 2)
+    assert layer.metadata["code_groups"] == groups.tolist()
+    # plot and score
+    report = widget.last_report
+    assert widget.plot.usage is not None
+    np.testing.assert_allclose(widget.plot.usage, report.usage)
+    assert widget.plot.reference is not None and widget.plot.reference.sum() == pytest.approx(1.0)
+    assert report.usage.sum() == pytest.approx(1.0)
+    text = widget.score_label.text()
+    assert f"{report.score:.3f}" in text and ("In domain" in text or "Out of domain" in text)
+    # cursor read-out
+    code = int(layer.data[3, 4])
+    assert widget.describe_code(code).startswith(f"code {code}")
+    assert ("background" if groups[code] == 0 else "nucleus") in widget.describe_code(code)
+    # running again replaces the layer instead of adding a copy
+    widget.run(block=True)
+    assert sum(1 for lyr in viewer.layers if lyr.name == name) == 1
+
+
+def test_out_of_domain_image_is_flagged(widget):
+    """An image whose codes the training data never used gets the warning (display test: the
+    score's behaviour on real domains is tested with a trained model in test_sqvae.py)."""
+    import torch
+
+    viewer = widget.viewer
+    viewer.add_image(
+        np.zeros((48, 48, 3), np.uint8) + np.array([255, 0, 255], np.uint8),
+        name="magenta",
+        rgb=True,
+    )
+    widget.run(block=True)
+    used = widget.last_report.usage > 0
+    bundle = widget.model_picker.bundle
+    stored = dict(bundle.extra("codebook"))
+    try:
+        ref = torch.zeros(N_CODES, dtype=torch.float64)
+        ref[int(np.flatnonzero(~used)[0])] = 1.0
+        bundle.set_extra("codebook", {**stored, "usage_alpha": ref})
+        widget.run(block=True)
+    finally:
+        bundle.set_extra("codebook", stored)
+    report = widget.last_report
+    assert report.score > report.threshold
+    assert report.out_of_domain
+    assert "Out of domain" in widget.score_label.text()
+
+
+def test_large_image_runs_in_a_worker_without_freezing(widget, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer = widget.viewer
+    image = np.random.default_rng(2).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+    viewer.add_image(image, name="big", rgb=True)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    t0 = time.perf_counter()
+    widget.run()
+    assert widget.running  # returned at once; the work is in a thread
+    assert time.perf_counter() - t0 < 1.0
+    assert widget.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=240000)
+    timer.stop()
+    assert "big codebook (tiny-sqvae)" in viewer.layers
+    assert viewer.layers["big codebook (tiny-sqvae)"].data.shape == (2048, 2048)
+    gaps = np.diff(ticks)
+    # the event loop kept running during inference: many ticks, no long stall
+    assert len(ticks) > 10
+    assert gaps.max() < 2.0, f"GUI thread stalled for {gaps.max():.2f} s"
+
+
+def test_cancel_leaves_no_layer(widget, qtbot):
+    viewer = widget.viewer
+    viewer.add_image(np.zeros((1024, 1024, 3), np.uint8), name="c", rgb=True)
+    widget.run()
+    widget.runner.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
+    assert "c codebook (tiny-sqvae)" not in viewer.layers
+    assert "Cancelled" in widget.score_label.text()

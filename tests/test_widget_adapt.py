@@ -1,0 +1,168 @@
+"""The Adapt dock widget in a real napari viewer (run under Xvfb).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/pytest tests/test_widget_adapt.py -q
+
+A tiny HoVer-Net bundle (a few training iterations, with its replay set) is put in a temporary
+user model folder; the tests run a few iterations in the thread worker, cancel, save, reload the
+saved bundle and predict, and check the bad-input messages.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+
+MODEL = "tiny-hovernet"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import disks_image
+
+    from napari_dgseg.core.data.sample import Sample
+    from napari_dgseg.core.train.source import train
+
+    folder = tmp_path_factory.mktemp("models")
+    samples = [Sample(*disks_image(96, seed=i, n=8), f"s{i}", domain="a") for i in range(3)]
+    train("hovernet", [samples], out=folder / f"{MODEL}.dgseg", iters=3, size=64, batch=2,
+          config={"widths": [8, 16, 32]}, seed=0)
+    return folder
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def record(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(model_dir))
+    from conftest import disks_image
+
+    from napari_dgseg._napari.widgets.adapt import AdaptWidget
+
+    viewer = make_napari_viewer()
+    for i in range(2):
+        img, _ = disks_image(128, seed=50 + i, n=10)
+        img[..., 0] = np.clip(img[..., 0].astype(int) + 40, 0, 255)  # another stain: a new domain
+        viewer.add_image(img, name=f"target{i}", rgb=True)
+    w = AdaptWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Adapt")
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
+        w.model_picker.load(MODEL, block=True)
+    w.size_spin.setValue(64)
+    w.lr_spin.setValue(1e-3)
+    return w
+
+
+def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
+    from napari_dgseg.core.bundle import load_bundle, sha256_file
+
+    parent_path = model_dir / f"{MODEL}.dgseg"
+    parent_bytes = parent_path.read_bytes()
+    w0 = {k: v.clone() for k, v in widget.model_picker.bundle.model.state_dict().items()}
+    widget.select_targets(["target0", "target1"])
+    widget.iters_spin.setValue(400)
+    widget.preview_spin.setValue(2)
+    ticks = []
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    assert widget.run()
+    assert widget.running and widget._worker is not None  # a thread worker, not the GUI thread
+    qtbot.waitUntil(lambda: len(widget.plot.data["seg"]) >= 4, timeout=60000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60000)
+    timer.stop()
+    assert len(ticks) > 10  # the event loop kept running during training: the viewer responded
+    assert widget.result is not None and widget.result.provenance["stopped_early"]
+    done = widget.result.provenance["iterations"]
+    assert 4 <= done < 400
+    assert "adapt preview" in widget.viewer.layers  # previews arrived during the run
+    # the loaded model is unchanged
+    for k, v in widget.model_picker.bundle.model.state_dict().items():
+        assert np.array_equal(v.numpy(), w0[k].numpy())
+    saved = widget.save()
+    assert saved is not None and saved.name == f"{MODEL}-adapted-1.dgseg"
+    assert parent_path.read_bytes() == parent_bytes
+    loaded = load_bundle(saved)
+    assert loaded.provenance["parent"]["sha256"] == sha256_file(parent_path)
+    pred = loaded.predict(np.asarray(widget.viewer.layers["target0"].data), device="cpu")
+    assert pred.labels.shape == (128, 128) and pred.labels.dtype == np.int32
+    widget.compare()
+    assert "target0 before (parent)" in widget.viewer.layers and "target0 after (adapted)" in widget.viewer.layers
+    after = widget.viewer.layers["target0 after (adapted)"]
+    assert after.translate[1] > 128  # side by side
+    # second save: next version number
+    assert widget.save().name == f"{MODEL}-adapted-2.dgseg"
+
+
+def test_cancel_during_save_leaves_files(widget, model_dir):
+    widget.select_targets(["target0"])
+    widget.iters_spin.setValue(2)
+    assert widget.run(block=True)
+    assert widget.result is not None
+    parent_path = model_dir / f"{MODEL}.dgseg"
+    before = parent_path.read_bytes()
+    ev = threading.Event()
+    ev.set()
+    out = model_dir / "cancelled.dgseg"
+    assert widget.save(out, cancel=ev) is None
+    assert not out.exists() and parent_path.read_bytes() == before
+    assert "cancelled" in widget.status.text()
+    # saving onto the parent is refused
+    assert widget.save(parent_path) is None and parent_path.read_bytes() == before
+
+
+def test_labelled_target_checkbox(widget):
+    from conftest import disks_image
+
+    _, lab = disks_image(128, seed=50, n=10)
+    widget.viewer.add_labels(lab, name="target0 corrected")
+    widget.select_targets(["target0"])
+    assert widget.use_labels.isEnabled() and "target0 corrected" in widget.labels_info.text()
+    widget.use_labels.setChecked(True)
+    widget.iters_spin.setValue(2)
+    assert widget.run(block=True)
+    assert widget.result.provenance["labelled_targets"] == ["target0"]
+
+
+def test_bad_input(widget, notes, model_dir, monkeypatch):
+    widget.select_targets([])
+    assert not widget.run(block=True)
+    assert any("no target layers" in n for n in notes)
+    lab = widget.viewer.add_labels(np.zeros((128, 128), np.int32), name="mask")
+    assert not widget.run([lab], block=True)
+    assert any("is a Labels layer" in n for n in notes)
+    widget.viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="small", rgb=True)
+    widget.select_targets(["small"])
+    widget.iters_spin.setValue(2)
+    widget.run(block=True)
+    assert any("smaller than the crop size 64" in n for n in notes)
+    assert widget.result is None and not widget.running
+    # a bundle without a replay set and no source folder
+    bare = widget.model_picker.bundle
+    del bare._tensors["replay.safetensors"]
+    widget.select_targets(["target0"])
+    widget.run(block=True)
+    assert any("--source" in n or "Source folder" in n for n in notes)
+    assert widget.save() is None  # nothing to save

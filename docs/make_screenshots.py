@@ -1,10 +1,10 @@
 """Make the documentation screenshot of the Segment widget: docs/images/segment_widget.png.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py \
-        [--model nuclei-unet] [--out docs/images/segment_widget.png]
+        [--model nuclei-unet] [--image FILE] [--out docs/images/segment_widget.png]
 
-Opens a napari viewer with the synthetic H&E nuclei sample (scikit-image's IHC image when the
-synthetic generator is not installed), docks the Segment widget, loads the model (the shipped
+Opens a napari viewer with the synthetic H&E nuclei sample (``--image FILE`` for another image;
+scikit-image's IHC image when the synthetic generator is not installed), docks the Segment widget, loads the model (the shipped
 ``nuclei-unet`` by default, or any name/path given with ``--model``), segments the image and
 saves a screenshot of the whole window. The PNG is palette-quantised when needed to stay under
 300 KB.
@@ -22,8 +22,13 @@ import numpy as np
 MAX_BYTES = 300_000
 
 
-def _sample_image() -> tuple[np.ndarray, str]:
-    """The synthetic nuclei tile (512 px), else scikit-image's IHC image."""
+def _sample_image(path: str | None = None) -> tuple[np.ndarray, str]:
+    """The image at ``path``, else the synthetic nuclei tile (512 px), else scikit-image's IHC."""
+    if path:
+        from skimage.io import imread
+
+        image = np.asarray(imread(path))
+        return (image[..., :3] if image.ndim == 3 else image), Path(path).stem
     try:
         from napari_dgseg.core.data.synthetic import make_nuclei
     except ImportError:
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "images" / "segment_widget.png")
     )
+    parser.add_argument("--image", default=None, help="RGB image file (default: the sample)")
     parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
     args = parser.parse_args(argv)
 
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_dgseg._napari.widgets.segment import SegmentWidget
 
-    image, name = _sample_image()
+    image, name = _sample_image(args.image)
     viewer = napari.Viewer(show=True, title="napari-dgseg: Segment")
     width, height = (int(v) for v in args.size.lower().split("x"))
     viewer.window._qt_window.resize(width, height)

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import disks_image
 from napari_dgseg.core.bundle import load_bundle, sha256_file
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import CancelledError, InputError
 from napari_dgseg.core.train.adapt import adapt, adapt_steps, next_version_path
-
-from conftest import disks_image
 
 
 def _domain(n: int, tint: tuple[int, int, int], seed0: int, size: int = 96) -> list[Sample]:
@@ -32,8 +31,16 @@ def parent_file(tmp_path_factory):
     from napari_dgseg.core.train.source import train
 
     path = tmp_path_factory.mktemp("parent") / "parent.dgseg"
-    train("hovernet", [_domain(3, (90, 40, 140), 0)], out=path, iters=4, size=64, batch=2,
-          config={"widths": [8, 16, 32]}, seed=0)
+    train(
+        "hovernet",
+        [_domain(3, (90, 40, 140), 0)],
+        out=path,
+        iters=4,
+        size=64,
+        batch=2,
+        config={"widths": [8, 16, 32]},
+        seed=0,
+    )
     return path
 
 
@@ -47,8 +54,16 @@ def test_adapt_makes_new_bundle_with_provenance_and_leaves_parent(parent_file, t
     w0 = {k: v.clone() for k, v in parent.model.state_dict().items()}
     seen = []
     out = tmp_path / "new.dgseg"
-    new = adapt(parent, _targets(), iters=5, size=64, batch=2, seed=1, out=out,
-                progress=lambda i, n, logs: seen.append((i, n, logs)))
+    adapt(
+        parent,
+        _targets(),
+        iters=5,
+        size=64,
+        batch=2,
+        seed=1,
+        out=out,
+        progress=lambda i, n, logs: seen.append((i, n, logs)),
+    )
     assert [s[0] for s in seen] == [1, 2, 3, 4, 5] and seen[0][2]["mi"] == 0.0  # warm-up first
     assert all(s[2]["mi"] > 0 for s in seen[1:])
     assert parent_file.read_bytes() == before  # the parent file is untouched
@@ -93,19 +108,35 @@ def test_source_folder_and_labelled_targets(parent_file, tmp_path):
     src = tmp_path / "src"
     save_folder(_domain(2, (90, 40, 140), 50), src)
     tg = _domain(2, (150, 70, 90), 200)
-    new = adapt(load_bundle(parent_file), [s.image for s in tg], source=src,
-                target_labels=[tg[0].labels, None], iters=2, size=64, batch=2)
+    new = adapt(
+        load_bundle(parent_file),
+        [s.image for s in tg],
+        source=src,
+        target_labels=[tg[0].labels, None],
+        iters=2,
+        size=64,
+        batch=2,
+    )
     prov = new.provenance
     assert prov["source"] == str(src) and prov["labelled_targets"] == ["target0"]
     with pytest.raises(InputError, match="one \\(or None\\) per target"):
-        adapt(load_bundle(parent_file), [s.image for s in tg], target_labels=[None], iters=1, size=64)
+        adapt(
+            load_bundle(parent_file), [s.image for s in tg], target_labels=[None], iters=1, size=64
+        )
 
 
 def test_unet_family_adapts_too(tmp_path):
     from napari_dgseg.core.train.source import train
 
-    b = train("unet", [_domain(2, (90, 40, 140), 0)], iters=2, size=64, batch=2,
-              config={"widths": [8, 16, 32]}, seed=0)
+    b = train(
+        "unet",
+        [_domain(2, (90, 40, 140), 0)],
+        iters=2,
+        size=64,
+        batch=2,
+        config={"widths": [8, 16, 32]},
+        seed=0,
+    )
     new = adapt(b, _targets(1), iters=3, size=64, batch=2)
     assert new.family_name == "unet" and new.provenance["iterations"] == 3
     assert new.provenance["parent"]["sha256"]  # computed from the bytes of an unsaved parent
@@ -135,8 +166,15 @@ def test_cancel_during_run_and_during_save(parent_file, tmp_path):
         adapt(load_bundle(parent_file), _targets(1), iters=3, size=64, batch=2, cancel=ev)
     # stop_on_cancel: the iterations done so far become the result
     ev2 = threading.Event()
-    gen = adapt_steps(load_bundle(parent_file), _targets(1), iters=10, size=64, batch=2, cancel=ev2,
-                      stop_on_cancel=True)
+    gen = adapt_steps(
+        load_bundle(parent_file),
+        _targets(1),
+        iters=10,
+        size=64,
+        batch=2,
+        cancel=ev2,
+        stop_on_cancel=True,
+    )
     next(gen)
     next(gen)
     ev2.set()
@@ -171,14 +209,44 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
         tifffile.imwrite(tdir / f"t{i}.tif", img)
     out = tmp_path / "adapted.dgseg"
     before = parent_file.read_bytes()
-    rc = main(["adapt", "--model", str(parent_file), "--target", str(tdir), "--out", str(out),
-               "--iters", "2", "--size", "64", "--batch", "2", "--quiet"])
+    rc = main(
+        [
+            "adapt",
+            "--model",
+            str(parent_file),
+            "--target",
+            str(tdir),
+            "--out",
+            str(out),
+            "--iters",
+            "2",
+            "--size",
+            "64",
+            "--batch",
+            "2",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     info = json.loads(capsys.readouterr().out)
     assert info["iterations"] == 2 and info["targets"] == 2 and out.is_file()
-    assert info["parent"]["sha256"] == sha256_file(parent_file) and parent_file.read_bytes() == before
+    assert (
+        info["parent"]["sha256"] == sha256_file(parent_file) and parent_file.read_bytes() == before
+    )
     prov = load_bundle(out).provenance
     assert prov["command"].startswith("dgseg adapt") and prov["targets"][0].endswith("t0.tif")
-    rc = main(["adapt", "--model", str(parent_file), "--target", str(tdir), "--out", str(parent_file),
-               "--iters", "1", "--quiet"])
+    rc = main(
+        [
+            "adapt",
+            "--model",
+            str(parent_file),
+            "--target",
+            str(tdir),
+            "--out",
+            str(parent_file),
+            "--iters",
+            "1",
+            "--quiet",
+        ]
+    )
     assert rc == 2 and "never overwritten" in capsys.readouterr().err

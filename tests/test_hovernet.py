@@ -9,9 +9,18 @@ import pytest
 import torch
 
 from napari_dgseg.core.hovernet_targets import hv_targets, hv_targets_numpy
-from napari_dgseg.core.losses.hovernet import gradient_kernels, hovernet_loss, hv_msge_loss, hv_mse_loss
+from napari_dgseg.core.losses.hovernet import (
+    gradient_kernels,
+    hovernet_loss,
+    hv_mse_loss,
+    hv_msge_loss,
+)
 from napari_dgseg.core.metrics import instance_scores
-from napari_dgseg.core.postprocess_hovernet import HoverPostConfig, hovernet_instances, sobel_kernels
+from napari_dgseg.core.postprocess_hovernet import (
+    HoverPostConfig,
+    hovernet_instances,
+    sobel_kernels,
+)
 from napari_dgseg.core.registry import get_family
 
 
@@ -147,12 +156,19 @@ def test_hv_losses_zero_on_perfect_and_positive_otherwise():
     assert float(hv_mse_loss(hv * 0, hv, valid)) > 0
     assert float(hv_msge_loss(hv * 0, hv, inst > 0)) > 0
     kh, kv = gradient_kernels(5)
-    assert kh[2, 3] == pytest.approx(1.0) and kh[2, 4] == pytest.approx(0.5) and kv[3, 2] == pytest.approx(1.0)
+    assert (
+        kh[2, 3] == pytest.approx(1.0)
+        and kh[2, 4] == pytest.approx(0.5)
+        and kv[3, 2] == pytest.approx(1.0)
+    )
 
 
 def test_hovernet_loss_parts_and_ignore():
     torch.manual_seed(0)
-    out = {"np": torch.randn(2, 2, 16, 16, requires_grad=True), "hv": torch.randn(2, 2, 16, 16, requires_grad=True)}
+    out = {
+        "np": torch.randn(2, 2, 16, 16, requires_grad=True),
+        "hv": torch.randn(2, 2, 16, 16, requires_grad=True),
+    }
     inst = torch.from_numpy(np.stack([ellipses(16, 2, 0), ellipses(16, 2, 1)])).long()
     np_t = (inst > 0).long()
     np_t[:, :, -3:] = 255
@@ -187,7 +203,9 @@ def test_family_postprocess_from_maps():
     fam = get_family("hovernet")
     gt = ellipses(128, 10, 4)
     probs = np.stack([(gt == 0), (gt > 0)]).astype(np.float32)
-    out = fam.postprocess({"np": probs, "hv": hv_targets_numpy(gt), "logits": probs}, {"widths": [8, 16, 32]})
+    out = fam.postprocess(
+        {"np": probs, "hv": hv_targets_numpy(gt), "logits": probs}, {"widths": [8, 16, 32]}
+    )
     assert out["labels"].dtype == np.int32 and out["probabilities"].shape == (2, 128, 128)
     assert out["hv"].shape == (2, 128, 128)
     assert instance_scores(out["labels"], gt)["aji"] > 0.95
@@ -216,8 +234,14 @@ def test_training_loss_learns_and_cqg_runs():
     model = fam.build_model({"widths": [8, 16, 32]}).train()
     sampler = CropSampler([("a", _samples())], size=64, num_classes=2, instance=True, seed=0)
     batch = sampler.batch(4)
-    state = {"iteration": 0, "iters": 30, "generator": torch.Generator().manual_seed(0), "domains": 1,
-             "cqg": False, "input_spec": dict(DEFAULT_INPUT_SPEC)}
+    state = {
+        "iteration": 0,
+        "iters": 30,
+        "generator": torch.Generator().manual_seed(0),
+        "domains": 1,
+        "cqg": False,
+        "input_spec": dict(DEFAULT_INPUT_SPEC),
+    }
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     first = None
     for _ in range(25):
@@ -237,8 +261,16 @@ def test_train_api_gives_instance_bundle(tmp_path):
     from napari_dgseg import load_bundle
     from napari_dgseg.core.train.source import train
 
-    b = train("hovernet", [_samples()], out=tmp_path / "h.dgseg", iters=3, size=64, batch=2,
-              config={"widths": [8, 16, 32]}, seed=0)
+    b = train(
+        "hovernet",
+        [_samples()],
+        out=tmp_path / "h.dgseg",
+        iters=3,
+        size=64,
+        batch=2,
+        config={"widths": [8, 16, 32]},
+        seed=0,
+    )
     loaded = load_bundle(tmp_path / "h.dgseg")
     assert loaded.family_name == "hovernet" and loaded.extra("replay") is not None
     pred = loaded.predict(_samples(1)[0].image, device="cpu")

@@ -60,7 +60,11 @@ def test_mani_loss_pairs_by_hand():
     loss, logs = mani_loss(SumCritic(), src, s_fg, s_bg, tgt, t_fg)
     pos, neg = 0.5 * 2.0, 0.5 * -1.0  # T(t_fg, s_fg), T(t_fg, s_bg)
     assert float(loss) == pytest.approx(sp(neg) + sp(-pos), rel=1e-6)
-    assert logs["pos"] == pytest.approx(pos) and logs["neg"] == pytest.approx(neg) and logs["pairs"] == 1
+    assert (
+        logs["pos"] == pytest.approx(pos)
+        and logs["neg"] == pytest.approx(neg)
+        and logs["pairs"] == 1
+    )
 
 
 def test_mani_loss_skips_pairs_with_empty_masks():
@@ -130,7 +134,9 @@ def test_pseudo_labels_threshold_the_models_own_prediction():
 def test_source_masks_ignore_index():
     t = torch.tensor([[[0, 1, 255, 2]]])
     fg, bg = source_masks(t)
-    assert fg.tolist() == [[[False, True, False, True]]] and bg.tolist() == [[[True, False, False, False]]]
+    assert fg.tolist() == [[[False, True, False, True]]] and bg.tolist() == [
+        [[True, False, False, False]]
+    ]
 
 
 def test_module_agrees_with_function_and_uses_predictions():

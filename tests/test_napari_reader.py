@@ -293,3 +293,42 @@ def test_synthetic_samples(make_napari_viewer):
     assert fundus.metadata["fov"].shape == (512, 512)
     [slide] = viewer.open_sample(PLUGIN, "nuclei-slide")
     assert slide.name == "synthetic slide" and slide.data.shape == (2048, 2048, 3)
+
+
+def test_sample_functions_follow_the_generator_contract(monkeypatch):
+    """Layer tuples built from make_nuclei/make_vessels with the documented signatures."""
+    import sys
+    import types
+
+    from napari_dgseg._napari import sample_data
+
+    calls = []
+
+    def make_nuclei(size=256, domain="clean", seed=0):
+        calls.append(("nuclei", size, domain, seed))
+        labels = np.zeros((size, size), np.int32)
+        labels[4:12, 4:12] = 1
+        return np.full((size, size, 3), 200, np.uint8), labels
+
+    def make_vessels(size=256, domain="camera-a", seed=0):
+        calls.append(("vessels", size, domain, seed))
+        fov = np.ones((size, size), bool)
+        return np.full((size, size, 3), 90, np.uint8), np.eye(size, dtype=np.uint8), fov
+
+    fake = types.ModuleType("napari_dgseg.core.data.synthetic")
+    fake.make_nuclei, fake.make_vessels = make_nuclei, make_vessels
+    monkeypatch.setitem(sys.modules, "napari_dgseg.core.data.synthetic", fake)
+
+    image, labels = sample_data.nuclei_sample()
+    assert (image[2], labels[2]) == ("image", "labels")
+    assert image[1]["rgb"] and image[0].shape == (512, 512, 3)
+    assert labels[0].dtype == np.int32 and labels[0].max() == 1
+    [slide] = sample_data.nuclei_slide_sample()
+    assert slide[1]["name"] == "synthetic slide" and slide[0].shape == (2048, 2048, 3)
+    fundus, vessels = sample_data.vessels_sample()
+    assert vessels[2] == "labels" and fundus[1]["metadata"]["fov"].dtype == bool
+    assert calls == [
+        ("nuclei", 512, "clean", 0),
+        ("nuclei", 2048, "clean", 1),
+        ("vessels", 512, "camera-a", 0),
+    ]

@@ -25,14 +25,21 @@ MODEL = "tiny-hovernet"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from conftest import disks_image
-
     from napari_dgseg.core.data.sample import Sample
     from napari_dgseg.core.train.source import train
 
     folder = tmp_path_factory.mktemp("models")
     samples = [Sample(*disks_image(96, seed=i, n=8), f"s{i}", domain="a") for i in range(3)]
-    train("hovernet", [samples], out=folder / f"{MODEL}.dgseg", iters=3, size=64, batch=2,
-          config={"widths": [8, 16, 32]}, seed=0)
+    train(
+        "hovernet",
+        [samples],
+        out=folder / f"{MODEL}.dgseg",
+        iters=3,
+        size=64,
+        batch=2,
+        config={"widths": [8, 16, 32]},
+        seed=0,
+    )
     return folder
 
 
@@ -54,7 +61,6 @@ def notes():
 def widget(make_napari_viewer, qtbot, model_dir, monkeypatch):
     monkeypatch.setenv("DGSEG_MODEL_DIR", str(model_dir))
     from conftest import disks_image
-
     from napari_dgseg._napari.widgets.adapt import AdaptWidget
 
     viewer = make_napari_viewer()
@@ -109,7 +115,10 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     pred = loaded.predict(np.asarray(widget.viewer.layers["target0"].data), device="cpu")
     assert pred.labels.shape == (128, 128) and pred.labels.dtype == np.int32
     widget.compare()
-    assert "target0 before (parent)" in widget.viewer.layers and "target0 after (adapted)" in widget.viewer.layers
+    assert (
+        "target0 before (parent)" in widget.viewer.layers
+        and "target0 after (adapted)" in widget.viewer.layers
+    )
     after = widget.viewer.layers["target0 after (adapted)"]
     assert after.translate[1] > 128  # side by side
     # second save: next version number

@@ -25,17 +25,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="bundle path or name (see `dgseg models`)")
-    p.add_argument("--target", nargs="+", required=True, metavar="DIR_OR_FILE",
-                   help="unlabelled target images: files, or folders of images (or DIR/images)")
-    p.add_argument("--source", metavar="DIR", default=None,
-                   help="labelled source folder (images/ + labels/); default: the bundle's replay set")
+    p.add_argument(
+        "--target",
+        nargs="+",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help="unlabelled target images: files, or folders of images (or DIR/images)",
+    )
+    p.add_argument(
+        "--source",
+        metavar="DIR",
+        default=None,
+        help="labelled source folder (images/ + labels/); default: the bundle's replay set",
+    )
     p.add_argument("--out", required=True, help="new bundle to write (NEW.dgseg); never the parent")
     p.add_argument("--iters", type=int, default=200, help="iterations (default 200)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=4, help="source crops and target crops per iteration (4 + 4)")
-    p.add_argument("--size", type=int, default=None, help="crop side (default 256, at most the replay crop side)")
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of iterations on source only (0.1)")
+    p.add_argument(
+        "--batch", type=int, default=4, help="source crops and target crops per iteration (4 + 4)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="crop side (default 256, at most the replay crop side)",
+    )
+    p.add_argument(
+        "--warmup", type=float, default=0.1, help="fraction of iterations on source only (0.1)"
+    )
     p.add_argument("--mi-weight", type=float, default=1.0, help="weight of the MI loss (1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,12 +70,16 @@ def run(args: argparse.Namespace) -> int:
     parent = load_bundle(args.model)
     out = Path(args.out)
     if parent.path is not None and out.resolve() == Path(parent.path).resolve():
-        raise InputError(f"--out {out} is the parent model itself; give a new file name (the parent is never overwritten)")
+        raise InputError(
+            f"--out {out} is the parent model itself; give a new file name (the parent is never overwritten)"
+        )
     if len(sys.argv) > 1 and sys.argv[1] == "adapt":
         command = "dgseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     else:  # called as a function (tests, scripts): rebuild the command from the arguments
-        command = (f"dgseg adapt --model {args.model} --target {' '.join(args.target)} --out {args.out} "
-                   f"--iters {args.iters} --lr {args.lr} --seed {args.seed}")
+        command = (
+            f"dgseg adapt --model {args.model} --target {' '.join(args.target)} --out {args.out} "
+            f"--iters {args.iters} --lr {args.lr} --seed {args.seed}"
+        )
     bar = None if args.quiet else ProgressBar("adapt")
     bundle = adapt(
         parent,
@@ -77,16 +99,18 @@ def run(args: argparse.Namespace) -> int:
         command=command,
     )
     prov = bundle.provenance
-    print_json({
-        "bundle": str(bundle.path),
-        "sha256": bundle.sha256,
-        "parent": prov["parent"],
-        "family": bundle.family_name,
-        "targets": len(prov["targets"]),
-        "source": prov["source"],
-        "iterations": prov["iterations"],
-        "final_seg": prov["final_seg"],
-        "final_mi": prov["final_mi"],
-        "seconds": prov["seconds"],
-    })
+    print_json(
+        {
+            "bundle": str(bundle.path),
+            "sha256": bundle.sha256,
+            "parent": prov["parent"],
+            "family": bundle.family_name,
+            "targets": len(prov["targets"]),
+            "source": prov["source"],
+            "iterations": prov["iterations"],
+            "final_seg": prov["final_seg"],
+            "final_mi": prov["final_mi"],
+            "seconds": prov["seconds"],
+        }
+    )
     return 0

@@ -124,7 +124,9 @@ def hovernet_instances(
     np_prob = np.asarray(np_prob, dtype=np.float32)
     hv = np.asarray(hv, dtype=np.float32)
     if np_prob.ndim != 2 or hv.shape != (2, *np_prob.shape):
-        raise ValueError(f"expected np_prob (H, W) and hv (2, H, W), got {np_prob.shape} and {hv.shape}")
+        raise ValueError(
+            f"expected np_prob (H, W) and hv (2, H, W), got {np_prob.shape} and {hv.shape}"
+        )
     blob_lab, _ = ndi.label(np_prob >= cfg.np_threshold)
     blob_lab = _remove_small(blob_lab, cfg.min_size)
     blob = (blob_lab > 0).astype(np.float32)
@@ -134,10 +136,18 @@ def hovernet_instances(
     h_dir = _minmax(hv[0])
     v_dir = _minmax(hv[1])
     deriv, smooth = sobel_kernels(cfg.sobel_size)
-    sobel_h = ndi.correlate1d(ndi.correlate1d(h_dir.astype(np.float64), deriv, axis=1, mode="mirror"),
-                              smooth, axis=0, mode="mirror")
-    sobel_v = ndi.correlate1d(ndi.correlate1d(v_dir.astype(np.float64), deriv, axis=0, mode="mirror"),
-                              smooth, axis=1, mode="mirror")
+    sobel_h = ndi.correlate1d(
+        ndi.correlate1d(h_dir.astype(np.float64), deriv, axis=1, mode="mirror"),
+        smooth,
+        axis=0,
+        mode="mirror",
+    )
+    sobel_v = ndi.correlate1d(
+        ndi.correlate1d(v_dir.astype(np.float64), deriv, axis=0, mode="mirror"),
+        smooth,
+        axis=1,
+        mode="mirror",
+    )
     sobel_h = 1.0 - _minmax(sobel_h)
     sobel_v = 1.0 - _minmax(sobel_v)
 
@@ -145,7 +155,9 @@ def hovernet_instances(
     np.maximum(overall, 0.0, out=overall)
     dist = (1.0 - overall) * blob
     gauss = np.array([0.25, 0.5, 0.25])
-    dist = -ndi.correlate1d(ndi.correlate1d(dist, gauss, axis=0, mode="mirror"), gauss, axis=1, mode="mirror")
+    dist = -ndi.correlate1d(
+        ndi.correlate1d(dist, gauss, axis=0, mode="mirror"), gauss, axis=1, mode="mirror"
+    )
 
     marker = (blob > 0) & ~(overall >= cfg.marker_threshold)
     marker = ndi.binary_fill_holes(marker)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QPointF, Qt, Signal
+from qtpy.QtCore import QPointF, Signal
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -88,7 +88,9 @@ class LossPlot(QWidget):
         pw, ph = w - left - right, h - top - bottom
 
         def xy(i: int, v: float) -> QPointF:
-            return QPointF(left + pw * (i - 1) / max(1, n - 1), top + ph * (1 - (v - lo) / (hi - lo)))
+            return QPointF(
+                left + pw * (i - 1) / max(1, n - 1), top + ph * (1 - (v - lo) / (hi - lo))
+            )
 
         p.drawText(2, top + 10, f"{hi:.2g}")
         p.drawText(2, h - bottom, f"{lo:.2g}")
@@ -110,7 +112,9 @@ def layer_plane(layer: Any) -> np.ndarray:
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     spatial = data.ndim - (1 if layer.rgb else 0)
     if spatial != 2:
-        raise InputError(f"layer {layer.name!r} is not a 2-D image ({spatial} spatial axes); use 2-D tiles as targets")
+        raise InputError(
+            f"layer {layer.name!r} is not a 2-D image ({spatial} spatial axes); use 2-D tiles as targets"
+        )
     h, w = data.shape[:2]
     if max(h, w) > MAX_SIDE:
         raise InputError(
@@ -139,14 +143,20 @@ class AdaptWidget(QWidget):
         self.model_picker = ModelPicker(self)
         self.targets = QListWidget()
         self.targets.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
-        self.targets.setToolTip("Target image layers (unlabelled images of the new domain); select one or many")
+        self.targets.setToolTip(
+            "Target image layers (unlabelled images of the new domain); select one or many"
+        )
         self.targets.setMaximumHeight(110)
         self.use_labels = QCheckBox("Use matching Labels layers as labelled target data")
-        self.use_labels.setToolTip("A Labels layer with the shape of a target image (a corrected mask) joins the run")
+        self.use_labels.setToolTip(
+            "A Labels layer with the shape of a target image (a corrected mask) joins the run"
+        )
         self.labels_info = QLabel("")
         self.labels_info.setWordWrap(True)
         self.source_edit = QLineEdit()
-        self.source_edit.setPlaceholderText("(optional) labelled source folder; default: the model's replay set")
+        self.source_edit.setPlaceholderText(
+            "(optional) labelled source folder; default: the model's replay set"
+        )
         self.source_button = QPushButton("…")
         self.source_button.setFixedWidth(32)
         self.iters_spin = QSpinBox()
@@ -170,7 +180,9 @@ class AdaptWidget(QWidget):
         self.save_button = QPushButton("Save as new version")
         self.compare_button = QPushButton("Compare before / after")
         self.save_edit = QLineEdit()
-        self.save_edit.setPlaceholderText("new bundle path (default: next <model>-adapted-<n> in your model folder)")
+        self.save_edit.setPlaceholderText(
+            "new bundle path (default: next <model>-adapted-<n> in your model folder)"
+        )
         self.plot = LossPlot()
         self.status = QLabel("Pick a model and target image layers, then Run.")
         self.status.setWordWrap(True)
@@ -248,10 +260,19 @@ class AdaptWidget(QWidget):
 
         out: dict[str, Any] = {}
         for target in layers:
-            shape = target.data.shape[:2] if not getattr(target, "multiscale", False) else target.data[0].shape[:2]
+            shape = (
+                target.data.shape[:2]
+                if not getattr(target, "multiscale", False)
+                else target.data[0].shape[:2]
+            )
             for lay in self.viewer.layers:
-                if isinstance(lay, Labels) and lay.name != PREVIEW_NAME and not lay.name.startswith(target.name + " before") \
-                        and not lay.name.startswith(target.name + " after") and tuple(lay.data.shape) == tuple(shape):
+                if (
+                    isinstance(lay, Labels)
+                    and lay.name != PREVIEW_NAME
+                    and not lay.name.startswith(target.name + " before")
+                    and not lay.name.startswith(target.name + " after")
+                    and tuple(lay.data.shape) == tuple(shape)
+                ):
                     out[target.name] = lay
                     break
         return out
@@ -269,7 +290,9 @@ class AdaptWidget(QWidget):
         self.compare_button.setEnabled(self.result is not None and not self._running)
 
     def _browse_source(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Labelled source folder (images/ + labels/)")
+        folder = QFileDialog.getExistingDirectory(
+            self, "Labelled source folder (images/ + labels/)"
+        )
         if folder:
             self.source_edit.setText(folder)
 
@@ -299,7 +322,9 @@ class AdaptWidget(QWidget):
             if bundle is None:
                 raise InputError("no model loaded; pick one in the Model list")
             if not layers:
-                raise InputError("no target layers selected; select one or more Image layers of the new domain")
+                raise InputError(
+                    "no target layers selected; select one or more Image layers of the new domain"
+                )
             for lay in layers:
                 if isinstance(lay, Labels):
                     raise InputError(
@@ -307,12 +332,17 @@ class AdaptWidget(QWidget):
                         "layers' to use corrected masks as labelled target data"
                     )
                 if not isinstance(lay, Image):
-                    raise InputError(f"{lay.name!r} is not an Image layer; choose image layers as targets")
+                    raise InputError(
+                        f"{lay.name!r} is not an Image layer; choose image layers as targets"
+                    )
             images = [layer_plane(lay) for lay in layers]
             labels = None
             if self.use_labels.isChecked():
                 matches = self.matching_labels(layers)
-                labels = [np.asarray(matches[lay.name].data) if lay.name in matches else None for lay in layers]
+                labels = [
+                    np.asarray(matches[lay.name].data) if lay.name in matches else None
+                    for lay in layers
+                ]
             source = self.source_edit.text().strip() or None
         except DgsegError as exc:
             notify(exc)
@@ -323,10 +353,15 @@ class AdaptWidget(QWidget):
         self.result = None
         self.plot.clear()
         params = {
-            "source": source, "target_labels": labels, "iters": int(self.iters_spin.value()),
-            "lr": float(self.lr_spin.value()), "size": int(self.size_spin.value()),
-            "preview": images[0], "preview_every": int(self.preview_spin.value()),
-            "name": None, "command": f"napari AdaptWidget on layers {[lay.name for lay in layers]}",
+            "source": source,
+            "target_labels": labels,
+            "iters": int(self.iters_spin.value()),
+            "lr": float(self.lr_spin.value()),
+            "size": int(self.size_spin.value()),
+            "preview": images[0],
+            "preview_every": int(self.preview_spin.value()),
+            "name": None,
+            "command": f"napari AdaptWidget on layers {[lay.name for lay in layers]}",
         }
         self._running = True
         self._update_controls()
@@ -397,8 +432,11 @@ class AdaptWidget(QWidget):
         if isinstance(exc, CancelledError):
             self.status.setText("Cancelled; nothing changed.")
             return
-        message = one_line(exc) if isinstance(exc, DgsegError) else one_line(
-            f"unexpected error ({type(exc).__name__}: {exc})")
+        message = (
+            one_line(exc)
+            if isinstance(exc, DgsegError)
+            else one_line(f"unexpected error ({type(exc).__name__}: {exc})")
+        )
         notify(message)
         self.status.setText(message)
 
@@ -409,8 +447,14 @@ class AdaptWidget(QWidget):
         self.run_finished.emit()
 
     # ------------------------------------------------------------------ layers out
-    def _show_labels(self, name: str, labels: np.ndarray, translate: tuple[float, float] | None = None) -> Any:
-        src = self.viewer.layers[self._preview_source] if self._preview_source in self.viewer.layers else None
+    def _show_labels(
+        self, name: str, labels: np.ndarray, translate: tuple[float, float] | None = None
+    ) -> Any:
+        src = (
+            self.viewer.layers[self._preview_source]
+            if self._preview_source in self.viewer.layers
+            else None
+        )
         meta = {"source_layer": self._preview_source, "provenance": {"what": name}}
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
@@ -426,8 +470,14 @@ class AdaptWidget(QWidget):
 
     def compare(self) -> None:
         """Labels of the parent (before) and of the adapted model (after), side by side."""
-        if self.result is None or self._before is None or self._preview_source not in self.viewer.layers:
-            notify("run an adaptation first (Compare needs its before / after predictions)", "warning")
+        if (
+            self.result is None
+            or self._before is None
+            or self._preview_source not in self.viewer.layers
+        ):
+            notify(
+                "run an adaptation first (Compare needs its before / after predictions)", "warning"
+            )
             return
         from napari_dgseg.core.train.adapt import predict_labels
 
@@ -442,7 +492,9 @@ class AdaptWidget(QWidget):
         self.viewer.reset_view()
 
     # ------------------------------------------------------------------ saving
-    def save(self, path: str | Path | None = None, *, cancel: threading.Event | None = None) -> Path | None:
+    def save(
+        self, path: str | Path | None = None, *, cancel: threading.Event | None = None
+    ) -> Path | None:
         """Save the adapted model as a new bundle (never over the parent); returns its path."""
         from napari_dgseg.core.bundle import user_dir
         from napari_dgseg.core.train.adapt import next_version_path
@@ -455,34 +507,49 @@ class AdaptWidget(QWidget):
         target = Path(text) if text else next_version_path(parent.name, user_dir())
         if not target.name.endswith(".dgseg"):
             target = target.with_name(target.name + ".dgseg")
-        if parent is not None and parent.path is not None and target.exists() and target.resolve() == Path(parent.path).resolve():
-            notify(f"{target} is the parent model; choose a new file name (the parent is never overwritten)")
+        if (
+            parent is not None
+            and parent.path is not None
+            and target.exists()
+            and target.resolve() == Path(parent.path).resolve()
+        ):
+            notify(
+                f"{target} is the parent model; choose a new file name (the parent is never overwritten)"
+            )
             return None
         self.result.manifest["name"] = target.name[: -len(".dgseg")]
         try:
             saved = self.result.save(target, cancel=cancel)
         except CancelledError:
-            self.status.setText(f"Save cancelled; {target.name} was not written and every other file is unchanged.")
+            self.status.setText(
+                f"Save cancelled; {target.name} was not written and every other file is unchanged."
+            )
             return None
         except OSError as exc:
             notify(f"could not save {target}: {exc.strerror or exc}")
             return None
         self.saved_path = saved
         self.save_edit.setText(str(next_version_path(parent.name, user_dir())))
-        self.status.setText(f"Saved {saved.name} (parent sha256 {self.result.provenance['parent']['sha256'][:12]}…)")
+        self.status.setText(
+            f"Saved {saved.name} (parent sha256 {self.result.provenance['parent']['sha256'][:12]}…)"
+        )
         notify(f"saved adapted model {saved}", "info")
         self.model_picker.refresh()
         return saved
 
 
-def _adapt_generator(bundle: Any, images: list[np.ndarray], params: dict, cancel: threading.Event) -> Any:
+def _adapt_generator(
+    bundle: Any, images: list[np.ndarray], params: dict, cancel: threading.Event
+) -> Any:
     """A generator function for the worker: yields ("before", labels), then ("step", AdaptStep)."""
 
     def run():
         from napari_dgseg.core.train.adapt import adapt_steps, predict_labels
 
         yield ("before", predict_labels(bundle.model, bundle, params["preview"], device="cpu"))
-        gen = adapt_steps(bundle, images, cancel=cancel, stop_on_cancel=True, device="auto", **params)
+        gen = adapt_steps(
+            bundle, images, cancel=cancel, stop_on_cancel=True, device="auto", **params
+        )
         while True:
             try:
                 step = next(gen)

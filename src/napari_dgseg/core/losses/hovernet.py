@@ -82,7 +82,11 @@ def hovernet_loss(
     l_mse = hv_mse_loss(outputs["hv"], hv_target, valid)
     l_msge = hv_msge_loss(outputs["hv"], hv_target, focus)
     loss = w["np"] * l_np + w["mse"] * l_mse + w["msge"] * l_msge
-    logs = {"np": float(l_np.detach()), "hv_mse": float(l_mse.detach()), "hv_msge": float(l_msge.detach())}
+    logs = {
+        "np": float(l_np.detach()),
+        "hv_mse": float(l_mse.detach()),
+        "hv_msge": float(l_msge.detach()),
+    }
     if "tp" in outputs and tp_target is not None:
         l_tp = ce_dice_loss(outputs["tp"], tp_target)
         loss = loss + w["tp"] * l_tp

@@ -136,7 +136,9 @@ class ManiModule(nn.Module):
         fg_t = pseudo_labels(target_logits, self.threshold)
         if target_labels is not None:
             known = (target_labels != IGNORE_INDEX).flatten(1).any(dim=1)
-            fg_t = torch.where(known.view(-1, 1, 1), (target_labels > 0) & (target_labels != IGNORE_INDEX), fg_t)
+            fg_t = torch.where(
+                known.view(-1, 1, 1), (target_labels > 0) & (target_labels != IGNORE_INDEX), fg_t
+            )
         n = source_features.shape[0]
         proj = self.projection(torch.cat([source_features, target_features], dim=0))
         return mani_loss(self.critic, proj[:n], fg_s, bg_s, proj[n:], fg_t)

@@ -38,7 +38,9 @@ class ConcatDiscriminator(nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Scores ``(N,)`` of pairs ``a`` ``(N, F)``, ``b`` ``(N, F)``."""
         if a.shape != b.shape or a.ndim != 2 or a.shape[1] != self.features:
-            raise ValueError(f"expected two (N, {self.features}) tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"expected two (N, {self.features}) tensors, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         return self.net(torch.cat([a, b], dim=1)).squeeze(1)
 
 

@@ -93,7 +93,9 @@ class HoVerNetConfig:
     @property
     def post(self) -> HoverPostConfig:
         """The post-processing parameters."""
-        return HoverPostConfig(self.np_threshold, self.min_size, self.sobel_size, self.marker_threshold)
+        return HoverPostConfig(
+            self.np_threshold, self.min_size, self.sobel_size, self.marker_threshold
+        )
 
 
 class HoVerNet(SegModel):
@@ -151,7 +153,9 @@ def targets_from_batch(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor,
     inst = batch["instances"]
     np_t = (inst > 0).long()
     if "target" in batch:
-        np_t = torch.where(batch["target"] == IGNORE_INDEX, torch.full_like(np_t, IGNORE_INDEX), np_t)
+        np_t = torch.where(
+            batch["target"] == IGNORE_INDEX, torch.full_like(np_t, IGNORE_INDEX), np_t
+        )
     return np_t, hv_targets(inst)
 
 
@@ -193,12 +197,16 @@ def training_loss(
     _, hv_t = targets_from_batch(sub)
     hv_only = {"np": out1["np"].detach(), "hv": out1["hv"]}
     cfg = model.config
-    loss_hv, logs = hovernet_loss(hv_only, y1[:, 0], hv_t, weights={"np": 0.0, "mse": cfg.w_mse, "msge": cfg.w_msge})
+    loss_hv, logs = hovernet_loss(
+        hv_only, y1[:, 0], hv_t, weights={"np": 0.0, "mse": cfg.w_mse, "msge": cfg.w_msge}
+    )
     logs.pop("np", None)
     return loss_c + loss_hv, {**parts, **logs}
 
 
-def postprocess(maps: Mapping[str, np.ndarray], config: Mapping[str, Any] | HoVerNetConfig) -> dict[str, np.ndarray]:
+def postprocess(
+    maps: Mapping[str, np.ndarray], config: Mapping[str, Any] | HoVerNetConfig
+) -> dict[str, np.ndarray]:
     """Blended maps -> ``labels`` (instances int32), ``probabilities`` (2, H, W), ``hv`` (2, H, W).
 
     Parameters

@@ -122,16 +122,34 @@ def read_targets(targets: Sequence[Target]) -> list[Sample]:
                 if not files:
                     raise InputError(f"target folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
                 for f in files:
-                    out.append(Sample(to_rgb_uint8(read_array(f), str(f)), None, f.stem,
-                                      domain="target", meta={"image_path": str(f)}))
+                    out.append(
+                        Sample(
+                            to_rgb_uint8(read_array(f), str(f)),
+                            None,
+                            f.stem,
+                            domain="target",
+                            meta={"image_path": str(f)},
+                        )
+                    )
             elif p.is_file():
-                out.append(Sample(to_rgb_uint8(read_array(p), str(p)), None, p.stem,
-                                  domain="target", meta={"image_path": str(p)}))
+                out.append(
+                    Sample(
+                        to_rgb_uint8(read_array(p), str(p)),
+                        None,
+                        p.stem,
+                        domain="target",
+                        meta={"image_path": str(p)},
+                    )
+                )
             else:
-                raise InputError(f"target {p} is neither an image file nor a folder; check the path")
+                raise InputError(
+                    f"target {p} is neither an image file nor a folder; check the path"
+                )
         else:
             arr = np.asarray(t)
-            out.append(Sample(to_rgb_uint8(arr, f"target {i}"), None, f"target{i}", domain="target"))
+            out.append(
+                Sample(to_rgb_uint8(arr, f"target {i}"), None, f"target{i}", domain="target")
+            )
     return out
 
 
@@ -152,9 +170,13 @@ def prepare_data(
     else:
         samples = replay_samples(bundle)
         domains = [("replay", samples)]
-        instance = bundle.manifest.get("task") == "nuclei" or bundle.family.target_kind == "instance"
+        instance = (
+            bundle.manifest.get("task") == "nuclei" or bundle.family.target_kind == "instance"
+        )
         num_classes = max(2, len(bundle.class_names))
-        desc = f"replay set of {bundle.name} ({len(samples)} crops of {samples[0].image.shape[0]} px)"
+        desc = (
+            f"replay set of {bundle.name} ({len(samples)} crops of {samples[0].image.shape[0]} px)"
+        )
     for s in target_samples:
         h, w = s.image.shape[:2]
         if h < size or w < size:
@@ -182,12 +204,20 @@ def prepare_data(
             labelled.append(Sample(s.image, s.labels, s.name, domain="target-labelled"))
         if labelled:
             domains = [*domains, ("target-labelled", labelled)]
-    return AdaptData(domains, target_samples, bool(instance), int(num_classes), desc,
-                     [s.meta.get("image_path", s.name) for s in target_samples])
+    return AdaptData(
+        domains,
+        target_samples,
+        bool(instance),
+        int(num_classes),
+        desc,
+        [s.meta.get("image_path", s.name) for s in target_samples],
+    )
 
 
 # --------------------------------------------------------------------------- model plumbing
-def features_and_outputs(model: torch.nn.Module, x: torch.Tensor, family: str) -> tuple[torch.Tensor, dict]:
+def features_and_outputs(
+    model: torch.nn.Module, x: torch.Tensor, family: str
+) -> tuple[torch.Tensor, dict]:
     """Decoder features ``(B, F, H, W)`` and outputs (``"logits"`` at least) in one pass.
 
     HoVer-Net: ``mani_forward`` (NP branch features). U-Net-like models (``features`` + ``head``):
@@ -212,7 +242,9 @@ def features_and_outputs(model: torch.nn.Module, x: torch.Tensor, family: str) -
     )
 
 
-def _seg_loss(bundle: Bundle, model, out: dict, batch: dict, state: dict) -> tuple[torch.Tensor, dict]:
+def _seg_loss(
+    bundle: Bundle, model, out: dict, batch: dict, state: dict
+) -> tuple[torch.Tensor, dict]:
     fam = bundle.family
     if hasattr(model, "mani_forward"):
         from napari_dgseg.core.models.hovernet import loss_from_outputs
@@ -239,7 +271,9 @@ def default_crop_size(bundle: Bundle, source_given: bool, requested: int | None)
         if replay is not None and "images" in replay:
             size = min(size, int(replay["images"].shape[1]))
     if size < 32 or size % divisor:
-        raise InputError(f"crop size {size} must be >= 32 and a multiple of {divisor} for this model")
+        raise InputError(
+            f"crop size {size} must be >= 32 and a multiple of {divisor} for this model"
+        )
     return size
 
 
@@ -292,16 +326,38 @@ def adapt_steps(
         feats, _ = features_and_outputs(model, probe, bundle.family_name)
         model.train()
     mani = ManiModule(int(feats.shape[1])).to(dev).train()
-    params = list(model.training_parameters()) if hasattr(model, "training_parameters") else list(model.parameters())
+    params = (
+        list(model.training_parameters())
+        if hasattr(model, "training_parameters")
+        else list(model.parameters())
+    )
     optimizer = torch.optim.Adam([*params, *mani.parameters()], lr=lr)
-    src_sampler = CropSampler(data.source, size=crop, num_classes=data.num_classes,
-                              instance=data.instance, seed=seed)
-    tgt_pool = [Sample(s.image, s.labels if s.labels is not None else np.full(s.image.shape[:2], -1, np.int32),
-                       s.name, domain="target") for s in data.targets]
-    tgt_sampler = CropSampler([("target", tgt_pool)], size=crop, num_classes=data.num_classes,
-                              instance=data.instance, seed=seed + 1)
-    state = {"iters": iters, "generator": torch.Generator().manual_seed(seed), "domains": len(data.source),
-             "cqg": False, "input_spec": spec}
+    src_sampler = CropSampler(
+        data.source, size=crop, num_classes=data.num_classes, instance=data.instance, seed=seed
+    )
+    tgt_pool = [
+        Sample(
+            s.image,
+            s.labels if s.labels is not None else np.full(s.image.shape[:2], -1, np.int32),
+            s.name,
+            domain="target",
+        )
+        for s in data.targets
+    ]
+    tgt_sampler = CropSampler(
+        [("target", tgt_pool)],
+        size=crop,
+        num_classes=data.num_classes,
+        instance=data.instance,
+        seed=seed + 1,
+    )
+    state = {
+        "iters": iters,
+        "generator": torch.Generator().manual_seed(seed),
+        "domains": len(data.source),
+        "cqg": False,
+        "input_spec": spec,
+    }
     n_warm = int(np.ceil(warmup * iters))
     history: list[dict[str, float]] = []
     stopped = False
@@ -325,15 +381,23 @@ def adapt_steps(
             feats, out = features_and_outputs(model, torch.cat([xs, xt]), bundle.family_name)
             out_s = {k: v[:batch] for k, v in out.items()}
             seg, _ = _seg_loss(bundle, model, out_s, sb, state)
-            mi, mi_logs = mani(feats[:batch], sb["target"], feats[batch:], out["logits"][batch:], tb["target"])
+            mi, mi_logs = mani(
+                feats[:batch], sb["target"], feats[batch:], out["logits"][batch:], tb["target"]
+            )
         loss = seg + mi_weight * mi
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        logs = {"loss": float(loss.detach()), "seg": float(seg.detach()), "mi": float(mi_logs.get("mi", 0.0)),
-                "warmup": float(it < n_warm)}
+        logs = {
+            "loss": float(loss.detach()),
+            "seg": float(seg.detach()),
+            "mi": float(mi_logs.get("mi", 0.0)),
+            "warmup": float(it < n_warm),
+        }
         if not np.isfinite(logs["loss"]):
-            raise InputError(f"adaptation diverged at iteration {it + 1} (loss {logs['loss']}); lower the learning rate")
+            raise InputError(
+                f"adaptation diverged at iteration {it + 1} (loss {logs['loss']}); lower the learning rate"
+            )
         history.append(logs)
         shot = None
         last = it + 1 == iters
@@ -345,9 +409,14 @@ def adapt_steps(
     provenance = {
         "command": command or "napari_dgseg.adapt(...)",
         "method": "MaNi (papers/003): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
-        "parent": {"name": bundle.name, "sha256": parent_sha256(bundle),
-                   "path": str(bundle.path) if bundle.path else None},
-        "parent_training": {k: bundle.provenance.get(k) for k in ("command", "sources", "val_metrics")},
+        "parent": {
+            "name": bundle.name,
+            "sha256": parent_sha256(bundle),
+            "path": str(bundle.path) if bundle.path else None,
+        },
+        "parent_training": {
+            k: bundle.provenance.get(k) for k in ("command", "sources", "val_metrics")
+        },
         "targets": data.target_names,
         "labelled_targets": [s.name for s in data.targets if s.labels is not None],
         "source": data.source_desc,
@@ -426,9 +495,23 @@ def adapt(
     Bundle
         The adapted model, with provenance (parent sha256, targets, iterations, losses).
     """
-    gen = adapt_steps(bundle, targets, source=source, target_labels=target_labels, iters=iters, lr=lr,
-                      seed=seed, batch=batch, size=size, warmup=warmup, mi_weight=mi_weight,
-                      device=device, cancel=cancel, name=name, command=command)
+    gen = adapt_steps(
+        bundle,
+        targets,
+        source=source,
+        target_labels=target_labels,
+        iters=iters,
+        lr=lr,
+        seed=seed,
+        batch=batch,
+        size=size,
+        warmup=warmup,
+        mi_weight=mi_weight,
+        device=device,
+        cancel=cancel,
+        name=name,
+        command=command,
+    )
     while True:
         try:
             step = next(gen)
@@ -443,13 +526,21 @@ def adapt(
 
 
 # --------------------------------------------------------------------------- results
-def predict_labels(model: torch.nn.Module, bundle: Bundle, image: np.ndarray, *, device: Any = "cpu") -> np.ndarray:
+def predict_labels(
+    model: torch.nn.Module, bundle: Bundle, image: np.ndarray, *, device: Any = "cpu"
+) -> np.ndarray:
     """Labels ``(H, W)`` int32 of ``image`` by ``model`` with ``bundle``'s post-processing."""
     from napari_dgseg.core.predict import run_tiled, semantic_postprocess
 
-    maps = run_tiled(model, image, input_spec=bundle.input_spec, tile=512, overlap=32, device=device, batch=1)
+    maps = run_tiled(
+        model, image, input_spec=bundle.input_spec, tile=512, overlap=32, device=device, batch=1
+    )
     fam = bundle.family
-    fields = fam.postprocess(maps, bundle.config) if fam.postprocess is not None else semantic_postprocess(maps)
+    fields = (
+        fam.postprocess(maps, bundle.config)
+        if fam.postprocess is not None
+        else semantic_postprocess(maps)
+    )
     return np.asarray(fields["labels"], dtype=np.int32)
 
 
@@ -461,7 +552,12 @@ def parent_sha256(bundle: Bundle) -> str:
 
 
 def make_adapted_bundle(
-    parent: Bundle, model: torch.nn.Module, mani: ManiModule, provenance: dict, *, name: str | None = None
+    parent: Bundle,
+    model: torch.nn.Module,
+    mani: ManiModule,
+    provenance: dict,
+    *,
+    name: str | None = None,
 ) -> Bundle:
     """New bundle: adapted weights, the parent's extra files (replay set, bank), and the MaNi head."""
     extras = {}
@@ -506,5 +602,7 @@ def _mean_tail(history: list[dict], key: str, n: int = 20) -> float | None:
 
 def _thin(history: list[dict], key: str, points: int = 100) -> list[list[float]]:
     step = max(1, len(history) // points)
-    return [[i + 1, round(float(np.mean([h[key] for h in history[i : i + step]])), 5)]
-            for i in range(0, len(history), step)]
+    return [
+        [i + 1, round(float(np.mean([h[key] for h in history[i : i + step]])), 5)]
+        for i in range(0, len(history), step)
+    ]

@@ -149,3 +149,19 @@ def test_json_safe():
     assert safe["set"] == ["a", "b"]
     assert safe["nested"] == [True, [1.5, None]]
     assert safe["obj"] == repr(object)
+
+
+def test_writer_keeps_widget_provenance(tmp_path):
+    """Labels made by the Segment widget keep model and parameters when saved from napari."""
+    import numpy as np
+
+    from napari_dgseg._napari.writer import write_labels_tif
+    from napari_dgseg.core.labels_io import read_labels
+
+    meta = {"name": "tile labels (nuclei-unet)", "scale": (1.0, 1.0),
+            "metadata": {"provenance": {"model": "nuclei-unet", "tile": 512, "dcin": {"mode": "full"}},
+                         "source_layer": "tile"}}
+    paths = write_labels_tif(str(tmp_path / "m.tif"), np.ones((8, 8), np.int32), meta)
+    _, prov = read_labels(paths[0])
+    assert prov["model"] == "nuclei-unet" and prov["tile"] == 512
+    assert prov["dcin"]["mode"] == "full" and prov["source_layer"] == "tile"

@@ -27,14 +27,16 @@ def provenance_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     Returns
     -------
     dict
-        JSON-safe record: the layer metadata (a ``provenance`` entry from an earlier read is
-        left out, its keys are already at the top level) plus ``layer_name``, ``scale``,
-        ``written_by`` and ``written_at``.
+        JSON-safe record: the layer metadata with its nested ``provenance`` dict (what the
+        Segment widget stores: model, parameters, source image) merged in at the top level,
+        plus ``layer_name``, ``scale``, ``written_by`` and ``written_at``.
     """
     from napari_dgseg import __version__
 
     layer_metadata = dict(meta.get("metadata") or {})
-    layer_metadata.pop("provenance", None)
+    nested = layer_metadata.pop("provenance", None)
+    if isinstance(nested, dict):
+        layer_metadata = {**nested, **layer_metadata}
     record = json_safe(layer_metadata)
     record["layer_name"] = str(meta.get("name", ""))
     if meta.get("scale") is not None:

@@ -43,7 +43,7 @@ def _measure(mode: str, size: int, model: str, repeats: int, tile: int, overlap:
             with torch.inference_mode():
                 net(normalise_input(x, bundle.input_spec))
         else:
-            dcin = "none" if mode == "predict" else "full"
+            dcin = {"predict": "none", "predict-dcin-gris": "gris", "predict-dcin-full": "full"}[mode]
             bundle.predict(img, tile=tile, overlap=overlap, device="cpu", dcin=dcin)
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -66,7 +66,11 @@ def main() -> None:
         print(json.dumps(_measure(args.child, args.size, args.model, args.repeats, args.tile, args.overlap)))
         return
     rows = {}
-    for mode in ("forward", "predict", "predict-dcin-full"):
+    from napari_dgseg import load_bundle
+
+    has_bank = load_bundle(args.model).extra("bank") is not None
+    modes = ["forward", "predict"] + (["predict-dcin-gris", "predict-dcin-full"] if has_bank else [])
+    for mode in modes:
         out = subprocess.run(
             [sys.executable, __file__, "--child", mode, "--size", str(args.size), "--model", args.model,
              "--repeats", str(args.repeats), "--tile", str(args.tile), "--overlap", str(args.overlap)],
@@ -90,9 +94,13 @@ def main() -> None:
         "pixels_computed_ratio": round(grid.pixels_computed / args.size**2, 3),
         "rows": rows,
         "ratio_predict_over_forward": round(rows["predict"]["seconds_min"] / rows["forward"]["seconds_min"], 3),
-        "ratio_dcin_full_over_forward": round(
-            rows["predict-dcin-full"]["seconds_min"] / rows["forward"]["seconds_min"], 3),
     }
+    if has_bank:
+        gris, plain = rows["predict-dcin-gris"]["seconds_min"], rows["predict"]["seconds_min"]
+        # DCIN's own share: statistics, reference choice and per-tile transfer (one branch)
+        result["dcin_share_of_predict"] = round(max(0.0, gris - plain) / gris, 3)
+        result["ratio_dcin_full_over_forward"] = round(
+            rows["predict-dcin-full"]["seconds_min"] / rows["forward"]["seconds_min"], 3)
     print(json.dumps(result, indent=2))
 
 

@@ -467,3 +467,14 @@ def test_cli_codebook_writes_index_map_and_prints_scores(tmp_path, capsys):
     )
     assert main(["codebook", "--model", str(upath), "--out", str(tmp_path / "o"), str(img)]) == 2
     assert "sqvae" in capsys.readouterr().err
+
+
+def test_threshold_rule():
+    scores = np.array([0.01, 0.02, 0.03])
+    assert cb._threshold(scores) == pytest.approx(max(0.02 + 3 * 0.01, 1.5 * 0.03))
+    tiny_scores = np.array([3e-4, 1e-4, 2e-4])
+    assert cb._threshold(tiny_scores) == pytest.approx(max(2e-4 + 3e-4, 4.5e-4))
+    assert cb._threshold(np.zeros(0)) == 1.0
+    # leave-one-out: an image identical to the others scores 0
+    same = np.tile(np.array([[0.5, 0.5, 0.0]]), (3, 1))
+    assert cb._leave_one_out_scores(same, same).tolist() == pytest.approx([0, 0, 0])

@@ -24,6 +24,7 @@ __all__ = [
     "add_or_replace",
     "labels_colormap",
     "layer_name",
+    "normalized_layer_data",
     "prediction_layer_data",
     "summarize",
 ]
@@ -32,7 +33,7 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 
 #: Colormaps of the continuous maps.
 PROBABILITY_COLORMAP = "inferno"
-UNCERTAINTY_COLORMAP = "viridis"
+UNCERTAINTY_COLORMAP = "magma"
 LOCAL_MASK_COLORMAP = "plasma"
 
 
@@ -82,6 +83,8 @@ def prediction_layer_data(
     offset: Sequence[int] = (0, 0),
     provenance: Mapping[str, Any] | None = None,
     probabilities: bool = True,
+    uncertainty: bool = True,
+    uncertainty_visible: bool = False,
 ) -> list[LayerDataTuple]:
     """Layer data tuples for everything a prediction holds.
 
@@ -106,6 +109,11 @@ def prediction_layer_data(
     probabilities : bool
         Add the class probabilities as an Image layer: the foreground class for two classes,
         else the ``(K, H, W)`` stack.
+    uncertainty : bool
+        Add ``pred.uncertainty`` (DCIN GRIS/LRIS disagreement, in ``[0, 1]``) as an Image layer
+        when the prediction has one.
+    uncertainty_visible : bool
+        Show that layer at once (the user asked for it) instead of adding it hidden.
 
     Returns
     -------
@@ -160,8 +168,9 @@ def prediction_layer_data(
         ("local_mask", "local mask", LOCAL_MASK_COLORMAP),
     ):
         value = getattr(pred, attr)
-        if value is None:
+        if value is None or (attr == "uncertainty" and not uncertainty):
             continue
+        visible = attr == "uncertainty" and uncertainty_visible
         arr = np.asarray(value, dtype=np.float32)
         hi = float(np.nanmax(arr)) if arr.size else 1.0
         out.append(
@@ -176,7 +185,7 @@ def prediction_layer_data(
                     "contrast_limits": (0.0, hi if hi > 0 else 1.0),
                     "blending": "additive",
                     "opacity": 0.7,
-                    "visible": False,
+                    "visible": visible,
                 },
                 "image",
             )
@@ -194,6 +203,61 @@ def prediction_layer_data(
                     "visible": False,
                 },
                 "labels",
+            )
+        )
+    return out
+
+
+def normalized_layer_data(
+    normalized: Mapping[str, np.ndarray],
+    *,
+    image_name: str,
+    scale: Sequence[float] = (1.0, 1.0),
+    translate: Sequence[float] = (0.0, 0.0),
+    offset: Sequence[int] = (0, 0),
+    provenance: Mapping[str, Any] | None = None,
+) -> list[LayerDataTuple]:
+    """Layer data tuples for the DCIN colour-normalised images (the "after" of before/after).
+
+    Parameters
+    ----------
+    normalized : mapping
+        ``{branch: image}`` as in ``Prediction.extras["normalized"]``; ``branch`` is ``"gris"``,
+        ``"lris"`` or ``"reference"``, ``image`` uint8 RGB ``(H, W, 3)``.
+    image_name : str
+        The source image layer; layers are called ``"<image> normalized (<branch>)"``.
+    scale, translate : sequence of float
+        Of the source image layer (only the last two axes are used).
+    offset : (int, int)
+        Top-left pixel ``(y, x)`` of the segmented region in the source image.
+    provenance : mapping
+        Stored in each layer's ``metadata["provenance"]``.
+
+    Returns
+    -------
+    list of (data, kwargs, "image")
+        One RGB layer per branch, in the order of ``normalized``, placed over the source region.
+    """
+    sc2, tr2 = _placement(scale, translate, offset, 2)
+    meta = {"provenance": dict(provenance or {}), "source_layer": str(image_name)}
+    out: list[LayerDataTuple] = []
+    for branch, image in normalized.items():
+        data = np.asarray(image)
+        if data.ndim != 3 or data.shape[-1] != 3:
+            raise ValueError(
+                f"normalized image of branch {branch!r} must be (H, W, 3), got {data.shape}"
+            )
+        out.append(
+            (
+                data,
+                {
+                    "name": f"{image_name} normalized ({branch})",
+                    "rgb": True,
+                    "scale": sc2,
+                    "translate": tr2,
+                    "metadata": dict(meta) | {"dcin_branch": str(branch)},
+                },
+                "image",
             )
         )
     return out

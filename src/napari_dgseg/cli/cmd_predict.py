@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uncertainty", action="store_true",
                    help="also write <stem>_uncertainty.tif (DCIN full: GRIS/LRIS disagreement)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
+    p.add_argument("--codebook", action="store_true",
+                   help="also write <stem>_codebook.tif (sqvae models: e_alpha code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -110,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         if args.probabilities and pred.probabilities is not None:
             row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
                                                         pred.probabilities, provenance))
+        if args.codebook:
+            from napari_dgseg.cli.cmd_codebook import write_codebook
+
+            row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance))
         rows.append(row)
     print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
     return 0

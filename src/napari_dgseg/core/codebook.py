@@ -9,8 +9,8 @@ each code. After training, :func:`store_training_usage` stores in the bundle
   training images;
 * ``calibration_scores`` ``(n,)``: the shift score of each training-domain image against the usage
   of the *other* images (leave-one-out, so the image's own pixels never count in its reference);
-* ``threshold`` ``(1,)``: ``mean + 3 std`` of those scores (std floor 0.01): above it an image is
-  flagged out of domain.
+* ``threshold`` ``(1,)``: ``max(mean + 3 sd, 1.5 max)`` of those scores (sd floor 1e-4): above
+  it an image is flagged out of domain.
 
 The *domain-shift score* (:func:`shift_score`) is the Jensen-Shannon divergence (base 2, in
 [0, 1]) between an image's usage and the training usage, averaged over the two codebooks.
@@ -50,7 +50,9 @@ EXTRA = "codebook"
 #: Threshold = mean + THRESHOLD_SD * std of the calibration scores.
 THRESHOLD_SD = 3.0
 #: Lower bound of the std used for the threshold (few, very similar calibration images).
-MIN_SD = 0.01
+MIN_SD = 1e-4
+#: The threshold is also at least MAX_FACTOR times the largest calibration score.
+MAX_FACTOR = 1.5
 
 
 def code_usage(indices: np.ndarray, num_codes: int, mask: np.ndarray | None = None) -> np.ndarray:
@@ -335,10 +337,12 @@ def _leave_one_out_scores(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
 
 
 def _threshold(scores: np.ndarray) -> float:
+    """``max(mean + 3 sd, 1.5 max)`` of the calibration scores (at most 1; 1 without scores)."""
     if scores.size == 0:
         return 1.0
     sd = float(scores.std(ddof=1)) if scores.size > 1 else 0.0
-    return float(min(1.0, scores.mean() + THRESHOLD_SD * max(sd, MIN_SD)))
+    value = max(scores.mean() + THRESHOLD_SD * max(sd, MIN_SD), MAX_FACTOR * scores.max())
+    return float(min(1.0, value))
 
 
 def _samples(domains: Iterable[Any], per_domain: int) -> list[Sample]:
@@ -381,7 +385,7 @@ def calibrate_shift(bundle: Any, samples: Sequence[Sample], *, device: Any = "au
     """Re-calibrate the warning threshold on in-domain validation images (labels not needed).
 
     The training usage stays; each validation image is scored against it and the threshold
-    becomes ``mean + 3 std`` of those scores. Save the bundle afterwards to keep the result.
+    becomes ``max(mean + 3 sd, 1.5 max)`` of those scores. Save the bundle afterwards to keep the result.
     """
     _require_sqvae(bundle)
     ref = training_reference(bundle)

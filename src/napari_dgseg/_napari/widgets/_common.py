@@ -105,6 +105,7 @@ class LayerPicker(QComboBox):
         self._viewer = viewer
         self._types = layer_types if isinstance(layer_types, tuple) else (layer_types,)
         self._placeholder = placeholder
+        self._exclude: Callable[[Any], bool] | None = None
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
@@ -133,8 +134,18 @@ class LayerPicker(QComboBox):
         self.refresh()
 
     def layers(self) -> list[Any]:
-        """Layers of the accepted types, in viewer order."""
-        return [lyr for lyr in self._viewer.layers if isinstance(lyr, self._types)]
+        """Layers of the accepted types (and not excluded), in viewer order."""
+        exclude = self._exclude
+        return [
+            lyr
+            for lyr in self._viewer.layers
+            if isinstance(lyr, self._types) and not (exclude is not None and exclude(lyr))
+        ]
+
+    def set_exclude(self, exclude: Callable[[Any], bool] | None) -> None:
+        """Hide the layers for which ``exclude(layer)`` is True (None: offer all) and refresh."""
+        self._exclude = exclude
+        self.refresh()
 
     def refresh(self, prefer: Any = None) -> None:
         """Rebuild the list, keeping the current layer selected (or ``prefer`` if given)."""

@@ -177,7 +177,7 @@ def test_full_mode_adds_normalized_and_uncertainty(banked, qtbot):
     tip = w.dcin.references_line.toolTip()
     assert "target tissue" in tip and "GRIS" in tip and "lab-reinhard" in tip
     assert w.dcin.swatch.pixmap() is not None and not w.dcin.swatch.pixmap().isNull()
-    assert "skipped" not in w.status_label.text() and "DCIN full" not in w.status_label.text()
+    assert w.status_label.text().endswith("· DCIN full") and "skipped" not in w.status_label.text()
 
     # unchecked: neither layer is added for a new image
     viewer.add_image(_shifted(seed=3), name="other", rgb=True)

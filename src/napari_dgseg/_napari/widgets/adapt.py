@@ -268,9 +268,8 @@ class AdaptWidget(QWidget):
             for lay in self.viewer.layers:
                 if (
                     isinstance(lay, Labels)
-                    and lay.name != PREVIEW_NAME
-                    and not lay.name.startswith(target.name + " before")
-                    and not lay.name.startswith(target.name + " after")
+                    and "what"
+                    not in (lay.metadata or {}).get("provenance", {})  # preview, before/after
                     and tuple(lay.data.shape) == tuple(shape)
                 ):
                     out[target.name] = lay

@@ -47,7 +47,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -359,8 +358,8 @@ class DcinControls(QGroupBox):
         Choose a reference file instead of a layer / go back to the layer.
     normalized_check, uncertainty_check : QCheckBox
         Add the normalised image(s) / the GRIS-LRIS uncertainty map as layers.
-    references_line : QLineEdit
-        Read-only: the references chosen by the last run (colour statistics in its tooltip).
+    references_line : QLabel
+        Read-only (selectable): the references chosen by the last run (colour statistics in its tooltip).
     swatch : QLabel
         Mean tissue colour of the target and of each reference after a run.
     """
@@ -412,9 +411,10 @@ class DcinControls(QGroupBox):
             "Full mode only: add where the GRIS and LRIS results disagree (0 = agree, 1 = "
             "opposite) as a layer; bright areas deserve a second look"
         )
-        self.references_line = QLineEdit()
-        self.references_line.setReadOnly(True)
-        self.references_line.setPlaceholderText("references chosen by the last run")
+        self.references_line = QLabel("")
+        self.references_line.setWordWrap(True)
+        self.references_line.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.references_line.setToolTip("The references chosen by the last run appear here")
         self.swatch = QLabel()
         self.swatch.setToolTip("Mean tissue colour: the image, then each reference")
         used_row = QHBoxLayout()
@@ -427,11 +427,8 @@ class DcinControls(QGroupBox):
         form.addRow("Mode", self.mode_combo)
         form.addRow(self._reference_label, self._reference_row)
         form.addRow("", self.file_label)
-        checks = QHBoxLayout()
-        checks.addWidget(self.normalized_check)
-        checks.addWidget(self.uncertainty_check)
-        checks.addStretch(1)
-        form.addRow("", checks)
+        form.addRow("", self.normalized_check)
+        form.addRow("", self.uncertainty_check)
         form.addRow("Used", used_row)
 
         self.mode_combo.currentIndexChanged.connect(self.update_controls)
@@ -531,7 +528,6 @@ class DcinControls(QGroupBox):
         """Show the references of a finished run (line, tooltip, colour swatch)."""
         line, tip = describe_references(dcin, reference_label)
         self.references_line.setText(line)
-        self.references_line.setCursorPosition(0)
         self.references_line.setToolTip(tip or line)
         pixmap = _colour_swatch(dcin)
         self.swatch.setVisible(pixmap is not None)
@@ -846,10 +842,13 @@ class SegmentWidget(QWidget):
         if labels or self._last_result:
             self.viewer.layers.selection.active = (labels or self._last_result)[0]
         self.dcin.show_result(result.dcin, result.reference_label)
-        notice = (result.dcin or {}).get("notice")
+        dcin = result.dcin or {}
+        notice = dcin.get("notice")
         if notice:
             notify(notice, "info")
             self.status_label.setText(f"{result.summary}. {notice}")
+        elif dcin.get("mode", "none") != "none":
+            self.status_label.setText(f"{result.summary} · DCIN {dcin['mode']}")
         else:
             self.status_label.setText(result.summary)
 

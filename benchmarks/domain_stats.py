@@ -77,7 +77,7 @@ def main() -> None:
 
                 from skimage.io import imsave
 
-                tiles = [make_sample(kind, 256, name, seed=s).image for s in (1, 2, 3)]
+                tiles = [make_sample(kind, 192, name, seed=s).image for s in (1, 2, 3)]
                 Path(args.montage).mkdir(parents=True, exist_ok=True)
                 imsave(Path(args.montage) / f"domain_{kind}_{name}.png",
                        np.concatenate(tiles, axis=1), check_contrast=False)

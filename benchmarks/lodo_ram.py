@@ -179,10 +179,24 @@ def markdown(table: dict, domains: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from napari_dgseg.core.data.synthetic import list_domains
+def merge(files: list[str], out: Path, families: list[str]) -> int:
+    """Join the runs of several result files (same setup, e.g. one process per seed)."""
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    setup = dict(docs[0]["setup"])
+    setup["seeds"] = sorted({r["seed"] for d in docs for r in d["runs"]})
+    setup["merged_from"] = [Path(f).name for f in files]
+    runs = [r for d in docs for r in d["runs"]]
+    domains = list(setup["domains"])
+    fams = [f for f in families if any(r["family"] == f for r in runs)]
+    table = summarise(runs, fams, domains)
+    _atomic_json(out, {"setup": setup, "runs": runs, "summary": table})
+    print(markdown(table, domains))
+    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
     from napari_dgseg.core.data.datasets import load_folder
+    from napari_dgseg.core.data.synthetic import list_domains
     from napari_dgseg.core.train.source import train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,9 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="/tmp/dgseg_lodo_ram_data")
     p.add_argument("--out", default="benchmarks/results/lodo_ram.json")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--merge", nargs="+", default=None, help="merge result files (e.g. one per seed) into --out"
+    )
     args = p.parse_args(argv)
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
+    if args.merge:
+        return merge(args.merge, Path(args.out), args.families)
     avail = list_domains()
     avail = avail["vessels"] if isinstance(avail, dict) else avail
     domains = args.domains or list(avail)

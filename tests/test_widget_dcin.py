@@ -173,7 +173,7 @@ def test_full_mode_adds_normalized_and_uncertainty(banked, qtbot):
     refs = {r["branch"]: r["reference"] for r in dcin["references"]}
     assert set(refs) == {"gris", "lris"} and set(refs.values()) <= set(BANK_NAMES)
     line = w.dcin.references_line.text()
-    assert line == f"GRIS: {refs['gris']} · LRIS: {refs['lris']}"
+    assert line == f"GRIS: {refs['gris']}\nLRIS: {refs['lris']}"
     tip = w.dcin.references_line.toolTip()
     assert "target tissue" in tip and "GRIS" in tip and "lab-reinhard" in tip
     assert w.dcin.swatch.pixmap() is not None and not w.dcin.swatch.pixmap().isNull()

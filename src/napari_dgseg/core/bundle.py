@@ -279,6 +279,7 @@ class Bundle:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are meant to be shared
             if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
                 from napari_dgseg.core.errors import CancelledError
 

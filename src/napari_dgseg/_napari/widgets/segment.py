@@ -287,7 +287,8 @@ def describe_references(
     Returns
     -------
     line, tooltip : str
-        E.g. ``"GRIS: nuclei_clean_0003 · LRIS: nuclei_clean_0011"`` and a multi-line tooltip.
+        E.g. ``"GRIS: nuclei_clean_0003\nLRIS: nuclei_clean_0011"`` (one reference a line) and a
+        multi-line tooltip.
     """
     if not dcin:
         return "no colour normalisation", ""
@@ -312,7 +313,7 @@ def describe_references(
         )
     for ref, part in zip(refs, parts, strict=True):
         tips.append(f"{part}: {_fmt3(ref.get('mean', []))}, {_fmt3(ref.get('std', []))}")
-    return " · ".join(parts), "\n".join(tips)
+    return "\n".join(parts), "\n".join(tips)
 
 
 def _colour_swatch(dcin: dict[str, Any] | None, height: int = 18) -> QPixmap | None:
@@ -411,17 +412,15 @@ class DcinControls(QGroupBox):
             "Full mode only: add where the GRIS and LRIS results disagree (0 = agree, 1 = "
             "opposite) as a layer; bright areas deserve a second look"
         )
-        self.references_line = QLabel("")
-        self.references_line.setWordWrap(True)
+        # One reference per line, no word wrap, and two lines from the start: a napari dock does
+        # not grow when a label needs another line after a run.
+        self.references_line = QLabel("(the references chosen\nby the next run)")
+        self.references_line.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.references_line.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         self.references_line.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.references_line.setToolTip("The references chosen by the last run appear here")
         self.swatch = QLabel()
         self.swatch.setToolTip("Mean tissue colour: the image, then each reference")
-        used_row = QHBoxLayout()
-        used_row.setContentsMargins(0, 0, 0, 0)
-        used_row.addWidget(self.references_line, 1)
-        used_row.addWidget(self.swatch)
-
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Mode", self.mode_combo)
@@ -429,7 +428,8 @@ class DcinControls(QGroupBox):
         form.addRow("", self.file_label)
         form.addRow("", self.normalized_check)
         form.addRow("", self.uncertainty_check)
-        form.addRow("Used", used_row)
+        form.addRow("Used", self.references_line)
+        form.addRow("", self.swatch)
 
         self.mode_combo.currentIndexChanged.connect(self.update_controls)
         self.file_button.clicked.connect(lambda: self.choose_file())
@@ -649,7 +649,9 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        # Preferred, not Maximum: a Maximum widget caps its dock at its first size hint, and rows
+        # that appear later (Shapes, reference, the references line) would be squeezed.
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.setMinimumWidth(320)
 
         self.run_button.clicked.connect(lambda: self.run())

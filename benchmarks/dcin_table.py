@@ -3,7 +3,9 @@
 Models trained on one domain (without / with CQG) are evaluated on every domain with DCIN
 ``none`` / ``gris`` / ``lris`` / ``full`` and a fixed expert reference (one image of the training
 domain, chosen once). Test images are generated with seeds disjoint from training (>= 50000).
-Reports pixel Dice (and AJI of connected components) per domain, and the mean over shifted domains.
+Reports pixel Dice, AJI and PQ (instances: the family's own, or connected components of the
+semantic mask) per domain, and the mean over shifted domains. With ``--modes none`` and one
+model it is the baseline table of docs/segment.md (the domain drop later methods must close).
 
 Usage::
 
@@ -43,14 +45,17 @@ def main() -> None:
         for mode in args.modes:
             row = {"model": model, "cqg": bool(bundle.provenance.get("cqg")), "dcin": mode}
             for d in domains:
-                dice, aji = [], []
+                dice, aji, pq = [], [], []
                 for img, gt in tests[d]:
                     pred = bundle.predict(img, tile=512, overlap=32, device="cpu", dcin=mode,
                                           reference=expert if mode == "reference" else None)
-                    dice.append(metrics.dice(pred.labels, gt))
-                    aji.append(metrics.instance_scores(semantic_to_instances(pred.labels), gt)["aji"])
+                    inst = pred.labels if bundle.family.output == "instances" else semantic_to_instances(pred.labels)
+                    sc = metrics.instance_scores(inst, gt)
+                    dice.append(sc["dice"])
+                    aji.append(sc["aji"])
+                    pq.append(sc["pq"])
                 row[d] = {"dice": round(float(np.mean(dice)), 4), "dice_std": round(float(np.std(dice)), 4),
-                          "aji": round(float(np.mean(aji)), 4)}
+                          "aji": round(float(np.mean(aji)), 4), "pq": round(float(np.mean(pq)), 4)}
             shifted = [d for d in domains if d != args.train_domain]
             row["shifted_mean_dice"] = round(float(np.mean([row[d]["dice"] for d in shifted])), 4)
             row["shifted_mean_aji"] = round(float(np.mean([row[d]["aji"] for d in shifted])), 4)

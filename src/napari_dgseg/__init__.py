@@ -22,14 +22,25 @@ _LAZY = {
     "Prediction": ("napari_dgseg.core.predict", "Prediction"),
     "train": ("napari_dgseg.core.train.source", "train"),
     "normalize_colors": ("napari_dgseg.core.color.transfer", "normalize_colors"),
+    "adapt": ("napari_dgseg.core.train.adapt", "adapt"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Bundle",
+    "Prediction",
+    "__version__",
+    "adapt",
+    "list_bundles",
+    "load_bundle",
+    "normalize_colors",
+    "train",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_dgseg.core.bundle import Bundle, list_bundles, load_bundle
     from napari_dgseg.core.color.transfer import normalize_colors
     from napari_dgseg.core.predict import Prediction
+    from napari_dgseg.core.train.adapt import adapt
     from napari_dgseg.core.train.source import train
 
 

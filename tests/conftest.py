@@ -44,3 +44,18 @@ def tiny_bundle(tmp_path):
                            class_names=["background", "nucleus"], task="nuclei")
     bundle.save(tmp_path / "tiny.dgseg")
     return bundle
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during the test (widget tests)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[str] = []
+
+    def record(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)

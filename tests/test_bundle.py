@@ -11,7 +11,6 @@ import torch
 from napari_dgseg.core.bundle import (
     MANIFEST,
     WEIGHTS,
-    Bundle,
     convert_checkpoint,
     list_bundles,
     load_bundle,

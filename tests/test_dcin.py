@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import disks_image
 from napari_dgseg.core.color.bank import (
     add_bank_to_bundle,
     histogram_medoid,
@@ -13,8 +14,6 @@ from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.color.transfer import transfer
 from napari_dgseg.core.errors import DgsegError, InputError
 from napari_dgseg.core.imageprep import ImageAdapter
-
-from conftest import disks_image
 
 
 def _tinted(i):

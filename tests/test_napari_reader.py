@@ -30,21 +30,6 @@ pytestmark = pytest.mark.gui
 PLUGIN = "napari-dgseg"
 
 
-@pytest.fixture
-def notes():
-    """Messages of napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    messages: list[str] = []
-
-    def record(notification):
-        messages.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield messages
-    notification_manager.notification_ready.disconnect(record)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("formats")

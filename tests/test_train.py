@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import disks_image
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import CancelledError, InputError
 from napari_dgseg.core.train.source import train
-
-from conftest import disks_image
 
 CFG = {"widths": [8, 16, 32]}
 

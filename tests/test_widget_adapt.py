@@ -44,20 +44,6 @@ def model_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
-@pytest.fixture
 def widget(make_napari_viewer, qtbot, model_dir, monkeypatch):
     monkeypatch.setenv("DGSEG_MODEL_DIR", str(model_dir))
     from conftest import disks_image

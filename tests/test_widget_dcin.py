@@ -60,21 +60,6 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
 def _make_widget(make_napari_viewer, qtbot, model_dir, monkeypatch, model):
     monkeypatch.setenv("DGSEG_MODEL_DIR", str(model_dir))
     from napari_dgseg._napari.widgets.segment import SegmentWidget

@@ -39,21 +39,6 @@ def tiny_bundle_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def record(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(record)
-    yield seen
-    notification_manager.notification_ready.disconnect(record)
-
-
-@pytest.fixture
 def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
     """A docked SegmentWidget with the tiny model loaded."""
     monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))

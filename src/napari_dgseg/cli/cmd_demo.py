@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = _resolve_model(args.model or DEFAULT_MODELS[args.sample])
     viewer = napari.Viewer(show=not args.headless, title="napari-dgseg demo")
+    viewer.window.resize(1500, 950)
     for data, kwargs, kind in _sample_layers(args.sample):
         if kind == "image":
             viewer.add_image(data, **kwargs)
@@ -65,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             viewer.add_labels(data, **kwargs)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment (napari-dgseg)", area="right")
-    widget.model_picker.load(model, block=True)
+    _wait(lambda: not widget.model_picker.loading)  # the picker auto-loads its first entry
+    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != Path(model).stem:
+        widget.model_picker.load(model, block=True)
     image_layer = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Image))
     widget.image_picker.set_layer(image_layer)
     if not args.headless:
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                                 layer.metadata.get("provenance", {}))
             written[layer.name] = str(path)
     viewer.reset_view()
+    viewer.camera.zoom *= 2.5  # close enough to see single nuclei in the screenshot
     shot = out / "screenshot.png"
     from skimage.io import imsave
 
@@ -97,6 +101,18 @@ def run(args: argparse.Namespace) -> int:
     print_json(summary)
     viewer.close()
     return 0 if written else 1
+
+
+def _wait(condition, timeout: float = 120.0) -> None:
+    """Process Qt events until ``condition()`` holds (or ``timeout`` seconds pass)."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
 
 
 def _safe(name: str) -> str:

@@ -112,17 +112,32 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float)
     h, w = shape
     factor = max(1.0, sigma / 2.0)
     if factor > 1.0:
-        sh, sw = max(2, int(np.ceil(h / factor)) + 2), max(2, int(np.ceil(w / factor)) + 2)
-        small = ndi.gaussian_filter(rng.standard_normal((sh, sw)).astype(np.float32), 2.0, mode="wrap")
-        out = ndi.zoom(small, (h / (sh - 2), w / (sw - 2)), order=1, mode="nearest", grid_mode=True)
-        out = out[:h, :w]
-        if out.shape != (h, w):  # zoom can round one pixel short
-            out = np.pad(out, ((0, h - out.shape[0]), (0, w - out.shape[1])), mode="edge")
+        sh, sw = int(np.ceil(h / factor)) + 3, int(np.ceil(w / factor)) + 3
+        small = rng.standard_normal((sh, sw), dtype=np.float32)
+        small = ndi.gaussian_filter(small, 2.0, mode="wrap", truncate=3.0)
+        out = _upsample_linear(small, shape, factor)
     else:
-        out = ndi.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), sigma)
-    out = out - out.mean()
+        noise = rng.standard_normal((h, w), dtype=np.float32)
+        out = ndi.gaussian_filter(noise, sigma, truncate=3.0)
+    out -= out.mean()
     sd = float(out.std())
-    return (out / sd if sd > 0 else out).astype(np.float32)
+    return out / sd if sd > 0 else out
+
+
+def _upsample_linear(small: np.ndarray, shape: tuple[int, int], factor: float) -> np.ndarray:
+    """Separable bilinear upsampling of ``small`` by ``factor`` onto a ``shape`` grid."""
+    out = small
+    for axis, n in enumerate(shape):
+        pos = np.arange(n, dtype=np.float32) / np.float32(factor) + 1.0
+        i0 = np.floor(pos).astype(np.intp)
+        wgt = (pos - i0).astype(np.float32)
+        a = np.take(out, i0, axis=axis)
+        b = np.take(out, i0 + 1, axis=axis)
+        wshape = [1, 1]
+        wshape[axis] = n
+        wgt = wgt.reshape(wshape)
+        out = a + (b - a) * wgt
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

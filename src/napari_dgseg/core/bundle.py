@@ -305,7 +305,7 @@ class Bundle:
         out = dict(self.manifest)
         out["path"] = str(self.path) if self.path else None
         out["sha256"] = self.sha256
-        out["parameters"] = int(sum(v.numel() for v in self._tensors[WEIGHTS].values()))
+        out["parameters"] = int(sum(v.numel() for v in self.state_dict().values()))
         return out
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 
 from napari_dgseg.core.errors import InputError
 
-MIN_SIZE = 32
+MIN_SIZE = 16
 MAX_SIZE = 8192
 
 
@@ -53,8 +53,8 @@ def as_shape(size: int | tuple[int, int], *, argument: str = "size") -> tuple[in
         )
     if not all(MIN_SIZE <= s <= MAX_SIZE for s in shape):
         raise InputError(
-            f"{argument}={size!r} is out of range: each side must be between {MIN_SIZE} and "
-            f"{MAX_SIZE} pixels, e.g. {argument}=256."
+            f"{argument}={size!r} is out of range: synthetic images must be at least {MIN_SIZE} x "
+            f"{MIN_SIZE} pixels and at most {MAX_SIZE} per side, e.g. {argument}=256."
         )
     return shape
 
@@ -164,7 +164,9 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=int(quality), subsampling=2)
+    Image.fromarray(np.ascontiguousarray(image)).save(
+        buf, format="JPEG", quality=int(quality), subsampling=2
+    )
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()

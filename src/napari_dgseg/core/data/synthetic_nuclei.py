@@ -157,7 +157,7 @@ def get_nuclei_domain(domain: str) -> NucleiDomain:
         return NUCLEI_DOMAINS[domain]
     except (KeyError, TypeError):
         raise InputError(
-            f"unknown nuclei domain {domain!r}: choose one of {', '.join(NUCLEI_DOMAINS)} "
+            f"unknown nuclei domain {domain!r}; valid domains: {list(NUCLEI_DOMAINS)} "
             "(dgseg synth --list-domains prints them)."
         ) from None
 
@@ -341,9 +341,7 @@ def make_layout(rng: np.random.Generator, shape: tuple[int, int]) -> NucleiLayou
     )
 
 
-def rasterise_nuclei(
-    layout: NucleiLayout, shape: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
+def rasterise_nuclei(layout: NucleiLayout, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise the nuclei into an instance partition.
 
     Parameters
@@ -551,7 +549,9 @@ def _fibre_texture(layout: NucleiLayout, rng: np.random.Generator) -> np.ndarray
     nu = int((float(u.max()) - u0) / stretch) + 4
     nv = int(float(v.max()) - v0) + 4
     out = np.zeros((h, w), np.float32)
-    coords = np.stack([np.broadcast_to(v - v0 + 1, (h, w)), np.broadcast_to((u - u0) / stretch + 1, (h, w))])
+    coords = np.stack(
+        [np.broadcast_to(v - v0 + 1, (h, w)), np.broadcast_to((u - u0) / stretch + 1, (h, w))]
+    )
     for sig_v, weight in ((0.9, 0.6), (2.2, 0.4)):
         src = rng.standard_normal((nv, nu), dtype=np.float32)
         src = ndi.gaussian_filter(src, (sig_v, 1.6), truncate=3.0)

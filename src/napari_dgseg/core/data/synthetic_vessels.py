@@ -145,7 +145,7 @@ def get_vessel_domain(domain: str) -> VesselDomain:
         return VESSEL_DOMAINS[domain]
     except (KeyError, TypeError):
         raise InputError(
-            f"unknown vessels domain {domain!r}: choose one of {', '.join(VESSEL_DOMAINS)} "
+            f"unknown vessels domain {domain!r}; valid domains: {list(VESSEL_DOMAINS)} "
             "(dgseg synth --list-domains prints them)."
         ) from None
 
@@ -204,12 +204,28 @@ def make_eye(rng: np.random.Generator, fov_radius_px: float) -> Eye:
     for vert in (-1.0, 1.0):  # superior (y < 0), inferior
         for kind, w0, off in ((VEIN, 0.036, 0.0), (ARTERY, 0.027, 0.12)):
             a_t = vert * np.deg2rad(rng.uniform(50, 78)) - vert * off
-            trunks.append((a_t, -vert * rng.uniform(1.3, 2.1), rng.uniform(0.5, 0.8), w0 * rng.uniform(0.9, 1.1), kind))
+            trunks.append(
+                (
+                    a_t,
+                    -vert * rng.uniform(1.3, 2.1),
+                    rng.uniform(0.5, 0.8),
+                    w0 * rng.uniform(0.9, 1.1),
+                    kind,
+                )
+            )
             a_n = vert * np.deg2rad(rng.uniform(110, 150)) + vert * off
             trunks.append((a_n, rng.normal(0, 0.5), 0.6, 0.75 * w0 * rng.uniform(0.85, 1.1), kind))
     for _ in range(rng.integers(2, 5)):  # small macular vessels
         kind = int(rng.integers(2))
-        trunks.append((np.deg2rad(rng.uniform(-30, 30)), rng.normal(0, 0.8), 0.6, rng.uniform(0.006, 0.011), kind))
+        trunks.append(
+            (
+                np.deg2rad(rng.uniform(-30, 30)),
+                rng.normal(0, 0.8),
+                0.6,
+                rng.uniform(0.006, 0.011),
+                kind,
+            )
+        )
 
     vessels: list[np.ndarray] = []
     kinds: list[int] = []
@@ -285,7 +301,7 @@ def rasterise_vessels(
     hs, ws = shape[0] * ss, shape[1] * ss
     cy, cx = centre
     xs, ys, rs, ks = [], [], [], []
-    for pts, kind in zip(eye.vessels, eye.kinds):
+    for pts, kind in zip(eye.vessels, eye.kinds, strict=True):
         # to supersampled pixel coordinates (pixel centres at integers)
         px = (cx + radius * pts[:, 0] + 0.5) * ss - 0.5
         py = (cy + radius * pts[:, 1] + 0.5) * ss - 0.5
@@ -310,7 +326,7 @@ def rasterise_vessels(
     order = np.argsort(r, kind="stable")  # later (wider) writes win on shared pixels
     x, y, r, k = x[order], y[order], r[order], k[order]
     edges = (0.0, 1.5, 3.0, 5.0, np.inf)
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = (r >= lo) & (r < hi)
         if not sel.any():
             continue
@@ -326,7 +342,9 @@ def rasterise_vessels(
         edge = rn + 0.5
         prof = smoothstep(edge - dist, 0.0, 1.0) * (1.0 - 0.35 * np.minimum(dist / edge, 1.0) ** 2)
         reflex = (kn == ARTERY) & (rn > 2.0)
-        prof = np.where(reflex, prof * (1.0 - 0.45 * np.exp(-((dist / (0.3 * rn + 1e-6)) ** 2))), prof)
+        prof = np.where(
+            reflex, prof * (1.0 - 0.45 * np.exp(-((dist / (0.3 * rn + 1e-6)) ** 2))), prof
+        )
         strength = np.clip(rn / 2.5, 0.45, 1.0) * np.where(kn == ARTERY, 0.72, 1.0)
         np.maximum(absorb, prof * strength, out=absorb)
         covered |= cov
@@ -402,7 +420,11 @@ def make_vessels(
     img = img * (1 - 0.6 * cup_w) + np.float32(255.0) * 0.6 * cup_w
 
     # vessels absorb, mostly in green and blue
-    vessel = np.float32(dom.vessel_contrast) * absorb[..., None] * np.asarray(dom.vessel_absorb, np.float32)
+    vessel = (
+        np.float32(dom.vessel_contrast)
+        * absorb[..., None]
+        * np.asarray(dom.vessel_absorb, np.float32)
+    )
     img = img * (1.0 - vessel)
 
     # tone curve, then dark outside the field of view (with a one-pixel soft edge)

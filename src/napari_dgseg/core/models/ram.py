@@ -129,7 +129,7 @@ class RAMSgCGConfig(RAMConfig):
     sgcg_weight: float = 0.1
     sgcg_tau: float = 0.1
     sgcg_dim: int = 32
-    sgcg_covariance: str = "full"
+    sgcg_covariance: str = "diag"
     sgcg_stride: int = 1
     sgcg_max_pixels: int = 16384
 

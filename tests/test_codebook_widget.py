@@ -62,7 +62,9 @@ def widget(make_napari_viewer, qtbot, sqvae_dir, monkeypatch):
     viewer = make_napari_viewer()
     w = CodebookWidget(viewer)
     viewer.window.add_dock_widget(w, name="Codebook")
-    qtbot.waitUntil(lambda: w.model_picker.bundle is not None, timeout=20000)
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
+        w.model_picker.load(MODEL, block=True)  # shipped sqvae bundles may be listed first
     assert w.model_picker.bundle.name == MODEL
     return w
 

@@ -81,9 +81,13 @@ class SQVAEConfig:
     codebook_size_beta : int
         Codes of ``e_beta``; ``0`` means ``codebook_size``.
     log_var_init : float
-        Initial ``p`` of ``sigma^2 = 1 + exp(p)`` (log 20: sigma^2 starts at 21).
+        Initial ``p`` of ``sigma^2 = 1 + exp(p)``. Default 0 (sigma^2 starts at 2). The SQ-VAE
+        reference's log 20 (sigma^2 = 21) made the class logits so flat that segmentation did not
+        learn in CPU-length runs: on synthetic nuclei, 150 iterations moved the seg loss from 1.26
+        to 1.23 with (log 20, learned temperature, w_seg 1, w_code 1) and from 1.21 to 0.56 with
+        the defaults below (measured with widths 8-64, 64 px crops, batch 4).
     learn_variance, learn_temperature : bool
-        Whether ``p`` and ``log_tau`` are trained.
+        Whether ``p`` and ``log_tau`` are trained (temperature: fixed schedule by default).
     temperature_decay : float
         ``T = exp(-temperature_decay * step)`` (SQ-VAE: 1e-5 per step).
     min_temperature : float
@@ -108,14 +112,14 @@ class SQVAEConfig:
     split: int = 0
     codebook_size: int = 64
     codebook_size_beta: int = 0
-    log_var_init: float = math.log(20.0)
+    log_var_init: float = 0.0
     learn_variance: bool = True
-    learn_temperature: bool = True
+    learn_temperature: bool = False
     temperature_decay: float = 1e-5
     min_temperature: float = 0.05
     recon_width: int = 0
-    w_seg: float = 1.0
-    w_code: float = 1.0
+    w_seg: float = 5.0
+    w_code: float = 0.2
     w_domain: float = 0.1
     w_corr: float = 1.0
     w_recon: float = 0.5

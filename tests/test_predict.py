@@ -75,6 +75,16 @@ def test_tiling_invariance_shipped_model():
     tiled = bundle.predict(img, tile=256, overlap=32)
     agree = float(np.mean(single.labels == tiled.labels))
     assert agree >= 0.995, agree
-    # no seam: disagreement is not concentrated on tile borders
+    # no seam: the (tiny) disagreement is not concentrated along the tile borders
+    from napari_dgseg.core.tiling import plan_tiles
+
     diff = np.abs(single.probabilities[1] - tiled.probabilities[1])
-    assert diff.max() < 0.5
+    grid = plan_tiles(1500, 1300, 256, 32, bundle.model.divisor)
+    border = np.zeros(diff.shape, bool)
+    for axis, tiles in ((0, grid.rows), (1, grid.cols)):
+        lines = list(tiles.starts[1:]) + [s + tiles.size for s in tiles.starts[:-1]]
+        for line in lines:  # every tile edge inside the image, +-4 px
+            band = (slice(max(0, line - 4), line + 4), slice(None))
+            border[band if axis == 0 else band[::-1]] = True
+    assert diff.mean() < 0.01
+    assert diff[border].mean() < 3 * diff[~border].mean() + 1e-3

@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> dict:
             seed=seed,
             batch=4,
             size=args.crop,
+            mi_weight=args.mi_weight,
             device="cpu",
         )
         cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
@@ -267,6 +268,9 @@ def main() -> None:
         help="only write a labelled folder of the source domain (images/ + labels/) and exit",
     )
     p.add_argument("--first-seed", type=int, default=0, help="first image seed of --write-source")
+    p.add_argument("--mi-weight", type=float, default=1.0,
+                   help="weight of the MI term (0: the same schedule with source supervision only, "
+                   "the ablation that separates MaNi from continued source training)")
     args = p.parse_args()
     if args.write_source:
         from napari_dgseg.core.data.datasets import save_folder

@@ -57,7 +57,7 @@ def image_embedding(
     from napari_dgseg.core.predict import normalise_input
 
     div = int(getattr(model, "divisor", 16))
-    x = torch.from_numpy(rgb8).permute(2, 0, 1)[None].float().div(255.0)
+    x = torch.from_numpy(np.array(rgb8, copy=True)).permute(2, 0, 1)[None].float().div(255.0)
     h, w = x.shape[-2:]
     scale = min(1.0, max_side / max(h, w))
     th = max(div, int(round(h * scale / div)) * div)

@@ -59,6 +59,17 @@ def as_shape(size: int | tuple[int, int], *, argument: str = "size") -> tuple[in
     return shape
 
 
+def lookup_domain(table: dict, kind: str, domain: str):
+    """``table[domain]``; an unknown name raises :class:`InputError` listing the valid ones."""
+    try:
+        return table[domain]
+    except (KeyError, TypeError):
+        raise InputError(
+            f"unknown {kind} domain {domain!r}; valid domains: {list(table)} "
+            "(dgseg synth --list-domains prints them)."
+        ) from None
+
+
 def check_seed(seed: int, *, argument: str = "seed") -> int:
     """Return ``seed`` as a non-negative int or raise :class:`InputError`."""
     if not isinstance(seed, Integral) or isinstance(seed, bool) or int(seed) < 0:

@@ -34,11 +34,11 @@ from napari_dgseg.core.data._synth_common import (
     camera,
     check_seed,
     generators,
+    lookup_domain,
     smooth_noise,
     smoothstep,
     unit,
 )
-from napari_dgseg.core.errors import InputError
 
 # Macenko et al. (2009) reference H&E optical-density vectors; they match the two real tumour
 # tiles this generator was compared with (a Macenko estimate on them gives H ~ [0.54, 0.75, 0.40],
@@ -153,13 +153,7 @@ DEFAULT_NUCLEI_DOMAIN = "clean"
 
 def get_nuclei_domain(domain: str) -> NucleiDomain:
     """Look up a nuclei domain by name; unknown names raise :class:`InputError` listing the valid ones."""
-    try:
-        return NUCLEI_DOMAINS[domain]
-    except (KeyError, TypeError):
-        raise InputError(
-            f"unknown nuclei domain {domain!r}; valid domains: {list(NUCLEI_DOMAINS)} "
-            "(dgseg synth --list-domains prints them)."
-        ) from None
+    return lookup_domain(NUCLEI_DOMAINS, "nuclei", domain)
 
 
 @dataclass

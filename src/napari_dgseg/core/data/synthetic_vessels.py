@@ -29,10 +29,10 @@ from napari_dgseg.core.data._synth_common import (
     camera,
     check_seed,
     generators,
+    lookup_domain,
     smooth_noise,
     smoothstep,
 )
-from napari_dgseg.core.errors import InputError
 
 VEIN, ARTERY = 0, 1
 SUPERSAMPLE = 2
@@ -141,13 +141,7 @@ DEFAULT_VESSEL_DOMAIN = "camera-a"
 
 def get_vessel_domain(domain: str) -> VesselDomain:
     """Look up a vessel domain by name; unknown names raise :class:`InputError` listing the valid ones."""
-    try:
-        return VESSEL_DOMAINS[domain]
-    except (KeyError, TypeError):
-        raise InputError(
-            f"unknown vessels domain {domain!r}; valid domains: {list(VESSEL_DOMAINS)} "
-            "(dgseg synth --list-domains prints them)."
-        ) from None
+    return lookup_domain(VESSEL_DOMAINS, "vessels", domain)
 
 
 @dataclass

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from skimage.io import imsave
 
+from conftest import disks_image
 from napari_dgseg.cli import main
 from napari_dgseg.core.bundle import load_bundle
 from napari_dgseg.core.labels_io import read_labels
-
-from conftest import disks_image
 
 
 def _dataset(root: Path, n: int = 3) -> Path:

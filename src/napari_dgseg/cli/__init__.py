@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from napari_dgseg.core.errors import DgsegError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the exact command, recorded in provenance (see _common.command_line)
     try:
         return int(args.func(args) or 0)
     except DgsegError as exc:

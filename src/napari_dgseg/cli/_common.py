@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -12,6 +14,11 @@ def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=_default)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the user typed it (``dgseg ...``), for provenance."""
+    return "dgseg " + shlex.join(getattr(args, "argv", []))
 
 
 def _default(o: Any) -> Any:

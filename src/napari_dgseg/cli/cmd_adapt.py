@@ -7,10 +7,8 @@ model file is never modified.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import command_line, print_json
 from napari_dgseg.cli._progress import ProgressBar
 
 
@@ -73,13 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--out {out} is the parent model itself; give a new file name (the parent is never overwritten)"
         )
-    if len(sys.argv) > 1 and sys.argv[1] == "adapt":
-        command = "dgseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    else:  # called as a function (tests, scripts): rebuild the command from the arguments
-        command = (
-            f"dgseg adapt --model {args.model} --target {' '.join(args.target)} --out {args.out} "
-            f"--iters {args.iters} --lr {args.lr} --seed {args.seed}"
-        )
+    command = command_line(args)
     bar = None if args.quiet else ProgressBar("adapt")
     bundle = adapt(
         parent,

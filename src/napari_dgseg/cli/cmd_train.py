@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import command_line, print_json
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.errors import InputError
 
@@ -54,9 +52,7 @@ def parse_config(text: str | None) -> dict:
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.train.source import train
 
-    command = "dgseg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
-    if command is None or "train" not in command:
-        command = f"dgseg train {args.family} --source {' '.join(args.source)} --out {args.out} --iters {args.iters}"
+    command = command_line(args)
     bar = None if args.quiet else ProgressBar(f"train {args.family}")
     bundle = train(
         args.family,

@@ -44,7 +44,8 @@ from napari_dgseg.core.losses.ram import restoration_loss, symmetric_kl
 from napari_dgseg.core.losses.segmentation import IGNORE_INDEX, ce_dice_loss
 from napari_dgseg.core.losses.sgcg import COVARIANCES, SgCGLoss, downsample_labels
 from napari_dgseg.core.models.base import SegModel
-from napari_dgseg.core.models.blocks import NORMS, Decoder, Encoder
+from napari_dgseg.core.models.blocks import NORMS
+from napari_dgseg.core.models.unet import init_unet_backbone
 from napari_dgseg.core.predict import normalise_input
 from napari_dgseg.core.registry import Family, register_family
 
@@ -206,12 +207,7 @@ class RAMNet(SegModel):
 
     def __init__(self, config: RAMConfig) -> None:
         super().__init__()
-        self.config = config
-        self.num_classes = config.num_classes
-        self.divisor = 2 ** (len(config.widths) - 1)
-        self.encoder = Encoder(config.in_channels, config.widths, config.norm)
-        self.decoder = Decoder(config.widths, config.norm)
-        self.head = nn.Conv2d(config.widths[0], config.num_classes, 1)
+        init_unet_backbone(self, config)
         self.restoration: RestorationDecoder | None = None
         self.projection: nn.Module | None = None
         self.sgcg: SgCGLoss | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,17 +43,26 @@ class UNetConfig:
             raise ValueError("widths needs at least two stages")
 
 
+def init_unet_backbone(net: SegModel, config: Any) -> None:
+    """Give ``net`` the U-Net ``encoder``, ``decoder`` and 1x1 ``head`` of ``config``.
+
+    Shared by every family built on the U-Net (same module names, so the same state-dict keys):
+    ``config`` needs ``num_classes``, ``widths``, ``norm`` and ``in_channels``.
+    """
+    net.config = config
+    net.num_classes = config.num_classes
+    net.divisor = 2 ** (len(config.widths) - 1)
+    net.encoder = Encoder(config.in_channels, config.widths, config.norm)
+    net.decoder = Decoder(config.widths, config.norm)
+    net.head = nn.Conv2d(config.widths[0], config.num_classes, 1)
+
+
 class UNet(SegModel):
     """Encoder-decoder with skips and a 1x1 classification head."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
-        self.config = config
-        self.num_classes = config.num_classes
-        self.divisor = 2 ** (len(config.widths) - 1)
-        self.encoder = Encoder(config.in_channels, config.widths, config.norm)
-        self.decoder = Decoder(config.widths, config.norm)
-        self.head = nn.Conv2d(config.widths[0], config.num_classes, 1)
+        init_unet_backbone(self, config)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last decoder feature map ``(B, widths[0], H, W)`` (the MaNi projection's input)."""

@@ -6,7 +6,11 @@ speed-up, and the largest difference between the two outputs. Also times the num
 ``normalize_colors`` on the uint8 image (statistics on a downsampled copy + transfer), and the
 torch transfer on CUDA when a GPU is present.
 
-    python benchmarks/color_speed.py [--size 4096] [--repeat 3] [--threads N] [--figure PNG]
+    python benchmarks/color_speed.py [--size 4096] [--repeat 3] [--threads N] [--figure PNG] \
+        [--out benchmarks/results/color_speed_threads1.json]
+
+The JSON records the load average before and after the run (``os.getloadavg``), so a timing taken
+on a busy machine can be recognised as such.
 
 ``--figure PNG`` also writes the documentation figure (docs/images/dcin_transfer.png): a colour
 cast removed by transfer to a reference (skimage's bundled IHC image) and the two CQG views of a
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -98,7 +103,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--figure", default=None, help="also write the docs figure to this PNG")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
+    load_before = [round(v, 2) for v in os.getloadavg()]
     if args.figure:
         write_figure(args.figure)
     if args.threads:
@@ -124,9 +131,13 @@ def main() -> None:
     ours = out_t.permute(1, 2, 0).numpy()
     norm_s, _ = best_time(lambda: normalize_colors(img8, (r_mean, r_std)), args.repeat)
     report = {
+        "benchmark": "color_speed",
+        "command": "python benchmarks/color_speed.py"
+        + f" --size {args.size} --repeat {args.repeat} --threads {args.threads}",
         "image": [args.size, args.size, 3],
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "torch_transfer_float32_s": round(torch_s, 4),
@@ -150,7 +161,13 @@ def main() -> None:
         run_cuda()
         report["torch_transfer_cuda_s"] = round(best_time(run_cuda, args.repeat)[0], 4)
         report["cuda_device"] = torch.cuda.get_device_name()
-    print(json.dumps(report, indent=2))
+    report["loadavg_1_5_15_before"] = load_before
+    report["loadavg_1_5_15_after"] = [round(v, 2) for v in os.getloadavg()]
+    text = json.dumps(report, indent=2)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Bundles: round trip, atomic save, and refusal of tampered / unknown / pickled files."""
 
+import hashlib
 import io
 import json
 import zipfile
@@ -181,4 +182,12 @@ def test_bytes_roundtrip_extra_tensors(tiny_bundle):
     manifest, tensors = read_bundle_bytes(data)
     assert "bank.safetensors" in manifest["files"]
     np.testing.assert_array_equal(tensors["bank.safetensors"]["hist"].numpy(), np.arange(6.0).reshape(2, 3))
-    assert isinstance(io.BytesIO(data), io.BytesIO)
+    # the bytes are a zip of exactly the manifest and the two tensor files, each hashed in it
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == sorted([MANIFEST, WEIGHTS, "bank.safetensors"])
+        for fname, digest in manifest["files"].items():
+            assert hashlib.sha256(zf.read(fname)).hexdigest() == digest
+    # and the weights read back are the live model's, tensor for tensor
+    live = tiny_bundle.state_dict()
+    assert set(tensors[WEIGHTS]) == set(live)
+    assert all(torch.equal(tensors[WEIGHTS][k], live[k]) for k in live)

@@ -272,3 +272,21 @@ def test_normalized_image_blocks_equal_one_pass(setup):
     x = torch.from_numpy(adapter.region(0, 96, 0, 96)).permute(2, 0, 1)[None]
     want = np.round(plan.branches[0](x)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     np.testing.assert_array_equal(whole, want)
+
+
+def test_names_shorter_than_the_bank_fall_back_to_the_index(tiny_bundle):
+    target = _target()
+    _install_bank(tiny_bundle, target, names=NAMES[:GRIS])  # no name for the GRIS entry
+    plan = plan_dcin(tiny_bundle, ImageAdapter.from_array(target), "full")
+    assert [r["reference"] for r in plan.references] == [f"training image #{GRIS}", NAMES[LRIS]]
+
+
+def test_grey_tissue_is_normalised_not_called_flat(setup):
+    """Grey pixels have constant alpha and beta (std 0) but a varying l: not a flat image."""
+    bundle, _ = setup
+    img, _ = disks_image(96, seed=2)
+    grey = np.repeat(img.mean(-1, keepdims=True), 3, -1).astype(np.uint8)
+    _, t_std = image_color_stats(grey)
+    assert t_std[1:].max() < 1e-3 < t_std[0]  # two channels flat, one not
+    plan = plan_dcin(bundle, ImageAdapter.from_array(grey), "gris")
+    assert plan.mode == "gris" and plan.notice is None and len(plan.references) == 1

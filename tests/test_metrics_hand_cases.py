@@ -54,14 +54,16 @@ def _check(got: dict, want: dict) -> None:
 # ------------------------------------------------------------------------------------- AJI+
 
 
-def test_aji_plus_single_gt_takes_best_iou_not_largest_intersection():
+@pytest.mark.parametrize("small_id", [1, 2])  # the better partner first or second in id order
+def test_aji_plus_single_gt_takes_best_iou_not_largest_intersection(small_id):
     """One GT, two candidates: the larger overlap has the smaller IoU."""
+    big_id = 3 - small_id
     gt = np.zeros((4, 10), np.int32)
     gt[0, :] = 1  # G: 10 px
     pred = np.zeros((4, 10), np.int32)
-    pred[0, 0:4] = 1  # P1: 4 px inside G -> inter 4, union 10, IoU 0.4
-    pred[0, 4:] = 2  # P2: 6 px in G ...
-    pred[1:, :] = 2  # ... + 30 px outside: area 36, inter 6, union 40, IoU 0.15
+    pred[0, 0:4] = small_id  # P1: 4 px inside G -> inter 4, union 10, IoU 0.4
+    pred[0, 4:] = big_id  # P2: 6 px in G ...
+    pred[1:, :] = big_id  # ... + 30 px outside: area 36, inter 6, union 40, IoU 0.15
     # best IoU: G-P1, P2 left over (+36): 4 / (10 + 36) = 2/23.
     # (maximising intersection would pair G-P2 and leave P1 over: 6 / (40 + 4) = 3/22.)
     # Dice: |P| = 40, |G| = 10, overlap 10 -> 20/50. PQ: no IoU > 0.5.
@@ -270,6 +272,10 @@ def test_semantic_default_classes_and_errors():
     assert (s["dice"]["3"], s["iou"]["3"]) == (pytest.approx(2 / 3), pytest.approx(1 / 2))
     with pytest.raises(InputError, match=">= 2"):
         semantic_scores(gt, gt, num_classes=1)
+    with pytest.raises(InputError, match="hold class 3 but num_classes is 3"):
+        semantic_scores(gt, gt, num_classes=3)  # classes are 0..K-1
+    assert set(semantic_scores(gt, gt, num_classes=4)["dice"]) == {"1", "2", "3"}
+    assert semantic_scores(gt > 0, gt > 0, num_classes=2)["dice"] == {"1": 1.0}
     with pytest.raises(InputError, match="spacing has 3 values"):
         semantic_scores(gt, gt, spacing=(1.0, 1.0, 1.0))
 

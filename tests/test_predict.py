@@ -439,3 +439,153 @@ def test_tiling_invariance_shipped_model():
             band = (slice(max(0, line - 4), line + 4), slice(None))
             border[band if axis == 0 else band[::-1]] = True
     assert diff[border].mean() < 3 * diff[~border].mean() + 1e-3
+
+
+# ---------------------------------------------------------------- predict_bundle (inference.py)
+def toy_bundle(model: nn.Module | None = None, *, name: str = "toy"):
+    """A bundle around a toy network (the ``unet`` family's config is only stored)."""
+    from napari_dgseg.core.bundle import Bundle
+
+    return Bundle.create(model or PerPixelLinear(), "unet", {"num_classes": 2, "widths": [8, 16]},
+                         name=name, class_names=["background", "thing"], task="nuclei")
+
+
+def _softmax0(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)
+
+
+def test_predict_bundle_fields_from_an_independent_computation(tmp_path):
+    import datetime as dt
+
+    import napari_dgseg
+    from napari_dgseg.core.bundle import load_bundle
+
+    img = (coordinate_image(70, 90) * 255).round().astype(np.uint8)
+    bundle = toy_bundle()
+    seen = []
+    pred = bundle.predict(img, tile=32, overlap=8, device="cpu", batch=3,
+                          progress=lambda d, t: seen.append((d, t)))
+    x = (img.astype(np.float32) / 255.0 - 0.5) / 0.25  # the bundle's default input spec
+    z = np.einsum("kc,hwc->khw", PerPixelLinear.A.numpy(), x) + PerPixelLinear.b.numpy()[:, None, None]
+    p = _softmax0(z)
+    np.testing.assert_allclose(pred.probabilities, p, rtol=0, atol=1e-5)
+    decided = np.abs(p[0] - p[1]) > 1e-4
+    np.testing.assert_array_equal(pred.labels[decided], p.argmax(0)[decided])
+    assert pred.labels.dtype == np.int32 and pred.probabilities.dtype == np.float32
+    assert 0 < pred.labels.mean() < 1  # both classes occur
+    assert pred.codebook_indices is None and pred.local_mask is None and pred.uncertainty is None
+    assert pred.class_names == ("background", "thing")
+    assert pred.extras == {}
+    n = len(plan_tiles(70, 90, 32, 8, PerPixelLinear.divisor))
+    assert seen[0] == (0, n) and seen[-1] == (n, n) and len(seen) == 1 + math.ceil(n / 3)
+    prov = pred.provenance
+    assert prov["model"] == "toy" and prov["model_path"] is None and prov["model_sha256"] is None
+    assert prov["family"] == "unet"
+    assert (prov["tile"], prov["overlap"], prov["batch"], prov["device"]) == (32, 8, 3, "cpu")
+    assert prov["image_shape"] == [70, 90] and prov["intensity_range"] == [0.0, 255.0]
+    assert prov["dcin"]["mode"] == "none" and prov["dcin"]["references"] == []
+    assert isinstance(prov["seconds"], float) and prov["seconds"] >= 0
+    when = dt.datetime.fromisoformat(prov["date"])
+    assert when.utcoffset() == dt.timedelta(0) and when.microsecond == 0
+    assert prov["napari_dgseg"] == napari_dgseg.__version__
+    # a saved bundle names its file and checksum
+    path = bundle.save(tmp_path / "toy.dgseg")
+    loaded = load_bundle(path)
+    loaded._model = PerPixelLinear()  # the toy network has no weights to rebuild it from
+    prov = loaded.predict(img, tile=64, device="cpu").provenance
+    assert prov["model_path"] == str(path) and prov["model_sha256"] == bundle.sha256
+    assert (prov["tile"], prov["overlap"], prov["batch"]) == (64, 48, 2)  # the defaults
+
+
+def test_predict_bundle_grey_16_bit_records_its_intensity_range():
+    img = np.tile(np.arange(0, 4000, 40, dtype=np.uint16), (12, 1))
+    pred = toy_bundle().predict(img, tile=32, overlap=8, device="cpu")
+    lo, hi = np.percentile(img.astype(np.float64), [0.5, 99.8])
+    assert pred.provenance["intensity_range"] == [pytest.approx(lo), pytest.approx(hi)]
+    rgb = np.clip((img.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+    x = (np.repeat(rgb[..., None], 3, axis=2) - 0.5) / 0.25
+    z = np.einsum("kc,hwc->khw", PerPixelLinear.A.numpy(), x) + PerPixelLinear.b.numpy()[:, None, None]
+    np.testing.assert_allclose(pred.probabilities, _softmax0(z), rtol=0, atol=1e-5)
+
+
+def test_predict_bundle_uses_the_family_postprocess_and_keeps_other_maps_as_extras(monkeypatch):
+    from napari_dgseg.core.bundle import Bundle
+
+    calls = {}
+
+    class Family:
+        @staticmethod
+        def postprocess(maps, config):
+            calls["keys"] = sorted(maps)
+            calls["config"] = config
+            z = maps["logits"]
+            return {
+                "labels": (z[0] > 0).astype(np.int32),
+                "probabilities": None,
+                "codebook_indices": np.full(z.shape[1:], 3, np.int32),
+                "local_mask": np.ones(z.shape[1:], np.float32),
+                "uncertainty": "not an extra",
+                "hv": z[:1] * 2,
+            }
+
+    monkeypatch.setattr(Bundle, "family", property(lambda self: Family))
+    bundle = toy_bundle()
+    img = (coordinate_image(40, 48) * 255).astype(np.uint8)
+    pred = bundle.predict(img, tile=32, overlap=8, device="cpu")
+    x = (img.astype(np.float32) / 255.0 - 0.5) / 0.25
+    z0 = x @ PerPixelLinear.A.numpy()[0] + PerPixelLinear.b.numpy()[0]
+    np.testing.assert_array_equal(pred.labels, (z0 > 0).astype(np.int32))
+    assert pred.probabilities is None
+    assert (pred.codebook_indices == 3).all() and (pred.local_mask == 1).all()
+    assert pred.uncertainty is None  # from the branches only, never from the postprocess
+    assert set(pred.extras) == {"hv"}
+    np.testing.assert_allclose(pred.extras["hv"][0], 2 * z0, atol=1e-4)
+    assert calls["keys"] == ["logits"] and calls["config"] == bundle.config
+
+
+def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_images(monkeypatch):
+    from napari_dgseg.core.color import dcin
+
+    def plan(bundle, adapter, mode, reference):
+        assert mode == "full" and reference == "ref"
+        return dcin.DcinPlan(
+            mode="full",
+            branches=[lambda t: t, lambda t: 1.0 - t],
+            references=[{"branch": "gris"}, {"branch": "lris"}],
+        )
+
+    monkeypatch.setattr(dcin, "plan_dcin", plan)
+    img = (coordinate_image(40, 48, seed=4) * 255).round().astype(np.uint8)
+    bundle = toy_bundle()
+    pred = bundle.predict(img, tile=32, overlap=8, device="cpu", dcin="full", reference="ref",
+                          return_normalized=True)
+    x = img.astype(np.float32) / 255.0
+    A, b = PerPixelLinear.A.numpy(), PerPixelLinear.b.numpy()[:, None, None]
+    zs = [np.einsum("kc,hwc->khw", A, (t - 0.5) / 0.25) + b for t in (x, 1.0 - x)]
+    ps = [_softmax0(z) for z in zs]
+    assert pred.uncertainty.shape == (40, 48)
+    np.testing.assert_allclose(pred.uncertainty, 0.5 * np.abs(ps[0] - ps[1]).sum(0), atol=1e-5)
+    np.testing.assert_allclose(pred.probabilities, _softmax0((zs[0] + zs[1]) / 2), atol=1e-5)
+    assert set(pred.extras) == {"normalized"} and set(pred.extras["normalized"]) == {"gris", "lris"}
+    np.testing.assert_array_equal(pred.extras["normalized"]["gris"], img)
+    np.testing.assert_array_equal(pred.extras["normalized"]["lris"], 255 - img)
+    assert pred.provenance["dcin"]["mode"] == "full"
+    # without return_normalized there are no normalised images
+    pred = bundle.predict(img, tile=32, overlap=8, device="cpu", dcin="full", reference="ref")
+    assert pred.extras == {}
+
+
+def test_predict_bundle_without_references_returns_no_normalized_images():
+    pred = toy_bundle().predict(np.zeros((16, 16, 3), np.uint8), tile=32, overlap=8,
+                                device="cpu", return_normalized=True)
+    assert "normalized" not in pred.extras
+
+
+def test_predict_bundle_cancel_and_device_errors():
+    bundle = toy_bundle()
+    with pytest.raises(CancelledError):
+        bundle.predict(np.zeros((40, 40, 3), np.uint8), tile=32, overlap=8, device="cpu",
+                       cancel=lambda: True)
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        bundle.predict(np.zeros((40, 40, 3), np.uint8), device="tpu")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dgseg.core.hovernet_targets import hv_targets, hv_targets_numpy
+from napari_dgseg.core.hovernet_targets import hv_targets, hv_targets_numpy, np_targets
 from napari_dgseg.core.losses.hovernet import (
     gradient_kernels,
     hovernet_loss,
@@ -84,6 +84,50 @@ def test_hv_targets_match_per_instance_loop(seed):
     for b in range(2):
         np.testing.assert_allclose(got[b], reference_hv(batch[b]), atol=1e-5)
     assert got.min() >= -1 and got.max() <= 1
+
+
+def test_hv_targets_odd_shapes_by_hand():
+    """Single pixels and one-pixel lines sit at their own centre (0); an L shape is asymmetric."""
+    inst = np.zeros((6, 8), np.int64)
+    inst[0, 0] = 5  # single pixel
+    inst[2:6, 7] = 9  # vertical line: x map 0, y map -1, -1/3, 1/3, 1
+    inst[1, 2:5] = 2  # horizontal line: x map -1, 0, 1, y map 0
+    inst[3:5, 2:5] = 4
+    inst[5, 2] = 4  # L shape: 7 px, x centre 20/7, y centre 25/7
+    hv = hv_targets_numpy(inst)
+    assert hv.dtype == np.float32 and hv.shape == (2, 6, 8)
+    assert hv[0, 0, 0] == 0 and hv[1, 0, 0] == 0
+    np.testing.assert_allclose(hv[1, 2:6, 7], [-1, -1 / 3, 1 / 3, 1], atol=1e-6)
+    assert np.all(hv[0, 2:6, 7] == 0)
+    np.testing.assert_allclose(hv[0, 1, 2:5], [-1, 0, 1], atol=1e-6)
+    assert np.all(hv[1, 1, 2:5] == 0)
+    np.testing.assert_allclose(hv, reference_hv(inst), atol=1e-6)
+    cx = 20 / 7  # x distances of the L: -6/7 (min) ... 15/7 (max)
+    np.testing.assert_allclose(hv[0, 3, 2:5], [-1, (3 - cx) / (4 - cx), 1], atol=1e-6)
+
+
+def test_hv_targets_ids_dtypes_and_batch_independence():
+    a = np.zeros((16, 16), np.int64)
+    a[2:8, 3:12] = 1
+    a[9:14, 1:5] = 1000  # sparse, large ids
+    b = np.zeros((16, 16), np.int64)
+    b[4:15, 6:9] = 1  # the same id in another image is another instance
+    batch = torch.from_numpy(np.stack([a, b]))
+    got = hv_targets(batch)
+    for i, inst in enumerate((a, b)):
+        np.testing.assert_allclose(got[i].numpy(), reference_hv(inst), atol=1e-6)
+        np.testing.assert_allclose(hv_targets(batch[i : i + 1])[0], got[i], atol=0)
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        torch.testing.assert_close(hv_targets(batch.clamp_max(200).to(dtype)),
+                                   hv_targets(batch.clamp_max(200)), atol=0, rtol=0)
+    neg = batch.clone()
+    neg[0, 0:2, 0:2] = -3  # negative ids are background
+    got_neg = hv_targets(neg)
+    assert torch.all(got_neg[0, :, 0:2, 0:2] == 0)
+    torch.testing.assert_close(got_neg, got, atol=0, rtol=0)
+    np_t = np_targets(neg)
+    assert np_t.dtype == torch.long and torch.equal(np_t, (neg > 0).long())
+    assert int(np_t[0, 0, 0]) == 0 and int(np_t[0, 5, 5]) == 1
 
 
 def test_hv_targets_empty_and_bad_shape():
@@ -235,6 +279,7 @@ def _samples(n=3, size=96):
     return out
 
 
+@pytest.mark.slow
 def test_training_loss_learns_and_cqg_runs():
     from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC
     from napari_dgseg.core.train.data import CropSampler
@@ -267,6 +312,7 @@ def test_training_loss_learns_and_cqg_runs():
     assert {"seg1", "seg2", "consistency", "hv_mse"} <= set(logs) and torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_train_api_gives_instance_bundle(tmp_path):
     from napari_dgseg import load_bundle
     from napari_dgseg.core.train.source import train

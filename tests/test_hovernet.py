@@ -89,14 +89,16 @@ def test_hv_targets_match_per_instance_loop(seed):
 def test_hv_targets_odd_shapes_by_hand():
     """Single pixels and one-pixel lines sit at their own centre (0); an L shape is asymmetric."""
     inst = np.zeros((6, 8), np.int64)
-    inst[0, 0] = 5  # single pixel
+    inst[0, 6] = 5  # single pixel
+    inst[0, 2:4] = 7  # two pixels: centre between them, x map -1, 1
     inst[2:6, 7] = 9  # vertical line: x map 0, y map -1, -1/3, 1/3, 1
     inst[1, 2:5] = 2  # horizontal line: x map -1, 0, 1, y map 0
     inst[3:5, 2:5] = 4
     inst[5, 2] = 4  # L shape: 7 px, x centre 20/7, y centre 25/7
     hv = hv_targets_numpy(inst)
     assert hv.dtype == np.float32 and hv.shape == (2, 6, 8)
-    assert hv[0, 0, 0] == 0 and hv[1, 0, 0] == 0
+    assert hv[0, 0, 6] == 0 and hv[1, 0, 6] == 0
+    np.testing.assert_allclose(hv[:, 0, 2:4], [[-1, 1], [0, 0]], atol=1e-6)
     np.testing.assert_allclose(hv[1, 2:6, 7], [-1, -1 / 3, 1 / 3, 1], atol=1e-6)
     assert np.all(hv[0, 2:6, 7] == 0)
     np.testing.assert_allclose(hv[0, 1, 2:5], [-1, 0, 1], atol=1e-6)

@@ -35,7 +35,11 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from napari_dgseg.core.postprocess_hovernet import hovernet_instances
+from napari_dgseg.core.postprocess_hovernet import (
+    HoverPostConfig,
+    hovernet_instances,
+    sobel_kernels,
+)
 
 DATA = Path(__file__).parent / "data"
 CASES = ("touching_clean", "touching_noisy", "border_noisy", "thin_nucleus")
@@ -219,3 +223,59 @@ def test_reference_opening_by_hand():
     edge = np.zeros((12, 12), bool)
     edge[:3, :] = True  # 3 rows at the top border: outside counts as set, so it survives
     np.testing.assert_array_equal(_open(edge), edge)
+
+
+# ----------------------------------------------------------------------------- package helpers by hand
+def test_package_defaults_are_the_reference_values():
+    from napari_dgseg.core.postprocess_hovernet import ELLIPSE_5
+
+    assert HoverPostConfig() == HoverPostConfig(
+        np_threshold=0.5, min_size=10, sobel_size=21, marker_threshold=0.4
+    )
+    np.testing.assert_array_equal(ELLIPSE_5, ELLIPSE)
+    assert ELLIPSE_5.dtype == bool
+
+
+def test_package_opening_matches_the_independent_one():
+    from napari_dgseg.core.postprocess_hovernet import ELLIPSE_5
+    from napari_dgseg.core.postprocess_hovernet import _open as package_open
+
+    rng = np.random.default_rng(0)
+    cases = [np.zeros((12, 12), bool), np.ones((12, 12), bool)]
+    square = np.zeros((12, 12), bool)
+    square[3:8, 3:8] = True
+    edge = np.zeros((12, 12), bool)
+    edge[:3, :] = True  # touches the border: must not be eroded from outside
+    corner = np.zeros((12, 12), bool)
+    corner[:2, :2] = True  # too small to hold the ellipse even with the border counted as set
+    cases += [square, edge, corner, edge.T, rng.random((30, 40)) > 0.3]
+    for m in cases:
+        np.testing.assert_array_equal(package_open(m, ELLIPSE_5), _open(m))
+
+
+def test_package_small_object_removal_by_hand():
+    from napari_dgseg.core.postprocess_hovernet import _remove_small
+
+    lab = np.zeros((10, 10), np.int32)
+    lab[0, :9] = 1  # 9 px: removed
+    lab[2, :10] = 2  # 10 px: kept (sizes < min_size go)
+    lab[4:6, :6] = 3  # 12 px: kept
+    lab[8, 0] = 4  # 1 px: removed
+    out = _remove_small(lab, 10)
+    assert set(np.unique(out)) == {0, 2, 3}
+    np.testing.assert_array_equal(out[lab == 2], 2)
+    assert _remove_small(lab, 1) is lab  # nothing is smaller than 1 px
+    assert not _remove_small(np.zeros((3, 3), np.int32), 10).any()
+    np.testing.assert_array_equal(_remove_small(lab, 2), np.where(lab == 4, 0, lab))
+
+
+def test_sobel_kernel_sizes_by_hand():
+    d3, s3 = sobel_kernels(3)
+    np.testing.assert_array_equal(d3, [-1, 0, 1])
+    np.testing.assert_array_equal(s3, [1, 2, 1])
+    for size in (21, 7):
+        d, s = sobel_kernels(size)
+        np.testing.assert_array_equal(np.outer(s, d), sobel_2d(size, "x"))
+    for bad in (1, 2, 4, 20):
+        with pytest.raises(ValueError, match=f"odd and >= 3, got {bad}"):
+            sobel_kernels(bad)

@@ -433,3 +433,43 @@ def test_convert_checkpoint_refusals(tmp_path):
         convert_checkpoint(garbage, "unet")
     with pytest.raises(InputError, match="valid families"):
         convert_checkpoint(ok, "resnet-9000")
+
+
+def test_user_dir_on_windows_uses_appdata(monkeypatch, tmp_path):
+    """The Windows branch, with the module's ``os`` replaced by a stand-in (only ``name`` and
+    ``environ`` are read there)."""
+    import types
+
+    import napari_dgseg.core.bundle as bundle_mod
+
+    env = {"APPDATA": str(tmp_path / "roaming")}
+    monkeypatch.setattr(bundle_mod, "os", types.SimpleNamespace(name="nt", environ=env))
+    assert bundle_mod.user_dir() == tmp_path / "roaming" / "napari-dgseg" / "models"
+    env.clear()  # no APPDATA: falls back to the XDG-style default under the home folder
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert bundle_mod.user_dir() == tmp_path / ".local" / "share" / "napari-dgseg" / "models"
+
+
+def test_unreadable_bundle_file_is_one_line(tiny_bundle, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def deny(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(BundleError, match="cannot read .*tiny.dgseg: Permission denied"):
+        load_bundle(tmp_path / "tiny.dgseg")
+
+
+def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
+    from napari_dgseg.core.bundle import user_dir
+
+    user_dir().mkdir(parents=True, exist_ok=True)
+    for name, member, data in [("nomanifest", "weights.safetensors", b"x"),
+                               ("badjson", MANIFEST, b"{not json"),
+                               ("latin", MANIFEST, b"\xff\xfe")]:
+        with zipfile.ZipFile(user_dir() / f"{name}.dgseg", "w") as zf:
+            zf.writestr(member, data)
+    tiny_bundle.save(user_dir() / "good.dgseg")
+    user = [r["name"] for r in list_bundles() if r["where"] == "user"]
+    assert user == ["good"]

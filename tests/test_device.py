@@ -5,6 +5,8 @@ The CUDA and MPS branches are exercised without such hardware by patching the av
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -14,8 +16,9 @@ from napari_dgseg.core.errors import InputError
 
 def _available(monkeypatch, cuda: bool, mps: bool | None) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    if mps is None:
-        monkeypatch.delattr(torch.backends, "mps", raising=False)
+    if mps is None:  # a torch build without the MPS backend (deleting the attribute does not
+        # stick: torch.backends imports it again on access), so replace torch.backends
+        monkeypatch.setattr(torch, "backends", types.SimpleNamespace())
     else:
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
 

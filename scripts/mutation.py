@@ -24,8 +24,8 @@ and either kill them with a test or, if a survivor is equivalent to the original
 
 What it does, per module:
 
-1. Builds a throw-away copy in ``/tmp/dgseg-mutation/<label>/<module>/`` (never mutates the
-   checkout): ``src/`` and ``pyproject.toml`` from the working tree, ``tests/`` from the working
+1. Builds a throw-away copy in ``/tmp/dgseg-mutation/<label>/<module>-XXXX/`` (never mutates
+   the checkout; kept afterwards for ``mutmut browse``; delete it when done): ``src/`` and ``pyproject.toml`` from the working tree, ``tests/`` from the working
    tree or, with ``--tests-from COMMIT``, from that commit (``git archive``). The mutated source
    is therefore always the same; only the tests differ between "before" and "after".
 2. Appends a ``[tool.mutmut]`` table to the copy's pyproject: mutate only this module, run only
@@ -56,6 +56,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from datetime import datetime, timezone
 from io import BytesIO
@@ -107,10 +108,9 @@ def git(*args: str) -> bytes:
 
 def make_copy(key: str, entry: dict, tests_from: str | None, label: str) -> tuple[Path, list[str]]:
     """Build the throw-away copy for one module and return it with the test files used."""
-    dest = WORK / label / key
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    # A fresh folder per run: several people may run the same module at the same time.
+    (WORK / label).mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=WORK / label))
     shutil.copytree(ROOT / "src", dest / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if tests_from:

@@ -25,9 +25,10 @@ and either kill them with a test or, if a survivor is equivalent to the original
 What it does, per module:
 
 1. Builds a throw-away copy in ``/tmp/dgseg-mutation/<label>/<module>-XXXX/`` (never mutates
-   the checkout; kept afterwards for ``mutmut browse``; delete it when done): ``src/`` and ``pyproject.toml`` from the working tree, ``tests/`` from the working
-   tree or, with ``--tests-from COMMIT``, from that commit (``git archive``). The mutated source
-   is therefore always the same; only the tests differ between "before" and "after".
+   the checkout; kept afterwards for ``mutmut browse``; delete it when done): ``src/`` and
+   ``pyproject.toml`` from the working tree, ``tests/`` from the working tree or, with
+   ``--tests-from COMMIT``, from that commit (``git archive``). The mutated source is therefore
+   always the same; only the tests differ between "before" and "after".
 2. Appends a ``[tool.mutmut]`` table to the copy's pyproject: mutate only this module, run only
    its test files, ``-m "not slow and not gui"``, and ``process_isolation = "forkserver"``
    (mutant workers forked from a fresh process that has not run torch; forking the process

@@ -182,6 +182,53 @@ LAB_ATOL = np.array([5e-5, 2e-4, 8e-5])
 RGB_ATOL = 1.5e-5
 
 
+# CIE 15:2004 with exact constants (epsilon = 216/24389 = (6/29)^3, kappa = 24389/27) and the
+# sRGB curve of IEC 61966-2-1 (linear segment for C <= 0.04045 and for linear values <=
+# 0.0031308), written here in numpy; the module must agree to float64 rounding.
+SRGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+CIE_EPS, CIE_KAPPA = 216 / 24389, 24389 / 27
+
+
+def ref_rgb_to_cielab(rgb: np.ndarray) -> np.ndarray:
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    t = np.einsum("ij,...j->...i", SRGB_TO_XYZ, lin) / WHITE_D65
+    f = np.where(t > CIE_EPS, np.cbrt(t), (CIE_KAPPA * t + 16) / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], -1)  # fmt: skip
+
+
+def ref_cielab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
+    t = np.where(f**3 > CIE_EPS, f**3, (116 * f - 16) / CIE_KAPPA)
+    lin = np.einsum("ij,...j->...i", np.linalg.inv(SRGB_TO_XYZ), t * WHITE_D65)
+    safe = np.maximum(lin, 0.0031308)  # only used where lin > 0.0031308
+    return np.clip(np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * safe ** (1 / 2.4) - 0.055), 0, 1)
+
+
+@pytest.mark.parametrize("colours", ALL_COLOURS)
+def test_cielab_equals_exact_cie_equations(colours):
+    # float64, same equations: differences are rounding (values <= ~130): 1e-10
+    ours = to_np(rgb_to_cielab(to_t(colours)))
+    np.testing.assert_allclose(ours, ref_rgb_to_cielab(colours), rtol=0, atol=1e-10)
+    lab = ref_rgb_to_cielab(colours)
+    np.testing.assert_allclose(to_np(cielab_to_rgb(to_t(lab))), ref_cielab_to_rgb(lab),
+                               rtol=0, atol=1e-10)  # fmt: skip
+
+
+def test_srgb_knee_uses_the_linear_segment():
+    """IEC 61966-2-1: C = 0.04045 itself is on the linear segment (the branches differ by 2e-9,
+    which moves L* by ~2e-6)."""
+    knee = np.full((1, 1, 3), 0.04045)
+    ours = to_np(rgb_to_cielab(to_t(knee)))
+    np.testing.assert_allclose(ours, ref_rgb_to_cielab(knee), rtol=0, atol=1e-10)
+    power = ((0.04045 + 0.055) / 1.055) ** 2.4
+    assert abs(power - 0.04045 / 12.92) > 1e-9  # the test can tell the two branches apart
+
+
 @pytest.mark.parametrize("colours", ALL_COLOURS)
 def test_cielab_forward_equals_skimage(colours):
     from skimage.color import rgb2lab
@@ -411,3 +458,108 @@ def test_color_stats_weighted_mask_and_batch():
     np.testing.assert_allclose(s_all.numpy(), s_sk, atol=2 * LAB_ATOL.max())
     _, s_flat = color_stats(torch.full((3, 4, 4), 0.5, dtype=torch.float64))
     np.testing.assert_allclose(s_flat.numpy(), STD_FLOOR, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- exact messages
+# Bad input must be answered with one line that names the argument and says what to do; these
+# pin the full text (names included), so a message that loses its subject or advice fails.
+
+
+def _message(fn, *args, **kwargs) -> str:
+    with pytest.raises(InputError) as info:
+        fn(*args, **kwargs)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fn", "name"),
+    [(rgb_to_lab_reinhard, "rgb"), (rgb_to_cielab, "rgb"), (lab_reinhard_to_rgb, "lab"),
+     (cielab_to_rgb, "lab"), (lambda x: transfer(x, [0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1]),
+                              "rgb")],
+)  # fmt: skip
+def test_tensor_check_messages(fn, name):
+    assert _message(fn, np.zeros((3, 2, 2))) == (
+        f"{name} must be a torch.Tensor of shape (3, H, W) or (B, 3, H, W), got ndarray; "
+        "convert with torch.from_numpy(array).permute(2, 0, 1)."
+    )
+    assert _message(fn, torch.zeros(2, 2, 3)) == (
+        f"{name} must have shape (3, H, W) or (B, 3, H, W) (channels first, 3 channels), got "
+        "(2, 2, 3); move the channel axis with .permute(...) and drop alpha."
+    )
+    assert _message(fn, torch.zeros(4, 4)) == (
+        f"{name} must have shape (3, H, W) or (B, 3, H, W) (channels first, 3 channels), got "
+        "(4, 4); move the channel axis with .permute(...) and drop alpha."
+    )
+    assert _message(fn, torch.zeros(1, 3, 2, 2, dtype=torch.uint8)) == (
+        f"{name} must be a floating-point tensor (RGB in [0, 1]), got torch.uint8; "
+        "convert uint8 images with .float() / 255."
+    )
+    # accepted: (3, H, W) and (B, 3, H, W), with W = 3 or H = 3 not mistaken for channels
+    for shape in ((3, 3, 3), (2, 3, 4, 3), (1, 1, 3, 3, 5)):
+        assert fn(torch.full(shape, 0.5)).shape == shape
+
+
+def test_space_and_statistics_messages():
+    rgb = torch.rand(3, 4, 4, dtype=torch.float64)
+    want = "unknown colour space 'hsv'; choose one of lab-reinhard, cielab."
+    assert _message(to_space, rgb, "hsv") == want
+    assert _message(from_space, rgb, "hsv") == want
+    ok = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    for pos, name in enumerate(("target_mean", "target_std", "ref_mean", "ref_std")):
+        args = [ok[0], ok[1], ok[0], ok[1]]
+        args[pos] = [1.0, 2.0]
+        assert _message(transfer, rgb, *args) == (
+            f"{name} must have 3 values per image (shape (3,) or (B, 3)), got (2,)."
+        )
+        args[pos] = 1.0
+        assert _message(transfer, rgb, *args) == (
+            f"{name} must have 3 values per image (shape (3,) or (B, 3)), got ()."
+        )
+    # (B, 3) statistics are accepted
+    assert transfer(rgb[None].repeat(2, 1, 1, 1), torch.zeros(2, 3), torch.ones(2, 3),
+                    torch.zeros(2, 3), torch.ones(2, 3)).shape == (2, 3, 4, 4)  # fmt: skip
+    assert _message(color_stats, rgb[None], "cielab", mask=torch.ones(4, 4)) == (
+        "mask must have shape (1, 4, 4) (one value per pixel), got (4, 4)."
+    )
+    assert _message(color_stats, rgb, mask=torch.ones(1, 4, 4)) == (
+        "mask must have shape (4, 4) (one value per pixel), got (1, 4, 4)."
+    )
+
+
+def test_reference_messages():
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = (np.random.default_rng(0).uniform(0.2, 0.8, (16, 16, 3)) * 255).astype(np.uint8)
+    assert _message(normalize_colors, img, ([0, 0], [1, 1])) == (
+        "reference given as a pair must be (mean, std) with 3 values each, got shapes (2,) and "
+        "(2,); pass an image array instead if that is what you meant."
+    )
+    assert _message(normalize_colors, img, ([0, 0, 0], [1, 1])) == (
+        "reference given as a pair must be (mean, std) with 3 values each, got shapes (3,) and "
+        "(2,); pass an image array instead if that is what you meant."
+    )
+    tail = "(2,) and (3,); pass an image array instead if that is what you meant."
+    assert _message(normalize_colors, img, ([0, 0], [1, 1, 1])).endswith(tail)
+    for bad in (([0, np.nan, 0], [1, 1, 1]), ([0, 0, 0], [1, np.inf, 1]), ([0, 0, 0], [1, 0, 1]),
+                ([0, 0, 0], [1, -1, 1])):  # fmt: skip
+        assert _message(normalize_colors, img, bad) == (
+            "reference (mean, std) must be finite with std > 0."
+        )
+    msg = _message(normalize_colors, img, (["a", "b", "c"], [1, 1, 1]))
+    assert msg.startswith("reference pair must be (mean, std) with 3 numbers each; could not "
+                          "read it as numbers (") and msg.endswith(").")  # fmt: skip
+    assert _message(normalize_colors, img, "ref.png") == (
+        "reference must be an image array (H, W, 3) or a (mean, std) pair, got str; read the "
+        "file first (e.g. skimage.io.imread) or use `dgseg normalize INPUT --reference FILE`."
+    )
+    assert _message(normalize_colors, img, np.zeros((4, 4, 5), np.uint8)).startswith(
+        "reference must have shape"
+    )
+    # a pair with small positive std and a 3-tuple image-like list are read as intended
+    pair = ([-0.5, 0.01, 0.0], [0.1, 0.02, 0.03])
+    out = normalize_colors(img, pair, tissue_only=False)
+    from napari_dgseg.core.color.tissue import image_color_stats
+
+    m, s = image_color_stats(out, tissue_only=False)
+    np.testing.assert_allclose(m, pair[0], atol=0.01)  # uint8 rounding of the output
+    np.testing.assert_allclose(s, pair[1], atol=0.01)

@@ -178,6 +178,23 @@ def test_input_normalisation_is_applied_to_every_tile():
     np.testing.assert_allclose(out["logits"], want, rtol=0, atol=1e-5)
 
 
+def test_model_without_divisor_gets_tiles_of_multiples_of_16():
+    class Bare(nn.Module):  # no divisor, no discrete_outputs attributes
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def infer(self, x):
+            self.shapes.append(tuple(x.shape[2:]))
+            return {"logits": x[:, :1] * 2}
+
+    model = Bare()
+    img = coordinate_image(50, 70)
+    out = run_tiled(model, img, input_spec=IDENTITY_SPEC, tile=40, overlap=4, device="cpu")
+    assert set(model.shapes) == {plan_tiles(50, 70, 40, 4, 16).tile_shape} == {(32, 32)}
+    np.testing.assert_allclose(out["logits"][0], 2 * img[..., 0], atol=1e-6)
+
+
 # ---------------------------------------------------------------- the blend itself
 @pytest.mark.parametrize(
     "h,w,tile,overlap,divisor",

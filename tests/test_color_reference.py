@@ -563,3 +563,46 @@ def test_reference_messages():
     m, s = image_color_stats(out, tissue_only=False)
     np.testing.assert_allclose(m, pair[0], atol=0.01)  # uint8 rounding of the output
     np.testing.assert_allclose(s, pair[1], atol=0.01)
+
+
+def test_normalize_colors_image_messages_and_skip_warnings():
+    from napari_dgseg.core.color.transfer import NormalizationSkippedWarning, normalize_colors
+
+    ref = ([-0.5, 0.01, 0.0], [0.1, 0.02, 0.03])
+    assert _message(normalize_colors, np.zeros((4, 4, 5), np.uint8), ref).startswith(
+        "image must have shape"
+    )
+    assert _message(normalize_colors, np.zeros((4, 4), np.int32), ref).startswith(
+        "image has integer dtype int32"
+    )
+    white = np.full((32, 32, 3), 255, np.uint8)
+    with pytest.warns(NormalizationSkippedWarning) as rec:
+        normalize_colors(white, ref)
+    assert [str(w.message) for w in rec] == [
+        "no tissue found in the image (blank or white background only); colour normalization "
+        "skipped, the image is returned unchanged."
+    ]
+    flat = np.full((32, 32, 3), (150, 60, 120), np.uint8)
+    with pytest.warns(NormalizationSkippedWarning) as rec:
+        out = normalize_colors(flat, ref)
+    assert [str(w.message) for w in rec] == [
+        "the image is flat (one colour); colour normalization skipped, the image is returned "
+        "unchanged."
+    ]
+    np.testing.assert_array_equal(out, flat)
+
+
+def test_normalize_colors_reference_as_lazy_array():
+    """A reference that is not an ndarray but array-like (dask) is read as an image."""
+    import dask.array as da
+
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    rng = np.random.default_rng(1)
+    img = (rng.uniform(0.2, 0.7, (24, 24, 3)) * 255).astype(np.uint8)
+    ref = (np.clip(rng.uniform(0.3, 0.9, (24, 24, 3)) * [1.0, 0.8, 0.9], 0, 1) * 255).astype(
+        np.uint8
+    )
+    want = normalize_colors(img, ref)
+    np.testing.assert_array_equal(normalize_colors(img, da.from_array(ref, chunks=8)), want)
+    assert np.abs(want.astype(int) - img).max() > 10  # the reference really changed the image

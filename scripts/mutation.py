@@ -54,6 +54,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -95,6 +96,11 @@ def load_modules() -> dict[str, dict]:
     return tomllib.loads(MODULES_TOML.read_text())["modules"]
 
 
+def load_settings() -> dict:
+    """Settings shared by all modules (``[settings]`` in ``scripts/mutation_modules.toml``)."""
+    return tomllib.loads(MODULES_TOML.read_text()).get("settings", {})
+
+
 def load_accepted() -> dict[str, str]:
     """Read accepted (equivalent) mutants: mutant name -> one-line reason."""
     if not ACCEPTED_TOML.exists():
@@ -128,12 +134,15 @@ def make_copy(key: str, entry: dict, tests_from: str | None, label: str) -> tupl
     if not tests:
         log(f"{key}: none of its test files exist in this test tree; every mutant counts as "
             "'no tests' (mutmut is run with an empty selection only to generate the mutants)")
+    deselect = list(load_settings().get("deselect", [])) + list(entry.get("deselect", []))
+    extra = "".join(f', "--deselect", "{d}"' for d in deselect)
     cfg = (ROOT / "pyproject.toml").read_text()
     cfg += (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f'only_mutate = ["{entry["source"]}"]\n'
-        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow and not gui"]\n'
+        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow and not gui"'
+        f"{extra}]\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests or ['tests/conftest.py'])}\n"
         'process_isolation = "forkserver"\n'
         "timeout_constant = 2.0\n"
@@ -190,6 +199,15 @@ def read_results(copy: Path, source: str) -> dict[str, str]:
     return {name: STATUS_BY_EXIT.get(code, "suspicious") for name, code in codes.items()}
 
 
+def slowest_tests(copy: Path, n: int = 5) -> dict[str, float]:
+    """The ``n`` slowest selected tests in mutmut's clean run (seconds): what each mutant pays."""
+    stats = copy / "mutants" / "mutmut-stats.json"
+    if not stats.exists():
+        return {}
+    dur = json.loads(stats.read_text()).get("duration_by_test", {})
+    return {k: round(v, 2) for k, v in sorted(dur.items(), key=lambda kv: -kv[1])[:n]}
+
+
 def diffs(copy: Path, names: list[str]) -> dict[str, str]:
     """Diffs of the given mutants, computed by mutmut inside the copy."""
     if not names:
@@ -209,8 +227,20 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
     log(f"{key}: mutating {entry['source']} with {', '.join(tests)} in {copy}")
     t0 = time.perf_counter()
     with open(copy / "mutmut.log", "w") as fh:
-        proc = subprocess.run([mutmut_bin(), "run", "--max-children", str(max_children)],
-                              cwd=copy, env=mutmut_env(copy), stdout=fh, stderr=subprocess.STDOUT)
+        # Own process group: if this script is stopped, mutmut's fork server and its workers go
+        # with it instead of running on, orphaned.
+        proc = subprocess.Popen([mutmut_bin(), "run", "--max-children", str(max_children)],
+                                cwd=copy, env=mutmut_env(copy), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
     runtime = time.perf_counter() - t0
     status = read_results(copy, entry["source"])
     if not tests:
@@ -249,6 +279,7 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
         "no_tests": counts.get("no tests", 0),
         "suspicious": counts.get("suspicious", 0) + counts.get("segfault", 0),
         "not_checked": counts.get("not checked", 0) + counts.get("interrupted", 0),
+        "slowest_tests_s": slowest_tests(copy),
         "accepted": accepted,
         "score": round(killed / denom, 4) if denom else None,
         "score_definition": "killed / (total - accepted)",
@@ -307,6 +338,8 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
                     f"| {kb} | {sb} | {ka} | {sa} | {n_acc} |")
     acc = [f"- `{n}`: {reason}" for n, reason in sorted(accepted_all.items(), key=lambda kv:
                                                         _natural(kv[0]))]
+    rows += ["", "Reproduce: `python scripts/mutation.py --all --label after` (\"before\": add "
+             "`--tests-from 86736be --label before`)"]
     return "\n".join(rows), "\n".join(acc) if acc else "_None yet._"
 
 
@@ -333,8 +366,14 @@ def update_doc(modules: dict[str, dict]) -> None:
     log("docs/testing.md table regenerated")
 
 
+def _stop(signum: int, frame: object) -> None:
+    """Turn SIGTERM into an exception so the mutmut process group is cleaned up."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
+    signal.signal(signal.SIGTERM, _stop)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("modules", nargs="*", help="keys of scripts/mutation_modules.toml")
     ap.add_argument("--all", action="store_true", help="run every module in the map")

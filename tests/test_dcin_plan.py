@@ -160,7 +160,7 @@ def test_mode_auto_is_full_with_a_bank_and_none_without(setup, tmp_path):
     assert none.mode == "none" and none.references == [] and none.notice is None
 
 
-@pytest.mark.parametrize("as_file", [False, True])
+@pytest.mark.parametrize("as_file", [None, "path", "str"])
 def test_mode_reference_image(setup, tmp_path, as_file):
     bundle, target = setup
     ref_img, _ = disks_image(80, seed=11)
@@ -171,6 +171,8 @@ def test_mode_reference_image(setup, tmp_path, as_file):
 
         reference = tmp_path / "ref.png"
         skimage.io.imsave(reference, ref_img, check_contrast=False)
+        if as_file == "str":
+            reference = str(reference)
     plan = plan_dcin(bundle, ImageAdapter.from_array(target), "reference", reference=reference)
     assert plan.mode == "reference" and len(plan.branches) == 1
     r_mean, r_std = image_color_stats(ref_img)

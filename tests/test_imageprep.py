@@ -48,13 +48,13 @@ def test_uint16_uses_robust_percentiles_of_the_whole_image():
 
 
 def test_large_images_are_sampled_on_a_stride():
-    # 2100 px wide -> stride ceil(2100 / 1024) = 3: only pixels on multiples of 3 count
-    img = np.full((9, 2100), 100, np.uint16)
+    # 2049 px wide -> stride ceil(2049 / 1024) = 3: only pixels on multiples of 3 count
+    img = np.full((9, 2049), 100, np.uint16)
     img[:, 1::3] = 5000
     img[:, 2::3] = 0
     a = ImageAdapter.from_array(img)
     assert (a.low, a.high) == (100.0, 101.0)  # a flat sample: high = low + 1
-    img[::3, ::3] = np.tile(np.linspace(0, 999, 700), (3, 1))
+    img[::3, ::3] = np.tile(np.linspace(0, 999, 683), (3, 1))
     b = ImageAdapter.from_array(img)
     lo, hi = np.percentile(img[::3, ::3].astype(np.float64), [0.5, 99.8])
     assert (b.low, b.high) == (pytest.approx(lo), pytest.approx(hi))
@@ -66,6 +66,9 @@ def test_float_images_in_unit_range_are_taken_as_they_are():
     a = ImageAdapter.from_array(img)
     assert (a.low, a.high) == (0.0, 1.0)
     np.testing.assert_array_equal(a.region(0, 12, 0, 9), img)
+    # exactly 0 and 1 are still the unit range
+    img[0, 0, 0], img[1, 1, 1] = 0.0, 1.0
+    assert (ImageAdapter.from_array(img).low, ImageAdapter.from_array(img).high) == (0.0, 1.0)
     f64 = img.astype(np.float64)
     np.testing.assert_allclose(ImageAdapter.from_array(f64).region(0, 12, 0, 9), img, atol=1e-7)
 
@@ -147,11 +150,22 @@ def test_lists_are_accepted_as_arrays():
     a = ImageAdapter.from_array([[0, 1] * 4] * 8)
     assert (a.height, a.width, a.channels) == (8, 8, 1)
 
+    class ShapeOnly:  # has a shape but no dtype: converted with np.asarray
+        shape = (8, 9)
+
+        def __array__(self, dtype=None, copy=None):
+            return np.full((8, 9), 255, np.uint8)
+
+    b = ImageAdapter.from_array(ShapeOnly())
+    assert (b.height, b.width, b.high) == (8, 9, 255.0)
+    np.testing.assert_array_equal(b.region(0, 8, 0, 9), 1.0)
+
 
 @pytest.mark.parametrize(
     "shape,match",
     [((3, 64, 64), "channels first"), ((4, 20, 30), "channels first"), ((64, 64, 5), "expected"),
      ((64, 64, 2), "expected"), ((4, 4, 4, 3), "expected"), ((64,), "expected"),
+     ((3, 64, 4), "at least 8 x 8"),
      ((MIN_SIDE - 1, 64), "at least 8 x 8"), ((64, MIN_SIDE - 1, 3), "at least 8 x 8")],
 )
 def test_bad_shapes_give_one_clear_line(shape, match):

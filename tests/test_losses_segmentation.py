@@ -89,6 +89,17 @@ def test_against_independent_computation_with_ignored_pixels(k):
         np_cross_entropy(logits, t2, ignore=7) + np_dice_loss(logits, t2, ignore=7), abs=1e-5)
 
 
+def test_255_is_ignored_by_default():
+    assert IGNORE_INDEX == 255
+    logits = torch.tensor([[[[0.0, 2.0, -1.0]], [[1.0, 0.0, 3.0]]]])
+    full = torch.tensor([[[1, 0, 255]]])
+    part = logits[..., :2]
+    assert soft_dice_loss(logits, full).item() == pytest.approx(
+        soft_dice_loss(part, full[..., :2]).item(), abs=1e-7)
+    assert ce_dice_loss(logits, full).item() == pytest.approx(
+        ce_dice_loss(part, full[..., :2]).item(), abs=1e-7)
+
+
 def test_single_class_uses_that_class():
     logits = torch.zeros(1, 1, 2, 2)
     target = torch.zeros(1, 2, 2, dtype=torch.long)

@@ -88,6 +88,18 @@ def test_semantic_to_instances_8_connected_relabelled_contiguously():
     np.testing.assert_array_equal(semantic_to_instances(labels), np.zeros_like(labels))
 
 
+def test_semantic_to_instances_default_minimum_is_10_pixels():
+    labels = np.zeros((6, 12), np.int32)
+    labels[0:2, 0:5] = 1  # 10 pixels: kept
+    labels[4:6, 0:4] = 1  # 8 pixels
+    labels[5, 4] = 1  # ... + 1 = 9 pixels: removed
+    labels[3:6, 8:12] = 1  # 12 pixels: kept, becomes 2
+    want = np.zeros_like(labels)
+    want[0:2, 0:5] = 1
+    want[3:6, 8:12] = 2
+    np.testing.assert_array_equal(semantic_to_instances(labels), want)
+
+
 def test_semantic_to_instances_of_one_class_only():
     labels = np.array(
         [

@@ -199,6 +199,13 @@ def read_results(copy: Path, source: str) -> dict[str, str]:
     return {name: STATUS_BY_EXIT.get(code, "suspicious") for name, code in codes.items()}
 
 
+def imported_from(copy: Path, source: str) -> str:
+    """The file Python imports for ``source``'s module with the mutation environment."""
+    proc = subprocess.run([sys.executable, "-c", f"import {_dotted(source)} as m; print(m.__file__)"],
+                          cwd=copy, env=mutmut_env(copy), capture_output=True, text=True)
+    return proc.stdout.strip() or proc.stderr.strip()[-300:]
+
+
 def slowest_tests(copy: Path, n: int = 5) -> dict[str, float]:
     """The ``n`` slowest selected tests in mutmut's clean run (seconds): what each mutant pays."""
     stats = copy / "mutants" / "mutmut-stats.json"
@@ -243,7 +250,17 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
                     os.killpg(proc.pid, signal.SIGKILL)
     runtime = time.perf_counter() - t0
     status = read_results(copy, entry["source"])
+    log_text = (copy / "mutmut.log").read_text(errors="replace")
     if not tests:
+        status = {name: "no tests" for name in status}
+    elif "could not find any test case for any mutant" in log_text:
+        # Either no selected test reaches this module (a real result: every mutant "no tests"),
+        # or the checkout's editable install shadowed the mutated copy (a broken run).
+        imported = imported_from(copy, entry["source"])
+        if not imported.startswith(str(copy / "mutants" / "src")):
+            raise SystemExit(f"{key}: the tests imported {imported}, not the mutated copy; "
+                             "check PYTHONPATH and the editable install")
+        log(f"{key}: no selected test reaches {entry['source']}; every mutant counts as 'no tests'")
         status = {name: "no tests" for name in status}
     if not status or all(s == "not checked" for s in status.values()):
         tail = (copy / "mutmut.log").read_text(errors="replace").replace("\r", "\n")

@@ -321,6 +321,11 @@ def _natural(name: str) -> tuple[str, int]:
     return (base, int(num) if num.isdigit() else 0)
 
 
+def _mins(res: dict | None) -> str:
+    """Run time of a result in minutes (one decimal), or a dash."""
+    return "–" if res is None else f"{res['runtime_s'] / 60:.1f} min"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f} %"
 
@@ -329,8 +334,8 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
     """Markdown of the per-module table and of the accepted-survivor list, from all JSONs."""
     accepted_all = load_accepted()
     rows = ["| module | mutants | killed before | score before | killed after | score after "
-            "| survivors accepted |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "| survivors accepted | run time before / after |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key in modules:
         res = {lab: json.loads(p.read_text()) for lab in ("before", "after")
                if (p := RESULTS / f"{key}_{lab}.json").exists()}
@@ -352,7 +357,8 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
         kb, sb = cells("before")
         ka, sa = cells("after")
         rows.append(f"| `{modules[key]['source'].removeprefix('src/napari_dgseg/')}` | {total} "
-                    f"| {kb} | {sb} | {ka} | {sa} | {n_acc} |")
+                    f"| {kb} | {sb} | {ka} | {sa} | {n_acc} | {_mins(res.get('before'))} / "
+                    f"{_mins(res.get('after'))} |")
     acc = [f"- `{n}`: {reason}" for n, reason in sorted(accepted_all.items(), key=lambda kv:
                                                         _natural(kv[0]))]
     rows += ["", "Reproduce: `python scripts/mutation.py --all --label after` (\"before\": add "

@@ -28,7 +28,7 @@ MARKER = "<!-- not-a-result -->"
 WINDOW = 4
 _SEPARATOR = re.compile(r"^\|\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 _REPRODUCE = re.compile(r"Reproduce:\s*`([^`]+)`")
-_SCRIPT = re.compile(r"(?:^|[\s/])((?:benchmarks/[\w-]+|docs/make_[\w-]+)\.py)\b")
+_SCRIPT = re.compile(r"(?:^|[\s/])((?:benchmarks/[\w-]+|docs/make_[\w-]+|scripts/mutation)\.py)\b")
 _DGSEG = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S+\s+)*dgseg\s+\S")
 
 

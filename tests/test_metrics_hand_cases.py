@@ -386,6 +386,115 @@ def test_remap_label_order_dtype_and_paths():
     out = remap_label(lab)
     assert out.dtype == np.int32 and out.tolist() == want
     huge = np.where(lab > 0, lab + (1 << 40), 0)  # forces the sorting path
-    assert remap_label(huge).tolist() == want
+    assert remap_label(huge).tolist() == want and remap_label(huge).dtype == np.int32
     assert remap_label(np.zeros((2, 2), np.uint8)).tolist() == [[0, 0], [0, 0]]
     assert remap_label(np.array([[True, False]])).tolist() == [[1, 0]]
+
+
+def test_lowest_ids_unmatched_still_enter_the_union():
+    # GT 1 (cols 0-1, 4 px) is missed, GT 2 (cols 4-6, 6 px) is found exactly by pred 2;
+    # pred 1 (cols 9-10, 4 px) is a false positive. Background never counts.
+    gt = _strip((0, 2, 1), (4, 7, 2))
+    pred = _strip((9, 11, 1), (4, 7, 2))
+    # AJI = AJI+ = 6 / (6 + GT1 4 + pred1 4) = 6/14; PQ: TP 1, FP 1, FN 1 -> DQ 1/2, SQ 1.
+    want = {"aji": F(3, 7), "aji_plus": F(3, 7), "dq": F(1, 2), "sq": 1, "pq": F(1, 2),
+            "dice": F(12, 20)}  # fmt: skip
+    _check(instance_scores(pred, gt), want)
+
+
+@pytest.mark.parametrize("which", ["pred", "gt"])
+def test_single_pixel_against_empty(which):
+    one = np.zeros((3, 3), np.int32)
+    one[1, 1] = 7
+    empty = np.zeros_like(one)
+    pred, gt = (one, empty) if which == "pred" else (empty, one)
+    s = instance_scores(pred, gt)
+    assert all(s[k] == 0.0 for k in KEYS), s
+    assert (s["tp"], s["fp"], s["fn"]) == ((0, 1, 0) if which == "pred" else (0, 0, 1))
+    assert dice(pred, gt) == 0.0
+
+
+def test_many_instances_use_the_sparse_table_path():
+    """> 2 M possible (GT, pred) cells: the contingency table switches to np.unique."""
+    n = 1500
+    gt = np.zeros((40, 80), np.int32)
+    pos = np.arange(n) * 2  # every other pixel of the flattened image
+    gt.ravel()[pos] = np.arange(1, n + 1)
+    perm = np.random.default_rng(0).permutation(n) + 1
+    pred = np.zeros_like(gt)
+    pred.ravel()[pos] = perm  # the same pixels, ids in another order
+    s = instance_scores(pred, gt)
+    assert all(s[k] == 1.0 for k in KEYS) and (s["tp"], s["fp"], s["fn"]) == (n, 0, 0)
+    pred.ravel()[pos[::2]] = 0  # drop every other instance: 750 found exactly, 750 missed
+    # Dice 2 * 750 / 2250; AJI = AJI+ = 750 / 1500; DQ = 750 / (750 + 375) = 2/3, SQ 1.
+    want = {"dice": F(2, 3), "aji": F(1, 2), "aji_plus": F(1, 2), "dq": F(2, 3), "sq": 1,
+            "pq": F(2, 3)}  # fmt: skip
+    s = instance_scores(pred, gt)
+    _check(s, want)
+    assert (s["tp"], s["fp"], s["fn"], s["n_pred"], s["n_gt"]) == (750, 0, 750, 750, 1500)
+
+
+def test_metric_messages_in_full():
+    def message(fn, *args, **kwargs) -> str:
+        with pytest.raises(InputError) as info:
+            fn(*args, **kwargs)
+        return str(info.value)
+
+    gt = np.zeros((2, 3), np.int32)
+    assert message(instance_scores, np.zeros((3, 2), np.int32), gt) == (
+        "pred has shape (3, 2) but gt has shape (2, 3); the prediction and the ground truth "
+        "must cover the same pixels (same height and width)."
+    )
+    assert message(semantic_scores, gt, np.full((2, 3), 0.5)) == (
+        "gt: label map has dtype float64 with fractional values (not integral); labels must be "
+        "whole numbers (0 = background). Pass a label image (uint8/uint16/int32), not a "
+        "probability map: threshold or argmax it first."
+    )
+    assert message(dice, np.full((2, 3), np.nan), gt) == (
+        "pred: label map contains NaN or infinite values; labels must be whole numbers "
+        "(0 = background): save integer labels (uint8/uint16/int32)."
+    )
+    assert message(remap_label, np.array([[0, -3]])) == (
+        "labels: label map has negative values (min -3); use 0 for background and positive ids "
+        "for objects/classes."
+    )
+    assert message(check_label_array, np.array(["a"])) == (
+        "labels: label map has dtype <U1; labels must be an integer or bool array."
+    )
+    assert message(semantic_scores, gt, gt, mask=np.ones((3, 3))) == (
+        "mask has shape (3, 3) but the label maps have shape (2, 3); pass the field-of-view mask "
+        "of the same image."
+    )
+    assert message(semantic_scores, gt, gt, num_classes=1) == (
+        "num_classes must be >= 2 (background + 1 class), got 1."
+    )
+    gt[0, 0] = 5
+    assert message(semantic_scores, gt, gt, num_classes=3) == (
+        "the label maps hold class 5 but num_classes is 3; pass --num-classes 6 or more "
+        "(classes are 0..K-1, 0 = background)."
+    )
+    assert message(semantic_scores, gt, gt, spacing=(1.0,)) == "spacing has 1 values for a 2-D image."
+
+
+def test_semantic_zero_size_and_single_pixel_classes():
+    e = np.zeros((0, 5), np.int32)
+    s = semantic_scores(e, e)
+    assert (s["mean_dice"], s["mean_iou"], s["mean_asd"]) == (1.0, 1.0, 0.0)
+    one = np.zeros((4, 4), np.int32)
+    one[0, 0] = 1
+    two = np.zeros((4, 4), np.int32)
+    two[3, 3] = 1
+    # one pixel each, 3 rows and 3 columns apart: ASD = sqrt(18) both ways
+    assert semantic_scores(one, two)["asd"]["1"] == pytest.approx(np.sqrt(18), abs=1e-12)
+
+
+def test_remap_label_dtype_with_many_ids_on_both_paths():
+    lab = np.arange(100, dtype=np.int64).reshape(10, 10) * 3  # 99 objects + background
+    out = remap_label(lab)
+    assert out.dtype == np.int32 and out.max() == 99 and out[0, 0] == 0
+    assert (np.diff(out.ravel()) == 1).all()
+    big = remap_label(lab * (1 << 40))  # sorting path
+    assert big.dtype == np.int32
+    np.testing.assert_array_equal(big, out)
+    single = remap_label(np.array([5]))  # one labelled pixel
+    assert single.tolist() == [1] and single.dtype == np.int32

@@ -104,6 +104,26 @@ def test_reference_matrices_transcribed_from_the_paper():
     np.testing.assert_allclose(LAB_TO_LOG @ LOG_TO_LAB, np.eye(3), atol=1e-15)
 
 
+def test_module_matrices_equal_the_published_ones():
+    """The float64 matrices the transforms are built from: Reinhard 2001 and sRGB/D65."""
+    from napari_dgseg.core.color.transforms import _matrices
+
+    m = _matrices()
+    want = {
+        "rgb_to_lms": RGB_TO_LMS,
+        "lms_to_rgb": np.linalg.inv(RGB_TO_LMS),
+        "loglms_to_lab": LOG_TO_LAB,
+        "lab_to_loglms": LAB_TO_LOG,
+        "rgb_to_xyz": SRGB_TO_XYZ,
+        "xyz_to_rgb": np.linalg.inv(SRGB_TO_XYZ),
+    }
+    assert set(m) == set(want)
+    for key, value in want.items():
+        assert m[key].dtype == torch.float64, key
+        # inverses computed by torch vs numpy LAPACK: a few ulps of entries up to ~5
+        np.testing.assert_allclose(m[key].numpy(), value, rtol=0, atol=1e-13, err_msg=key)
+
+
 @pytest.mark.parametrize("colours", ALL_COLOURS)
 def test_lab_reinhard_forward_and_inverse_equal_paper_float64(colours):
     # float64 on both sides, same operations in a different order: differences are rounding,

@@ -626,3 +626,36 @@ def test_normalize_colors_reference_as_lazy_array():
     want = normalize_colors(img, ref)
     np.testing.assert_array_equal(normalize_colors(img, da.from_array(ref, chunks=8)), want)
     assert np.abs(want.astype(int) - img).max() > 10  # the reference really changed the image
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_transfer_clips_out_of_gamut_results(space):
+    """A reference far brighter / more saturated than the gamut allows: clipped to [0, 1]."""
+    x = to_t(TARGET)
+    t_mean, t_std = _working_stats(TARGET, space)
+    if space == "lab-reinhard":
+        r_mean, r_std = t_mean + np.array([0.4, 0.0, 0.0]), t_std * np.array([1.0, 6.0, 6.0])
+        unclipped = ref_lab_to_rgb_unclipped((ref_rgb_to_lab(TARGET) - t_mean) / t_std * r_std
+                                             + r_mean)  # fmt: skip
+    else:
+        r_mean, r_std = t_mean + np.array([40.0, 0.0, 0.0]), t_std * np.array([1.0, 8.0, 8.0])
+        unclipped = None
+    out = to_np(transfer(x, t_mean, t_std, r_mean, r_std, space=space))
+    assert out.min() == 0.0 and out.max() == 1.0  # both bounds reached, nothing beyond
+    if unclipped is not None:
+        assert unclipped.min() < -0.01 and unclipped.max() > 1.01
+        np.testing.assert_allclose(out, np.clip(unclipped, 0, 1), rtol=0, atol=1e-10)
+
+
+def ref_lab_to_rgb_unclipped(lab: np.ndarray) -> np.ndarray:
+    lms = 10.0 ** np.einsum("ij,...j->...i", LAB_TO_LOG, lab)
+    return np.einsum("ij,...j->...i", np.linalg.inv(RGB_TO_LMS), lms)
+
+
+def test_color_stats_single_pixel_mask():
+    x = to_t(TARGET)
+    mask = torch.zeros(TARGET.shape[:2], dtype=torch.bool)
+    mask[5, 7] = True  # weight sum exactly 1: not empty
+    mean, std = color_stats(x, mask=mask)
+    np.testing.assert_allclose(mean.numpy(), ref_rgb_to_lab(TARGET[5, 7]), atol=1e-12)
+    np.testing.assert_allclose(std.numpy(), STD_FLOOR, rtol=1e-6)  # one pixel: floored

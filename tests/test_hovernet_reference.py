@@ -279,3 +279,28 @@ def test_sobel_kernel_sizes_by_hand():
     for bad in (1, 2, 4, 20):
         with pytest.raises(ValueError, match=f"odd and >= 3, got {bad}"):
             sobel_kernels(bad)
+
+
+def test_inputs_are_read_as_float32():
+    """float16 / float64 inputs give exactly what their float32 cast gives."""
+    with np.load(DATA / "hovernet_touching_noisy.npz") as z:
+        p16, hv16 = z["np_prob"], z["hv"]
+    p32, hv32 = p16.astype(np.float32), hv16.astype(np.float32)
+    expected = hovernet_instances(p32, hv32)
+    np.testing.assert_array_equal(hovernet_instances(p16, hv16), expected)
+    # 0.5 - 1e-10 is 0.5 once cast to float32, so these pixels are nuclear pixels
+    blob = p32 >= 0.5
+    p64 = np.where(blob, 0.5 - 1e-10, 0.0)
+    np.testing.assert_array_equal(
+        hovernet_instances(p64, hv32.astype(np.float64)),
+        hovernet_instances(blob.astype(np.float32), hv32),
+    )
+
+
+@pytest.mark.parametrize("name", ["thin_nucleus", "touching_clean"])
+def test_hv_maps_are_min_max_scaled(name):
+    """The h and v maps are min-max scaled first, so scaling them by a power of two (exact in
+    floating point) changes nothing, however small the resulting range."""
+    prob, hv, expected = load_case(name)
+    for scale in (0.125, 0.25, 8.0):
+        assert np.array_equal(canonical(hovernet_instances(prob, hv * scale)), expected), scale

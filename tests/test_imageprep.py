@@ -146,6 +146,37 @@ def test_dask_regions_read_lazily():
     np.testing.assert_allclose(a.region(5, 17, 11, 30), img[5:17, 11:30] / 255.0, atol=1e-7)
 
 
+class LazyImage:
+    """An array-like with shape and dtype (like zarr or dask) that refuses a whole-image read."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+        self.ndim = data.ndim
+        self.reads: list[tuple] = []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole image was read at once")
+
+
+def test_array_likes_with_shape_and_dtype_are_read_region_by_region():
+    data = (np.arange(40 * 30 * 3) % 256).astype(np.uint8).reshape(40, 30, 3)
+    lazy = LazyImage(data)
+    a = ImageAdapter.from_array(lazy)
+    assert a.image is lazy and (a.height, a.width, a.channels) == (40, 30, 3)
+    np.testing.assert_allclose(a.region(4, 20, 5, 9), data[4:20, 5:9] / 255.0, atol=1e-7)
+    assert lazy.reads == [(slice(4, 20), slice(5, 9))]
+    f = LazyImage(np.linspace(0, 5000, 40 * 30).reshape(40, 30).astype(np.uint16))
+    b = ImageAdapter.from_array(f)
+    assert f.reads == [(slice(None, None, 1), slice(None, None, 1))]  # the strided sample only
+    assert b.high > b.low > 0
+
+
 def test_lists_are_accepted_as_arrays():
     a = ImageAdapter.from_array([[0, 1] * 4] * 8)
     assert (a.height, a.width, a.channels) == (8, 8, 1)
@@ -165,13 +196,21 @@ def test_lists_are_accepted_as_arrays():
     "shape,match",
     [((3, 64, 64), "channels first"), ((4, 20, 30), "channels first"), ((64, 64, 5), "expected"),
      ((64, 64, 2), "expected"), ((4, 4, 4, 3), "expected"), ((64,), "expected"),
-     ((3, 64, 4), "at least 8 x 8"),
+     ((3, 64, 4), "at least 8 x 8"), ((3, 64, 5), "channels first"),
      ((MIN_SIDE - 1, 64), "at least 8 x 8"), ((64, MIN_SIDE - 1, 3), "at least 8 x 8")],
 )
 def test_bad_shapes_give_one_clear_line(shape, match):
     with pytest.raises(InputError, match=match) as err:
         ImageAdapter.from_array(np.zeros(shape, np.uint8))
     assert "\n" not in str(err.value)
+
+
+def test_too_small_message_in_full():
+    with pytest.raises(InputError) as err:
+        ImageAdapter.from_array(np.zeros((5, 64, 3), np.uint8))
+    assert str(err.value) == (
+        "image is 5 x 64 pixels; segmentation needs at least 8 x 8. Choose a larger image or region."
+    )
 
 
 def test_smallest_accepted_side_and_bad_dtypes():

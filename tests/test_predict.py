@@ -358,6 +358,30 @@ def test_normalise_input_hand_values():
     np.testing.assert_allclose(out.flatten().numpy(), [-2.0, 0.25, 2.0])
 
 
+def test_normalise_input_keeps_the_input_precision():
+    rgb = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).view(1, 3, 1, 1)
+    spec = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    out = normalise_input(rgb, spec)
+    assert out.dtype == torch.float64
+    want = (np.array([0.1, 0.2, 0.3]) - np.array(spec["mean"])) / np.array(spec["std"])
+    np.testing.assert_allclose(out.flatten().numpy(), want, rtol=0, atol=1e-15)
+
+
+def test_branches_without_logits_give_no_uncertainty():
+    class MaskOnly(nn.Module):
+        divisor = 8
+        discrete_outputs = ()
+
+        def infer(self, x):
+            return {"mask": x[:, :1]}
+
+    img = coordinate_image(24, 24)
+    out = run_tiled(MaskOnly(), img, input_spec=IDENTITY_SPEC, tile=16, overlap=4, device="cpu",
+                    branches=[lambda x: x, lambda x: 3 * x])
+    assert set(out) == {"mask"}
+    np.testing.assert_allclose(out["mask"][0], 2 * img[..., 0], atol=1e-6)
+
+
 def test_semantic_postprocess_softmax_and_argmax():
     logits = np.array([[[0.0, 1000.0]], [[math.log(3.0), 0.0]], [[0.0, -5.0]]], np.float32)
     out = semantic_postprocess({"logits": logits.copy()})

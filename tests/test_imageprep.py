@@ -87,6 +87,11 @@ def test_float_images_outside_unit_range_are_rescaled_and_nan_inf_handled():
     assert out[3, 4] == 0.0 and out[5, 6] == 1.0 and out[7, 8] == 0.0
     mid = (img[10, 10] - np.float32(lo)) / np.float32(hi - lo)
     assert out[10, 10] == pytest.approx(mid, abs=1e-6)
+    # float data slightly above 1 is not the unit range either
+    above = np.linspace(0.0, 1.5, 64, dtype=np.float32).reshape(8, 8)
+    lo, hi = np.percentile(above.astype(np.float64), [0.5, 99.8])
+    c = ImageAdapter.from_array(above)
+    assert (c.low, c.high) == (pytest.approx(lo), pytest.approx(hi)) and c.high > 1.4
     # negative-only float data is not in [0, 1]: percentiles, not the unit range
     neg = -np.arange(64, dtype=np.float32).reshape(8, 8) / 64
     assert ImageAdapter.from_array(neg).low < 0
@@ -215,8 +220,9 @@ def test_too_small_message_in_full():
 
 def test_smallest_accepted_side_and_bad_dtypes():
     assert ImageAdapter.from_array(np.zeros((MIN_SIDE, MIN_SIDE), np.uint8)).height == MIN_SIDE
-    with pytest.raises(InputError, match="no finite pixel values"):
+    with pytest.raises(InputError) as err:
         ImageAdapter.from_array(np.full((8, 8), np.nan, np.float32))
+    assert str(err.value) == "image has no finite pixel values (all NaN or inf)"
     with pytest.raises(InputError, match="dtype complex64 is not supported"):
         ImageAdapter.from_array(np.zeros((8, 8), np.complex64))
     with pytest.raises(InputError, match="not supported"):

@@ -473,3 +473,30 @@ def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
     tiny_bundle.save(user_dir() / "good.dgseg")
     user = [r["name"] for r in list_bundles() if r["where"] == "user"]
     assert user == ["good"]
+
+
+def test_list_bundles_defaults_for_a_minimal_manifest():
+    from napari_dgseg.core.bundle import user_dir
+
+    user_dir().mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
+        zf.writestr(MANIFEST, json.dumps({"family": "unet"}))
+    row = next(r for r in list_bundles() if r["name"] == "bare")
+    assert row == {"name": "bare", "family": "unet", "task": "", "classes": [], "where": "user",
+                   "path": str(user_dir() / "bare.dgseg"), "description": "", "val_metrics": {}}
+    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
+        zf.writestr(MANIFEST, json.dumps({"family": "unet", "provenance": {"seed": 1}}))
+    row = next(r for r in list_bundles() if r["name"] == "bare")
+    assert row["val_metrics"] == {}
+
+
+def test_predict_delegates_with_its_arguments(tiny_bundle):
+    from napari_dgseg.core.inference import predict_bundle
+
+    img = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    got = tiny_bundle.predict(img, tile=32, overlap=8)
+    ref = predict_bundle(tiny_bundle, img, tile=32, overlap=8)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.probabilities, ref.probabilities)
+    assert got.labels.shape == (40, 56)
+    assert got.provenance["tile"] == 32 and got.provenance["overlap"] == 8

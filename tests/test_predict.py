@@ -483,12 +483,13 @@ def test_tiling_invariance_shipped_model():
 
 
 # ---------------------------------------------------------------- predict_bundle (inference.py)
-def toy_bundle(model: nn.Module | None = None, *, name: str = "toy"):
+def toy_bundle(model: nn.Module | None = None, *, name: str = "toy", input_spec=None):
     """A bundle around a toy network (the ``unet`` family's config is only stored)."""
     from napari_dgseg.core.bundle import Bundle
 
     return Bundle.create(model or PerPixelLinear(), "unet", {"num_classes": 2, "widths": [8, 16]},
-                         name=name, class_names=["background", "thing"], task="nuclei")
+                         name=name, class_names=["background", "thing"], task="nuclei",
+                         input_spec=input_spec)
 
 
 def _softmax0(z: np.ndarray) -> np.ndarray:
@@ -537,6 +538,22 @@ def test_predict_bundle_fields_from_an_independent_computation(tmp_path):
     prov = loaded.predict(img, tile=64, device="cpu").provenance
     assert prov["model_path"] == str(path) and prov["model_sha256"] == bundle.sha256
     assert (prov["tile"], prov["overlap"], prov["batch"]) == (64, 48, 2)  # the defaults
+
+
+def test_predict_bundle_uses_the_bundle_input_spec():
+    spec = {"mean": [0.2, 0.4, 0.6], "std": [0.5, 0.25, 2.0]}
+    img = (coordinate_image(30, 40) * 255).round().astype(np.uint8)
+    pred = toy_bundle(input_spec=spec).predict(img, tile=32, overlap=8, device="cpu")
+    x = (img.astype(np.float32) / 255.0 - np.array(spec["mean"])) / np.array(spec["std"])
+    z = np.einsum("kc,hwc->khw", PerPixelLinear.A.numpy(), x) + PerPixelLinear.b.numpy()[:, None, None]
+    np.testing.assert_allclose(pred.probabilities, _softmax0(z), rtol=0, atol=1e-5)
+
+
+def test_predict_bundle_runs_on_the_device_asked_for(monkeypatch):
+    """With a (pretend) CUDA GPU present, ``device="cpu"`` must still run on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pred = toy_bundle().predict(np.zeros((20, 20, 3), np.uint8), tile=32, overlap=8, device="cpu")
+    assert pred.provenance["device"] == "cpu"
 
 
 def test_predict_bundle_grey_16_bit_records_its_intensity_range():

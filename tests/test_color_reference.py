@@ -166,6 +166,12 @@ def test_lab_reinhard_black_uses_eps_and_custom_eps():
     np.testing.assert_allclose(lab, [np.sqrt(3) * -6.0, 0.0, 0.0], atol=1e-12)
     lab3 = to_np(rgb_to_lab_reinhard(black, eps=1e-3))[0, 0]
     np.testing.assert_allclose(lab3, [np.sqrt(3) * -3.0, 0.0, 0.0], atol=1e-12)
+    # the module form passes its eps on
+    from napari_dgseg.core.color.transforms import RgbToLabReinhard
+
+    np.testing.assert_allclose(to_np(RgbToLabReinhard(eps=1e-3)(black))[0, 0],
+                               [np.sqrt(3) * -3.0, 0.0, 0.0], atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(to_np(RgbToLabReinhard()(black))[0, 0], lab, atol=1e-12)
     # eps only guards values below it: a dark colour is unchanged by eps=1e-6
     dark = np.full((1, 1, 3), 1 / 255)
     np.testing.assert_allclose(

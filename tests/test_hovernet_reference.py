@@ -42,7 +42,10 @@ from napari_dgseg.core.postprocess_hovernet import (
 )
 
 DATA = Path(__file__).parent / "data"
-CASES = ("touching_clean", "touching_noisy", "border_noisy", "thin_nucleus")
+CASES = (
+    "touching_clean", "touching_noisy", "border_noisy", "border_sobel_h", "border_sobel_v",
+    "thin_nucleus",
+)
 
 
 # ----------------------------------------------------------------------------- independent implementation
@@ -288,6 +291,8 @@ def test_inputs_are_read_as_float32():
     p32, hv32 = p16.astype(np.float32), hv16.astype(np.float32)
     expected = hovernet_instances(p32, hv32)
     np.testing.assert_array_equal(hovernet_instances(p16, hv16), expected)
+    empty = hovernet_instances(np.zeros_like(p16), hv16)  # no nuclear pixel: all background
+    assert empty.dtype == np.int32 and empty.shape == p16.shape and not empty.any()
     # 0.5 - 1e-10 is 0.5 once cast to float32, so these pixels are nuclear pixels
     blob = p32 >= 0.5
     p64 = np.where(blob, 0.5 - 1e-10, 0.0)

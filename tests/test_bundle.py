@@ -500,3 +500,45 @@ def test_predict_delegates_with_its_arguments(tiny_bundle):
     np.testing.assert_array_equal(got.probabilities, ref.probabilities)
     assert got.labels.shape == (40, 56)
     assert got.provenance["tile"] == 32 and got.provenance["overlap"] == 8
+
+
+def test_convert_reads_weights_only_on_cpu_and_strictly(tmp_path, monkeypatch):
+    """The security and fit properties of conversion, checked where they are decided."""
+    model = get_family("unet").build_model({"widths": [8, 16]})
+    ckpt = tmp_path / "net.pt"
+    torch.save(model.state_dict(), ckpt)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    b = convert_checkpoint(ckpt, "unet", config={"widths": [8, 16]})
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+    assert b.manifest["task"] == ""
+    # an extra or a missing tensor is refused (strict loading), with torch's first line
+    for edit in ("extra", "missing"):
+        state = dict(model.state_dict())
+        if edit == "extra":
+            state["extra.weight"] = torch.zeros(1)
+        else:
+            state.pop(next(iter(state)))
+        torch.save(state, ckpt)
+        with pytest.raises(BundleError) as info:
+            convert_checkpoint(ckpt, "unet", config={"widths": [8, 16]})
+        msg = str(info.value)
+        assert "Error(s) in loading state_dict for UNet" in msg and "Pass the matching --config" in msg
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(BundleError) as info:
+        convert_checkpoint(garbage, "unet")
+    msg = str(info.value)
+    assert "(Weights only load failed." in msg and "\n" not in msg
+    assert msg.endswith("only checkpoints holding plain tensors can be converted")
+
+
+def test_read_bundle_bytes_default_source_name(tiny_bundle):
+    with pytest.raises(BundleError, match=r"^<bytes> is not a bundle"):
+        read_bundle_bytes(b"plain text")

@@ -542,3 +542,11 @@ def test_convert_reads_weights_only_on_cpu_and_strictly(tmp_path, monkeypatch):
 def test_read_bundle_bytes_default_source_name(tiny_bundle):
     with pytest.raises(BundleError, match=r"^<bytes> is not a bundle"):
         read_bundle_bytes(b"plain text")
+
+
+def test_list_bundles_without_shipped_folder(tiny_bundle, monkeypatch, tmp_path):
+    import napari_dgseg.core.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "shipped_dir", lambda: tmp_path / "no-shipped-models")
+    tiny_bundle.save(bundle_mod.user_dir() / "mine.dgseg")
+    assert [(r["name"], r["where"]) for r in list_bundles()] == [("mine", "user")]

@@ -255,6 +255,21 @@ def test_srgb_knee_uses_the_linear_segment():
     assert abs(power - 0.04045 / 12.92) > 1e-9  # the test can tell the two branches apart
 
 
+def test_linear_to_srgb_knee_uses_the_linear_segment():
+    """IEC 61966-2-1 encoding: a linear value of exactly 0.0031308 is on the 12.92 segment.
+
+    No CIELAB input lands on that value exactly, so the private helper is called directly; the
+    two branches differ there by 3e-8.
+    """
+    from napari_dgseg.core.color.transforms import _linear_to_srgb
+
+    knee = torch.tensor([0.0031308, 0.5], dtype=torch.float64)
+    out = _linear_to_srgb(knee).numpy()
+    assert out[0] == pytest.approx(12.92 * 0.0031308, abs=1e-15)
+    assert out[1] == pytest.approx(1.055 * 0.5 ** (1 / 2.4) - 0.055, abs=1e-15)
+    assert abs(1.055 * 0.0031308 ** (1 / 2.4) - 0.055 - 12.92 * 0.0031308) > 1e-8
+
+
 @pytest.mark.parametrize("colours", ALL_COLOURS)
 def test_cielab_forward_equals_skimage(colours):
     from skimage.color import rgb2lab

@@ -680,3 +680,31 @@ def test_color_stats_single_pixel_mask():
     mean, std = color_stats(x, mask=mask)
     np.testing.assert_allclose(mean.numpy(), ref_rgb_to_lab(TARGET[5, 7]), atol=1e-12)
     np.testing.assert_allclose(std.numpy(), STD_FLOOR, rtol=1e-6)  # one pixel: floored
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_normalize_colors_matches_reference_statistics_in_its_space(space):
+    """The numpy front door in each space: output statistics (in that space) equal the reference's."""
+    from napari_dgseg.core.color.tissue import image_color_stats
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = (TARGET * 255).round().astype(np.uint8)
+    ref = (REFERENCE * 255).round().astype(np.uint8)
+    out = normalize_colors(img, ref, space=space, tissue_only=False)
+    m_out, s_out = image_color_stats(out, space=space, tissue_only=False)
+    m_ref, s_ref = image_color_stats(ref, space=space, tissue_only=False)
+    m_in, _ = image_color_stats(img, space=space, tissue_only=False)
+    # uint8 output: rounding moves a pixel by <= 0.5/255, i.e. ~0.002 in l-alpha-beta and
+    # ~0.3 in CIELAB units; 2 % of the initial mean gap is far above that and far below the gap
+    tol = 0.02 * np.abs(m_in - m_ref).max()
+    np.testing.assert_allclose(m_out, m_ref, atol=tol)
+    np.testing.assert_allclose(s_out, s_ref, atol=tol)
+
+
+def test_reference_pair_with_non_numeric_std():
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = (TARGET * 255).round().astype(np.uint8)
+    msg = _message(normalize_colors, img, ([0.0, 0.0, 0.0], ["a", "b", "c"]))
+    assert msg.startswith("reference pair must be (mean, std) with 3 numbers each; could not "
+                          "read it as numbers (")  # fmt: skip

@@ -308,6 +308,15 @@ def test_progress_counts_tiles_and_cancel_stops_between_batches():
     assert len(model.calls) == 1  # stopped after the first batch
 
 
+def test_run_tiled_defaults_auto_device_and_batches_of_two():
+    model = PerPixelLinear()
+    img = coordinate_image(100, 100)
+    out = run_tiled(model, img, input_spec=IDENTITY_SPEC, tile=32, overlap=8)
+    n = len(plan_tiles(100, 100, 32, 8, PerPixelLinear.divisor))
+    assert [c[0] for c in model.calls] == [min(2, n - i) for i in range(0, n, 2)]
+    assert out["logits"].shape == (2, 100, 100)
+
+
 def test_is_cancelled_accepts_event_callable_or_none():
     assert _is_cancelled(None) is False
     ev = threading.Event()
@@ -348,6 +357,15 @@ def test_pad_to_reflects_or_repeats_the_edge():
     col = block[:, :1]
     np.testing.assert_array_equal(
         _pad_to(col, 6, 2), np.pad(col, ((0, 1), (0, 1), (0, 0)), mode="edge"))
+    # a one-pixel-high (or -wide) block repeats its edge even along the other axis
+    np.testing.assert_array_equal(
+        _pad_to(row, 1, 7), np.pad(row, ((0, 0), (0, 3), (0, 0)), mode="edge"))
+    np.testing.assert_array_equal(
+        _pad_to(col, 8, 1), np.pad(col, ((0, 3), (0, 0), (0, 0)), mode="edge"))
+    # two pixels are enough to reflect one more
+    two = block[:2, :2]
+    np.testing.assert_array_equal(
+        _pad_to(two, 3, 3), np.pad(two, ((0, 1), (0, 1), (0, 0)), mode="reflect"))
 
 
 def test_normalise_input_hand_values():

@@ -227,6 +227,7 @@ def test_looks_like_pickle_cases():
         assert _looks_like_pickle(pickle.dumps({"a": 1}, protocol=proto))
     assert not _looks_like_pickle(b"\x80\x01rest") and not _looks_like_pickle(b"\x80\x06rest")
     assert not _looks_like_pickle(b"\x80") and not _looks_like_pickle(b"")
+    assert _looks_like_pickle(b"\x80\x02") and _looks_like_pickle(b"\x80\x05")
     buf = io.BytesIO()
     torch.save({"w": torch.zeros(1)}, buf)
     assert _looks_like_pickle(buf.getvalue())
@@ -550,3 +551,27 @@ def test_list_bundles_without_shipped_folder(tiny_bundle, monkeypatch, tmp_path)
     monkeypatch.setattr(bundle_mod, "shipped_dir", lambda: tmp_path / "no-shipped-models")
     tiny_bundle.save(bundle_mod.user_dir() / "mine.dgseg")
     assert [(r["name"], r["where"]) for r in list_bundles()] == [("mine", "user")]
+
+
+def test_save_writes_a_hidden_temporary_file_next_to_the_target(tiny_bundle, tmp_path, monkeypatch):
+    """Atomic save: the data go to ``.NAME.dgseg.<random>.tmp`` in the target's folder (same
+    file system, so the final ``os.replace`` is atomic), which then replaces the target."""
+    import os
+
+    import napari_dgseg.core.bundle as bundle_mod
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append((str(src), str(dst), open(src, "rb").read()))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_mod.os, "replace", spy)
+    target = tmp_path / "sub" / "m.dgseg"
+    tiny_bundle.save(target)
+    (src, dst, data), = seen
+    assert dst == str(target) and os.path.dirname(src) == str(target.parent)
+    name = os.path.basename(src)
+    assert name.startswith(".m.dgseg.") and name.endswith(".tmp") and len(name) > len(".m.dgseg..tmp")
+    assert data == target.read_bytes() and not os.path.exists(src)

@@ -80,7 +80,9 @@ def test_flipped_byte_in_each_tensor_member_refused(three_file_bundle, tmp_path,
     data[pos] ^= 0x01
     files[member] = bytes(data)
     bad = write_zip(tmp_path / "bad.dgseg", list(files.items()))
-    refused(bad, member, "sha256")
+    msg = refused(bad, f"{member} does not match its sha256 in the manifest",
+                  "modified or damaged. Re-download or re-train the model")
+    assert msg.startswith(f"{bad}: ")
 
 
 @pytest.mark.parametrize("member", (MANIFEST, *TENSOR_MEMBERS))

@@ -652,6 +652,16 @@ def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_ima
     assert pred.extras == {}
 
 
+def test_predict_bundle_refuses_a_plan_whose_references_do_not_match_its_branches(monkeypatch):
+    from napari_dgseg.core.color import dcin
+
+    monkeypatch.setattr(dcin, "plan_dcin", lambda *a: dcin.DcinPlan(
+        mode="full", branches=[lambda t: t, lambda t: t], references=[{"branch": "gris"}]))
+    with pytest.raises(ValueError, match="zip"):
+        toy_bundle().predict(np.zeros((16, 16, 3), np.uint8), tile=32, overlap=8, device="cpu",
+                             return_normalized=True)
+
+
 def test_predict_bundle_without_references_returns_no_normalized_images():
     pred = toy_bundle().predict(np.zeros((16, 16, 3), np.uint8), tile=32, overlap=8,
                                 device="cpu", return_normalized=True)

@@ -575,3 +575,24 @@ def test_save_writes_a_hidden_temporary_file_next_to_the_target(tiny_bundle, tmp
     name = os.path.basename(src)
     assert name.startswith(".m.dgseg.") and name.endswith(".tmp") and len(name) > len(".m.dgseg..tmp")
     assert data == target.read_bytes() and not os.path.exists(src)
+
+
+def test_archive_format_details(tiny_bundle):
+    """What other tools see: an indented manifest in schema order, safetensors tagged as torch
+    tensors ("format": "pt"), members deflated at level 6."""
+    import struct
+    import zlib
+
+    tiny_bundle.set_extra("bank", {"h": torch.ones(3)})
+    data = tiny_bundle.to_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        text = zf.read(MANIFEST).decode()
+        assert text == json.dumps(tiny_bundle.manifest, indent=2)
+        assert list(json.loads(text))[:3] == ["schema", "schema_version", "name"]
+        for info in zf.infolist():
+            raw = zf.read(info.filename)
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            assert info.compress_size == len(comp.compress(raw) + comp.flush()), info.filename
+            if info.filename.endswith(".safetensors"):
+                (n,) = struct.unpack("<Q", raw[:8])
+                assert json.loads(raw[8 : 8 + n])["__metadata__"] == {"format": "pt"}

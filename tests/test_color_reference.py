@@ -708,3 +708,49 @@ def test_reference_pair_with_non_numeric_std():
     msg = _message(normalize_colors, img, ([0.0, 0.0, 0.0], ["a", "b", "c"]))
     assert msg.startswith("reference pair must be (mean, std) with 3 numbers each; could not "
                           "read it as numbers (")  # fmt: skip
+
+
+def _slide(seed: int, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """White background with a textured tissue block (uint8)."""
+    img = np.full((90, 120, 3), 245, np.uint8)
+    block = _smooth(seed, 0.25, 0.7, tint=tint, h=50, w=70)
+    img[20:70, 25:95] = (block * 255).round().astype(np.uint8)
+    return img
+
+
+def test_normalize_colors_tissue_only_switch():
+    """tissue_only=False takes the white background into the statistics; True leaves it out."""
+    from napari_dgseg.core.color.tissue import image_color_stats
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = _slide(3, tint=(0.8, 0.9, 1.0))
+    # reference given as statistics, so only the image's statistics depend on the switch
+    ref = image_color_stats(_slide(4, tint=(1.0, 0.8, 0.8)))
+    out_all = normalize_colors(img, ref, tissue_only=False)
+    out_tissue = normalize_colors(img, ref, tissue_only=True)
+    assert np.abs(out_all.astype(int) - out_tissue).max() > 10
+    r_mean, r_std = ref
+    t_mean, t_std = image_color_stats(img, tissue_only=False)
+    want = transfer(to_t(img.astype(np.float64) / 255, torch.float32), t_mean, t_std, r_mean,
+                    r_std)  # fmt: skip
+    want = np.round(to_np(want) * 255)
+    assert np.abs(out_all.astype(float) - want).max() <= 1  # uint8 rounding
+
+
+def test_normalize_colors_warning_points_at_the_caller():
+    from napari_dgseg.core.color.transfer import NormalizationSkippedWarning, normalize_colors
+
+    with pytest.warns(NormalizationSkippedWarning) as rec:
+        normalize_colors(np.full((16, 16, 3), 255, np.uint8), _slide(5))
+    assert rec[0].filename == __file__  # stacklevel 2: the user's line, not transfer.py
+
+
+def test_normalize_colors_row_blocks_cover_every_row(monkeypatch):
+    from napari_dgseg.core.color import transfer as transfer_mod
+
+    img, ref, decoy = _slide(6), _slide(7, tint=(1.0, 0.8, 0.8)), _slide(8, tint=(0.7, 1, 1))
+    whole = transfer_mod.normalize_colors(img, ref)
+    monkeypatch.setattr(transfer_mod, "_BLOCK_PIXELS", 7 * 120)  # 7-row blocks
+    # a decoy of the same size first, so that a block left unwritten would show other values
+    transfer_mod.normalize_colors(decoy, ref)
+    np.testing.assert_array_equal(transfer_mod.normalize_colors(img, ref), whole)

@@ -65,6 +65,7 @@ def _wait(qtbot, w, timeout: int = 30000) -> None:
     qtbot.waitUntil(lambda: not w.running, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
     viewer = widget.viewer
     image = viewer.add_image(
@@ -112,6 +113,7 @@ def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
     assert [lyr.name for lyr in viewer.layers].count(name) == 1
 
 
+@pytest.mark.slow
 def test_cancel_midway_adds_nothing_and_stays_usable(widget, qtbot, notes):
     viewer = widget.viewer
     viewer.add_image(_rgb(1536, 1536, seed=1), name="big", rgb=True)

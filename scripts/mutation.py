@@ -359,6 +359,7 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
     rows = ["| module | mutants | killed before | score before | killed after | score after "
             "| survivors accepted | run time before / after |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    changed = False
     for key in modules:
         res = {lab: json.loads(p.read_text()) for lab in ("before", "after")
                if (p := RESULTS / f"{key}_{lab}.json").exists()}
@@ -379,11 +380,17 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
 
         kb, sb = cells("before")
         ka, sa = cells("after")
-        rows.append(f"| `{modules[key]['source'].removeprefix('src/napari_dgseg/')}` | {total} "
+        shas = {r.get("source_sha1") for r in res.values()}
+        mark = " †" if len(shas) > 1 else ""
+        changed = changed or bool(mark)
+        rows.append(f"| `{modules[key]['source'].removeprefix('src/napari_dgseg/')}`{mark} | {total} "
                     f"| {kb} | {sb} | {ka} | {sa} | {n_acc} | {_mins(res.get('before'))} / "
                     f"{_mins(res.get('after'))} |")
     acc = [f"- `{n}`: {reason}" for n, reason in sorted(accepted_all.items(), key=lambda kv:
                                                         _natural(kv[0]))]
+    if changed:
+        rows += ["", "† The source file changed between the before and the after run (different "
+                 "`source_sha1`), so the two runs mutated different code; rerun the older one."]
     rows += ["", "Reproduce: `python scripts/mutation.py --all --label after` (\"before\": add "
              "`--tests-from 86736be --label before`)"]
     return "\n".join(rows), "\n".join(acc) if acc else "_None yet._"

@@ -754,3 +754,11 @@ def test_normalize_colors_row_blocks_cover_every_row(monkeypatch):
     # a decoy of the same size first, so that a block left unwritten would show other values
     transfer_mod.normalize_colors(decoy, ref)
     np.testing.assert_array_equal(transfer_mod.normalize_colors(img, ref), whole)
+
+
+def test_color_stats_keep_the_image_dtype_with_any_mask_dtype():
+    x = to_t(TARGET, torch.float32)
+    for mask in (torch.ones(TARGET.shape[:2], dtype=torch.float64),
+                 torch.ones(TARGET.shape[:2], dtype=torch.bool)):  # fmt: skip
+        mean, std = color_stats(x, mask=mask)
+        assert mean.dtype == torch.float32 and std.dtype == torch.float32

@@ -269,6 +269,9 @@ def test_package_small_object_removal_by_hand():
     np.testing.assert_array_equal(out[lab == 2], 2)
     assert _remove_small(lab, 1) is lab  # nothing is smaller than 1 px
     assert not _remove_small(np.zeros((3, 3), np.int32), 10).any()
+    single = np.zeros((6, 6), np.int32)
+    single[1:3, 1:3] = 1  # the only label, 4 px: removed too
+    assert not _remove_small(single, 10).any()
     np.testing.assert_array_equal(_remove_small(lab, 2), np.where(lab == 4, 0, lab))
 
 

@@ -15,6 +15,11 @@ How to use (from the repository root, with the project venv)::
     # list the modules and their test files
     .venv/bin/python scripts/mutation.py --list
 
+If mutmut stops with "failed to collect stats", a selected test fails WITHOUT any mutant (for
+example a test of an old commit against today's source): run that test file by hand in the copy
+named in the message, and leave the failing test out with ``--deselect NODEID`` (recorded in the
+JSON).
+
 When you add tests for a core module: add the test file to that module's entry in
 ``scripts/mutation_modules.toml``, run ``scripts/mutation.py <module> --label after``, read the
 surviving mutants in ``benchmarks/results/mutation/<module>_after.json`` (each with its diff),
@@ -113,7 +118,8 @@ def git(*args: str) -> bytes:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
 
 
-def make_copy(key: str, entry: dict, tests_from: str | None, label: str) -> tuple[Path, list[str]]:
+def make_copy(key: str, entry: dict, tests_from: str | None, label: str,
+              extra_deselect: list[str] | None = None) -> tuple[Path, list[str]]:
     """Build the throw-away copy for one module and return it with the test files used."""
     # A fresh folder per run: several people may run the same module at the same time.
     (WORK / label).mkdir(parents=True, exist_ok=True)
@@ -134,7 +140,7 @@ def make_copy(key: str, entry: dict, tests_from: str | None, label: str) -> tupl
     if not tests:
         log(f"{key}: none of its test files exist in this test tree; every mutant counts as "
             "'no tests' (mutmut is run with an empty selection only to generate the mutants)")
-    deselect = list(load_settings().get("deselect", [])) + list(entry.get("deselect", []))
+    deselect = deselected(entry, extra_deselect)
     extra = "".join(f', "--deselect", "{d}"' for d in deselect)
     cfg = (ROOT / "pyproject.toml").read_text()
     cfg += (
@@ -174,6 +180,12 @@ def pytest_collection_modifyitems(session, config, items):
             items.sort(key=lambda item: dur.get(item.nodeid, 0.0))
             return
 '''
+
+
+def deselected(entry: dict, extra: list[str] | None = None) -> list[str]:
+    """Node ids left out of a module's run: shared list, the module's own, then this run's."""
+    return (list(load_settings().get("deselect", [])) + list(entry.get("deselect", []))
+            + list(extra or []))
 
 
 def mutmut_env(copy: Path) -> dict[str, str]:
@@ -251,9 +263,9 @@ def diffs(copy: Path, names: list[str]) -> dict[str, str]:
 
 
 def run_module(key: str, entry: dict, tests_from: str | None, label: str,
-               max_children: int) -> dict:
+               max_children: int, extra_deselect: list[str] | None = None) -> dict:
     """Run mutmut on one module and write its JSON result; return the result."""
-    copy, tests = make_copy(key, entry, tests_from, label)
+    copy, tests = make_copy(key, entry, tests_from, label, extra_deselect)
     log(f"{key}: mutating {entry['source']} with {', '.join(tests)} in {copy}")
     t0 = time.perf_counter()
     with open(copy / "mutmut.log", "w") as fh:
@@ -288,8 +300,10 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
     if not status or all(s == "not checked" for s in status.values()):
         tail = (copy / "mutmut.log").read_text(errors="replace").replace("\r", "\n")
         tail = "\n".join(line for line in tail.splitlines()[-15:] if line.strip())
+        hint = ("\na selected test fails without any mutant: find it with pytest in the copy and "
+                "leave it out with --deselect NODEID") if "failed to collect stats" in tail else ""
         raise SystemExit(f"{key}: mutmut produced no results (exit {proc.returncode}); "
-                         f"see {copy}/mutmut.log:\n{tail}")
+                         f"see {copy}/mutmut.log:\n{tail}{hint}")
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -305,6 +319,7 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
         "source": entry["source"],
         "label": label,
         "tests": tests,
+        "deselected": deselected(entry, extra_deselect),
         "tests_from": tests_from or "working tree",
         "source_commit": git("rev-parse", "--short", "HEAD").decode().strip(),
         "source_sha1": git("hash-object", entry["source"]).decode().strip(),
@@ -436,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="result label (file <module>_<label>.json); default: after")
     ap.add_argument("--max-children", type=int, default=2,
                     help="parallel mutant workers (default 2)")
+    ap.add_argument("--deselect", action="append", metavar="NODEID",
+                    help="leave this test out of this run too (repeatable; recorded in the JSON), "
+                         "e.g. a test of an old commit that fails on the current source")
     ap.add_argument("--table-only", action="store_true",
                     help="only regenerate the table in docs/testing.md from the JSON files")
     ap.add_argument("--list", action="store_true", help="list modules and their test files")
@@ -462,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for key in keys:
         try:
-            res = run_module(key, modules[key], args.tests_from, args.label, args.max_children)
+            res = run_module(key, modules[key], args.tests_from, args.label, args.max_children,
+                             args.deselect)
         except SystemExit as exc:
             log(str(exc))
             failed.append(key)

@@ -477,6 +477,15 @@ def main(argv: list[str] | None = None) -> int:
             git("rev-parse", "--verify", args.tests_from + "^{commit}")
         except subprocess.CalledProcessError:
             ap.error(f"--tests-from {args.tests_from}: not a commit of this repository")
+    try:
+        return _run_all(keys, modules, args)
+    except KeyboardInterrupt as exc:
+        log(f"stopped ({exc or 'interrupted'}); mutmut's processes were stopped with it")
+        return 130
+
+
+def _run_all(keys: list[str], modules: dict[str, dict], args: argparse.Namespace) -> int:
+    """Run the named modules one after the other; return the exit status."""
     failed = []
     for key in keys:
         try:

@@ -51,7 +51,8 @@ def score(model: torch.nn.Module, samples: list, tile: int) -> dict[str, float]:
     """Mean vessel Dice and ASD over ``samples`` (tiled inference, no colour normalisation)."""
     from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC
     from napari_dgseg.core.metrics import semantic_scores
-    from napari_dgseg.core.predict import run_tiled, semantic_postprocess
+    from napari_dgseg.core.postprocess import semantic_postprocess
+    from napari_dgseg.core.predict import run_tiled
 
     dice, asd = [], []
     for s in samples:
@@ -81,7 +82,7 @@ def covariance_measurement(seed: int = 0) -> dict[str, Any]:
     """
     import math
 
-    from napari_dgseg.core.losses.sgcg import ClassStatistics, SgCGLoss, sgcg_bound
+    from napari_dgseg.core.families.ram.sgcg import ClassStatistics, SgCGLoss, sgcg_bound
 
     out: dict[str, Any] = {}
     g = torch.Generator().manual_seed(seed)

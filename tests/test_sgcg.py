@@ -11,7 +11,7 @@ import torch
 
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.losses.segmentation import IGNORE_INDEX
-from napari_dgseg.core.losses.sgcg import (
+from napari_dgseg.core.families.ram.sgcg import (
     ClassStatistics,
     SgCGLoss,
     batch_statistics,

@@ -14,7 +14,7 @@ import torch
 
 from napari_dgseg.core import codebook as cb
 from napari_dgseg.core.losses import sqvae as L
-from napari_dgseg.core.models.sqvae import (
+from napari_dgseg.core.families.sqvae.model import (
     SQVAE,
     GaussianQuantizer,
     SQVAEConfig,

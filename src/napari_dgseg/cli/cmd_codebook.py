@@ -1,6 +1,6 @@
 """``dgseg codebook --model M --out DIR INPUT ...``: codebook-index maps and domain-shift scores.
 
-For every input image an ``sqvae`` model writes ``<stem>_codebook.tif`` (int32 index of the
+For every input image a model with a codebook writes ``<stem>_codebook.tif`` (int32 index of the
 ``e_alpha`` code of each pixel, with provenance) and prints, in one JSON object, the image's code
 usage, the domain-shift score against the training data and whether it exceeds the model's
 calibrated threshold (``out_of_domain``).
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write SQ-VAE codebook-index maps and print code usage + domain-shift scores",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or slides")
-    p.add_argument("--model", required=True, help="an sqvae bundle file or name (`dgseg models`)")
+    p.add_argument("--model", required=True, help="a bundle (file or name, `dgseg models`) of a family with a codebook")
     p.add_argument("--out", required=True, help="output folder for <stem>_codebook.tif")
     p.add_argument("--labels", action="store_true", help="also write <stem>_labels.tif")
     p.add_argument(
@@ -46,7 +46,7 @@ def write_codebook(path: Path, prediction, provenance: dict) -> Path:
     from napari_dgseg.core.labels_io import write_labels
 
     if prediction.codebook_indices is None:
-        raise InputError("this model returns no codebook indices; use an 'sqvae' model")
+        raise InputError("this model returns no codebook indices; use a model with a codebook")
     return write_labels(
         path, prediction.codebook_indices, {**provenance, "content": "codebook indices"}
     )
@@ -56,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
     from napari_dgseg.cli._progress import ProgressBar
     from napari_dgseg.cli.cmd_predict import expand_inputs, output_stem
     from napari_dgseg.core.bundle import load_bundle
-    from napari_dgseg.core.codebook import _require_sqvae, analyse_prediction
+    from napari_dgseg.core.codebook import analyse_prediction, require_codebook
     from napari_dgseg.core.labels_io import write_labels
     from napari_dgseg.core.slide import open_image
 
     bundle = load_bundle(args.model)
-    _require_sqvae(bundle)
+    require_codebook(bundle)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

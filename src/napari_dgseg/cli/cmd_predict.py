@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <stem>_uncertainty.tif (DCIN full: GRIS/LRIS disagreement)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
     p.add_argument("--codebook", action="store_true",
-                   help="also write <stem>_codebook.tif (sqvae models: e_alpha code index per pixel)")
+                   help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -8,6 +8,7 @@ import json
 from napari_dgseg.cli._common import command_line, print_json
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.registry import available_family_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a model family on labelled source folders",
         description="Train a model on labelled folders (images/ + labels/; one domain per folder).",
     )
-    p.add_argument("family", help="model family: unet, sqvae, ram, ram-sgcg, hovernet")
+    p.add_argument("family", help="model family: " + ", ".join(available_family_names()))
     p.add_argument("--source", nargs="+", required=True, metavar="DIR",
                    help="labelled source folders (images/ + labels/), or folders of such folders")
     p.add_argument("--out", required=True, help="bundle to write (NAME.dgseg)")

@@ -342,14 +342,20 @@ def cqg_views(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The two CQG inputs: ``x1 = geometric(x)``, ``x2 = photometric(x1)``, and their labels.
 
+    The one place every family's CQG training draws its two views: the random draws use the
+    CPU ``generator`` (so a run is reproducible on any device) and the views come back on the
+    device of ``x``.
+
     Returns
     -------
     x1, x2 : Tensor, shape (B, C, H, W)
     y1 : Tensor, shape of ``y``
         Labels of both views (the photometric step does not move pixels).
     """
-    x1, y1 = geometric(x, y, generator, geometric_params)
-    return x1, photometric(x1, generator, photometric_params), cast(Tensor, y1)
+    device = x.device
+    x1, y1 = geometric(x.cpu(), y.cpu(), generator, geometric_params)
+    x2 = photometric(x1, generator, photometric_params)
+    return x1.to(device), x2.to(device), cast(Tensor, y1).to(device)
 
 
 def cqg_loss(

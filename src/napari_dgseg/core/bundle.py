@@ -33,7 +33,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from napari_dgseg.core.errors import BundleError, InputError
-from napari_dgseg.core.registry import Family, config_to_dict, get_family
+from napari_dgseg.core.family import Family, config_to_dict
+from napari_dgseg.core.registry import get_family
 
 SCHEMA = "napari-dgseg.bundle"
 SCHEMA_VERSION = 1

@@ -15,7 +15,6 @@ from napari_dgseg.core.predict import (
     ProgressFn,
     elapsed_since,
     run_tiled,
-    semantic_postprocess,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +72,7 @@ def predict_bundle(
 
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
+    family = bundle.family
     plan = plan_dcin(bundle, adapter, dcin, reference)
     maps = run_tiled(
         bundle.model,
@@ -85,12 +85,9 @@ def predict_bundle(
         branches=plan.branches,
         progress=progress,
         cancel=cancel,
+        discrete=family.discrete_outputs,
     )
-    family = bundle.family
-    if family.postprocess is not None:
-        fields = family.postprocess(maps, bundle.config)
-    else:
-        fields = semantic_postprocess(maps)
+    fields = family.postprocess(maps, bundle.config)
     uncertainty = maps.get("uncertainty")
     provenance = {
         "model": bundle.name,

@@ -21,6 +21,7 @@ import torch
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import CancelledError, InputError
 from napari_dgseg.core.imageprep import ImageAdapter
+from napari_dgseg.core.models.base import normalise_input
 from napari_dgseg.core.tiling import TileGrid, plan_tiles
 
 #: Defaults: large tiles with a modest overlap; the even tile spacing keeps the extra pixels at
@@ -39,11 +40,12 @@ class Prediction:
     Attributes
     ----------
     labels : np.ndarray
-        ``(H, W)`` int32: class ids (semantic families) or instance ids (``hovernet``).
+        ``(H, W)`` int32: class ids (semantic families) or instance ids (families whose
+        ``output`` is ``"instances"``).
     probabilities : np.ndarray or None
         ``(K, H, W)`` float32 class probabilities.
     codebook_indices : np.ndarray or None
-        ``(H, W)`` int32 codebook index per pixel (``sqvae``), else None.
+        ``(H, W)`` int32 codebook index per pixel (families supporting ``"codebook"``), else None.
     local_mask : np.ndarray or None
         ``(H, W)`` float32 local feature mask (domain gap per pixel), where the model has one.
     uncertainty : np.ndarray or None
@@ -85,13 +87,6 @@ def _pad_to(block: np.ndarray, th: int, tw: int) -> np.ndarray:
     return np.pad(block, ((0, th - h), (0, tw - w), (0, 0)), mode="edge")
 
 
-def normalise_input(rgb: torch.Tensor, input_spec: dict) -> torch.Tensor:
-    """Apply the bundle's input normalisation ``(rgb - mean) / std`` to ``(B, 3, H, W)``."""
-    mean = torch.tensor(input_spec.get("mean", [0.5] * 3), dtype=rgb.dtype, device=rgb.device)
-    std = torch.tensor(input_spec.get("std", [0.25] * 3), dtype=rgb.dtype, device=rgb.device)
-    return (rgb - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-
-
 def run_tiled(
     model: torch.nn.Module,
     image: Any,
@@ -104,6 +99,7 @@ def run_tiled(
     branches: Sequence[Branch] | None = None,
     progress: ProgressFn | None = None,
     cancel: Any = None,
+    discrete: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
 
@@ -127,6 +123,10 @@ def run_tiled(
         Called as ``progress(done_tiles, total_tiles)``.
     cancel : threading.Event or callable
         Checked between batches; when set, raises :class:`CancelledError`.
+    discrete : sequence of str, optional
+        Outputs of ``infer`` taken from the nearest tile centre instead of averaged (the family's
+        :attr:`~napari_dgseg.core.family.Family.discrete_outputs`); default the model's
+        :attr:`~napari_dgseg.core.models.base.SegModel.discrete_outputs`.
 
     Returns
     -------
@@ -144,9 +144,9 @@ def run_tiled(
     dev = select_device(device)
     spec = input_spec or {}
     branches = list(branches) if branches else [lambda x: x]
-    divisor = int(getattr(model, "divisor", 16))
+    divisor = int(model.divisor)
     grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
-    discrete_keys = tuple(getattr(model, "discrete_outputs", ()))
+    discrete_keys = tuple(model.discrete_outputs if discrete is None else discrete)
     model = model.to(dev).eval()
 
     acc: dict[str, np.ndarray] = {}
@@ -252,16 +252,6 @@ def _accumulate(
         if key not in acc:
             acc[key] = np.zeros((tile_out.shape[0], ph, pw), dtype=np.float32)
         acc[key][(slice(None), *sl)] += tile_out * win[None]
-
-
-def semantic_postprocess(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Softmax probabilities and argmax labels from blended logits."""
-    logits = maps["logits"]
-    shifted = logits - logits.max(axis=0, keepdims=True)
-    np.exp(shifted, out=shifted)
-    probabilities = shifted / shifted.sum(axis=0, keepdims=True)
-    labels = probabilities.argmax(axis=0).astype(np.int32)
-    return {"labels": labels, "probabilities": probabilities.astype(np.float32)}
 
 
 def elapsed_since(t0: float) -> float:

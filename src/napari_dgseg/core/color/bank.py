@@ -54,9 +54,9 @@ def image_embedding(
     model: torch.nn.Module, rgb8: np.ndarray, input_spec: dict, *, max_side: int = 256
 ) -> np.ndarray:
     """The model's L2-normalised global embedding of an image (resized to <= ``max_side``)."""
-    from napari_dgseg.core.predict import normalise_input
+    from napari_dgseg.core.models.base import normalise_input
 
-    div = int(getattr(model, "divisor", 16))
+    div = int(model.divisor)
     x = torch.from_numpy(np.array(rgb8, copy=True)).permute(2, 0, 1)[None].float().div(255.0)
     h, w = x.shape[-2:]
     scale = min(1.0, max_side / max(h, w))

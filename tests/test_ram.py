@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC, load_bundle
+from napari_dgseg.core.data.sample import Sample
+from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.families.ram.augment import (
     LAMBDAS,
     amplitude_mix,
@@ -14,9 +17,6 @@ from napari_dgseg.core.families.ram.augment import (
     random_amplitude_mixup,
     window_bounds,
 )
-from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC, load_bundle
-from napari_dgseg.core.data.sample import Sample
-from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.families.ram.loss import restoration_loss, symmetric_kl
 from napari_dgseg.core.registry import get_family
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from napari_dgseg.core import codebook as cb
-from napari_dgseg.core.losses import sqvae as L
+from napari_dgseg.core.families.sqvae import loss as L
 from napari_dgseg.core.families.sqvae.model import (
     SQVAE,
     GaussianQuantizer,

@@ -163,3 +163,21 @@ def test_toy_family_train_save_load_predict_through_the_cli(tmp_path, clean_regi
     bundle = load_bundle(model)
     assert bundle.family_name == "toy" and type(bundle.model).__name__ == "ToyNet"
     np.testing.assert_array_equal(labels, bundle.predict(img, dcin="none").labels)
+
+
+def test_adapt_refuses_a_family_without_mani(clean_registry):
+    import dataclasses
+
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.train.adapt import adapt
+    from toy_family import FAMILY
+
+    plain = registry.register_family(
+        dataclasses.replace(FAMILY, name="toy-plain", capabilities=frozenset())
+    )
+    model = plain.build_model({"num_classes": 2, "width": 4})
+    bundle = Bundle.create(model, "toy-plain", model.config, name="plain",
+                           class_names=["background", "nucleus"], task="nuclei")
+    img, _ = disks_image(64, seed=3)
+    with pytest.raises(InputError, match=r"no decoder feature map.*\['hovernet', 'ram'"):
+        adapt(bundle, [img], iters=1)

@@ -14,7 +14,8 @@ arguments returning one):
 3. the environment variable ``DGSEG_FAMILIES``: comma-separated ``name=module:attribute``
    entries (for a family in a folder on ``PYTHONPATH``, without installing anything).
 
-Families load lazily: listing the names imports nothing, getting one imports only its module.
+Families load lazily: listing the names imports nothing (not even torch, so the CLI can list
+them in its help), getting one imports only its module.
 :func:`register_family` adds one in-process. An unknown name raises
 :class:`~napari_dgseg.core.errors.InputError` listing the valid names (the convention of timm's
 ``create_model``). ``docs/families.md`` describes the contract and how to add a family.
@@ -25,17 +26,18 @@ from __future__ import annotations
 import importlib
 import os
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from napari_dgseg.core.errors import InputError
-from napari_dgseg.core.family import Family, config_to_dict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_dgseg.core.family import Family
 
 __all__ = [
     "BUILTIN_FAMILIES",
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
-    "Family",
     "available_family_names",
-    "config_to_dict",
     "families_supporting",
     "family_names",
     "get_family",
@@ -60,6 +62,8 @@ _REGISTRY: dict[str, Family] = {}
 
 def register_family(family: Family) -> Family:
     """Add (or replace) a family in this process's registry and return it."""
+    from napari_dgseg.core.family import Family
+
     if not isinstance(family, Family):
         raise InputError(f"register_family needs a Family, got {type(family).__name__}")
     _REGISTRY[family.name] = family
@@ -93,6 +97,8 @@ def _targets() -> dict[str, str]:
 
 
 def _load(name: str, target: str) -> Family:
+    from napari_dgseg.core.family import Family
+
     module_name, _, attr = target.partition(":")
     try:
         value = getattr(importlib.import_module(module_name), attr)

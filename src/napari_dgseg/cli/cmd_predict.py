@@ -9,6 +9,7 @@ import numpy as np
 
 from napari_dgseg.cli._common import print_json
 from napari_dgseg.cli._progress import ProgressBar
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
 
 
@@ -123,40 +124,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_png(path: Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 PNG atomically."""
-    import os
-    import tempfile
-
     from skimage.io import imsave
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        imsave(tmp, image, check_contrast=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: imsave(tmp, image, check_contrast=False), suffix=".png")
 
 
 def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
     """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
     import json
-    import os
-    import tempfile
 
     import tifffile
 
     from napari_dgseg.core.labels_io import json_safe
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, probs.astype(np.float32), compression="zlib",
-                         description=json.dumps({"napari_dgseg_provenance": json_safe(provenance)}),
-                         metadata=None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    description = json.dumps({"napari_dgseg_provenance": json_safe(provenance)})
+    return atomic_write(
+        path,
+        lambda tmp: tifffile.imwrite(
+            tmp, probs.astype(np.float32), compression="zlib", description=description, metadata=None
+        ),
+        suffix=".tmp",
+    )

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from napari_dgseg.core.atomic import atomic_write_bytes
 from napari_dgseg.core.errors import BundleError, InputError
 from napari_dgseg.core.registry import Family, config_to_dict, get_family
 
@@ -273,22 +273,9 @@ class Bundle:
             path = path.with_name(path.name + SUFFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are meant to be shared
-            if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-                from napari_dgseg.core.errors import CancelledError
-
-                raise CancelledError(f"save of {path.name} cancelled; nothing was written")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(
+            path, data, cancel=cancel, cancel_message=f"save of {path.name} cancelled; nothing was written"
+        )
         self.path = path
         self.sha256 = sha256_bytes(data)
         return path

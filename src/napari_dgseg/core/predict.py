@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.imageprep import ImageAdapter
 from napari_dgseg.core.tiling import TileGrid, plan_tiles
 
@@ -64,14 +65,6 @@ class Prediction:
     class_names: tuple[str, ...] = ()
     provenance: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
-
-
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def _pad_to(block: np.ndarray, th: int, tw: int) -> np.ndarray:
@@ -159,8 +152,7 @@ def run_tiled(
         progress(0, total)
     with torch.inference_mode():
         for start in range(0, total, batch):
-            if _is_cancelled(cancel):
-                raise CancelledError("cancelled by the user")
+            check_cancel(cancel)
             chunk = positions[start : start + batch]
             x = _read_batch(adapter, grid, chunk).to(dev)
             outputs = _infer_branches(model, x, spec, branches, discrete_keys)

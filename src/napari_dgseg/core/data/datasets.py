@@ -27,7 +27,6 @@ loader                 layout
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import ImageReadError, InputError
 from napari_dgseg.core.metrics import check_label_array, remap_label
@@ -952,17 +952,6 @@ def load_dataset(kind: str, root: str | os.PathLike, **kwargs) -> list[Sample]:
     return loader(root, **kwargs)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_folder(samples: Iterable[Sample], root: str | os.PathLike) -> Path:
     """Write samples in the generic layout that :func:`load_folder` and ``dgseg train`` read.
 
@@ -983,17 +972,17 @@ def save_folder(samples: Iterable[Sample], root: str | os.PathLike) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
     for s in samples:
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.name)
-        _atomic_write(
+        atomic_write(
             root / "images" / f"{name}.png",
             lambda t, im=s.image: Image.fromarray(to_rgb_uint8(im)).save(t, format="PNG"),
         )
         if s.labels is not None:
-            _atomic_write(
+            atomic_write(
                 root / "labels" / f"{name}.tif",
                 lambda t, lab=s.labels: tifffile.imwrite(t, np.asarray(lab, np.int32)),
             )
         if s.mask is not None:
-            _atomic_write(
+            atomic_write(
                 root / "masks" / f"{name}.png",
                 lambda t, m=s.mask: Image.fromarray(
                     np.asarray(m, bool).astype(np.uint8) * 255

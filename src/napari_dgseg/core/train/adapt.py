@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.bundle import SUFFIX, WEIGHTS, Bundle, sha256_bytes
+from napari_dgseg.core.cancel import is_cancelled
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import CancelledError, InputError
@@ -257,9 +258,7 @@ def _seg_loss(
 
 
 def _is_set(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+    return is_cancelled(cancel)
 
 
 def default_crop_size(bundle: Bundle, source_given: bool, requested: int | None) -> int:

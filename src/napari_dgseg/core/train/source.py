@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.bundle import Bundle
+from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.losses.segmentation import ce_dice_loss
 from napari_dgseg.core.predict import normalise_input
 from napari_dgseg.core.registry import config_to_dict, get_family
@@ -44,10 +45,7 @@ CLASS_NAMES = {
 
 
 def _check_cancel(cancel: Any) -> None:
-    if cancel is None:
-        return
-    if (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise CancelledError("training cancelled by the user; no model was saved")
+    check_cancel(cancel, "training cancelled by the user; no model was saved")
 
 
 def poly_lr(base: float, it: int, total: int, power: float = 0.9) -> float:

@@ -1,6 +1,6 @@
 """``dgseg normalize``: Reinhard colour transfer of one image to a reference image you choose.
 
-This is the "expert reference" mode of papers/002: the colour statistics (l-alpha-beta or CIELAB
+This is the "expert reference" mode of DCIN (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025): the colour statistics (l-alpha-beta or CIELAB
 mean and std of the tissue pixels) of INPUT are matched to those of REF. The output is written
 atomically; its format follows the suffix of ``--out`` (``.png``, ``.tif``/``.tiff``, ``.jpg``).
 """

@@ -33,6 +33,8 @@ from safetensors.torch import save as st_save
 
 from napari_dgseg.core.atomic import atomic_write_bytes
 from napari_dgseg.core.errors import BundleError, InputError
+from napari_dgseg.core.imageprep import SCALING_RULE
+from napari_dgseg.core.inference import predict_bundle
 from napari_dgseg.core.registry import Family, config_to_dict, get_family
 
 SCHEMA = "napari-dgseg.bundle"
@@ -45,7 +47,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".
 DEFAULT_INPUT_SPEC = {
     "channels": 3,
     "color": "RGB",
-    "scaling": "uint8 / 255; other dtypes: robust percentiles (0.5, 99.8) of the whole image",
+    "scaling": SCALING_RULE,
     "mean": [0.5, 0.5, 0.5],
     "std": [0.25, 0.25, 0.25],
 }
@@ -283,8 +285,6 @@ class Bundle:
     # ------------------------------------------------------------------ inference
     def predict(self, image: Any, **kwargs: Any) -> Any:
         """Segment ``image``; see :func:`napari_dgseg.core.inference.predict_bundle`."""
-        from napari_dgseg.core.inference import predict_bundle
-
         return predict_bundle(self, image, **kwargs)
 
     def info(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 time, batches tiles through the network under :func:`torch.inference_mode`, and blends the dense
 outputs with the windows of :mod:`napari_dgseg.core.tiling`, so results do not depend on the tile
 size. *Branches* are input transforms applied to every tile (DCIN's GRIS and LRIS colour
-normalisations); their dense outputs are averaged (papers/002: mean of the raw logits) and, with two
+normalisations); their dense outputs are averaged (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025: mean of the raw logits) and, with two
 or more branches, their disagreement is returned as an uncertainty map.
 """
 
@@ -22,12 +22,7 @@ from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.imageprep import ImageAdapter
-from napari_dgseg.core.tiling import TileGrid, plan_tiles
-
-#: Defaults: large tiles with a modest overlap; the even tile spacing keeps the extra pixels at
-#: ~5-12 % for common sizes (see docs/segment.md for the measurement).
-DEFAULT_TILE = 1024
-DEFAULT_OVERLAP = 48
+from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, plan_tiles
 
 Branch = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], Any]

@@ -107,7 +107,7 @@ class RAMConfig:
 
 @dataclass(frozen=True)
 class RAMSgCGConfig(RAMConfig):
-    """``ram`` plus the SgCG loss (papers/001).
+    """``ram`` plus the SgCG loss ("SgCG: Semantic-Guided Contrastive Generalization for Medical Image Segmentation", anonymous ICLR 2025 submission, 2024).
 
     Attributes
     ----------
@@ -459,7 +459,7 @@ FAMILY_RAM_SGCG = register_family(
         name="ram-sgcg",
         config_cls=RAMSgCGConfig,
         build=RAMNet,
-        description="RAM-DSIR plus the SgCG closed-form pixel contrastive loss (papers/001)",
+        description="RAM-DSIR plus the SgCG closed-form pixel contrastive loss (SgCG, ICLR 2025 submission)",
         output="semantic",
         training_loss=ram_training_loss,
         finish_training=finish_training,

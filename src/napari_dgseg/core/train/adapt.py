@@ -1,4 +1,4 @@
-"""Label-free adaptation of a trained bundle to a new domain with MaNi (papers/003).
+"""Label-free adaptation of a trained bundle to a new domain with MaNi (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023).
 
 Each iteration takes ``batch`` labelled source crops and ``batch`` unlabelled target crops,
 pairs them at random, and minimises ``Seg(source) + mi_weight * L_MI`` where ``L_MI`` is the
@@ -407,7 +407,7 @@ def adapt_steps(
     model.eval()
     provenance = {
         "command": command or "napari_dgseg.adapt(...)",
-        "method": "MaNi (papers/003): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
+        "method": "MaNi (Sharma, Syed & Brown, MICCAI 2023): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
         "parent": {
             "name": bundle.name,
             "sha256": parent_sha256(bundle),

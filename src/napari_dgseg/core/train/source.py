@@ -2,7 +2,7 @@
 
 One loop serves every family: balanced random crops from the source domains, flips and 90-degree
 rotations, Adam with poly learning-rate decay (power 0.9), the family's loss (default:
-cross-entropy + Dice, the ``Seg`` of papers 000-003), optional CQG (papers/002), a progress
+cross-entropy + Dice, the ``Seg`` of the papers in docs/references.md), optional CQG (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025), a progress
 callback and a cancel flag, deterministic for a given seed. The result is a :class:`Bundle` with
 the training command, data, seed, losses and validation metrics in its provenance.
 """
@@ -91,7 +91,7 @@ def train(
     config : mapping, optional
         Architecture overrides for the family's config (``num_classes`` is set from the data).
     cqg : bool
-        Colour-quality generalisation loss (papers/002).
+        Colour-quality generalisation loss (Shah et al. 2025).
     progress : callable
         ``progress(iteration, iters, logs)`` after every iteration.
     cancel : threading.Event or callable

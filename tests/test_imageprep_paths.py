@@ -198,6 +198,18 @@ def test_12bit_case_trains_and_predicts_on_the_same_scaling(tmp_path):
     )
 
 
+def test_in_memory_training_samples_use_the_same_preparer():
+    from napari_dgseg.core.data.sample import Sample
+
+    img = _twelve_bit(32, 32)
+    labels = np.zeros((32, 32), np.int32)
+    [(_, [s])] = load_sources([[Sample(img, labels, "a", domain="d")]])
+    np.testing.assert_array_equal(s.image, imageprep.to_rgb_uint8(img))
+    rgb8 = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    [(_, [s8])] = load_sources([[Sample(rgb8, labels, "b", domain="d")]])
+    assert s8.image is rgb8  # 8-bit RGB untouched, not even copied
+
+
 def test_dcin_statistics_of_a_12bit_image_match_its_8bit_preparation():
     img = _twelve_bit(128, 128)
     m16, s16 = image_color_stats(img, tissue_only=False)

@@ -210,6 +210,8 @@ class ImageAdapter:
         if block.shape[2] in (2, 4):  # composite on white: transparent background reads as glass
             alpha = _alpha_weight(block[..., -1])[..., None]
             out = out * alpha + np.float32(255.0) * (1.0 - alpha)
+        elif block.dtype == np.uint8 and self.low == 0.0 and self.high == 255.0:
+            return out  # already whole grey levels: skip a pass over the tile
         return np.round(out, out=out)
 
     def to_rgb_float(self, block: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 For every vessel camera domain D (the *unseen site*), each family is trained on the other domains
 with the same backbone, crop, batch, learning rate and iteration budget, for several seeds, and
 scored on held-out images of D: Dice and average symmetric surface distance (ASD, pixels) of the
-vessel class inside the field of view. This is the form of papers/001 Tables 1 and 5.
+vessel class inside the field of view. This is the form of the SgCG paper's Tables 1 and 5.
 
     .venv/bin/python benchmarks/lodo_ram.py --iters 300 --seeds 0 1 \
         --out benchmarks/results/lodo_ram.json

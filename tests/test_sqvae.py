@@ -1,4 +1,4 @@
-"""The ``sqvae`` family (papers/000): losses against hand-computed values, quantiser, groups,
+"""The ``sqvae`` family (Saito & Hotta 2025): losses against hand-computed values, quantiser, groups,
 gradients, save/load, training hooks and the domain-shift score.
 
     .venv/bin/pytest tests/test_sqvae.py -q

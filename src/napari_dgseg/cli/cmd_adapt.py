@@ -1,6 +1,6 @@
 """``dgseg adapt --model M --target DIR_OR_FILES... [--source DIR] --out NEW.dgseg [--iters N]``
 
-MaNi label-free adaptation (papers/003): a new bundle adapted to the target images; the parent
+MaNi label-free adaptation (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023): a new bundle adapted to the target images; the parent
 model file is never modified.
 """
 

@@ -12,10 +12,11 @@ import argparse
 from pathlib import Path
 
 from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+    from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
     p = sub.add_parser(
         "codebook",
@@ -40,21 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def write_codebook(path: Path, prediction, provenance: dict) -> Path:
-    """Write ``prediction.codebook_indices`` as an int32 TIFF with provenance (atomic)."""
-    from napari_dgseg.core.errors import InputError
-    from napari_dgseg.core.labels_io import write_labels
-
-    if prediction.codebook_indices is None:
-        raise InputError("this model returns no codebook indices; use a model with a codebook")
-    return write_labels(
-        path, prediction.codebook_indices, {**provenance, "content": "codebook indices"}
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.cli._progress import ProgressBar
-    from napari_dgseg.cli.cmd_predict import expand_inputs, output_stem
     from napari_dgseg.core.bundle import load_bundle
     from napari_dgseg.core.codebook import analyse_prediction, require_codebook
     from napari_dgseg.core.labels_io import write_labels

@@ -1,6 +1,6 @@
 """``dgseg normalize``: Reinhard colour transfer of one image to a reference image you choose.
 
-This is the "expert reference" mode of papers/002: the colour statistics (l-alpha-beta or CIELAB
+This is the "expert reference" mode of DCIN (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025): the colour statistics (l-alpha-beta or CIELAB
 mean and std of the tissue pixels) of INPUT are matched to those of REF. The output is written
 atomically; its format follows the suffix of ``--out`` (``.png``, ``.tif``/``.tiff``, ``.jpg``).
 """
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from napari_dgseg.core.atomic import atomic_write
 
 _TIFF = (".tif", ".tiff")
 _OTHER = (".png", ".jpg", ".jpeg", ".bmp")
@@ -119,9 +120,8 @@ def write_image(path: Path, image: Any) -> None:
         image = (image // 257).astype(np.uint8) if image.dtype == np.uint16 else image
     if suffix in (".jpg", ".jpeg") and image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]  # JPEG has no alpha
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if suffix in _TIFF:
             import tifffile
 
@@ -131,11 +131,8 @@ def write_image(path: Path, image: Any) -> None:
             import skimage.io
 
             skimage.io.imsave(tmp, image, check_contrast=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write, suffix=suffix)
 
 
 def run(args: argparse.Namespace) -> int:

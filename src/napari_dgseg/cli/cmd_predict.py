@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
 from napari_dgseg.cli._progress import ProgressBar
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+    from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
     p = sub.add_parser("predict", help="segment images, folders or slides with a model bundle")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or slides")
@@ -36,34 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def output_stem(path: Path) -> str:
-    """File stem without image suffixes (``a.ome.tif`` -> ``a``, ``b.zarr`` -> ``b``)."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem if path.suffix else name
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expanded to the supported images inside (sorted, not recursive)."""
-    from napari_dgseg.core.slide import is_zarr_dir, supported_suffix
-
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise InputError(f"input {p} does not exist")
-        if p.is_dir() and not is_zarr_dir(p):
-            found = sorted(c for c in p.iterdir() if supported_suffix(c) or is_zarr_dir(c))
-            if not found:
-                raise InputError(f"folder {p} holds no supported images (.tif, .svs, .png, .jpg, .zarr)")
-            paths.extend(found)
-        else:
-            paths.append(p)
-    return paths
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
             row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
                                                         pred.probabilities, provenance))
         if args.codebook:
-            from napari_dgseg.cli.cmd_codebook import write_codebook
-
             row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance))
         rows.append(row)
     print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
@@ -123,40 +95,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_png(path: Path, image: np.ndarray) -> Path:
     """Write an RGB uint8 PNG atomically."""
-    import os
-    import tempfile
-
     from skimage.io import imsave
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        imsave(tmp, image, check_contrast=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: imsave(tmp, image, check_contrast=False), suffix=".png")
 
 
 def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
     """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
     import json
-    import os
-    import tempfile
 
     import tifffile
 
     from napari_dgseg.core.labels_io import json_safe
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, probs.astype(np.float32), compression="zlib",
-                         description=json.dumps({"napari_dgseg_provenance": json_safe(provenance)}),
-                         metadata=None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    description = json.dumps({"napari_dgseg_provenance": json_safe(provenance)})
+    return atomic_write(
+        path,
+        lambda tmp: tifffile.imwrite(
+            tmp, probs.astype(np.float32), compression="zlib", description=description, metadata=None
+        ),
+        suffix=".tmp",
+    )

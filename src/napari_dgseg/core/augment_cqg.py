@@ -1,4 +1,4 @@
-"""Batched augmentations and loss of colour-quality generalization (CQG, papers/002).
+"""Batched augmentations and loss of colour-quality generalization (CQG; Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025).
 
 For a batch ``x`` with labels ``y``::
 
@@ -120,7 +120,7 @@ class PhotometricParams:
 
 @dataclass(frozen=True)
 class CQGWeights:
-    """Weights of the CQG loss terms (papers/002: lambda1 = 0.3, lambda2 = 0.7, lambda3 = 1.0)."""
+    """Weights of the CQG loss terms (Shah et al. 2025: lambda1 = 0.3, lambda2 = 0.7, lambda3 = 1.0)."""
 
     seg1: float = 0.3
     seg2: float = 0.7
@@ -374,7 +374,7 @@ def cqg_loss(
     target : Tensor
         Labels of both views, as ``seg_loss_fn`` expects them (e.g. ``(B, H, W)`` long).
     seg_loss_fn : callable
-        ``seg_loss_fn(logits, target) -> scalar`` (papers/002: Dice + cross-entropy).
+        ``seg_loss_fn(logits, target) -> scalar`` (Shah et al. 2025: Dice + cross-entropy).
     weights : CQGWeights
         ``seg1``, ``seg2``, ``consistency`` (default 0.3, 0.7, 1.0).
 

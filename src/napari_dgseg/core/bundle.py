@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,8 +31,11 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from napari_dgseg.core.atomic import atomic_write_bytes
 from napari_dgseg.core.errors import BundleError, InputError
 from napari_dgseg.core.family import Family, config_to_dict
+from napari_dgseg.core.imageprep import SCALING_RULE
+from napari_dgseg.core.inference import predict_bundle
 from napari_dgseg.core.registry import get_family
 
 SCHEMA = "napari-dgseg.bundle"
@@ -46,7 +48,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".
 DEFAULT_INPUT_SPEC = {
     "channels": 3,
     "color": "RGB",
-    "scaling": "uint8 / 255; other dtypes: robust percentiles (0.5, 99.8) of the whole image",
+    "scaling": SCALING_RULE,
     "mean": [0.5, 0.5, 0.5],
     "std": [0.25, 0.25, 0.25],
 }
@@ -274,22 +276,9 @@ class Bundle:
             path = path.with_name(path.name + SUFFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are meant to be shared
-            if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-                from napari_dgseg.core.errors import CancelledError
-
-                raise CancelledError(f"save of {path.name} cancelled; nothing was written")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(
+            path, data, cancel=cancel, cancel_message=f"save of {path.name} cancelled; nothing was written"
+        )
         self.path = path
         self.sha256 = sha256_bytes(data)
         return path
@@ -297,8 +286,6 @@ class Bundle:
     # ------------------------------------------------------------------ inference
     def predict(self, image: Any, **kwargs: Any) -> Any:
         """Segment ``image``; see :func:`napari_dgseg.core.inference.predict_bundle`."""
-        from napari_dgseg.core.inference import predict_bundle
-
         return predict_bundle(self, image, **kwargs)
 
     def info(self) -> dict[str, Any]:

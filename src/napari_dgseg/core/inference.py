@@ -6,6 +6,8 @@ import datetime as _dt
 import time
 from typing import TYPE_CHECKING, Any
 
+from napari_dgseg import __version__
+from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.imageprep import ImageAdapter
 from napari_dgseg.core.predict import (
@@ -52,7 +54,7 @@ def predict_bundle(
     batch : int
         Tiles per forward pass.
     dcin : str
-        Colour normalisation (papers/002): ``auto`` (``full`` when the bundle has a reference
+        Colour normalisation (DCIN of Shah et al. 2025): ``auto`` (``full`` when the bundle has a reference
         bank, else ``none``), ``none``, ``gris``, ``lris``, ``full`` or ``reference``.
     reference : array, path or (mean, std), optional
         The user's reference for ``dcin="reference"``.
@@ -68,7 +70,6 @@ def predict_bundle(
     Prediction
     """
     t0 = time.perf_counter()
-    from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
@@ -127,6 +128,4 @@ _FIELDS = {"labels", "probabilities", "codebook_indices", "local_mask", "uncerta
 
 
 def _version() -> str:
-    from napari_dgseg import __version__
-
     return __version__

@@ -15,13 +15,11 @@ replaces the target in one rename, so an interrupted save never leaves half a ma
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import ImageReadError, InputError
 
 __all__ = [
@@ -175,10 +174,9 @@ def _write_tiff(p: Path, data: Any, record: dict) -> None:
     array = np.asarray(data)
     description = json.dumps({PROVENANCE_KEY: record}, ensure_ascii=True, sort_keys=True)
     tiled = array.ndim == 2 and min(array.shape) >= TIFF_TILE_FROM
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(
+    atomic_write(
+        p,
+        lambda tmp: tifffile.imwrite(
             tmp,
             array,
             compression="zlib",
@@ -187,12 +185,9 @@ def _write_tiff(p: Path, data: Any, record: dict) -> None:
             metadata=None,
             tile=(256, 256) if tiled else None,
             bigtiff=array.nbytes > 2**31,
-        )
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+        ),
+        suffix=".tmp",
+    )
 
 
 def _write_zarr(p: Path, data: Any, record: dict) -> None:

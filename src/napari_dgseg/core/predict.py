@@ -4,7 +4,7 @@
 time, batches tiles through the network under :func:`torch.inference_mode`, and blends the dense
 outputs with the windows of :mod:`napari_dgseg.core.tiling`, so results do not depend on the tile
 size. *Branches* are input transforms applied to every tile (DCIN's GRIS and LRIS colour
-normalisations); their dense outputs are averaged (papers/002: mean of the raw logits) and, with two
+normalisations); their dense outputs are averaged (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025: mean of the raw logits) and, with two
 or more branches, their disagreement is returned as an uncertainty map.
 """
 
@@ -18,16 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.imageprep import ImageAdapter
 from napari_dgseg.core.models.base import normalise_input
-from napari_dgseg.core.tiling import TileGrid, plan_tiles
-
-#: Defaults: large tiles with a modest overlap; the even tile spacing keeps the extra pixels at
-#: ~5-12 % for common sizes (see docs/segment.md for the measurement).
-DEFAULT_TILE = 1024
-DEFAULT_OVERLAP = 48
+from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, plan_tiles
 
 Branch = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], Any]
@@ -66,14 +62,6 @@ class Prediction:
     class_names: tuple[str, ...] = ()
     provenance: dict = field(default_factory=dict)
     extras: dict = field(default_factory=dict)
-
-
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def _pad_to(block: np.ndarray, th: int, tw: int) -> np.ndarray:
@@ -159,8 +147,7 @@ def run_tiled(
         progress(0, total)
     with torch.inference_mode():
         for start in range(0, total, batch):
-            if _is_cancelled(cancel):
-                raise CancelledError("cancelled by the user")
+            check_cancel(cancel)
             chunk = positions[start : start + batch]
             x = _read_batch(adapter, grid, chunk).to(dev)
             outputs = _infer_branches(model, x, spec, branches, discrete_keys)

@@ -1,4 +1,4 @@
-"""The DCIN reference bank stored in every bundle (papers/002, GRIS and LRIS).
+"""The DCIN reference bank stored in every bundle (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025: GRIS and LRIS).
 
 Per training image the bank keeps what test-time normalisation needs instead of the image
 itself (methods.md section 3):

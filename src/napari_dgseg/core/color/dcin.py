@@ -1,6 +1,6 @@
 """DCIN at inference: choose references and build the colour branches for every tile.
 
-Modes (papers/002):
+Modes (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025):
 
 ``none``       the image as it is;
 ``gris``       transfer to the GRIS reference (the training histogram medoid);
@@ -24,7 +24,7 @@ import torch
 
 from napari_dgseg.core.color.bank import BANK_FILE, downsample, image_embedding
 from napari_dgseg.core.color.tissue import has_tissue, image_color_stats
-from napari_dgseg.core.color.transfer import FLAT_STD, transfer
+from napari_dgseg.core.color.transfer import FLAT_STD, _reference_stats, transfer
 from napari_dgseg.core.errors import InputError
 
 DCIN_MODES = ("auto", "none", "gris", "lris", "full", "reference")
@@ -117,8 +117,6 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
     if mode == "reference":
         if reference is None:
             raise InputError("DCIN mode 'reference' needs a reference image (or its mean and std)")
-        from napari_dgseg.core.color.transfer import _reference_stats
-
         r_mean, r_std = _reference_stats(_as_reference(reference), space)
         plan.branches.append(_make_branch(t_mean, t_std, r_mean, r_std, space))
         plan.references.append({"branch": "reference", "reference": _describe(reference),

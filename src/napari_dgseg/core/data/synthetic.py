@@ -14,14 +14,12 @@ deterministic per seed (:class:`numpy.random.Generator` streams, never global st
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.data._synth_common import as_shape, check_seed, derive_seed
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.data.synthetic_nuclei import (
@@ -124,18 +122,6 @@ def item_seed(seed: int, index: int) -> int:
     return derive_seed(check_seed(seed), index)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str | Path) -> dict:
     """Write ``n`` images of one domain as ``out/images/*.png`` + ``out/labels/*.tif``.
 
@@ -184,18 +170,18 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
     for i in range(n):
         sample = make_sample(kind, size, domain, item_seed(seed, i))
         stem = f"{kind}_{domain}_{i:04d}"
-        _atomic_write(
+        atomic_write(
             out / "images" / f"{stem}.png",
             lambda p, im=sample.image: Image.fromarray(im).save(p, format="PNG"),
         )
         lab = sample.labels.astype(np.int32 if kind == "nuclei" else np.uint8)
-        _atomic_write(
+        atomic_write(
             out / "labels" / f"{stem}.tif",
             lambda p, lb=lab: tifffile.imwrite(p, lb, compression="zlib"),
         )
         if kind == "vessels":
             m = sample.mask.astype(np.uint8) * 255
-            _atomic_write(
+            atomic_write(
                 out / "masks" / f"{stem}.png",
                 lambda p, mm=m: Image.fromarray(mm).save(p, format="PNG"),
             )
@@ -210,5 +196,5 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
         "domain_params": asdict(params),
         "files": files,
     }
-    _atomic_write(out / "synth.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+    atomic_write(out / "synth.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     return summary

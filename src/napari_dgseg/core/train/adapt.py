@@ -1,4 +1,4 @@
-"""Label-free adaptation of a trained bundle to a new domain with MaNi (papers/003).
+"""Label-free adaptation of a trained bundle to a new domain with MaNi (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023).
 
 Each iteration takes ``batch`` labelled source crops and ``batch`` unlabelled target crops,
 pairs them at random, and minimises ``Seg(source) + mi_weight * L_MI`` where ``L_MI`` is the
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.bundle import SUFFIX, WEIGHTS, Bundle, sha256_bytes
+from napari_dgseg.core.cancel import is_cancelled
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import CancelledError, InputError
@@ -232,9 +233,7 @@ def check_adaptable(family: Family) -> None:
 
 
 def _is_set(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+    return is_cancelled(cancel)
 
 
 def default_crop_size(bundle: Bundle, source_given: bool, requested: int | None) -> int:
@@ -381,7 +380,7 @@ def adapt_steps(
     model.eval()
     provenance = {
         "command": command or "napari_dgseg.adapt(...)",
-        "method": "MaNi (papers/003): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
+        "method": "MaNi (Sharma, Syed & Brown, MICCAI 2023): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
         "parent": {
             "name": bundle.name,
             "sha256": parent_sha256(bundle),

@@ -2,7 +2,7 @@
 
 One loop serves every family: balanced random crops from the source domains, flips and 90-degree
 rotations, Adam with poly learning-rate decay (power 0.9), the family's loss (default:
-cross-entropy + Dice, the ``Seg`` of papers 000-003), optional CQG (papers/002), a progress
+cross-entropy + Dice, the ``Seg`` of the papers in docs/references.md), optional CQG (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025), a progress
 callback and a cancel flag, deterministic for a given seed. The result is a :class:`Bundle` with
 the training command, data, seed, losses and validation metrics in its provenance.
 """
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.bundle import Bundle
+from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.family import Family, config_to_dict
 from napari_dgseg.core.registry import get_family
 from napari_dgseg.core.train.data import (
@@ -43,10 +44,7 @@ CLASS_NAMES = {
 
 
 def _check_cancel(cancel: Any) -> None:
-    if cancel is None:
-        return
-    if (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise CancelledError("training cancelled by the user; no model was saved")
+    check_cancel(cancel, "training cancelled by the user; no model was saved")
 
 
 def poly_lr(base: float, it: int, total: int, power: float = 0.9) -> float:
@@ -92,7 +90,7 @@ def train(
     config : mapping, optional
         Architecture overrides for the family's config (``num_classes`` is set from the data).
     cqg : bool
-        Colour-quality generalisation loss (papers/002).
+        Colour-quality generalisation loss (Shah et al. 2025).
     progress : callable
         ``progress(iteration, iters, logs)`` after every iteration.
     cancel : threading.Event or callable

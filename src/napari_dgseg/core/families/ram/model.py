@@ -105,7 +105,7 @@ class RAMConfig:
 
 @dataclass(frozen=True)
 class RAMSgCGConfig(RAMConfig):
-    """``ram`` plus the SgCG loss (papers/001).
+    """``ram`` plus the SgCG loss ("SgCG: Semantic-Guided Contrastive Generalization for Medical Image Segmentation", anonymous ICLR 2025 submission, 2024).
 
     Attributes
     ----------

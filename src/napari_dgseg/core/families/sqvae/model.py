@@ -1,4 +1,4 @@
-"""The ``sqvae`` family: domain generalisation with a class-grouped SQ-VAE codebook (papers/000).
+"""The ``sqvae`` family: domain generalisation with a class-grouped SQ-VAE codebook (Saito & Hotta, "Domain Generalization using Category Information Independent of Domain Differences", 2025).
 
 A U-Net (the same :class:`~napari_dgseg.core.models.blocks.Encoder`/``Decoder`` as ``unet``)
 produces a feature map ``Z`` which a 1x1 convolution projects to ``latent_channels``; ``Z`` is
@@ -428,7 +428,7 @@ def sqvae_training_loss(
     ``w_seg * Seg + w_code * L_code + w_domain * L_domain + w_corr * (corr(Z1,Z2)^2 +
     corr(Z1',Z2')^2) + w_recon * L_mse + w_entropy * (sum p log p) + w_continuous * KL_cont``,
     where ``Seg`` is cross-entropy + Dice on the group logits. With ``state["cqg"]`` the
-    segmentation part is the CQG loss of papers/002 (``0.3 Seg(x1) + 0.7 Seg(x2) + MSE``) and the
+    segmentation part is the CQG loss of Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025 (``0.3 Seg(x1) + 0.7 Seg(x2) + MSE``) and the
     family's own terms are computed on the geometric view ``x1``.
 
     Parameters

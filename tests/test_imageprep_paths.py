@@ -149,6 +149,7 @@ class _Recorder(torch.nn.Module):
     """A stand-in network that records what inference feeds it."""
 
     divisor = 16
+    discrete_outputs: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -64,7 +64,7 @@ def widget(make_napari_viewer, qtbot, sqvae_dir, monkeypatch):
     viewer.window.add_dock_widget(w, name="Codebook")
     qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
     if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
-        w.model_picker.load(MODEL, block=True)  # shipped sqvae bundles may be listed first
+        w.model_picker.load(MODEL, sync=True)  # shipped sqvae bundles may be listed first
     assert w.model_picker.bundle.name == MODEL
     return w
 
@@ -77,7 +77,7 @@ def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
     image = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
     viewer.add_image(image, name="tile", rgb=True, scale=(0.5, 0.5), translate=(10, 20))
     assert widget.run_button.isEnabled()
-    widget.run(block=True)
+    widget.run(sync=True)
     name = f"tile codebook ({MODEL})"
     assert name in viewer.layers
     layer = viewer.layers[name]
@@ -106,7 +106,7 @@ def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
     assert widget.describe_code(code).startswith(f"code {code}")
     assert ("background" if groups[code] == 0 else "nucleus") in widget.describe_code(code)
     # running again replaces the layer instead of adding a copy
-    widget.run(block=True)
+    widget.run(sync=True)
     assert sum(1 for lyr in viewer.layers if lyr.name == name) == 1
 
 
@@ -121,7 +121,7 @@ def test_out_of_domain_image_is_flagged(widget):
         name="magenta",
         rgb=True,
     )
-    widget.run(block=True)
+    widget.run(sync=True)
     used = widget.last_report.usage > 0
     bundle = widget.model_picker.bundle
     stored = dict(bundle.extra("codebook"))
@@ -129,7 +129,7 @@ def test_out_of_domain_image_is_flagged(widget):
         ref = torch.zeros(N_CODES, dtype=torch.float64)
         ref[int(np.flatnonzero(~used)[0])] = 1.0
         bundle.set_extra("codebook", {**stored, "usage_alpha": ref})
-        widget.run(block=True)
+        widget.run(sync=True)
     finally:
         bundle.set_extra("codebook", stored)
     report = widget.last_report

@@ -57,6 +57,9 @@ class Family:
     finish_training : callable or None
         ``(bundle, domains, state) -> None`` run once after training, before saving: a family
         adds what it needs to the bundle (extra tensor files, manifest entries).
+    capabilities : frozenset of str
+        What the family offers beyond segmentation (e.g. ``"codebook"``), asked through
+        :meth:`supports` so that callers never test family names.
     """
 
     name: str
@@ -68,6 +71,11 @@ class Family:
     target_kind: str = "semantic"
     postprocess: Callable[..., Any] | None = None
     finish_training: Callable[..., Any] | None = None
+    capabilities: frozenset[str] = frozenset()
+
+    def supports(self, capability: str) -> bool:
+        """True when the family declares ``capability`` (e.g. ``"codebook"``)."""
+        return capability in self.capabilities
 
     def make_config(self, values: Mapping[str, Any] | None = None) -> Any:
         """Build the frozen config from a mapping, refusing unknown keys with the valid ones."""

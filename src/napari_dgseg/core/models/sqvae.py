@@ -532,5 +532,6 @@ FAMILY = register_family(
         training_loss=sqvae_training_loss,
         postprocess=sqvae_postprocess,
         finish_training=_finish_training,
+        capabilities=frozenset({"codebook"}),
     )
 )

@@ -171,3 +171,48 @@ def test_cancel_leaves_no_layer(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert "c codebook (tiny-sqvae)" not in viewer.layers
     assert "Cancelled" in widget.score_label.text()
+
+
+def test_models_are_chosen_by_capability_not_by_name(
+    make_napari_viewer, qtbot, sqvae_dir, monkeypatch, notes, tmp_path
+):
+    """Only models whose family declares the ``codebook`` capability are listed or accepted."""
+    import shutil
+
+    import torch
+
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    assert get_family("sqvae").supports("codebook")
+    assert not get_family("unet").supports("codebook")
+    folder = tmp_path / "models"
+    shutil.copytree(sqvae_dir, folder)
+    torch.manual_seed(0)
+    unet = get_family("unet").build_model({"num_classes": 2, "widths": [8, 16, 32]})
+    # a name that a label-text search for "(sqvae" would have picked up
+    plain = Bundle.create(
+        unet,
+        "unet",
+        unet.config,
+        name="aaa-not-(sqvae",
+        task="nuclei",
+        class_names=["background", "nucleus"],
+    )
+    plain.save(folder / "aaa-not-(sqvae.dgseg")
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(folder))
+    from napari_dgseg._napari.widgets.codebook import CodebookWidget
+
+    viewer = make_napari_viewer()
+    w = CodebookWidget(viewer)
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    combo = w.model_picker.combo
+    listed = [combo.itemText(i) for i in range(combo.count())]
+    assert not any("aaa-not" in text for text in listed)
+    assert any(text.startswith(f"{MODEL} (sqvae") for text in listed)
+    assert w.model_picker.bundle is not None and w.model_picker.bundle.family.supports("codebook")
+    # a browsed file of another family is refused; the codebook model stays loaded
+    before = w.model_picker.bundle
+    assert w.model_picker.load(str(folder / "aaa-not-(sqvae.dgseg"), sync=True) is None
+    assert w.model_picker.bundle is before
+    assert any("without codebook support" in n for n in notes)

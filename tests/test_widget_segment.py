@@ -311,3 +311,35 @@ def test_opens_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_bundle_dir, 
     assert w.model_picker.bundle is not None  # the first listed model is loaded on open
     labels = [w.model_picker.combo.itemText(i) for i in range(w.model_picker.combo.count())]
     assert f"{MODEL} (unet, yours)" in labels
+
+
+def test_public_api_for_scripts(widget, tiny_bundle_dir):
+    """``set_model``/``set_image_layer``/``run(sync=True)``: what ``dgseg demo`` uses."""
+    viewer = widget.viewer
+    first = viewer.add_image(_rgb(40, 48, seed=5), name="first", rgb=True)
+    viewer.add_image(_rgb(32, 32, seed=6), name="second", rgb=True)
+    bundle = widget.set_model(MODEL)
+    assert bundle is not None and widget.bundle is bundle
+    assert widget.set_model(MODEL) is bundle  # already loaded: no reload
+    widget.set_image_layer(first)
+    added = widget.run(sync=True)
+    assert [lyr.name for lyr in added][0] == f"first labels ({MODEL})"
+    assert added == widget.last_result and added[0].data.shape == (40, 48)
+    assert "40 x 48 px" in widget.status
+    labels = viewer.add_labels(np.zeros((5, 5), np.int32), name="not an image")
+    with pytest.raises(ValueError, match="not an Image layer"):
+        widget.set_image_layer(labels)
+    assert widget.set_model(str(tiny_bundle_dir / "missing.dgseg")) is None
+    assert widget.bundle is bundle
+
+
+def test_set_model_waits_for_the_first_load(make_napari_viewer, tiny_bundle_dir, monkeypatch):
+    """Right after opening, the picker is still loading its first entry: ``set_model`` waits."""
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
+    from napari_dgseg._napari.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    assert w.model_picker.loading  # the first listed model loads in a worker
+    bundle = w.set_model(str(tiny_bundle_dir / f"{MODEL}.dgseg"))
+    assert bundle is not None and bundle.name == MODEL and not w.model_picker.loading

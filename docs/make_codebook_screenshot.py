@@ -35,9 +35,9 @@ def _shot(domain: str, out: Path) -> str:
         QApplication.processEvents()
         time.sleep(0.02)
     if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "nuclei-sqvae":
-        widget.model_picker.load("nuclei-sqvae", block=True)
+        widget.model_picker.load("nuclei-sqvae", sync=True)
     widget.image_picker.set_layer(viewer.layers[f"{domain} tile"])
-    widget.run(block=True)
+    widget.run(sync=True)
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.02)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     app: Any = QApplication.instance()
     while widget.model_picker.loading:
         app.processEvents()
-    widget.model_picker.load(args.model, block=True)
+    widget.model_picker.load(args.model, sync=True)
     bundle = widget.model_picker.bundle
     if bundle is None or (bundle.name != args.model and Path(args.model).stem != bundle.name):
         print(f"could not load model {args.model!r}", file=sys.stderr)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     widget.tile_spin.setValue(512)
     widget.overlap_spin.setValue(48)
     widget.probabilities_check.setChecked(True)
-    widget.run(block=True)
+    widget.run(sync=True)
     viewer.layers.selection.active = viewer.layers[name]
     for _ in range(20):
         app.processEvents()

@@ -49,7 +49,7 @@ def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
     viewer.window.add_dock_widget(w, name="Segment")
     qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
     if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
-        w.model_picker.load(MODEL, block=True)
+        w.model_picker.load(MODEL, sync=True)
     assert w.model_picker.bundle.name == MODEL
     w.tile_spin.setValue(256)
     w.overlap_spin.setValue(32)
@@ -104,7 +104,7 @@ def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
 
     # a second run replaces the result instead of piling up copies
     n_layers = len(viewer.layers)
-    widget.run(block=True)
+    widget.run(sync=True)
     assert len(viewer.layers) == n_layers
     assert [lyr.name for lyr in viewer.layers].count(name) == 1
 
@@ -150,7 +150,7 @@ def test_wrong_layer_type_is_a_notification(widget, notes):
     assert widget.image_picker.layers() == []  # Labels/Shapes are not offered
     assert not widget.run_button.isEnabled()
     n_layers = len(viewer.layers)
-    widget.segment_layer(labels, block=True)
+    widget.segment_layer(labels, sync=True)
     assert len(viewer.layers) == n_layers
     assert any("'masks' is a Labels layer" in m and "Image layer" in m for m in notes)
     assert not widget.running
@@ -160,7 +160,7 @@ def test_one_pixel_image_is_refused_clearly(widget, notes):
     viewer = widget.viewer
     viewer.add_image(np.full((1, 1), 7, np.uint8), name="dot")
     n_layers = len(viewer.layers)
-    widget.run(block=True)
+    widget.run(sync=True)
     assert len(viewer.layers) == n_layers
     assert any("1 x 1 pixels" in m and "at least 8 x 8" in m for m in notes)
     assert not any("Traceback" in m for m in notes)
@@ -174,7 +174,7 @@ def test_grey_uint16_image(widget):
     viewer.add_image(
         rng.integers(0, 4096, (150, 170), dtype=np.uint16), name="grey", scale=(0.5, 0.25)
     )
-    widget.run(block=True)
+    widget.run(sync=True)
     labels = viewer.layers[f"grey labels ({MODEL})"]
     assert labels.data.shape == (150, 170)
     np.testing.assert_allclose(labels.scale, (0.5, 0.25))
@@ -218,7 +218,7 @@ def test_huge_image_with_drawn_rectangle(widget):
     widget.image_picker.set_layer(layer)
     widget.region_combo.setCurrentText("drawn rectangle")
     assert widget.shapes_picker.layer().name == "roi"
-    widget.run(block=True)
+    widget.run(sync=True)
     labels = viewer.layers[f"slide labels ({MODEL})"]
     assert labels.data.shape == (300, 400)
     np.testing.assert_allclose(labels.scale, (0.5, 0.5))
@@ -240,7 +240,7 @@ def test_current_view_region(widget):
     h, w = region.shape
     assert 0 < h < 600 and 0 < w < 600
     assert region.y0 <= 300 <= region.y1 and region.x0 <= 300 <= region.x1
-    widget.run(block=True)
+    widget.run(sync=True)
     labels = viewer.layers[f"view labels ({MODEL})"]
     assert labels.data.shape == (h, w)
     np.testing.assert_allclose(labels.translate, (region.y0, region.x0))
@@ -249,7 +249,7 @@ def test_current_view_region(widget):
 def test_bad_bundle_keeps_previous_model(widget, tmp_path, notes):
     bad = tmp_path / "broken.dgseg"
     bad.write_bytes(b"not a zip at all")
-    widget.model_picker.load(str(bad), block=True)
+    widget.model_picker.load(str(bad), sync=True)
     assert widget.model_picker.bundle.name == MODEL
     assert any("could not load the model" in m and "broken.dgseg" in m for m in notes)
     assert MODEL in widget.model_picker.combo.currentText()
@@ -311,3 +311,35 @@ def test_opens_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_bundle_dir, 
     assert w.model_picker.bundle is not None  # the first listed model is loaded on open
     labels = [w.model_picker.combo.itemText(i) for i in range(w.model_picker.combo.count())]
     assert f"{MODEL} (unet, yours)" in labels
+
+
+def test_public_api_for_scripts(widget, tiny_bundle_dir):
+    """``set_model``/``set_image_layer``/``run(sync=True)``: what ``dgseg demo`` uses."""
+    viewer = widget.viewer
+    first = viewer.add_image(_rgb(40, 48, seed=5), name="first", rgb=True)
+    viewer.add_image(_rgb(32, 32, seed=6), name="second", rgb=True)
+    bundle = widget.set_model(MODEL)
+    assert bundle is not None and widget.bundle is bundle
+    assert widget.set_model(MODEL) is bundle  # already loaded: no reload
+    widget.set_image_layer(first)
+    added = widget.run(sync=True)
+    assert [lyr.name for lyr in added][0] == f"first labels ({MODEL})"
+    assert added == widget.last_result and added[0].data.shape == (40, 48)
+    assert "40 x 48 px" in widget.status
+    labels = viewer.add_labels(np.zeros((5, 5), np.int32), name="not an image")
+    with pytest.raises(ValueError, match="not an Image layer"):
+        widget.set_image_layer(labels)
+    assert widget.set_model(str(tiny_bundle_dir / "missing.dgseg")) is None
+    assert widget.bundle is bundle
+
+
+def test_set_model_waits_for_the_first_load(make_napari_viewer, tiny_bundle_dir, monkeypatch):
+    """Right after opening, the picker is still loading its first entry: ``set_model`` waits."""
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
+    from napari_dgseg._napari.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    assert w.model_picker.loading  # the first listed model loads in a worker
+    bundle = w.set_model(str(tiny_bundle_dir / f"{MODEL}.dgseg"))
+    assert bundle is not None and bundle.name == MODEL and not w.model_picker.loading

@@ -26,6 +26,7 @@ __all__ = [
     "layer_name",
     "normalized_layer_data",
     "prediction_layer_data",
+    "provenance_metadata",
     "summarize",
 ]
 
@@ -261,6 +262,24 @@ def normalized_layer_data(
             )
         )
     return out
+
+
+def provenance_metadata(provenance: dict[str, Any], source_layer: str) -> dict[str, Any]:
+    """The ``layer.metadata`` of an output layer.
+
+    Parameters
+    ----------
+    provenance : dict
+        What made the layer (model, sha256, tile, overlap, device, region, source path, ...).
+    source_layer : str
+        Name of the image layer the output was computed from.
+
+    Returns
+    -------
+    dict
+        ``{"provenance": provenance, "source_layer": source_layer}`` (``provenance`` copied).
+    """
+    return {"provenance": dict(provenance), "source_layer": str(source_layer)}
 
 
 def summarize(pred: Prediction, output: str = "semantic") -> str:

@@ -66,22 +66,23 @@ def run(args: argparse.Namespace) -> int:
             viewer.add_labels(data, **kwargs)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment (napari-dgseg)", area="right")
-    _wait(lambda: not widget.model_picker.loading)  # the picker auto-loads its first entry
-    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != Path(model).stem:
-        widget.model_picker.load(model, block=True)
+    if widget.set_model(model, sync=True) is None:  # waits for the picker's own first load
+        print(f"dgseg demo: could not load the model {model!r}; see `dgseg models`")
+        viewer.close()
+        return 1
     image_layer = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Image))
-    widget.image_picker.set_layer(image_layer)
+    widget.set_image_layer(image_layer)
     if not args.headless:
         widget.run()
         napari.run()
         return 0
-    widget.run(block=True)
+    added = widget.run(sync=True) or []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from napari_dgseg.core.labels_io import write_labels
 
     written = {}
-    for layer in widget.last_result:
+    for layer in added:
         if isinstance(layer, napari.layers.Labels):
             path = write_labels(out / f"{_safe(layer.name)}.tif", layer.data,
                                 layer.metadata.get("provenance", {}))
@@ -94,25 +95,13 @@ def run(args: argparse.Namespace) -> int:
     imsave(shot, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
     summary = {"sample": args.sample, "model": model, "image": image_layer.name,
                "layers": [layer.name for layer in viewer.layers], "masks": written,
-               "status": widget.status_label.text(), "screenshot": str(shot)}
+               "status": widget.status, "screenshot": str(shot)}
     import json
 
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_json(summary)
     viewer.close()
     return 0 if written else 1
-
-
-def _wait(condition, timeout: float = 120.0) -> None:
-    """Process Qt events until ``condition()`` holds (or ``timeout`` seconds pass)."""
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + timeout
-    while not condition() and time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.02)
 
 
 def _safe(name: str) -> str:

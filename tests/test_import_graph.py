@@ -40,7 +40,7 @@ NAME_ALLOWED = (FAMILIES, f"{PACKAGE}.core.registry")
 #: refactor-util breaks the color.tissue <-> color.transfer cycle.
 KNOWN_CYCLES: list[list[str]] = []
 #: refactor-gui makes the codebook widget ask ``bundle.family.supports("codebook")``.
-KNOWN_NAME_STRINGS = {f"{PACKAGE}._napari.widgets.codebook"}
+KNOWN_NAME_STRINGS: set[str] = set()
 FAMILY_NAME = re.compile(r"(?<![\w-])(unet|sqvae|ram|ram-sgcg|hovernet)(?![\w])")
 
 

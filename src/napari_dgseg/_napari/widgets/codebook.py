@@ -40,12 +40,17 @@ from napari_dgseg._napari.widgets.layer_picker import LayerPicker
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg._napari.widgets.usage_plot import UsagePlot
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.registry import families_supporting
 
 __all__ = ["CodebookWidget"]
 
-NO_MODEL_HINT = (
-    "no model with a codebook found: train one with `dgseg train sqvae ...` or use Browse…"
-)
+
+def no_model_hint() -> str:
+    """What to do when no model with a codebook is installed (families asked, not named)."""
+    names = " / ".join(families_supporting(CODEBOOK)) or "FAMILY"
+    return (
+        f"no model with a codebook found: train one with `dgseg train {names} ...` or use Browse…"
+    )
 
 
 class CodebookWidget(QWidget):
@@ -69,7 +74,7 @@ class CodebookWidget(QWidget):
         self.image_picker = LayerPicker(napari_viewer, napari.layers.Image, "(open an image)")
         self.image_picker.setToolTip("Image layer to analyse (RGB, grey, multiscale: level 0)")
         self.model_picker = ModelPicker(
-            self, autoload=False, capability=CODEBOOK, capability_hint=NO_MODEL_HINT
+            self, autoload=False, capability=CODEBOOK, capability_hint=no_model_hint()
         )
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Compute the codebook-index map of the whole image")
@@ -160,7 +165,7 @@ class CodebookWidget(QWidget):
             notify("open an image first", "warning")
             return None
         if bundle is None or not bundle.family.supports(CODEBOOK):
-            notify(f"pick a model with a codebook; {NO_MODEL_HINT}", "warning")
+            notify(f"pick a model with a codebook; {no_model_hint()}", "warning")
             return None
         try:
             plane, _ = level0_plane(layer, self.viewer)

@@ -23,7 +23,7 @@ FAMILY = Family(
     name="sqvae",
     config_cls=SQVAEConfig,
     build=SQVAE,
-    description="U-Net + class-grouped SQ-VAE codebook for domain generalisation (papers/000)",
+    description="U-Net + class-grouped SQ-VAE codebook for domain generalisation (Saito & Hotta 2025)",
     output="semantic",
     infer_outputs={
         "logits": "dense",

@@ -181,3 +181,15 @@ def test_adapt_refuses_a_family_without_mani(clean_registry):
     img, _ = disks_image(64, seed=3)
     with pytest.raises(InputError, match=r"no decoder feature map.*\['hovernet', 'ram'"):
         adapt(bundle, [img], iters=1)
+
+
+def test_codebook_analysis_asks_the_capability(tiny_bundle):
+    from napari_dgseg.core.codebook import require_codebook
+
+    with pytest.raises(InputError, match=r"'unet' model, which has no codebook.*\['sqvae'\]"):
+        require_codebook(tiny_bundle)
+    sq = registry.get_family("sqvae").build_model({"num_classes": 2, "widths": [8, 16]})
+    from napari_dgseg.core.bundle import Bundle
+
+    require_codebook(Bundle.create(sq, "sqvae", sq.config, name="sq",
+                                   class_names=["background", "nucleus"], task="nuclei"))

@@ -3,7 +3,7 @@
 :func:`compute` runs in the worker (inference, histograms, the colour table, the layer kwargs);
 the GUI thread only adds the layer and draws the plot. The analysis itself is
 :mod:`napari_dgseg.core.codebook`; the models are those whose family declares the
-:data:`CODEBOOK` capability (the class-grouped SQ-VAE codebook of :mod:`napari_dgseg.core.models.sqvae`).
+:data:`CODEBOOK` capability (the class-grouped SQ-VAE codebook of :mod:`napari_dgseg.core.families.sqvae`).
 """
 
 from __future__ import annotations

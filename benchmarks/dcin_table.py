@@ -7,15 +7,17 @@ Reports pixel Dice, AJI and PQ (instances: the family's own, or connected compon
 semantic mask) per domain, and the mean over shifted domains. With ``--modes none`` and one
 model it is the baseline table of docs/segment.md (the domain drop later methods must close).
 
-Usage::
+Stdout is exactly one JSON object; progress lines go to stderr. Usage::
 
-    python benchmarks/dcin_table.py --models nuclei-unet nuclei-unet-cqg --n 6 --size 512
+    python benchmarks/dcin_table.py --models nuclei-unet nuclei-unet-cqg --n 4 --size 512 \
+        > benchmarks/results/dcin_table.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -61,7 +63,7 @@ def main() -> None:
             row["shifted_mean_aji"] = round(float(np.mean([row[d]["aji"] for d in shifted])), 4)
             rows.append(row)
             print(json.dumps({"progress": f"{model} {mode}", "shifted_mean_dice": row["shifted_mean_dice"]}),
-                  flush=True)
+                  file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "dcin_table", "train_domain": args.train_domain, "domains": domains,
                       "n_per_domain": args.n, "size": args.size, "seconds": round(time.perf_counter() - t0, 1),
                       "rows": rows}, indent=2))

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     setup["covariance_measurement"] = covariance_measurement()
-    print("covariance:", setup["covariance_measurement"], flush=True)
+    print("covariance:", setup["covariance_measurement"], file=sys.stderr, flush=True)
     test_sets = {d: load_folder(root / "test" / d) for d in domains}
     for unseen in domains:
         sources = [str(root / "train" / d) for d in domains if d != unseen]
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{unseen:>12} seed {seed} {fam:>9}: dice {sc['dice']:.4f} asd {sc['asd']:.2f} "
                     f"({secs:.0f} s)",
+                    file=sys.stderr,
                     flush=True,
                 )
                 _atomic_json(out, {"setup": setup, "runs": runs})

@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -233,6 +234,7 @@ def main() -> int:
                                 )
                             }
                         ),
+                        file=sys.stderr,
                         flush=True,
                     )
                     save(

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
             "final_seg": adapted.provenance["final_seg"],
             "final_mi": adapted.provenance["final_mi"],
         }
-        print(json.dumps(row), flush=True)
+        print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     summary = {}
     for method in ("source_only", "mani"):

@@ -1,6 +1,8 @@
 """Time the metrics on a 1024 x 1024 pair with 500 instances; prints one JSON object.
 
-Run: ``.venv/bin/python benchmarks/metrics_speed.py [--size 1024] [--instances 500] [--repeat 7]``
+Run: ``.venv/bin/python benchmarks/metrics_speed.py [--size 1024] [--instances 500] [--repeat 7]
+[--out benchmarks/results/metrics_speed.json]``. The JSON records the load average before and
+after the run (``os.getloadavg``), so timings taken on a busy machine can be recognised.
 
 The ground truth holds random ellipses (ids drawn from a non-contiguous pool); the prediction is
 a perturbed copy (shifted by 2 px, 10% of the instances dropped, 10% split in two, 5% false
@@ -63,11 +65,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--instances", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
+    load_before = [round(v, 2) for v in os.getloadavg()]
     pred, gt = make_pair(args.size, args.instances)
     scores = instance_scores(pred, gt)
     result = {
         "benchmark": "metrics_speed",
+        "command": "python benchmarks/metrics_speed.py"
+        + f" --size {args.size} --instances {args.instances} --repeat {args.repeat}",
         "shape": list(gt.shape),
         "n_gt": scores["n_gt"],
         "n_pred": scores["n_pred"],
@@ -82,9 +88,15 @@ def main() -> None:
             "numpy": np.__version__,
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "loadavg_1_5_15_before": load_before,
+            "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         },
     }
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

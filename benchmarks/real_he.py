@@ -7,7 +7,7 @@ on the H channel, small objects removed. Reports, per model and DCIN mode, the f
 called nucleus and the Dice agreement with that reference. A model that calls the whole tile
 "nucleus" scores badly; one that follows the haematoxylin scores well.
 
-Usage::
+Stdout is exactly one JSON object; progress lines go to stderr. Usage::
 
     python benchmarks/real_he.py [--shared ../shared] [--models nuclei-unet nuclei-hovernet]
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def main() -> None:
                              "nucleus_fraction": round(float(fg.mean()), 4),
                              "reference_fraction": round(float(ref.mean()), 4),
                              "dice_vs_haematoxylin": round(float(dice(fg, ref)), 4)})
-                print(json.dumps(rows[-1]), flush=True)
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(json.dumps({"benchmark": "real_he", "rows": rows}, indent=2))
 
 

@@ -1,5 +1,6 @@
 """Bundles: round trip, atomic save, and refusal of tampered / unknown / pickled files."""
 
+import hashlib
 import io
 import json
 import zipfile
@@ -11,9 +12,11 @@ import torch
 from napari_dgseg.core.bundle import (
     MANIFEST,
     WEIGHTS,
+    Bundle,
     convert_checkpoint,
     list_bundles,
     load_bundle,
+    read_bundle_bytes,
 )
 from napari_dgseg.core.errors import BundleError, InputError
 from napari_dgseg.core.registry import family_names, get_family
@@ -176,9 +179,297 @@ def test_convert_checkpoint_weights_only(tmp_path):
 def test_bytes_roundtrip_extra_tensors(tiny_bundle):
     tiny_bundle.set_extra("bank", {"hist": torch.arange(6.0).reshape(2, 3)})
     data = tiny_bundle.to_bytes()
-    from napari_dgseg.core.bundle import read_bundle_bytes
-
     manifest, tensors = read_bundle_bytes(data)
     assert "bank.safetensors" in manifest["files"]
     np.testing.assert_array_equal(tensors["bank.safetensors"]["hist"].numpy(), np.arange(6.0).reshape(2, 3))
-    assert isinstance(io.BytesIO(data), io.BytesIO)
+    # the bytes are a zip of exactly the manifest and the two tensor files, each hashed in it
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == sorted([MANIFEST, WEIGHTS, "bank.safetensors"])
+        for fname, digest in manifest["files"].items():
+            assert hashlib.sha256(zf.read(fname)).hexdigest() == digest
+    # and the weights read back are the live model's, tensor for tensor
+    live = tiny_bundle.state_dict()
+    assert set(tensors[WEIGHTS]) == set(live)
+    assert all(torch.equal(tensors[WEIGHTS][k], live[k]) for k in live)
+
+
+# ----------------------------------------------------------------------------- folders and hashes
+def test_model_folders(monkeypatch, tmp_path):
+    from napari_dgseg.core.bundle import shipped_dir, user_dir
+
+    assert (shipped_dir() / "nuclei-unet.dgseg").is_file()
+    monkeypatch.setenv("DGSEG_MODEL_DIR", "~/my-models")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_dir() == tmp_path / "my-models"
+    monkeypatch.delenv("DGSEG_MODEL_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert user_dir() == tmp_path / "xdg" / "napari-dgseg" / "models"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert user_dir() == tmp_path / ".local" / "share" / "napari-dgseg" / "models"
+
+
+def test_sha256_helpers(tmp_path):
+    from napari_dgseg.core.bundle import sha256_bytes, sha256_file
+
+    data = bytes(range(256)) * 9000  # > 2 MiB: several 1 MiB chunks plus a partial one
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest() == sha256_bytes(data)
+    (tmp_path / "e").write_bytes(b"")
+    assert sha256_file(tmp_path / "e") == hashlib.sha256(b"").hexdigest()
+
+
+def test_looks_like_pickle_cases():
+    import pickle
+
+    from napari_dgseg.core.bundle import _looks_like_pickle
+
+    for proto in (2, 3, 4, 5):
+        assert _looks_like_pickle(pickle.dumps({"a": 1}, protocol=proto))
+    assert not _looks_like_pickle(b"\x80\x01rest") and not _looks_like_pickle(b"\x80\x06rest")
+    assert not _looks_like_pickle(b"\x80") and not _looks_like_pickle(b"")
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(1)}, buf)
+    assert _looks_like_pickle(buf.getvalue())
+    for inner in ("archive/data.pkl", "x.pkl"):
+        z = io.BytesIO()
+        with zipfile.ZipFile(z, "w") as zf:
+            zf.writestr(inner, b"x")
+        assert _looks_like_pickle(z.getvalue())
+    z = io.BytesIO()
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("weights.safetensors", b"x")
+        zf.writestr("pkl.txt", b"x")
+    assert not _looks_like_pickle(z.getvalue())
+    assert not _looks_like_pickle(b"PK\x03\x04 broken zip")
+
+
+# ----------------------------------------------------------------------------- the Bundle object
+def test_bundle_properties_and_defaults(tiny_bundle, tmp_path):
+    from napari_dgseg.core.bundle import DEFAULT_COLORS, DEFAULT_INPUT_SPEC, SCHEMA, SCHEMA_VERSION
+
+    b = tiny_bundle
+    m = b.manifest
+    assert m["schema"] == SCHEMA and m["schema_version"] == SCHEMA_VERSION
+    assert b.name == "tiny" and b.family_name == "unet" and b.family.name == "unet"
+    assert m["description"] == get_family("unet").description and m["task"] == "nuclei"
+    assert b.class_colors == {0: tuple(DEFAULT_COLORS[0]), 1: tuple(DEFAULT_COLORS[1])}
+    assert m["classes"] == [{"id": 0, "name": "background", "color": DEFAULT_COLORS[0]},
+                            {"id": 1, "name": "nucleus", "color": DEFAULT_COLORS[1]}]
+    assert b.input_spec == DEFAULT_INPUT_SPEC and b.provenance == {}
+    assert b.config["widths"] == [8, 16, 32] and isinstance(b.config, dict)
+    assert b.tensor_files == [WEIGHTS]
+    assert b.extra("bank") is None
+    b.set_extra("bank.safetensors", {"h": torch.ones(2)})
+    assert b.tensor_files == ["bank.safetensors", WEIGHTS]
+    assert torch.equal(b.extra("bank")["h"], torch.ones(2))
+    assert b.extra("bank.safetensors") is b.extra("bank")
+    info = b.info()
+    assert info["parameters"] == sum(p.numel() for p in b.model.state_dict().values())
+    assert info["path"] == str(tmp_path / "tiny.dgseg") and info["sha256"] == b.sha256
+    assert info["sha256"] == hashlib.sha256((tmp_path / "tiny.dgseg").read_bytes()).hexdigest()
+    assert repr(b) == f"Bundle(name='tiny', family='unet', path={tmp_path / 'tiny.dgseg'})"
+    fresh = Bundle.create(b.model, "unet", b.config, name="n", class_names=["a"])
+    assert fresh.info()["path"] is None and fresh.info()["sha256"] is None
+
+
+def test_create_colours_spec_provenance_extras():
+    fam = get_family("unet")
+    model = fam.build_model({"widths": [8, 16]})
+    b = Bundle.create(model, "unet", {"widths": [8, 16]}, name="c",
+                      class_names=["bg", "a", "b"], class_colors=[[1, 2, 3], [4, 5, 6]],
+                      input_spec={"channels": 1}, provenance={"by": "me"}, description="d",
+                      extras={"bank": {"h": torch.zeros(3)}})
+    # colours cycle when fewer than classes; ints in the manifest
+    assert b.class_colors == {0: (1, 2, 3), 1: (4, 5, 6), 2: (1, 2, 3)}
+    assert b.input_spec == {"channels": 1} and b.provenance == {"by": "me"}
+    assert b.manifest["description"] == "d" and b.config["widths"] == [8, 16]
+    assert b.tensor_files == ["bank.safetensors", WEIGHTS]
+    manifest, tensors = read_bundle_bytes(b.to_bytes())
+    assert manifest["classes"][2]["color"] == [1, 2, 3] and manifest["provenance"] == {"by": "me"}
+    assert torch.equal(tensors["bank.safetensors"]["h"], torch.zeros(3))
+
+
+def test_state_dict_follows_the_live_model(tiny_bundle, tmp_path):
+    with torch.no_grad():
+        next(tiny_bundle.model.parameters()).add_(1.0)
+    key = next(iter(tiny_bundle.model.state_dict()))
+    live = tiny_bundle.model.state_dict()[key]
+    assert torch.equal(tiny_bundle.state_dict()[key], live)
+    tiny_bundle.save(tmp_path / "edited.dgseg")
+    assert torch.equal(load_bundle(tmp_path / "edited.dgseg").state_dict()[key], live)
+    # a bundle loaded from disk builds its model lazily, in eval mode, from the stored weights
+    loaded = load_bundle(tmp_path / "edited.dgseg")
+    assert loaded._model is None and not loaded.model.training
+    assert torch.equal(loaded.model.state_dict()[key], live)
+
+
+def test_weights_that_do_not_fit_the_config(tiny_bundle, tmp_path):
+    bad = tmp_path / "wide.dgseg"
+
+    def widen(files):
+        m = json.loads(files[MANIFEST])
+        m["config"]["widths"] = [8, 16, 64]
+        files[MANIFEST] = json.dumps(m).encode()
+
+    _rewrite(tmp_path / "tiny.dgseg", bad, widen)
+    b = load_bundle(bad)  # hashes still match: the tensors are untouched
+    with pytest.raises(BundleError, match="do not fit the 'unet' config") as info:
+        _ = b.model
+    assert "\n" not in str(info.value) and "'tiny'" in str(info.value)
+
+
+def test_save_suffix_folders_mode_and_callable_cancel(tiny_bundle, tmp_path):
+    import os
+    import stat
+
+    path = tiny_bundle.save(tmp_path / "a" / "b" / "model")
+    assert path == tmp_path / "a" / "b" / "model.dgseg" and path.is_file()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert tiny_bundle.path == path and tiny_bundle.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.dgseg"]
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="cancelled"):
+        tiny_bundle.save(path, cancel=lambda: True)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.dgseg"]
+    tiny_bundle.save(path, cancel=lambda: False)  # not cancelled: written
+    assert load_bundle(path).name == "tiny"
+
+
+def test_to_bytes_is_deflated_and_updates_manifest(tiny_bundle):
+    tiny_bundle.manifest["files"] = {}
+    data = tiny_bundle.to_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert all(i.compress_type == zipfile.ZIP_DEFLATED for i in zf.infolist())
+        assert zf.namelist()[0] == MANIFEST
+        assert json.loads(zf.read(MANIFEST))["files"] == tiny_bundle.manifest["files"]
+    assert set(tiny_bundle.manifest["files"]) == {WEIGHTS}
+
+
+# ----------------------------------------------------------------------------- finding bundles
+def test_resolve_by_path_and_name(tiny_bundle, monkeypatch, tmp_path):
+    from napari_dgseg.core.bundle import resolve_bundle_path, shipped_dir, user_dir
+
+    assert resolve_bundle_path(tmp_path / "tiny.dgseg") == tmp_path / "tiny.dgseg"
+    assert resolve_bundle_path("nuclei-unet") == shipped_dir() / "nuclei-unet.dgseg"
+    assert resolve_bundle_path("nuclei-unet.dgseg") == shipped_dir() / "nuclei-unet.dgseg"
+    # a user bundle with a shipped name shadows the shipped one
+    tiny_bundle.save(user_dir() / "nuclei-unet.dgseg")
+    assert resolve_bundle_path("nuclei-unet") == user_dir() / "nuclei-unet.dgseg"
+    assert load_bundle("nuclei-unet").name == "tiny"
+    rows = {r["name"]: r for r in list_bundles()}
+    assert rows["nuclei-unet"]["where"] == "user" and rows["nuclei-unet"]["family"] == "unet"
+    with pytest.raises(BundleError, match="nuclei-unet") as info:
+        resolve_bundle_path("nope")
+    assert "known models" in str(info.value) and "'nope'" in str(info.value)
+    assert load_bundle(tiny_bundle) is tiny_bundle
+
+
+def test_list_bundles_rows_order_and_broken_files(tiny_bundle, tmp_path):
+    from napari_dgseg.core.bundle import shipped_dir, user_dir
+
+    tiny_bundle.manifest["provenance"] = {"val_metrics": {"dice": 0.5}}
+    tiny_bundle.save(user_dir() / "a-mine.dgseg")
+    (user_dir() / "broken.dgseg").write_text("not a zip")
+    rows = list_bundles()
+    names = [r["name"] for r in rows]
+    shipped = sorted(p.name[: -len(".dgseg")] for p in shipped_dir().glob("*.dgseg"))
+    assert names == shipped + ["a-mine"]  # shipped first (sorted), then user; broken skipped
+    mine = rows[-1]
+    assert mine == {"name": "a-mine", "family": "unet", "task": "nuclei",
+                    "classes": ["background", "nucleus"], "where": "user",
+                    "path": str(user_dir() / "a-mine.dgseg"),
+                    "description": tiny_bundle.manifest["description"],
+                    "val_metrics": {"dice": 0.5}}
+    assert all(r["where"] == "shipped" for r in rows[:-1])
+
+
+def test_list_bundles_without_user_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tmp_path / "does-not-exist"))
+    assert [r["where"] for r in list_bundles()] == ["shipped"] * len(list_bundles())
+    assert len(list_bundles()) >= 1
+
+
+# ----------------------------------------------------------------------------- conversion
+@pytest.mark.parametrize("layout", ["top", "state_dict", "model", "model_state_dict"])
+def test_convert_checkpoint_layouts_and_provenance(tmp_path, layout):
+    from napari_dgseg.core.bundle import sha256_file
+
+    model = get_family("unet").build_model({"widths": [8, 16]})
+    state = model.state_dict()
+    ckpt = tmp_path / "net.pt"
+    torch.save(state if layout == "top" else {layout: state, "step": 1}, ckpt)
+    b = convert_checkpoint(ckpt, "unet", config={"widths": [8, 16]}, class_names=["bg", "n", "m"],
+                           task="t")
+    assert b.name == "net" and b.class_names == ("bg", "n", "m") and b.manifest["task"] == "t"
+    assert b.provenance["converted_from"] == str(ckpt)
+    assert b.provenance["converted_sha256"] == sha256_file(ckpt)
+    assert b.provenance["date"].endswith("+00:00")
+    assert all(torch.equal(b.state_dict()[k], state[k]) for k in state)
+    named = convert_checkpoint(ckpt, "unet", config={"widths": [8, 16]}, name="given")
+    assert named.name == "given" and named.class_names == ("background", "foreground")
+
+
+def test_convert_checkpoint_refusals(tmp_path):
+    model = get_family("unet").build_model({"widths": [8, 16]})
+    with pytest.raises(InputError, match="does not exist"):
+        convert_checkpoint(tmp_path / "missing.pt", "unet")
+    notdict = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], notdict)
+    with pytest.raises(BundleError, match="does not hold a state dict"):
+        convert_checkpoint(notdict, "unet")
+    mixed = tmp_path / "mixed.pt"
+    torch.save({"a": torch.zeros(1), "b": 3}, mixed)
+    with pytest.raises(BundleError, match="does not hold a state dict"):
+        convert_checkpoint(mixed, "unet")
+    ok = tmp_path / "ok.pt"
+    torch.save(model.state_dict(), ok)
+    with pytest.raises(BundleError, match="Pass the matching --config") as info:
+        convert_checkpoint(ok, "unet")  # default widths differ from [8, 16]
+    assert "\n" not in str(info.value)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(BundleError, match="weights_only=True"):
+        convert_checkpoint(garbage, "unet")
+    with pytest.raises(InputError, match="valid families"):
+        convert_checkpoint(ok, "resnet-9000")
+
+
+def test_user_dir_on_windows_uses_appdata(monkeypatch, tmp_path):
+    """The Windows branch, with the module's ``os`` replaced by a stand-in (only ``name`` and
+    ``environ`` are read there)."""
+    import types
+
+    import napari_dgseg.core.bundle as bundle_mod
+
+    env = {"APPDATA": str(tmp_path / "roaming")}
+    monkeypatch.setattr(bundle_mod, "os", types.SimpleNamespace(name="nt", environ=env))
+    assert bundle_mod.user_dir() == tmp_path / "roaming" / "napari-dgseg" / "models"
+    env.clear()  # no APPDATA: falls back to the XDG-style default under the home folder
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert bundle_mod.user_dir() == tmp_path / ".local" / "share" / "napari-dgseg" / "models"
+
+
+def test_unreadable_bundle_file_is_one_line(tiny_bundle, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def deny(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(BundleError, match="cannot read .*tiny.dgseg: Permission denied"):
+        load_bundle(tmp_path / "tiny.dgseg")
+
+
+def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
+    from napari_dgseg.core.bundle import user_dir
+
+    user_dir().mkdir(parents=True, exist_ok=True)
+    for name, member, data in [("nomanifest", "weights.safetensors", b"x"),
+                               ("badjson", MANIFEST, b"{not json"),
+                               ("latin", MANIFEST, b"\xff\xfe")]:
+        with zipfile.ZipFile(user_dir() / f"{name}.dgseg", "w") as zf:
+            zf.writestr(member, data)
+    tiny_bundle.save(user_dir() / "good.dgseg")
+    user = [r["name"] for r in list_bundles() if r["where"] == "user"]
+    assert user == ["good"]

@@ -10,8 +10,6 @@ GUI thread keeps processing events.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -139,28 +137,32 @@ def test_out_of_domain_image_is_flagged(widget):
 
 
 def test_large_image_runs_in_a_worker_without_freezing(widget, qtbot):
+    """The GUI event loop keeps running while the worker segments a 2048 px image.
+
+    No wall-clock limit: a 20 ms ``QTimer`` in the GUI thread records, at every tick, whether the
+    run is still going and the progress bar's value. If the GUI thread were blocked for the whole
+    run, no tick would see the run in progress; ticks that see two or more different progress
+    values show that events (timer and progress signals) were processed *between* tiles.
+    """
     from qtpy.QtCore import QTimer
 
     viewer = widget.viewer
     image = np.random.default_rng(2).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
     viewer.add_image(image, name="big", rgb=True)
-    ticks: list[float] = []
+    seen: list[tuple[bool, int]] = []
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(lambda: seen.append((widget.running, widget.progress_bar.value())))
     timer.start(20)
-    t0 = time.perf_counter()
     widget.run()
     assert widget.running  # returned at once; the work is in a thread
-    assert time.perf_counter() - t0 < 1.0
     assert widget.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not widget.running, timeout=240000)
     timer.stop()
     assert "big codebook (tiny-sqvae)" in viewer.layers
     assert viewer.layers["big codebook (tiny-sqvae)"].data.shape == (2048, 2048)
-    gaps = np.diff(ticks)
-    # the event loop kept running during inference: many ticks, no long stall
-    assert len(ticks) > 10
-    assert gaps.max() < 2.0, f"GUI thread stalled for {gaps.max():.2f} s"
+    during = [value for running, value in seen if running]
+    assert len(during) > 10, f"only {len(during)} timer ticks while the worker ran"
+    assert len(set(during)) >= 2, f"ticks saw one progress value only: {sorted(set(during))}"
 
 
 def test_cancel_leaves_no_layer(widget, qtbot):

@@ -100,6 +100,7 @@ def _seam_ratio(img: np.ndarray, step: int) -> float:
     return float(np.concatenate([border_x, border_y]).mean() / interior.mean())
 
 
+@pytest.mark.slow  # about 30 s on the 2-core development machine
 def test_whole_slide_no_seam():
     """3000 x 3000 with tile 512: one set of target statistics for every tile, so no seams."""
     from napari_dgseg.core.color.tissue import image_color_stats

@@ -14,7 +14,8 @@ from napari_dgseg.core.color.tissue import colour_to_float, image_color_stats, p
 from napari_dgseg.core.data import datasets
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.imageprep import PERCENTILES, ImageAdapter, decide_scaling
-from napari_dgseg.core.predict import normalise_input, run_tiled
+from napari_dgseg.core.models.base import normalise_input
+from napari_dgseg.core.predict import run_tiled
 from napari_dgseg.core.slide import to_rgb_uint8 as slide_to_rgb_uint8
 from napari_dgseg.core.train.data import CropSampler, load_sources
 

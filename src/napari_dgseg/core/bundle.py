@@ -23,6 +23,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,16 @@ def _tensor_file_name(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- loading
+def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
+    """Bytes of one archive member; a damaged member (bad CRC, broken deflate) -> BundleError."""
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        raise BundleError(
+            f"{source}: {name} is damaged inside the archive ({exc}); re-download or re-train the model"
+        ) from None
+
+
 def read_bundle_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict, dict]:
     """Validate and parse bundle bytes into ``(manifest, tensors)``; never runs code."""
     if _looks_like_pickle(data) or not data.startswith(b"PK"):
@@ -319,17 +330,21 @@ def read_bundle_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict, dict]
         raise BundleError(f"{source} is not a valid bundle (broken zip: {exc})") from None
     with zf:
         names = zf.namelist()
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:  # zip readers disagree on which copy wins: ambiguous, so refused
+            raise BundleError(f"{source} holds duplicate entries {dupes}; refused")
         if MANIFEST not in names:
             raise BundleError(f"{source} has no {MANIFEST}; it is not a napari-dgseg bundle")
         for n in names:
             if n.lower().endswith(PICKLE_SUFFIXES):
                 raise BundleError(f"{source} holds {n!r}, a pickle-type file; refused (pickles can run code)")
         try:
-            manifest = json.loads(zf.read(MANIFEST).decode("utf-8"))
+            manifest = json.loads(_read_member(zf, MANIFEST, source).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{source}: {MANIFEST} is not valid JSON ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-            raise BundleError(f"{source}: unknown bundle schema {manifest.get('schema')!r}; expected {SCHEMA!r}")
+            found = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
+            raise BundleError(f"{source}: unknown bundle schema {found!r}; expected {SCHEMA!r}")
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(
@@ -347,7 +362,7 @@ def read_bundle_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict, dict]
         for fname, digest in listed.items():
             if not fname.endswith(".safetensors"):
                 raise BundleError(f"{source}: {fname!r} is not a .safetensors file; refused")
-            blob = zf.read(fname)
+            blob = _read_member(zf, fname, source)
             if _looks_like_pickle(blob):
                 raise BundleError(f"{source}: {fname!r} holds a pickle; refused")
             if sha256_bytes(blob) != digest:

@@ -23,15 +23,11 @@ import pytest
 import torch
 from torch import nn
 
+from napari_dgseg.core.cancel import is_cancelled as _is_cancelled
 from napari_dgseg.core.errors import CancelledError, InputError
-from napari_dgseg.core.predict import (
-    _is_cancelled,
-    _pad_to,
-    elapsed_since,
-    normalise_input,
-    run_tiled,
-    semantic_postprocess,
-)
+from napari_dgseg.core.models.base import normalise_input
+from napari_dgseg.core.postprocess import semantic_postprocess
+from napari_dgseg.core.predict import _pad_to, elapsed_since, run_tiled
 from napari_dgseg.core.tiling import plan_tiles
 
 IDENTITY_SPEC = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -137,7 +133,9 @@ def coordinate_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.stack([yy / max(h - 1, 1), xx / max(w - 1, 1), rng.random((h, w))], axis=-1)
     img[0, 0, :2] = (0.0, 1.0)  # ensure the float image spans [0, 1] exactly (no rescaling)
-    return img.astype(np.float32)
+    # on the 256 grey levels the image preparer quantises every input to (core/imageprep.py),
+    # so that what the network receives is exactly this array
+    return (np.round(img * 255.0) / 255.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------- exact tiled == untiled

@@ -203,16 +203,22 @@ def test_event_loop_never_stalls_during_compare_and_adapt(widget, qtbot):
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(15)
+    # Work done in the GUI thread stalls every run; a machine busy with other processes stalls
+    # one run now and then. So each job gets up to two runs and its best run must stay < 100 ms.
     widest: dict[str, float] = {}
     try:
         for job, start in (("compare", widget.compare), ("adapt", widget.run)):
-            ticks.clear()
-            widget.iters_spin.setValue(12)
-            assert start()
-            assert widget.running and widget.runner.worker is not None  # returned at once
-            qtbot.waitUntil(lambda: not widget.running, timeout=120000)
-            assert len(ticks) >= 5, f"{job} ended before the probe could measure it"
-            widest[job] = float(np.diff(ticks).max())
+            for _attempt in range(2):
+                ticks.clear()
+                widget.iters_spin.setValue(12)
+                assert start()
+                assert widget.running and widget.runner.worker is not None  # returned at once
+                qtbot.waitUntil(lambda: not widget.running, timeout=120000)
+                assert len(ticks) >= 5, f"{job} ended before the probe could measure it"
+                gap = float(np.diff(ticks).max())
+                widest[job] = min(gap, widest.get(job, gap))
+                if widest[job] < 0.1:
+                    break
     finally:
         timer.stop()
         gc.unfreeze()

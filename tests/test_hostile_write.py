@@ -354,3 +354,13 @@ def test_non_finite_network_output_is_an_error(tiny_bundle, tmp_path, capsys, mo
     (failure,) = json.loads(captured.out)["failed"]
     assert "model 'tiny'" in failure["error"] and "non-finite" in failure["error"]
     assert list(out.iterdir()) == []
+
+
+def test_any_other_system_error_is_one_line(tmp_path, capsys, monkeypatch):
+    def broken(name):
+        raise OSError(errno.EIO, "Input/output error", str(tmp_path / "m.dgseg"))
+
+    monkeypatch.setattr("napari_dgseg.core.bundle.load_bundle", broken)
+    assert main(_predict(tmp_path / "m.dgseg", tmp_path / "out", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err == f"dgseg predict: error: {tmp_path / 'm.dgseg'}: Input/output error\n"

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         from napari_dgseg.core.outputs import describe_os_error
 
-        print(f"dgseg {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"dgseg {args.command}: error: {describe_os_error(exc, verb=None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dgseg {args.command}: interrupted", file=sys.stderr)

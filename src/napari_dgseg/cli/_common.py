@@ -74,7 +74,7 @@ def one_line(exc: BaseException) -> str:
     from napari_dgseg.core.outputs import describe_os_error
 
     if isinstance(exc, OSError) and not isinstance(exc, DgsegError):
-        return describe_os_error(exc)
+        return describe_os_error(exc, verb=None)
     text = str(exc).strip().splitlines()
     if isinstance(exc, DgsegError):
         return text[0] if text else type(exc).__name__

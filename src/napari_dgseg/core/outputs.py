@@ -68,7 +68,9 @@ def temp_prefix(name: str) -> str:
     return f"{TEMP_PREFIX}{os.getpid()}-{name}."
 
 
-def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> str:
+def describe_os_error(
+    exc: OSError, path: str | os.PathLike | None = None, verb: str | None = "write"
+) -> str:
     """One line for ``exc``: what failed, on which path, and what to do.
 
     Parameters
@@ -76,11 +78,17 @@ def describe_os_error(exc: OSError, path: str | os.PathLike | None = None) -> st
     exc : OSError
     path : path, optional
         The output that was being written; the default is the error's own ``filename``.
+    verb : str or None
+        ``"cannot <verb> <path>: <reason>"``; None for ``"<path>: <reason>"`` (the operation is
+        not known, e.g. an error caught by the CLI's last resort).
     """
     where = os.fspath(path) if path is not None else exc.filename
     reason = exc.strerror or str(exc) or type(exc).__name__
     hint = _HINTS.get(exc.errno or -1)
-    text = f"cannot write {where}: {reason}" if where is not None else f"cannot write: {reason}"
+    if verb is None:
+        text = f"{where}: {reason}" if where is not None else reason
+    else:
+        text = f"cannot {verb} {where}: {reason}" if where is not None else f"cannot {verb}: {reason}"
     return f"{text} ({hint})" if hint else text
 
 
@@ -135,7 +143,8 @@ def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
             f"{flag} {out}: a part of the path is a file, not a folder; choose another folder."
         ) from None
     except OSError as exc:
-        raise InputError(f"{flag}: {describe_os_error(exc)}") from None
+        message = describe_os_error(exc, verb="create")
+        raise InputError(f"{flag}: {message}") from None
     return out
 
 

@@ -138,7 +138,7 @@ def test_atomic_save_cancel_keeps_old_file(tiny_bundle, tmp_path):
     ev = threading.Event()
     ev.set()
     with pytest.raises(Exception, match="cancelled"):
-        tiny_bundle.save(path, cancel=ev)
+        tiny_bundle.save(path, cancel=ev, overwrite=True)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -329,10 +329,10 @@ def test_save_suffix_folders_mode_and_callable_cancel(tiny_bundle, tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.dgseg"]
     before = path.read_bytes()
     with pytest.raises(Exception, match="cancelled"):
-        tiny_bundle.save(path, cancel=lambda: True)
+        tiny_bundle.save(path, cancel=lambda: True, overwrite=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.dgseg"]
-    tiny_bundle.save(path, cancel=lambda: False)  # not cancelled: written
+    tiny_bundle.save(path, cancel=lambda: False, overwrite=True)  # not cancelled: written
     assert load_bundle(path).name == "tiny"
 
 

@@ -85,7 +85,7 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     for suffix in (".tif", ".zarr"):
         target = tmp_path / f"mask{suffix}"
         write_labels(target, _labels(), {"version": 1})
-        write_labels(target, _labels() * 0 + 1, {"version": 2})
+        write_labels(target, _labels() * 0 + 1, {"version": 2}, overwrite=True)
         back, record = read_labels(target)
         assert record == {"version": 2} and set(np.unique(back)) == {1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "mask.zarr"]
@@ -100,7 +100,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tifffile, "imwrite", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_labels(target, _labels() + 1, {"version": 2})
+        write_labels(target, _labels() + 1, {"version": 2}, overwrite=True)
     monkeypatch.undo()
     back, record = read_labels(target)
     assert record == {"version": 1}

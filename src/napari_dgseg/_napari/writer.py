@@ -69,7 +69,9 @@ def write_labels_tif(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         The written path.
     """
     target = _with_suffix(path, (".tif", ".tiff"))
-    return [str(write_labels(target, data, provenance_from_meta(meta)))]
+    # napari's save dialog has asked before replacing a file, so the writer may overwrite (a
+    # .zarr folder only when it is a labels store napari-dgseg wrote; see write_labels).
+    return [str(write_labels(target, data, provenance_from_meta(meta), overwrite=True))]
 
 
 def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -92,4 +94,6 @@ def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         The written path.
     """
     target = _with_suffix(path, (".zarr",))
-    return [str(write_labels(target, data, provenance_from_meta(meta)))]
+    # napari's save dialog has asked before replacing a file, so the writer may overwrite (a
+    # .zarr folder only when it is a labels store napari-dgseg wrote; see write_labels).
+    return [str(write_labels(target, data, provenance_from_meta(meta), overwrite=True))]

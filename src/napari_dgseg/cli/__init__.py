@@ -3,8 +3,10 @@
 Each subcommand lives in a module ``cli/cmd_<name>.py`` that defines ``register(subparsers)``;
 the module registers its parser and sets ``func`` (``args -> int``) as the default. Subcommands are
 discovered, so adding one never touches this file. Machine-readable output is one JSON object on
-stdout; user errors (:class:`~napari_dgseg.core.errors.DgsegError`) print one line on stderr and
-exit with status 2, never a traceback.
+stdout; user errors (:class:`~napari_dgseg.core.errors.DgsegError`) and system refusals (disk
+full, permission denied: ``OSError``) print one line on stderr and exit with status 2, never a
+traceback. A batch in which some inputs failed exits with status 1 (see ``_common.run_batch``).
+SIGTERM is handled like Ctrl+C, so temporary files are removed before the process ends.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 
@@ -39,14 +43,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the exact command, recorded in provenance (see _common.command_line)
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except DgsegError as exc:
         print(f"dgseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from napari_dgseg.core.outputs import describe_os_error
+
+        print(f"dgseg {args.command}: error: {describe_os_error(exc, verb=None)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dgseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> object:
+    """Turn SIGTERM into KeyboardInterrupt (clean-up runs); None outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _interrupt)
+    except (ValueError, OSError):
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,12 +41,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def write_codebook(path: Path, prediction: Any, provenance: dict) -> Path:
+def write_codebook(
+    path: Path, prediction: Any, provenance: dict, *, overwrite: bool = False
+) -> Path:
     """Write ``prediction.codebook_indices`` as an int32 TIFF with provenance (atomic)."""
     from napari_dgseg.core.labels_io import write_labels
 
     if prediction.codebook_indices is None:
         raise InputError("this model returns no codebook indices; use a model with a codebook")
     return write_labels(
-        path, prediction.codebook_indices, {**provenance, "content": "codebook indices"}
+        path,
+        prediction.codebook_indices,
+        {**provenance, "content": "codebook indices"},
+        overwrite=overwrite,
     )

@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="compute statistics over all pixels instead of tissue pixels only",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -100,8 +103,12 @@ def read_image(path: str | os.PathLike[str], what: str) -> Any:
     return arr
 
 
-def write_image(path: Path, image: Any) -> None:
-    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then replace)."""
+def write_image(path: Path, image: Any, *, overwrite: bool = False) -> None:
+    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then replace).
+
+    An existing ``path`` is kept (:class:`~napari_dgseg.core.errors.OutputExistsError`) unless
+    ``overwrite``.
+    """
     import numpy as np
 
     from napari_dgseg.core.errors import InputError
@@ -132,18 +139,18 @@ def write_image(path: Path, image: Any) -> None:
 
             skimage.io.imsave(tmp, image, check_contrast=False)
 
-    atomic_write(path, write, suffix=suffix)
+    atomic_write(path, write, suffix=suffix, overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
     """Normalize INPUT to REF, write OUT, print the statistics as JSON."""
-    from napari_dgseg.cli._common import print_json
+    from napari_dgseg.cli._common import output_file, print_json
     from napari_dgseg.core.color.tissue import image_color_stats
     from napari_dgseg.core.color.transfer import NormalizationSkippedWarning, normalize_colors
 
+    out_path = output_file(args.out, overwrite=args.overwrite)
     image = read_image(args.input, "input")
     reference = read_image(args.reference, "reference")
-    out_path = Path(args.out)
     tissue_only = not args.all_pixels
     ref_mean, ref_std = image_color_stats(
         reference, space=args.space, tissue_only=tissue_only, name="reference"
@@ -159,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     notices = [
         str(w.message) for w in caught if issubclass(w.category, NormalizationSkippedWarning)
     ]
-    write_image(out_path, result)
+    write_image(out_path, result, overwrite=args.overwrite)
     print_json(
         {
             "input": str(args.input),

@@ -1,4 +1,11 @@
-"""``dgseg predict --model M --out DIR INPUT ...``: segment files, folders and slides."""
+"""``dgseg predict --model M --out DIR INPUT ...``: segment files, folders and slides.
+
+Existing outputs are kept unless ``--overwrite`` (checked for every input before any work).
+Inputs sharing a stem (``x.png``, ``x.tif``) get distinct outputs (``x_labels.tif``,
+``x.tif_labels.tif``; see :func:`napari_dgseg.core.outputs.unique_stems`), listed under
+``"renamed"``. A bad input does not stop the batch: it is listed under ``"failed"`` with a one-line
+error and the exit status is 1.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import add_overwrite, output_folder, print_json, run_batch
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.atomic import atomic_write
@@ -37,70 +44,95 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook", action="store_true",
                    help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.bundle import load_bundle
+    from napari_dgseg.core.outputs import refuse_existing, unique_stems
+
+    if args.dcin == "reference" and not args.reference:
+        raise InputError("--dcin reference needs --reference IMAGE")
+    bundle = load_bundle(args.model)
+    paths = expand_inputs(args.inputs)
+    out = output_folder(args.out)
+    stems = unique_stems(paths, output_stem)
+    extras = [name for name, flag in (("uncertainty", args.uncertainty),
+                                      ("probabilities", args.probabilities),
+                                      ("codebook", args.codebook)) if flag]
+    refuse_existing((out / f"{stem}_{kind}.tif" for stem in stems for kind in ("labels", *extras)),
+                    overwrite=args.overwrite)
+    jobs = list(zip(paths, stems, strict=True))
+    rows, failed, skipped = run_batch(
+        "predict", jobs, lambda job: _predict_one(args, bundle, out, *job), label=lambda j: str(j[0])
+    )
+    summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows,
+               "failed": failed}
+    if skipped:
+        summary["skipped"] = skipped
+    renamed = {str(p): s for p, s in jobs if s != output_stem(p)}
+    if renamed:
+        summary["renamed"] = renamed
+    print_json(summary)
+    return 1 if failed else 0
+
+
+def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: str) -> dict:
+    """Segment one input and write its outputs; returns its row of the JSON summary."""
     from napari_dgseg.core.labels_io import write_labels
     from napari_dgseg.core.slide import open_image
 
-    bundle = load_bundle(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in expand_inputs(args.inputs):
-        opened = open_image(path)
-        bar = None if args.quiet else ProgressBar(f"predict {path.name}")
-        if args.dcin == "reference" and not args.reference:
-            raise InputError("--dcin reference needs --reference IMAGE")
-        pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
-                              device=args.device, batch=args.batch, progress=bar,
-                              dcin=args.dcin, reference=args.reference,
-                              return_normalized=args.normalized)
-        stem = output_stem(path)
-        provenance = {**pred.provenance, "source_image": str(path.resolve()),
-                      "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
-        labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance)
-        row = {
-            "input": str(path),
-            "labels": str(labels_path),
-            "shape": list(pred.labels.shape),
-            "seconds": pred.provenance["seconds"],
-            "class_fractions": {
-                name: round(float(np.mean(pred.labels == i)), 5)
-                for i, name in enumerate(pred.class_names)
-            } if bundle.family.output == "semantic" else None,
-            "instances": int(len(np.unique(pred.labels)) - 1) if bundle.family.output == "instances" else None,
-        }
-        if args.uncertainty and pred.uncertainty is not None:
-            row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
-                                                      pred.uncertainty, provenance))
-        if args.normalized:
-            row["normalized"] = {}
-            for branch, img in pred.extras.get("normalized", {}).items():
-                dest = out / f"{stem}_normalized_{branch}.png"
-                _write_png(dest, img)
-                row["normalized"][branch] = str(dest)
-        row["dcin"] = pred.provenance["dcin"]["mode"]
-        if args.probabilities and pred.probabilities is not None:
-            row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
-                                                        pred.probabilities, provenance))
-        if args.codebook:
-            row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance))
-        rows.append(row)
-    print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
-    return 0
+    overwrite = args.overwrite
+    opened = open_image(path)
+    bar = None if args.quiet else ProgressBar(f"predict {path.name}")
+    pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
+                          device=args.device, batch=args.batch, progress=bar,
+                          dcin=args.dcin, reference=args.reference,
+                          return_normalized=args.normalized)
+    provenance = {**pred.provenance, "source_image": str(path.resolve()),
+                  "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
+    labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance,
+                               overwrite=overwrite)
+    row = {
+        "input": str(path),
+        "labels": str(labels_path),
+        "shape": list(pred.labels.shape),
+        "seconds": pred.provenance["seconds"],
+        "class_fractions": {
+            name: round(float(np.mean(pred.labels == i)), 5)
+            for i, name in enumerate(pred.class_names)
+        } if bundle.family.output == "semantic" else None,
+        "instances": int(len(np.unique(pred.labels)) - 1) if bundle.family.output == "instances" else None,
+    }
+    if args.uncertainty and pred.uncertainty is not None:
+        row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
+                                                  pred.uncertainty, provenance, overwrite))
+    if args.normalized:
+        row["normalized"] = {}
+        for branch, img in pred.extras.get("normalized", {}).items():
+            dest = out / f"{stem}_normalized_{branch}.png"
+            _write_png(dest, img, overwrite)
+            row["normalized"][branch] = str(dest)
+    row["dcin"] = pred.provenance["dcin"]["mode"]
+    if args.probabilities and pred.probabilities is not None:
+        row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
+                                                    pred.probabilities, provenance, overwrite))
+    if args.codebook:
+        row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance,
+                                             overwrite=overwrite))
+    return row
 
 
-def _write_png(path: Path, image: np.ndarray) -> Path:
-    """Write an RGB uint8 PNG atomically."""
+def _write_png(path: Path, image: np.ndarray, overwrite: bool = False) -> Path:
+    """Write an RGB uint8 PNG atomically (an existing file is kept unless ``overwrite``)."""
     from skimage.io import imsave
 
-    return atomic_write(path, lambda tmp: imsave(tmp, image, check_contrast=False), suffix=".png")
+    return atomic_write(path, lambda tmp: imsave(tmp, image, check_contrast=False), suffix=".png",
+                        overwrite=overwrite)
 
 
-def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
+def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict, overwrite: bool = False) -> Path:
     """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
     import json
 
@@ -115,4 +147,5 @@ def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
             tmp, probs.astype(np.float32), compression="zlib", description=description, metadata=None
         ),
         suffix=".tmp",
+        overwrite=overwrite,
     )

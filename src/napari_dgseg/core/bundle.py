@@ -265,21 +265,33 @@ class Bundle:
         self.manifest = manifest
         return buf.getvalue()
 
-    def save(self, path: str | Path, *, cancel: Any = None) -> Path:
+    def save(self, path: str | Path, *, cancel: Any = None, overwrite: bool = False) -> Path:
         """Write the bundle atomically to ``path`` (``.dgseg`` appended if missing).
 
         The data go to a temporary file in the destination folder which replaces ``path`` only
         once complete; if ``cancel`` is set before the rename, the temporary file is removed and
-        any existing file at ``path`` is untouched.
+        any existing file at ``path`` is untouched. An existing ``path`` is kept (and
+        :class:`~napari_dgseg.core.errors.OutputExistsError` raised) unless ``overwrite``. While
+        writing, the advisory lock ``<name>.dgseg.lock`` is held, so a second process saving
+        the same name is refused (:class:`~napari_dgseg.core.errors.LockedError`) instead of
+        silently winning the race.
         """
+        from napari_dgseg.core.outputs import bundle_lock, refuse_existing
+
         path = Path(path)
         if path.suffix != SUFFIX:
             path = path.with_name(path.name + SUFFIX)
+        refuse_existing([path], overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_bytes()
-        atomic_write_bytes(
-            path, data, cancel=cancel, cancel_message=f"save of {path.name} cancelled; nothing was written"
-        )
+        with bundle_lock(path, "save"):
+            atomic_write_bytes(
+                path,
+                data,
+                cancel=cancel,
+                cancel_message=f"save of {path.name} cancelled; nothing was written",
+                overwrite=overwrite,
+            )
         self.path = path
         self.sha256 = sha256_bytes(data)
         return path

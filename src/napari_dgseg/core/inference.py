@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from napari_dgseg import __version__
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
+from napari_dgseg.core.errors import NonFiniteOutputError
 from napari_dgseg.core.imageprep import ImageAdapter
 from napari_dgseg.core.predict import (
     DEFAULT_OVERLAP,
@@ -75,19 +76,26 @@ def predict_bundle(
     dev = select_device(device)
     family = bundle.family
     plan = plan_dcin(bundle, adapter, dcin, reference)
-    maps = run_tiled(
-        bundle.model,
-        adapter,
-        input_spec=bundle.input_spec,
-        tile=tile,
-        overlap=overlap,
-        device=dev,
-        batch=batch,
-        branches=plan.branches,
-        progress=progress,
-        cancel=cancel,
-        discrete=family.discrete_outputs,
-    )
+    try:
+        maps = run_tiled(
+            bundle.model,
+            adapter,
+            input_spec=bundle.input_spec,
+            tile=tile,
+            overlap=overlap,
+            device=dev,
+            batch=batch,
+            branches=plan.branches,
+            progress=progress,
+            cancel=cancel,
+            discrete=family.discrete_outputs,
+        )
+    except NonFiniteOutputError as exc:
+        raise NonFiniteOutputError(
+            f"model {bundle.name!r} ({bundle.path or 'not saved'}): {exc}, so its mask would be "
+            "wrong and none is returned. Its weights are probably broken (train or download it "
+            "again, or use another model); if other images work, check this image's values."
+        ) from None
     fields = family.postprocess(maps, bundle.config)
     uncertainty = maps.get("uncertainty")
     provenance = {

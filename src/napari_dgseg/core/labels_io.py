@@ -11,6 +11,9 @@ carries a JSON provenance record (model, parameters, source image, who wrote it 
 
 Writes are atomic: the data go to a temporary file/folder next to the target, which then
 replaces the target in one rename, so an interrupted save never leaves half a mask behind.
+An existing target is kept unless ``overwrite=True``; even then a ``.zarr`` folder is replaced
+only when it is a labels store written by napari-dgseg (it carries the provenance record), so a
+folder of the user's is never deleted.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from napari_dgseg.core.atomic import atomic_write
-from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.errors import (
+    DgsegError,
+    ImageReadError,
+    InputError,
+    OutputExistsError,
+    OutputWriteError,
+)
+from napari_dgseg.core.outputs import OLD_PREFIX, describe_os_error, refuse_existing, temp_prefix
 
 __all__ = [
     "PROVENANCE_KEY",
@@ -126,19 +136,28 @@ def _labels_array(labels: Any, path: Path) -> Any:
 
 
 def write_labels(
-    path: str | Path, labels: Any, provenance: Mapping[str, Any] | None = None
+    path: str | Path,
+    labels: Any,
+    provenance: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Save a label image with its provenance, atomically.
 
     Parameters
     ----------
     path : str or Path
-        Target ending in ``.tif``, ``.tiff`` or ``.zarr``. An existing file/folder is replaced.
+        Target ending in ``.tif``, ``.tiff`` or ``.zarr``.
     labels : array-like
         ``(H, W)`` (or N-D) integer or bool labels; numpy or dask (a multiscale list: level 0).
         uint8, uint16 and int32 are kept, bool becomes uint8, other integers become int32.
     provenance : mapping, optional
         Record stored with the labels (made JSON-safe with :func:`json_safe`).
+    overwrite : bool
+        Replace an existing file (default False: it is kept and :class:`OutputExistsError` is
+        raised). A ``.zarr`` folder is replaced only when it is a labels store written by
+        napari-dgseg; any other folder is refused. The napari writer passes True (napari's save
+        dialog has already asked the user).
 
     Returns
     -------
@@ -149,6 +168,10 @@ def write_labels(
     ------
     InputError
         For an unsupported ending, a missing folder, float labels or ids beyond int32.
+    OutputExistsError
+        When the target exists and ``overwrite`` is False, or it is not replaceable.
+    OutputWriteError
+        When the system refuses the write (disk full, permission denied).
     """
     p = Path(path)
     suffix = _suffix(p)
@@ -159,16 +182,33 @@ def write_labels(
         )
     if not p.parent.is_dir():
         raise InputError(f"{p}: the folder {p.parent} does not exist. Create it or pick another.")
+    refuse_existing([p], overwrite=overwrite)
+    _check_replaceable(p, suffix)
     data = _labels_array(labels, p)
     record = json_safe(dict(provenance or {}))
     if suffix == ".zarr":
         _write_zarr(p, data, record)
     else:
-        _write_tiff(p, data, record)
+        _write_tiff(p, data, record, overwrite)
     return p
 
 
-def _write_tiff(p: Path, data: Any, record: dict) -> None:
+def _check_replaceable(p: Path, suffix: str) -> None:
+    """Refuse to replace anything but a file by a file, or our own labels store by a store."""
+    if not os.path.lexists(p):
+        return
+    if p.is_symlink():
+        raise OutputExistsError(f"{p} is a symbolic link; it was kept. Choose another name.")
+    if suffix != ".zarr" and p.is_dir():
+        raise OutputExistsError(f"{p} is a folder; it was kept. Choose another name.")
+    if suffix == ".zarr" and (not p.is_dir() or read_provenance(p) is None):
+        raise OutputExistsError(
+            f"{p} exists and is not a labels store written by napari-dgseg; it was kept (never "
+            "deleted). Remove it yourself or choose another name."
+        )
+
+
+def _write_tiff(p: Path, data: Any, record: dict, overwrite: bool) -> None:
     import tifffile
 
     array = np.asarray(data)
@@ -187,13 +227,14 @@ def _write_tiff(p: Path, data: Any, record: dict) -> None:
             bigtiff=array.nbytes > 2**31,
         ),
         suffix=".tmp",
+        overwrite=overwrite,
     )
 
 
 def _write_zarr(p: Path, data: Any, record: dict) -> None:
     import zarr
 
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = p.parent / f"{temp_prefix(p.name)}{uuid.uuid4().hex[:8]}.tmp"
     chunks = tuple(
         min(ZARR_CHUNK, int(s)) if i >= data.ndim - 2 else 1 for i, s in enumerate(data.shape)
     )
@@ -209,6 +250,14 @@ def _write_zarr(p: Path, data: Any, record: dict) -> None:
             z[...] = np.asarray(data)
         z.attrs[PROVENANCE_KEY] = record
         _replace_dir(tmp, p)
+    except (DgsegError, KeyboardInterrupt, SystemExit):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = OutputWriteError(describe_os_error(exc, p))
+        error.errno = exc.errno
+        raise error from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -219,7 +268,7 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.replace(new, target)
         return
-    old = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+    old = target.parent / f"{OLD_PREFIX}{os.getpid()}-{target.name}.{uuid.uuid4().hex[:8]}.old"
     os.replace(target, old)
     try:
         os.replace(new, target)

@@ -20,7 +20,7 @@ import torch
 
 from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.imageprep import ImageAdapter
 from napari_dgseg.core.models.base import normalise_input
 from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, plan_tiles
@@ -194,6 +194,13 @@ def _infer_branches(
         if len(branches) > 1 and "logits" in out:
             probs.append(torch.softmax(out["logits"], dim=1))
     n = float(len(branches))
+    for key, value in summed.items():
+        # One reduction per tile batch: NaN/inf would otherwise become a plausible all-background
+        # mask (argmax of NaN is 0) with nothing to warn the user.
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteOutputError(
+                f"the network returned non-finite values (NaN or inf) in its {key!r} output"
+            )
     result = {k: (v / n).float().cpu().numpy() for k, v in summed.items()}
     if len(probs) > 1:
         # Disagreement between branches: mean pairwise total-variation distance of the

@@ -37,6 +37,7 @@ from napari_dgseg.core.data.synthetic_vessels import (
     make_vessels,
 )
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.outputs import refuse_existing
 
 __all__ = [
     "DEFAULT_NUCLEI_DOMAIN",
@@ -122,7 +123,16 @@ def item_seed(seed: int, index: int) -> int:
     return derive_seed(check_seed(seed), index)
 
 
-def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str | Path) -> dict:
+def write_dataset(
+    kind: str,
+    domain: str,
+    n: int,
+    size: int,
+    seed: int,
+    out: str | Path,
+    *,
+    overwrite: bool = True,
+) -> dict:
     """Write ``n`` images of one domain as ``out/images/*.png`` + ``out/labels/*.tif``.
 
     Parameters
@@ -140,6 +150,10 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
         byte-identical files.
     out : str or Path
         Output folder (created).
+    overwrite : bool
+        Replace existing files (the API default, kept for scripts that regenerate a dataset).
+        ``dgseg synth`` passes False unless ``--overwrite``: then, when any of the files exists,
+        nothing is written and :class:`~napari_dgseg.core.errors.OutputExistsError` names it.
 
     Returns
     -------
@@ -159,8 +173,15 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
     as_shape(size)
     check_seed(seed)
     out = Path(out)
+    subs = ("images", "labels") + (("masks",) if kind == "vessels" else ())
+    planned = [out / "synth.json"]
+    for i in range(n):
+        stem = f"{kind}_{domain}_{i:04d}"
+        planned += [out / "images" / f"{stem}.png", out / "labels" / f"{stem}.tif"]
+        planned += [out / "masks" / f"{stem}.png"] if kind == "vessels" else []
+    refuse_existing(planned, overwrite=overwrite)
     try:
-        for sub in ("images", "labels") + (("masks",) if kind == "vessels" else ()):
+        for sub in subs:
             (out / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(

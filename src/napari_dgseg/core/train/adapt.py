@@ -432,6 +432,7 @@ def adapt(
     name: str | None = None,
     out: str | Path | None = None,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -460,7 +461,8 @@ def adapt(
     name : str, optional
         Name of the new bundle (default ``<parent>-adapted``).
     out : path, optional
-        Save the new bundle there (atomically).
+        Save the new bundle there (atomically); an existing file is kept (an error) unless
+        ``overwrite``.
 
     Returns
     -------
@@ -493,7 +495,7 @@ def adapt(
         if progress is not None:
             progress(step.iteration, step.iters, step.logs)
     if out is not None:
-        result.save(out, cancel=cancel)
+        result.save(out, cancel=cancel, overwrite=overwrite)
     return result
 
 

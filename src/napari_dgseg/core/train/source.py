@@ -57,6 +57,7 @@ def train(
     sources: Sequence[Source],
     *,
     out: str | Path | None = None,
+    overwrite: bool = False,
     iters: int = 1000,
     size: int = 256,
     batch: int = 4,
@@ -84,6 +85,8 @@ def train(
         :class:`Sample`; each folder is one source domain, batches are balanced over domains.
     out : path, optional
         Where to save the bundle (atomic). Nothing is written when training is cancelled.
+    overwrite : bool
+        Replace an existing ``out`` (default False: it is kept and an error raised).
     iters, size, batch, lr, seed : training schedule (crop side ``size`` px).
     val : source, optional
         Labelled validation data; its Dice (and AJI/PQ for nuclei) go into the provenance.
@@ -187,7 +190,7 @@ def train(
                        [s.name for _, ss in domains for s in ss])
     fam.finish_training(bundle, domains, state)
     if out is not None:
-        bundle.save(out, cancel=cancel)
+        bundle.save(out, cancel=cancel, overwrite=overwrite)
     return bundle
 
 

@@ -485,6 +485,8 @@ def _probe(level: Any, name: str) -> None:
     """Decode one small corner of ``level`` to catch corrupt data and missing codecs early."""
     try:
         np.asarray(level[:1, :1])
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(
             f"{name}: the pixel data cannot be decoded ({_short(exc)}). The file is corrupt or "

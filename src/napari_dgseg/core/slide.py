@@ -398,7 +398,7 @@ def _open_tiff(p: Path) -> OpenedImage:
             z = group[ds["path"]]
             chunks = _chunks_for(z.chunks, z.shape, axes)
             guarded = _GuardedLevel(z, name)
-            lazy = da.from_array(guarded, chunks=chunks, fancy=False, lock=False,
+            lazy = da.from_array(guarded, chunks=chunks, asarray=False,
                                  meta=np.empty((0,) * z.ndim, dtype=z.dtype))
             levels.append(_to_yxc(lazy, axes, name))
         levels.sort(key=lambda a: -int(a.shape[0]) * int(a.shape[1]))
@@ -426,7 +426,7 @@ def _open_tiff(p: Path) -> OpenedImage:
 
 
 class _GuardedLevel:
-    """A zarr level whose read errors become one :class:`ImageReadError` naming the file.
+    """A TIFF or zarr level whose read errors become one :class:`ImageReadError` naming the file.
 
     Tiles are decoded only when inference reaches them, long after the file was opened; a
     corrupt tile deep inside a slide must still end in one line, not a codec traceback.
@@ -445,8 +445,8 @@ class _GuardedLevel:
                 return np.asarray(self._array[key])
         except Exception as exc:
             raise ImageReadError(
-                f"{self._name}: pixel data cannot be decoded ({_short(exc)}); the file is corrupt "
-                "or truncated. Copy it again from its source or re-export it."
+                f"{self._name}: the pixel data cannot be decoded ({_short(exc)}). The file is "
+                "corrupt or truncated; copy it again from its source or re-export it."
             ) from None
 
 
@@ -640,7 +640,7 @@ def _open_zarr(p: Path) -> OpenedImage:
         for z in arrays:
             chunks = _chunks_for(z.chunks, z.shape, axes)
             guarded = _GuardedLevel(z, name)
-            lazy = da.from_array(guarded, chunks=chunks, fancy=False, lock=False,
+            lazy = da.from_array(guarded, chunks=chunks, asarray=False,
                                  meta=np.empty((0,) * z.ndim, dtype=z.dtype))
             levels.append(_to_yxc(lazy, axes, name))
         levels.sort(key=lambda a: -int(a.shape[0]) * int(a.shape[1]))

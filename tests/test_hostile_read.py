@@ -723,3 +723,26 @@ def test_cli_entry_point_evaluate_huge_label_id(tmp_path):
 
 def test_errors_are_user_errors():
     assert issubclass(BundleError, DgsegError) and issubclass(ImageReadError, DgsegError)
+
+
+# ----------------------------------------------------------------------------- napari
+@pytest.mark.gui
+def test_model_picker_shows_broken_bundles_greyed_with_reason(bombs, tiny_path, tmp_path,
+                                                             monkeypatch, qtbot):
+    """The napari model picker lists a broken bundle disabled, its reason as tooltip."""
+    from qtpy.QtCore import Qt
+
+    from napari_dgseg._napari.widgets.model_picker import ModelPicker
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(bombs["zip_bomb"], folder / "bomb.dgseg")
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(folder))
+    picker = ModelPicker(autoload=False)
+    qtbot.addWidget(picker)
+    labels = [picker.combo.itemText(i) for i in range(picker.combo.count())]
+    assert "bomb (broken)" in labels and any("nuclei-unet" in t for t in labels)
+    i = labels.index("bomb (broken)")
+    assert "zip bomb" in picker.combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+    assert not picker.combo.model().item(i).isEnabled()
+    assert picker.combo.currentIndex() != i  # a good model stays selected

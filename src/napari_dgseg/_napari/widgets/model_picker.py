@@ -198,8 +198,10 @@ class ModelPicker(QWidget):
             self._add_file_item(self._loaded_key)
         if self._loaded_key is not None:
             self.combo.setCurrentIndex(self._find(self._loaded_key))
+        if not rows and self._loaded_key is None:
+            self.combo.setCurrentIndex(-1)  # only broken bundles: select (and autoload) nothing
         self.combo.blockSignals(False)
-        if self.combo.count() == 0:
+        if not rows and self._loaded_key is None:
             self.info.setText(
                 self.capability_hint
                 or "No models found. Use Browse… to open a .dgseg file, or train one with "

@@ -746,3 +746,23 @@ def test_model_picker_shows_broken_bundles_greyed_with_reason(bombs, tiny_path, 
     assert "zip bomb" in picker.combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
     assert not picker.combo.model().item(i).isEnabled()
     assert picker.combo.currentIndex() != i  # a good model stays selected
+
+
+@pytest.mark.parametrize("ext", [".tif", ".npy", ".png"])
+def test_label_files_checked_against_the_budget_before_decoding(tmp_path, monkeypatch, ext):
+    """``evaluate``/training readers take the size from the header and refuse before decoding."""
+    import tifffile
+    from PIL import Image
+
+    from napari_dgseg.core.data.datasets import read_labels
+
+    labels = np.zeros((300, 300), np.uint8)
+    path = tmp_path / f"labels{ext}"
+    {".tif": lambda: tifffile.imwrite(path, labels), ".npy": lambda: np.save(path, labels),
+     ".png": lambda: Image.fromarray(labels).save(path)}[ext]()
+    assert read_labels(path).shape == (300, 300)
+    monkeypatch.setenv("DGSEG_MEMORY_BUDGET", "10k")
+    with pytest.raises(InputError) as info:
+        read_labels(path)
+    assert "\n" not in str(info.value) and path.name in str(info.value)
+    assert "DGSEG_MEMORY_BUDGET" in str(info.value)

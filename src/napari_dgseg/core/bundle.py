@@ -454,8 +454,8 @@ def _expected_state(family: Family, config: Mapping[str, Any], source: str) -> d
     try:
         with torch.device("meta"):
             model = family.build_model(dict(config))
-    except DgsegError:
-        raise
+    except DgsegError as exc:  # unknown config keys: name the file
+        raise BundleError(f"{source}: {exc}") from None
     except Exception as exc:  # the family's own config checks (ValueError, TypeError, ...)
         raise BundleError(f"{source}: the {family.name!r} config cannot build a network "
                           f"({_first_line(exc)}); the bundle was edited or is not genuine") from None

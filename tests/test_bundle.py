@@ -312,10 +312,11 @@ def test_weights_that_do_not_fit_the_config(tiny_bundle, tmp_path):
         files[MANIFEST] = json.dumps(m).encode()
 
     _rewrite(tmp_path / "tiny.dgseg", bad, widen)
-    b = load_bundle(bad)  # hashes still match: the tensors are untouched
+    # hashes still match (the tensors are untouched): the shapes are compared at load, against
+    # the network the config describes built on the meta device, before anything is allocated
     with pytest.raises(BundleError, match="do not fit the 'unet' config") as info:
-        _ = b.model
-    assert "\n" not in str(info.value) and "'tiny'" in str(info.value)
+        load_bundle(bad)
+    assert "\n" not in str(info.value) and "wide.dgseg" in str(info.value)
 
 
 def test_save_suffix_folders_mode_and_callable_cancel(tiny_bundle, tmp_path):
@@ -374,7 +375,10 @@ def test_list_bundles_rows_order_and_broken_files(tiny_bundle, tmp_path):
     rows = list_bundles()
     names = [r["name"] for r in rows]
     shipped = sorted(p.name[: -len(".dgseg")] for p in shipped_dir().glob("*.dgseg"))
-    assert names == shipped + ["a-mine"]  # shipped first (sorted), then user; broken skipped
+    # shipped first (sorted), then user; a broken file is listed with its reason, not hidden
+    assert names == shipped + ["a-mine", "broken"]
+    assert "not a bundle" in rows[-1]["broken"] and rows[-1]["family"] is None
+    rows = rows[:-1]
     mine = rows[-1]
     assert mine == {"name": "a-mine", "family": "unet", "task": "nuclei",
                     "classes": ["background", "nucleus"], "where": "user",
@@ -461,7 +465,7 @@ def test_unreadable_bundle_file_is_one_line(tiny_bundle, tmp_path, monkeypatch):
         load_bundle(tmp_path / "tiny.dgseg")
 
 
-def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
+def test_list_bundles_marks_files_without_a_readable_manifest(tiny_bundle):
     from napari_dgseg.core.bundle import user_dir
 
     user_dir().mkdir(parents=True, exist_ok=True)
@@ -471,5 +475,9 @@ def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
         with zipfile.ZipFile(user_dir() / f"{name}.dgseg", "w") as zf:
             zf.writestr(member, data)
     tiny_bundle.save(user_dir() / "good.dgseg")
-    user = [r["name"] for r in list_bundles() if r["where"] == "user"]
-    assert user == ["good"]
+    rows = [r for r in list_bundles() if r["where"] == "user"]
+    assert [r["name"] for r in rows if not r.get("broken")] == ["good"]
+    reasons = {r["name"]: r["broken"] for r in rows if r.get("broken")}
+    assert sorted(reasons) == ["badjson", "latin", "nomanifest"]
+    assert "no bundle.json" in reasons["nomanifest"] and "not valid JSON" in reasons["badjson"]
+    assert all("\n" not in why for why in reasons.values())

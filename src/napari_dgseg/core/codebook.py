@@ -150,7 +150,8 @@ def code_groups(num_codes: int, num_classes: int) -> torch.Tensor:
         num_codes // num_classes + (1 if k < num_codes % num_classes else 0)
         for k in range(num_classes)
     ]
-    return torch.repeat_interleave(torch.arange(num_classes), torch.tensor(sizes))
+    # output_size lets the network be built on the meta device (bundle size checks)
+    return torch.repeat_interleave(torch.arange(num_classes), torch.tensor(sizes), output_size=num_codes)
 
 
 def code_groups_np(num_codes: int, num_classes: int) -> np.ndarray:

@@ -6,11 +6,14 @@ import datetime as _dt
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from napari_dgseg import __version__
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import NonFiniteOutputError
-from napari_dgseg.core.imageprep import ImageAdapter
+from napari_dgseg.core.imageprep import ImageAdapter, image_channels
+from napari_dgseg.core.limits import check_memory
 from napari_dgseg.core.predict import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -37,6 +40,7 @@ def predict_bundle(
     return_normalized: bool = False,
     progress: ProgressFn | None = None,
     cancel: Any = None,
+    memory_budget: int | None = None,
 ) -> Prediction:
     """Segment ``image`` with ``bundle``.
 
@@ -65,6 +69,10 @@ def predict_bundle(
         ``progress(done, total)`` in tiles.
     cancel : threading.Event or callable
         Set to stop; raises :class:`~napari_dgseg.core.errors.CancelledError`.
+    memory_budget : int, optional
+        Bytes inference may plan to use; default ``DGSEG_MEMORY_BUDGET`` or 80 % of the
+        available memory (``0``: no check). A larger image is refused before anything is
+        allocated (:func:`estimate_inference_bytes`), with one line saying what to do.
 
     Returns
     -------
@@ -72,9 +80,14 @@ def predict_bundle(
     """
     t0 = time.perf_counter()
 
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    h, w, _ = image_channels(image)
+    family = bundle.family
+    needed = estimate_inference_bytes(h, w, len(bundle.class_names), len(family.discrete_outputs))
+    check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
-    family = bundle.family
     plan = plan_dcin(bundle, adapter, dcin, reference)
     try:
         maps = run_tiled(
@@ -130,6 +143,19 @@ def predict_bundle(
         provenance=provenance,
         extras=extras,
     )
+
+
+def estimate_inference_bytes(height: int, width: int, num_classes: int, discrete: int = 0) -> int:
+    """Bytes tiled inference and post-processing hold at once for a ``height x width`` image.
+
+    Per pixel: the blending weight (4 bytes), the dense output accumulators and their blended
+    copy (float32, ``num_classes`` plus up to 4 auxiliary channels, twice), the probabilities
+    (float32 per class), the discrete maps (value + best weight, 8 bytes each) and the labels
+    (8 bytes). An upper estimate: the tiles in flight are not counted (they are small).
+    """
+    k = max(int(num_classes), 2)
+    per_pixel = 4 + 2 * 4 * (k + 4) + 4 * k + 8 * int(discrete) + 8
+    return int(height) * int(width) * per_pixel
 
 
 _FIELDS = {"labels", "probabilities", "codebook_indices", "local_mask", "uncertainty"}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.errors import DgsegError, ImageReadError, InputError
 from napari_dgseg.core.imageprep import to_rgb_uint8 as imageprep_to_rgb_uint8
+from napari_dgseg.core.limits import check_memory
 
 __all__ = [
     "MIN_SIDE",
@@ -395,7 +397,10 @@ def _open_tiff(p: Path) -> OpenedImage:
         for ds in datasets:
             z = group[ds["path"]]
             chunks = _chunks_for(z.chunks, z.shape, axes)
-            levels.append(_to_yxc(da.from_zarr(z, chunks=chunks), axes, name))
+            guarded = _GuardedLevel(z, name)
+            lazy = da.from_array(guarded, chunks=chunks, asarray=False,
+                                 meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+            levels.append(_to_yxc(lazy, axes, name))
         levels.sort(key=lambda a: -int(a.shape[0]) * int(a.shape[1]))
         metadata = _tiff_metadata(tf, series)
         pixel_size = _tiff_pixel_size(tf, series)
@@ -418,6 +423,31 @@ def _open_tiff(p: Path) -> OpenedImage:
             f"{name}: cannot be read as TIFF ({_short(exc)}). The file is probably truncated or "
             "corrupt; copy it again from its source."
         ) from exc
+
+
+class _GuardedLevel:
+    """A TIFF or zarr level whose read errors become one :class:`ImageReadError` naming the file.
+
+    Tiles are decoded only when inference reaches them, long after the file was opened; a
+    corrupt tile deep inside a slide must still end in one line, not a codec traceback.
+    """
+
+    def __init__(self, array: Any, name: str) -> None:
+        self._array = array
+        self._name = name
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            with _quiet_tifffile():
+                return np.asarray(self._array[key])
+        except Exception as exc:
+            raise ImageReadError(
+                f"{self._name}: the pixel data cannot be decoded ({_short(exc)}). The file is "
+                "corrupt or truncated; copy it again from its source or re-export it."
+            ) from None
 
 
 @contextlib.contextmanager
@@ -455,6 +485,8 @@ def _probe(level: Any, name: str) -> None:
     """Decode one small corner of ``level`` to catch corrupt data and missing codecs early."""
     try:
         np.asarray(level[:1, :1])
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(
             f"{name}: the pixel data cannot be decoded ({_short(exc)}). The file is corrupt or "
@@ -607,7 +639,10 @@ def _open_zarr(p: Path) -> OpenedImage:
         levels = []
         for z in arrays:
             chunks = _chunks_for(z.chunks, z.shape, axes)
-            levels.append(_to_yxc(da.from_zarr(z, chunks=chunks), axes, name))
+            guarded = _GuardedLevel(z, name)
+            lazy = da.from_array(guarded, chunks=chunks, asarray=False,
+                                 meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+            levels.append(_to_yxc(lazy, axes, name))
         levels.sort(key=lambda a: -int(a.shape[0]) * int(a.shape[1]))
         _probe(levels[-1], name)
     except ImageReadError:
@@ -663,13 +698,32 @@ def _open_pil(p: Path) -> OpenedImage:
 
     name = p.name
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            # PIL warns between 89 M and 179 M pixels; our own memory check decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
+            width, height = im.size
+            bands = len(im.getbands())
+            check_memory(
+                width * height * max(bands, 3) * 2,
+                f"{name}: decoding {width} x {height} pixels",
+                hint="convert it to a tiled TIFF (read lazily) or crop it",
+            )
             im.load()
             fmt = (im.format or p.suffix.lstrip(".")).lower()
             mode = im.mode
             array = _pil_to_array(im)
+    except DgsegError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"{name}: {_short(exc)}. Such a large {p.suffix.lstrip('.').upper()} is decoded whole "
+            "in memory (or is a decompression bomb); convert it to a tiled TIFF, or crop it."
+        ) from None
     except UnidentifiedImageError as exc:
-        head = p.read_bytes()[:12]
+        with p.open("rb") as fh:
+            head = fh.read(12)
         raise ImageReadError(
             f"{name}: not a {p.suffix.lstrip('.').upper()} image (it starts with {head!r}). It "
             "may be another format renamed or a broken download; open the original file."

@@ -169,27 +169,39 @@ class ModelPicker(QWidget):
     def refresh(self) -> None:
         """Re-list the shipped and user bundles, keeping the loaded model selected."""
         from napari_dgseg.core.bundle import list_bundles
+        from napari_dgseg.core.errors import DgsegError
 
         try:
             rows = list_bundles()
-        except OSError as exc:
+        except (OSError, DgsegError) as exc:
             rows = []
             notify(f"cannot list the model folders: {exc}", "warning")
         self.combo.blockSignals(True)
         self.combo.clear()
-        rows = [r for r in rows if family_supports(r.get("family"), self.capability)]
+        broken = [r for r in rows if r.get("broken")]
+        rows = [r for r in rows if not r.get("broken")
+                and family_supports(r.get("family"), self.capability)]
         for row in rows:
             label = f"{row['name']} ({row['family']}{', yours' if row['where'] == 'user' else ''})"
             self.combo.addItem(label, str(row["path"]))
             self.combo.setItemData(
                 self.combo.count() - 1, row.get("description", ""), Qt.ItemDataRole.ToolTipRole
             )
+        for row in broken:  # listed, greyed out, with the reason: one bad file hides nothing
+            self.combo.addItem(f"{row['name']} (broken)", str(row["path"]))
+            index = self.combo.count() - 1
+            self.combo.setItemData(index, row["broken"], Qt.ItemDataRole.ToolTipRole)
+            item = self.combo.model().item(index)
+            if item is not None:
+                item.setEnabled(False)
         if self._loaded_key is not None and self._find(self._loaded_key) < 0:
             self._add_file_item(self._loaded_key)
         if self._loaded_key is not None:
             self.combo.setCurrentIndex(self._find(self._loaded_key))
+        if not rows and self._loaded_key is None:
+            self.combo.setCurrentIndex(-1)  # only broken bundles: select (and autoload) nothing
         self.combo.blockSignals(False)
-        if self.combo.count() == 0:
+        if not rows and self._loaded_key is None:
             self.info.setText(
                 self.capability_hint
                 or "No models found. Use Browse… to open a .dgseg file, or train one with "

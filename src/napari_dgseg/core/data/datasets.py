@@ -38,6 +38,7 @@ from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import ImageReadError, InputError
 from napari_dgseg.core.imageprep import to_rgb_uint8 as imageprep_to_rgb_uint8
+from napari_dgseg.core.limits import check_memory, human_bytes
 from napari_dgseg.core.metrics import check_label_array, remap_label
 
 __all__ = [
@@ -114,6 +115,7 @@ def read_array(path: str | os.PathLike, mode: str = "image") -> np.ndarray:
     if p.stat().st_size == 0:
         raise ImageReadError(f"{p}: the file is empty (0 bytes); re-export or re-copy it.")
     ext = p.suffix.lower()
+    _check_decoded_size(p, ext)
     try:
         if ext in _TIFF_EXTS:
             import tifffile
@@ -135,6 +137,38 @@ def read_array(path: str | os.PathLike, mode: str = "image") -> np.ndarray:
             "truncated, corrupt or of another type: re-export it."
         ) from exc
     return np.asarray(arr)
+
+
+def _check_decoded_size(p: Path, ext: str) -> None:
+    """Refuse a file whose decoded pixels would exceed the memory budget, before decoding.
+
+    The size comes from the header only (TIFF series shape, ``.npy`` header, Pillow's size);
+    a header that cannot be read is left to the reader, which reports it in one line.
+    """
+    import warnings
+
+    try:
+        if ext in _TIFF_EXTS:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tf:
+                series = tf.series[0]
+                nbytes = int(np.prod(series.shape, dtype=np.float64)) * series.dtype.itemsize
+        elif ext == ".npy":
+            mapped = np.load(p, mmap_mode="r", allow_pickle=False)  # header only, no pixels
+            nbytes = int(np.prod(mapped.shape, dtype=np.float64)) * mapped.dtype.itemsize
+            del mapped
+        else:
+            from PIL import Image
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as img:
+                    nbytes = img.size[0] * img.size[1] * max(len(img.getbands()), 1) * 4
+    except Exception:  # not readable as its type: read_array says so in one line
+        return
+    check_memory(nbytes * 2, f"{p}: reading {human_bytes(nbytes)} of pixels",
+                 hint="crop it or save a smaller copy")
 
 
 def _read_pillow(p: Path, mode: str) -> np.ndarray:

@@ -37,6 +37,7 @@ from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import CancelledError, InputError
 from napari_dgseg.core.family import Family
+from napari_dgseg.core.limits import safe_file_stem
 from napari_dgseg.core.losses.mani import ManiModule
 from napari_dgseg.core.models.base import normalise_input
 from napari_dgseg.core.registry import families_supporting
@@ -553,7 +554,8 @@ def make_adapted_bundle(
 
 
 def _base_name(name: str) -> str:
-    return re.sub(r"-adapted(-\d+)?$", "", name)
+    # The name comes from a bundle someone else made: never let it name a folder or climb out.
+    return re.sub(r"-adapted(-\d+)?$", "", safe_file_stem(name))
 
 
 def next_version_path(parent_name: str, folder: str | Path) -> Path:

@@ -331,6 +331,9 @@ def add_or_replace(viewer: Any, layer_data: Sequence[LayerDataTuple]) -> list[An
     """
     from napari.layers import Layer
 
+    from napari_dgseg._napari.writer import prefer_own_writers
+
+    prefer_own_writers()  # the save dialog then offers these layers the writer with placement
     added = []
     for data, kwargs, layer_type in layer_data:
         kwargs = dict(kwargs)

@@ -48,6 +48,7 @@ from napari_dgseg._napari.notify import notify, one_line
 from napari_dgseg._napari.runner import TaskRunner
 from napari_dgseg._napari.widgets.loss_plot import LossPlot
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
+from napari_dgseg._napari.writer import prefer_own_writers
 from napari_dgseg.core.errors import DgsegError, InputError
 
 __all__ = ["PREVIEW_NAME", "AdaptWidget"]
@@ -384,6 +385,7 @@ class AdaptWidget(QWidget):
                 units = source_units(src, 2)
                 if units is not None:
                     placement["units"] = units
+            prefer_own_writers()  # saved from the dialog with their placement and provenance
             layer = self.viewer.add_labels(
                 labels, name=name, metadata=meta, opacity=0.5, **placement
             )

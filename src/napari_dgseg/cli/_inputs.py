@@ -41,12 +41,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def write_codebook(path: Path, prediction: Any, provenance: dict) -> Path:
-    """Write ``prediction.codebook_indices`` as an int32 TIFF with provenance (atomic)."""
+def write_codebook(path: Path, prediction: Any, provenance: dict, placement: Any = None) -> Path:
+    """Write ``prediction.codebook_indices`` as a TIFF with provenance (atomic; the smallest
+    integer type holding the indices; ``placement`` as in
+    :func:`~napari_dgseg.core.labels_io.write_labels`)."""
     from napari_dgseg.core.labels_io import write_labels
 
     if prediction.codebook_indices is None:
         raise InputError("this model returns no codebook indices; use a model with a codebook")
     return write_labels(
-        path, prediction.codebook_indices, {**provenance, "content": "codebook indices"}
+        path,
+        prediction.codebook_indices,
+        {**provenance, "content": "codebook indices"},
+        placement=placement,
     )

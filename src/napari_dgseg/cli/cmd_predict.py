@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from napari_dgseg.cli._common import print_json
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
+from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
@@ -42,12 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.bundle import load_bundle
-    from napari_dgseg.core.labels_io import write_labels
-    from napari_dgseg.core.slide import open_image
 
     bundle = load_bundle(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_dir(args.out) as out:  # a failed run leaves no empty folder behind
+        rows = _predict_all(args, bundle, out)
+    print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
+    return 0
+
+
+def _predict_all(args: argparse.Namespace, bundle: Any, out: Path) -> list[dict]:
+    """Predict every input into ``out``; one JSON row per input."""
+    from napari_dgseg.core.labels_io import Placement, write_labels
+    from napari_dgseg.core.slide import open_image
+
     rows = []
     for path in expand_inputs(args.inputs):
         opened = open_image(path)
@@ -61,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         stem = output_stem(path)
         provenance = {**pred.provenance, "source_image": str(path.resolve()),
                       "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
-        labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance)
+        # every output sits on the image: its micrometre pixel size (origin: the image's own)
+        placement = (Placement(scale=opened.pixel_size_um) if opened.pixel_size_um else None)
+        labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance,
+                                   placement=placement)
         row = {
             "input": str(path),
             "labels": str(labels_path),
@@ -75,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.uncertainty and pred.uncertainty is not None:
             row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
-                                                      pred.uncertainty, provenance))
+                                                      pred.uncertainty, provenance, placement))
         if args.normalized:
             row["normalized"] = {}
             for branch, img in pred.extras.get("normalized", {}).items():
@@ -85,12 +97,12 @@ def run(args: argparse.Namespace) -> int:
         row["dcin"] = pred.provenance["dcin"]["mode"]
         if args.probabilities and pred.probabilities is not None:
             row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
-                                                        pred.probabilities, provenance))
+                                                        pred.probabilities, provenance, placement))
         if args.codebook:
-            row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance))
+            row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance,
+                                                 placement))
         rows.append(row)
-    print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
-    return 0
+    return rows
 
 
 def _write_png(path: Path, image: np.ndarray) -> Path:
@@ -100,19 +112,24 @@ def _write_png(path: Path, image: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: imsave(tmp, image, check_contrast=False), suffix=".png")
 
 
-def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
-    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
+def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict, placement=None) -> Path:
+    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON (and the image's
+    placement: record and resolution tags), atomically."""
     import json
 
     import tifffile
 
-    from napari_dgseg.core.labels_io import json_safe
+    from napari_dgseg.core.labels_io import PLACEMENT_KEY, json_safe, tiff_resolution
 
-    description = json.dumps({"napari_dgseg_provenance": json_safe(provenance)})
+    record = json_safe(provenance)
+    if placement is not None:
+        record[PLACEMENT_KEY] = placement.as_dict()
+    description = json.dumps({"napari_dgseg_provenance": record})
     return atomic_write(
         path,
         lambda tmp: tifffile.imwrite(
-            tmp, probs.astype(np.float32), compression="zlib", description=description, metadata=None
+            tmp, probs.astype(np.float32), compression="zlib", description=description,
+            metadata=None, **tiff_resolution(placement)
         ),
         suffix=".tmp",
     )

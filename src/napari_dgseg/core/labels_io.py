@@ -51,6 +51,7 @@ __all__ = [
     "read_labels",
     "read_placement",
     "read_provenance",
+    "tiff_resolution",
     "write_labels",
 ]
 
@@ -292,7 +293,7 @@ def write_labels(
     return p
 
 
-def _resolution(placement: Placement | None) -> dict[str, Any]:
+def tiff_resolution(placement: Placement | None) -> dict[str, Any]:
     """tifffile keywords for the resolution tags: pixels per centimetre for micrometres."""
     if placement is None or placement.unit != MICROMETER:
         return {}
@@ -317,7 +318,7 @@ def _write_tiff(p: Path, data: Any, record: dict, placement: Placement | None = 
             metadata=None,
             tile=(256, 256) if tiled else None,
             bigtiff=array.nbytes > 2**31,
-            **_resolution(placement),
+            **tiff_resolution(placement),
         ),
         suffix=".tmp",
     )

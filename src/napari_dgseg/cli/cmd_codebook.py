@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_dgseg.cli._progress import ProgressBar
     from napari_dgseg.core.bundle import load_bundle
     from napari_dgseg.core.codebook import analyse_prediction, require_codebook
-    from napari_dgseg.core.labels_io import write_labels
+    from napari_dgseg.core.labels_io import Placement, write_labels
     from napari_dgseg.core.slide import open_image
 
     bundle = load_bundle(args.model)
@@ -73,15 +73,22 @@ def run(args: argparse.Namespace) -> int:
             "codebook_size": int(bundle.config["codebook_size"]),
         }
         report = analyse_prediction(pred, bundle)
+        placement = Placement(scale=opened.pixel_size_um) if opened.pixel_size_um else None
         row = {
             "input": str(path),
-            "codebook": str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance)),
+            "codebook": str(
+                write_codebook(out / f"{stem}_codebook.tif", pred, provenance, placement)
+            ),
             "shape": list(pred.codebook_indices.shape),
             "seconds": pred.provenance["seconds"],
             **report.as_dict(),
         }
         if args.labels:
-            row["labels"] = str(write_labels(out / f"{stem}_labels.tif", pred.labels, provenance))
+            row["labels"] = str(
+                write_labels(
+                    out / f"{stem}_labels.tif", pred.labels, provenance, placement=placement
+                )
+            )
         rows.append(row)
     print_json(
         {

@@ -102,13 +102,21 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     assert loaded.provenance["parent"]["sha256"] == sha256_file(parent_path)
     pred = loaded.predict(np.asarray(widget.viewer.layers["target0"].data), device="cpu")
     assert pred.labels.shape == (128, 128) and pred.labels.dtype == np.int32
+    # the target moves to a micrometre slide position: "after" must follow it exactly
+    src = widget.viewer.layers[widget._preview_source]
+    src.scale = (0.25, 0.5)
+    src.translate = (1000.0, -20.0)
     assert widget.compare(sync=True)
     assert (
-        "target0 before (parent)" in widget.viewer.layers
-        and "target0 after (adapted)" in widget.viewer.layers
+        f"{src.name} before (parent)" in widget.viewer.layers
+        and f"{src.name} after (adapted)" in widget.viewer.layers
     )
-    after = widget.viewer.layers["target0 after (adapted)"]
-    assert after.translate[1] > 128  # side by side
+    for what in ("before (parent)", "after (adapted)"):
+        layer = widget.viewer.layers[f"{src.name} {what}"]
+        np.testing.assert_allclose(layer.translate, (1000.0, -20.0))  # the region's origin
+        np.testing.assert_allclose(layer.scale, (0.25, 0.5))
+        assert layer.data.shape == src.data.shape[:2]  # the region's exact size
+        np.testing.assert_allclose(layer.extent.world, src.extent.world[:, :2])
     # second save: next version number
     assert widget.save(sync=True).name == f"{MODEL}-adapted-2.dgseg"
 

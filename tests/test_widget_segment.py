@@ -249,6 +249,43 @@ def test_current_view_region(widget):
     np.testing.assert_allclose(labels.translate, (region.y0, region.x0))
 
 
+@pytest.mark.parametrize(
+    "edges", [False, True], ids=["corners at pixel centres", "corners at pixel edges"]
+)
+def test_odd_rectangle_keeps_its_exact_size_and_place(widget, edges):
+    """A 301 x 173 px rectangle on a micrometre image with an origin is a 301 x 173 px run, and
+    its labels sit on the pixels it covers (scale, translate and units of the image)."""
+    viewer = widget.viewer
+    layer = viewer.add_image(
+        _rgb(600, 500, seed=9), name="slide", rgb=True, scale=(0.5, 0.25),
+        translate=(1000.0, -40.0), units=("um", "um"),
+    )
+    y0, x0, h, w = 101, 37, 301, 173
+    half = 0.5 if edges else 0.0
+    corners_px = np.array([[y0 - half, x0 - half], [y0 + h - half, x0 + w - half]])
+    if not edges:  # centre to centre spans h x w pixel steps: the last centre is y0 + h
+        corners_px = np.array([[y0, x0], [y0 + h, x0 + w]], dtype=float)
+    world = np.array([layer.data_to_world(c) for c in corners_px])
+    rect = np.array([world[0], [world[0][0], world[1][1]], world[1], [world[1][0], world[0][1]]])
+    # in the viewer's units, as napari's "new shapes layer" button makes it
+    viewer.add_shapes(
+        [rect], shape_type="rectangle", name="roi", units=viewer.layers.extent.units
+    )
+    widget.image_picker.set_layer(layer)
+    widget.region_combo.setCurrentText("drawn rectangle")
+    region = widget.current_region(layer)
+    assert (region.y0, region.x0, region.shape) == (y0, x0, (h, w))
+    widget.run(sync=True)
+    labels = viewer.layers[f"slide labels ({MODEL})"]
+    assert labels.data.shape == (h, w)
+    np.testing.assert_allclose(labels.scale, (0.5, 0.25))
+    np.testing.assert_allclose(labels.translate, (1000.0 + y0 * 0.5, -40.0 + x0 * 0.25))
+    assert [str(u) for u in labels.units] == [str(u) for u in layer.units]
+    # pixel (0, 0) of the labels is pixel (y0, x0) of the image
+    np.testing.assert_allclose(layer.world_to_data(labels.data_to_world((0, 0))), (y0, x0))
+    assert viewer.layers.extent.units is not None  # no "Inconsistent units"
+
+
 def test_bad_bundle_keeps_previous_model(widget, tmp_path, notes):
     bad = tmp_path / "broken.dgseg"
     bad.write_bytes(b"not a zip at all")

@@ -151,11 +151,21 @@ def world_box_to_pixels(layer: Any, viewer: Any, world_yx: np.ndarray) -> np.nda
 
 
 def clip_box(mode: str, pixels: np.ndarray, shape: tuple[int, int], what: str) -> Region:
+    """The region of a box given by level-0 pixel corners ``(N, 2)``, clipped to ``shape``.
+
+    The box keeps its size: it starts at the pixel nearest to its top-left corner and spans
+    its height and width rounded to whole pixels, so a 301 x 173 px rectangle (drawn from pixel
+    centre to pixel centre, or from pixel edge to pixel edge) is a 301 x 173 px region. Taking
+    the floor of one corner and the ceiling of the other would add a pixel whenever the corners
+    fall between pixel centres (a 1024 px view became 1025 px).
+    """
     h, w = shape
-    lo = np.floor(pixels.min(axis=0)).astype(int)
-    hi = np.ceil(pixels.max(axis=0)).astype(int)
-    y0, x0 = int(np.clip(lo[0], 0, h)), int(np.clip(lo[1], 0, w))
-    y1, x1 = int(np.clip(hi[0], 0, h)), int(np.clip(hi[1], 0, w))
+    corners = np.round(np.asarray(pixels, dtype=float), 6)  # float noise of world <-> data
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    start = np.floor(low + 0.5).astype(int)
+    size = np.round(high - low).astype(int)
+    y0, x0 = int(np.clip(start[0], 0, h)), int(np.clip(start[1], 0, w))
+    y1, x1 = int(np.clip(start[0] + size[0], 0, h)), int(np.clip(start[1] + size[1], 0, w))
     if y1 <= y0 or x1 <= x0:
         raise InputError(f"{what} does not overlap the image; {_REGION_HINT[mode]}")
     return Region(mode, y0, x0, y1, x1)

@@ -8,7 +8,9 @@ and never raises. The returned function opens each path:
   for non-8-bit data (what the network is fed), the
   physical ``scale`` (micrometres) where the file records a pixel size;
 * labels files written by napari-dgseg (provenance inside) become a labels layer whose metadata
-  holds the stored provenance;
+  holds the stored provenance, placed where it was saved: the stored placement (pixel size and
+  origin, see :class:`~napari_dgseg.core.labels_io.Placement`) becomes the layer's ``scale``,
+  ``translate`` and ``units``, so a saved mask reopens exactly on its slide;
 * a file that cannot be read gives a one-line notification naming the file and the reason, and
   adds no layer (other paths in the same drop still open).
 """
@@ -96,7 +98,9 @@ def read_paths(path: PathOrPaths) -> list[LayerData]:
         ``(data, kwargs, layer_type)`` per opened path; ``[(None,)]`` when none opened.
     """
     from napari_dgseg._napari.notify import notify
+    from napari_dgseg._napari.writer import prefer_own_writers
 
+    prefer_own_writers()  # the layers opened here are saved with their placement by default
     paths = _as_paths(path) or []
     layers: list[LayerData] = []
     for p in paths:
@@ -171,7 +175,17 @@ def _image_layer(opened: OpenedImage) -> LayerData:
 
 
 def _labels_layer(opened: OpenedImage, record: dict) -> LayerData:
+    from napari_dgseg.core.labels_io import MICROMETER, read_placement
+
     kwargs = _common_kwargs(opened)
+    placement = read_placement(record)
+    if placement is not None:
+        lead = max(0, len(opened.full.shape) - 2)  # N-D labels: leading axes keep unit steps
+        kwargs["scale"] = (1.0,) * lead + placement.scale
+        kwargs["translate"] = (0.0,) * lead + placement.translate
+        kwargs.pop("units", None)
+        if placement.unit == MICROMETER and _layers_accept_units():
+            kwargs["units"] = ("pixel",) * lead + ("um", "um")
     metadata = dict(record)
     metadata["provenance"] = dict(record)
     metadata["source_path"] = opened.path

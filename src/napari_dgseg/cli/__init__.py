@@ -6,18 +6,24 @@ discovered, so adding one never touches this file. Machine-readable output is on
 stdout; user errors (:class:`~napari_dgseg.core.errors.DgsegError`) and system refusals (disk
 full, permission denied: ``OSError``) print one line on stderr and exit with status 2, never a
 traceback. A batch in which some inputs failed exits with status 1 (see ``_common.run_batch``).
-SIGTERM is handled like Ctrl+C, so temporary files are removed before the process ends.
+SIGTERM is handled like Ctrl+C, so temporary files are removed before the process ends. A reader
+that stops early (``dgseg models | head``) ends the command quietly with status 141 (128 +
+SIGPIPE, what a shell reports for a killed writer).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+
+#: Exit status after the reader of stdout went away (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +42,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dgseg`` console script."""
+    """Entry point of the ``dgseg`` console script.
+
+    Returns the exit status: 0 done, 2 user error (one line on stderr), 130 interrupted,
+    :data:`EXIT_BROKEN_PIPE` when stdout was closed by its reader (silently).
+    """
+    try:
+        try:
+            status = _main(argv)
+        except SystemExit:  # argparse's --help and usage errors: flush what they printed
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # a closed pipe shows here at the latest, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so Python's final flush cannot fail once more.
+
+    The idiom of the Python documentation (signal module, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout replaced or closed: nothing to flush
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from napari_dgseg.core.errors import DgsegError
 
     parser = build_parser()
@@ -49,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DgsegError as exc:
         print(f"dgseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout went away: main() ends quietly
+        raise
     except OSError as exc:
         from napari_dgseg.core.outputs import describe_os_error
 

@@ -42,9 +42,13 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def write_codebook(
-    path: Path, prediction: Any, provenance: dict, *, overwrite: bool = False
+    path: Path, prediction: Any, provenance: dict, *, overwrite: bool = False,
+    placement: Any = None,
 ) -> Path:
-    """Write ``prediction.codebook_indices`` as an int32 TIFF with provenance (atomic)."""
+    """Write ``prediction.codebook_indices`` as a TIFF with provenance (atomic; the smallest
+    integer type holding the indices; ``placement`` as in
+    :func:`~napari_dgseg.core.labels_io.write_labels`; an existing file is kept unless
+    ``overwrite``)."""
     from napari_dgseg.core.labels_io import write_labels
 
     if prediction.codebook_indices is None:
@@ -54,4 +58,5 @@ def write_codebook(
         prediction.codebook_indices,
         {**provenance, "content": "codebook indices"},
         overwrite=overwrite,
+        placement=placement,
     )

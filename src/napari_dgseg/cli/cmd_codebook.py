@@ -86,7 +86,7 @@ def _codebook_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem:
     """Codebook map (and labels) of one input; returns its row of the JSON summary."""
     from napari_dgseg.cli._progress import ProgressBar
     from napari_dgseg.core.codebook import analyse_prediction
-    from napari_dgseg.core.labels_io import write_labels
+    from napari_dgseg.core.labels_io import Placement, write_labels
     from napari_dgseg.core.slide import open_image
 
     opened = open_image(path)
@@ -107,8 +107,10 @@ def _codebook_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem:
         "codebook_size": int(bundle.config["codebook_size"]),
     }
     report = analyse_prediction(pred, bundle)
+    placement = Placement(scale=opened.pixel_size_um) if opened.pixel_size_um else None
     codebook = write_codebook(
-        out / f"{stem}_codebook.tif", pred, provenance, overwrite=args.overwrite
+        out / f"{stem}_codebook.tif", pred, provenance, overwrite=args.overwrite,
+        placement=placement,
     )
     row = {
         "input": str(path),
@@ -120,7 +122,8 @@ def _codebook_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem:
     if args.labels:
         row["labels"] = str(
             write_labels(
-                out / f"{stem}_labels.tif", pred.labels, provenance, overwrite=args.overwrite
+                out / f"{stem}_labels.tif", pred.labels, provenance, overwrite=args.overwrite,
+                placement=placement,
             )
         )
     return row

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from napari_dgseg.cli._common import add_overwrite, output_folder, print_json, run_batch
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
+from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
@@ -50,13 +52,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.bundle import load_bundle
-    from napari_dgseg.core.outputs import refuse_existing, unique_stems
 
     if args.dcin == "reference" and not args.reference:
         raise InputError("--dcin reference needs --reference IMAGE")
     bundle = load_bundle(args.model)
     paths = expand_inputs(args.inputs)
-    out = output_folder(args.out)
+    with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
+        out = output_folder(args.out)
+        return _predict_batch(args, bundle, paths, out)
+
+
+def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out: Path) -> int:
+    """Check every output, run the batch, print the JSON summary; the exit status."""
+    from napari_dgseg.core.outputs import refuse_existing, unique_stems
+
     stems = unique_stems(paths, output_stem)
     extras = [name for name, flag in (("uncertainty", args.uncertainty),
                                       ("probabilities", args.probabilities),
@@ -80,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: str) -> dict:
     """Segment one input and write its outputs; returns its row of the JSON summary."""
-    from napari_dgseg.core.labels_io import write_labels
+    from napari_dgseg.core.labels_io import Placement, write_labels
     from napari_dgseg.core.slide import open_image
 
     overwrite = args.overwrite
@@ -92,8 +101,10 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
                           return_normalized=args.normalized)
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
+    # every output sits on the image: its micrometre pixel size (origin: the image's own)
+    placement = Placement(scale=opened.pixel_size_um) if opened.pixel_size_um else None
     labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance,
-                               overwrite=overwrite)
+                               overwrite=overwrite, placement=placement)
     row = {
         "input": str(path),
         "labels": str(labels_path),
@@ -107,7 +118,8 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
     }
     if args.uncertainty and pred.uncertainty is not None:
         row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
-                                                  pred.uncertainty, provenance, overwrite))
+                                                  pred.uncertainty, provenance, overwrite,
+                                                  placement))
     if args.normalized:
         row["normalized"] = {}
         for branch, img in pred.extras.get("normalized", {}).items():
@@ -117,10 +129,11 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
     row["dcin"] = pred.provenance["dcin"]["mode"]
     if args.probabilities and pred.probabilities is not None:
         row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
-                                                    pred.probabilities, provenance, overwrite))
+                                                    pred.probabilities, provenance, overwrite,
+                                                    placement))
     if args.codebook:
         row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance,
-                                             overwrite=overwrite))
+                                             overwrite=overwrite, placement=placement))
     return row
 
 
@@ -132,19 +145,27 @@ def _write_png(path: Path, image: np.ndarray, overwrite: bool = False) -> Path:
                         overwrite=overwrite)
 
 
-def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict, overwrite: bool = False) -> Path:
-    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
+def _write_float_tif(
+    path: Path, probs: np.ndarray, provenance: dict, overwrite: bool = False, placement: Any = None
+) -> Path:
+    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON (and the image's
+    placement: record and resolution tags), atomically; an existing file is kept unless
+    ``overwrite``."""
     import json
 
     import tifffile
 
-    from napari_dgseg.core.labels_io import json_safe
+    from napari_dgseg.core.labels_io import PLACEMENT_KEY, json_safe, tiff_resolution
 
-    description = json.dumps({"napari_dgseg_provenance": json_safe(provenance)})
+    record = json_safe(provenance)
+    if placement is not None:
+        record[PLACEMENT_KEY] = placement.as_dict()
+    description = json.dumps({"napari_dgseg_provenance": record})
     return atomic_write(
         path,
         lambda tmp: tifffile.imwrite(
-            tmp, probs.astype(np.float32), compression="zlib", description=description, metadata=None
+            tmp, probs.astype(np.float32), compression="zlib", description=description,
+            metadata=None, **tiff_resolution(placement)
         ),
         suffix=".tmp",
         overwrite=overwrite,

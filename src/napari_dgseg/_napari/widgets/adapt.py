@@ -11,7 +11,8 @@ Every iteration its losses reach the live plot
 the current prediction on the first target replaces the "adapt preview" labels layer (in the GUI
 thread). Cancel stops the run: the loaded model is untouched, and what was adapted so far can
 still be saved or dropped. Save writes a new versioned bundle (``<parent>-adapted-<n>``) into the
-user model folder. Compare shows the parent's and the adapted model's labels side by side.
+user model folder. Compare shows the parent's and the adapted model's labels over the image
+they came from (its scale, translate and units).
 Labels layers with the shape of a target image (corrected masks) can join the run as labelled
 target data.
 """
@@ -42,10 +43,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dgseg._napari.adapt_job import AdaptJob, check_target, compare_job, save_job
+from napari_dgseg._napari.layers import source_units
 from napari_dgseg._napari.notify import notify, one_line
 from napari_dgseg._napari.runner import TaskRunner
 from napari_dgseg._napari.widgets.loss_plot import LossPlot
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
+from napari_dgseg._napari.writer import prefer_own_writers
 from napari_dgseg.core.errors import DgsegError, InputError
 
 __all__ = ["PREVIEW_NAME", "AdaptWidget"]
@@ -369,11 +372,23 @@ class AdaptWidget(QWidget):
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = labels
+            if src is not None:  # the source may have moved since the layer was made
+                layer.scale = tuple(src.scale[-2:])
+                layer.translate = tuple(src.translate[-2:])
         else:
-            layer = self.viewer.add_labels(labels, name=name, metadata=meta, opacity=0.5)
-            if src is not None:
-                layer.scale = src.scale[-2:]
-                layer.translate = src.translate[-2:]
+            placement: dict[str, Any] = {}
+            if src is not None:  # the source's full placement: scale, translate and units
+                placement = {
+                    "scale": tuple(src.scale[-2:]),
+                    "translate": tuple(src.translate[-2:]),
+                }
+                units = source_units(src, 2)
+                if units is not None:
+                    placement["units"] = units
+            prefer_own_writers()  # saved from the dialog with their placement and provenance
+            layer = self.viewer.add_labels(
+                labels, name=name, metadata=meta, opacity=0.5, **placement
+            )
         if translate is not None:
             layer.translate = translate
         return layer
@@ -409,14 +424,17 @@ class AdaptWidget(QWidget):
         def show(after: np.ndarray) -> None:
             if src not in self.viewer.layers:
                 return
-            width = after.shape[1] * float(src.scale[-1])
+            # Both over the region they came from (the source's scale and translate), so each
+            # label sits on its nuclei; the user toggles "after" to compare.
             t0 = tuple(float(v) for v in src.translate[-2:])
             self._show_labels(f"{src.name} before (parent)", before, t0)
-            self._show_labels(f"{src.name} after (adapted)", after, (t0[0], t0[1] + width + 16))
+            self._show_labels(f"{src.name} after (adapted)", after, t0)
             if PREVIEW_NAME in self.viewer.layers:
                 self.viewer.layers[PREVIEW_NAME].visible = False
-            self.viewer.reset_view()
-            self.status.setText(f"Before (parent) and after (adapted) of {src.name}, side by side.")
+            self.status.setText(
+                f"Before (parent) and after (adapted) of {src.name}, both over the image: toggle "
+                "the 'after' layer's visibility to compare."
+            )
 
         self.runner.start(
             compare_job(self.result, data, src.name),

@@ -61,19 +61,20 @@ def test_failed_predict_leaves_no_empty_folder(tiny_bundle, tmp_path, capsys):
     model = str(tmp_path / "tiny.dgseg")
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     out = tmp_path / "runs" / "today"  # neither folder exists yet
-    assert main(["predict", "--model", model, "--out", str(out), str(tmp_path / "broken.png")]) == 2
+    # the batch goes on past a bad file and reports it (status 1); here nothing was written
+    assert main(["predict", "--model", model, "--out", str(out), str(tmp_path / "broken.png")]) == 1
     assert "broken.png" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "runs").exists()
     # a folder that existed before the run is kept, even when it is empty
     (tmp_path / "kept").mkdir()
     assert main(["predict", "--model", model, "--out", str(tmp_path / "kept"),
-                 str(tmp_path / "broken.png")]) == 2  # fmt: skip
+                 str(tmp_path / "broken.png")]) == 1  # fmt: skip
     assert (tmp_path / "kept").is_dir()
     # and a folder that holds something (a parent with other files) is never removed
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["predict", "--model", model, "--out", str(tmp_path / "busy" / "new"),
-                 str(tmp_path / "broken.png")]) == 2  # fmt: skip
+                 str(tmp_path / "broken.png")]) == 1  # fmt: skip
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "busy" / "new").exists()
 

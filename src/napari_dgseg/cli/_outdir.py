@@ -2,7 +2,8 @@
 
 A run that fails before writing anything must not leave an empty folder behind (the user would
 take it for a run that produced nothing). :func:`output_dir` creates the folder and any missing
-parents, and on an exception removes the ones it created that are still empty, deepest first;
+parents, and when the run ends (an exception, or a batch in which every input failed) removes the
+ones it created that are still empty, deepest first;
 folders that existed before, or that hold anything, are never touched.
 """
 
@@ -31,8 +32,8 @@ def output_dir(path: str | Path) -> Iterator[Path]:
 
     Notes
     -----
-    On any exception (errors, Ctrl-C) the folders this call created and that are still empty are
-    removed, then the exception propagates unchanged.
+    When the block ends (normally or by an exception, which then propagates unchanged), the
+    folders this call created and that are still empty are removed.
     """
     out = Path(path)
     created: list[Path] = []
@@ -44,10 +45,9 @@ def output_dir(path: str | Path) -> Iterator[Path]:
         out.mkdir(parents=True, exist_ok=True)
     try:
         yield out
-    except BaseException:
+    finally:  # a run that wrote nothing (failed, or every input of a batch failed)
         for folder in created:  # deepest first
             try:
                 folder.rmdir()  # only succeeds when empty
             except OSError:
                 break
-        raise

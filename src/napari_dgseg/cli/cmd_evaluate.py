@@ -217,7 +217,8 @@ def _single_region_share(gt: np.ndarray) -> tuple[int, float]:
 def detect_task(gts: list[np.ndarray]) -> tuple[str, str]:
     """Decide whether ground-truth maps hold instance ids or semantic classes.
 
-    A map votes "instance" when it holds at least :data:`MIN_INSTANCE_IDS` non-zero ids and at
+    A map whose largest id exceeds :data:`~napari_dgseg.core.metrics.MAX_SEMANTIC_CLASSES` votes
+    "instance" (no class map has such ids). Otherwise a map votes "instance" when it holds at least :data:`MIN_INSTANCE_IDS` non-zero ids and at
     least :data:`SINGLE_REGION_SHARE` of them are each one connected region (objects); a map with
     as many ids that are split into several regions votes "semantic" (classes recur across the
     image); maps with fewer ids do not vote. The majority of votes decides; no votes: semantic.
@@ -228,8 +229,13 @@ def detect_task(gts: list[np.ndarray]) -> tuple[str, str]:
     reason : str
         One sentence for the user and the JSON.
     """
+    from napari_dgseg.core.metrics import MAX_SEMANTIC_CLASSES
+
     votes = {"instance": 0, "semantic": 0}
     for gt in gts:
+        if gt.size and int(gt.max()) > MAX_SEMANTIC_CLASSES:  # no class map has ids this large
+            votes["instance"] += 1
+            continue
         n, share = _single_region_share(gt)
         if n < MIN_INSTANCE_IDS:
             continue

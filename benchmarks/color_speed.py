@@ -9,9 +9,9 @@ torch transfer on CUDA when a GPU is present.
     python benchmarks/color_speed.py [--size 4096] [--repeat 3] [--threads 1 2] [--figure PNG] \
         [--out benchmarks/results/color_speed.json]
 
-With several ``--threads`` values the torch timings for each thread count are interleaved in every
-repeat (1, 2, 1, 2, ...), so changes in the machine's load hit all thread counts alike; the numpy
-reference is timed once (its BLAS threads follow ``OMP_NUM_THREADS``, recorded in the JSON).
+Every repeat times, in turn, the torch transfer and ``normalize_colors`` for each ``--threads``
+value and then the two numpy references, so changes in the machine's load hit all of them alike;
+the numpy BLAS threads follow ``OMP_NUM_THREADS`` (recorded in the JSON).
 
 The JSON records the load average before and after the run (``os.getloadavg``), so a timing taken
 on a busy machine can be recognised as such.
@@ -126,20 +126,19 @@ def main() -> None:
             return transfer(tensor, t_mean, t_std, r_mean, r_std)
 
     best = {t: {"torch": float("inf"), "norm": float("inf")} for t in threads}
-    out_t = None
-    for _ in range(args.repeat):
+    np64_s = np32_s = float("inf")
+    out_t = out_64 = out_32 = None
+    rgb64 = rgb.astype(np.float64)
+    for _ in range(args.repeat):  # every timing once per round, so load drift hits all alike
         for t in threads:
             torch.set_num_threads(t)
             torch_s, out_t = best_time(run_torch, 1)
             norm_s, _ = best_time(lambda: normalize_colors(img8, (r_mean, r_std)), 1)
             best[t]["torch"] = min(best[t]["torch"], torch_s)
             best[t]["norm"] = min(best[t]["norm"], norm_s)
-    np64_s, out_64 = best_time(
-        lambda: numpy_transfer(rgb.astype(np.float64), t_mean, t_std, r_mean, r_std), args.repeat
-    )
-    np32_s, out_32 = best_time(
-        lambda: numpy_transfer(rgb, t_mean, t_std, r_mean, r_std), args.repeat
-    )
+        s64, out_64 = best_time(lambda: numpy_transfer(rgb64, t_mean, t_std, r_mean, r_std), 1)
+        s32, out_32 = best_time(lambda: numpy_transfer(rgb, t_mean, t_std, r_mean, r_std), 1)
+        np64_s, np32_s = min(np64_s, s64), min(np32_s, s32)
     ours = out_t.permute(1, 2, 0).numpy()
     report = {
         "benchmark": "color_speed",

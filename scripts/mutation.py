@@ -15,6 +15,11 @@ How to use (from the repository root, with the project venv)::
     # list the modules and their test files
     .venv/bin/python scripts/mutation.py --list
 
+If mutmut stops with "failed to collect stats", a selected test fails WITHOUT any mutant (for
+example a test of an old commit against today's source): run that test file by hand in the copy
+named in the message, and leave the failing test out with ``--deselect NODEID`` (recorded in the
+JSON).
+
 When you add tests for a core module: add the test file to that module's entry in
 ``scripts/mutation_modules.toml``, run ``scripts/mutation.py <module> --label after``, read the
 surviving mutants in ``benchmarks/results/mutation/<module>_after.json`` (each with its diff),
@@ -113,7 +118,8 @@ def git(*args: str) -> bytes:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True).stdout
 
 
-def make_copy(key: str, entry: dict, tests_from: str | None, label: str) -> tuple[Path, list[str]]:
+def make_copy(key: str, entry: dict, tests_from: str | None, label: str,
+              extra_deselect: list[str] | None = None) -> tuple[Path, list[str]]:
     """Build the throw-away copy for one module and return it with the test files used."""
     # A fresh folder per run: several people may run the same module at the same time.
     (WORK / label).mkdir(parents=True, exist_ok=True)
@@ -134,23 +140,52 @@ def make_copy(key: str, entry: dict, tests_from: str | None, label: str) -> tupl
     if not tests:
         log(f"{key}: none of its test files exist in this test tree; every mutant counts as "
             "'no tests' (mutmut is run with an empty selection only to generate the mutants)")
-    deselect = list(load_settings().get("deselect", [])) + list(entry.get("deselect", []))
+    deselect = deselected(entry, extra_deselect)
     extra = "".join(f', "--deselect", "{d}"' for d in deselect)
     cfg = (ROOT / "pyproject.toml").read_text()
     cfg += (
         "\n[tool.mutmut]\n"
         'source_paths = ["src"]\n'
         f'only_mutate = ["{entry["source"]}"]\n'
-        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow and not gui"'
+        'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow and not gui", '
+        f'"-p", "{ORDER_PLUGIN}"'
         f"{extra}]\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests or ['tests/conftest.py'])}\n"
         'process_isolation = "forkserver"\n'
         "timeout_constant = 2.0\n"
     )
     (dest / "pyproject.toml").write_text(cfg)
+    (dest / "src" / f"{ORDER_PLUGIN}.py").write_text(_ORDER_PLUGIN_SOURCE)
     # Exists before the interpreter starts, so sys.path keeps it (see module docstring).
     (dest / "mutants" / "src").mkdir(parents=True)
     return dest, tests
+
+
+# A pytest plugin written into the copy only: run a mutant's tests fastest first (durations from
+# mutmut's clean run), so that with pytest -x a mutant a quick test kills does not first pay for
+# a slow one. Outcomes do not change, only the time to reach them.
+ORDER_PLUGIN = "_dgseg_mutation_order"
+_ORDER_PLUGIN_SOURCE = '''"""Order tests by their duration in mutmut's clean run (written by scripts/mutation.py)."""
+import json
+from pathlib import Path
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for stats in (Path.cwd() / "mutmut-stats.json", Path.cwd() / "mutants" / "mutmut-stats.json"):
+        if stats.exists():
+            try:
+                dur = json.loads(stats.read_text()).get("duration_by_test", {})
+            except ValueError:
+                return
+            items.sort(key=lambda item: dur.get(item.nodeid, 0.0))
+            return
+'''
+
+
+def deselected(entry: dict, extra: list[str] | None = None) -> list[str]:
+    """Node ids left out of a module's run: shared list, the module's own, then this run's."""
+    return (list(load_settings().get("deselect", [])) + list(entry.get("deselect", []))
+            + list(extra or []))
 
 
 def mutmut_env(copy: Path) -> dict[str, str]:
@@ -228,9 +263,9 @@ def diffs(copy: Path, names: list[str]) -> dict[str, str]:
 
 
 def run_module(key: str, entry: dict, tests_from: str | None, label: str,
-               max_children: int) -> dict:
+               max_children: int, extra_deselect: list[str] | None = None) -> dict:
     """Run mutmut on one module and write its JSON result; return the result."""
-    copy, tests = make_copy(key, entry, tests_from, label)
+    copy, tests = make_copy(key, entry, tests_from, label, extra_deselect)
     log(f"{key}: mutating {entry['source']} with {', '.join(tests)} in {copy}")
     t0 = time.perf_counter()
     with open(copy / "mutmut.log", "w") as fh:
@@ -265,8 +300,10 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
     if not status or all(s == "not checked" for s in status.values()):
         tail = (copy / "mutmut.log").read_text(errors="replace").replace("\r", "\n")
         tail = "\n".join(line for line in tail.splitlines()[-15:] if line.strip())
+        hint = ("\na selected test fails without any mutant: find it with pytest in the copy and "
+                "leave it out with --deselect NODEID") if "failed to collect stats" in tail else ""
         raise SystemExit(f"{key}: mutmut produced no results (exit {proc.returncode}); "
-                         f"see {copy}/mutmut.log:\n{tail}")
+                         f"see {copy}/mutmut.log:\n{tail}{hint}")
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s] = counts.get(s, 0) + 1
@@ -282,6 +319,7 @@ def run_module(key: str, entry: dict, tests_from: str | None, label: str,
         "source": entry["source"],
         "label": label,
         "tests": tests,
+        "deselected": deselected(entry, extra_deselect),
         "tests_from": tests_from or "working tree",
         "source_commit": git("rev-parse", "--short", "HEAD").decode().strip(),
         "source_sha1": git("hash-object", entry["source"]).decode().strip(),
@@ -336,6 +374,7 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
     rows = ["| module | mutants | killed before | score before | killed after | score after "
             "| survivors accepted | run time before / after |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    changed = False
     for key in modules:
         res = {lab: json.loads(p.read_text()) for lab in ("before", "after")
                if (p := RESULTS / f"{key}_{lab}.json").exists()}
@@ -356,11 +395,17 @@ def render_table(modules: dict[str, dict]) -> tuple[str, str]:
 
         kb, sb = cells("before")
         ka, sa = cells("after")
-        rows.append(f"| `{modules[key]['source'].removeprefix('src/napari_dgseg/')}` | {total} "
+        shas = {r.get("source_sha1") for r in res.values()}
+        mark = " †" if len(shas) > 1 else ""
+        changed = changed or bool(mark)
+        rows.append(f"| `{modules[key]['source'].removeprefix('src/napari_dgseg/')}`{mark} | {total} "
                     f"| {kb} | {sb} | {ka} | {sa} | {n_acc} | {_mins(res.get('before'))} / "
                     f"{_mins(res.get('after'))} |")
     acc = [f"- `{n}`: {reason}" for n, reason in sorted(accepted_all.items(), key=lambda kv:
                                                         _natural(kv[0]))]
+    if changed:
+        rows += ["", "† The source file changed between the before and the after run (different "
+                 "`source_sha1`), so the two runs mutated different code; rerun the older one."]
     rows += ["", "Reproduce: `python scripts/mutation.py --all --label after` (\"before\": add "
              "`--tests-from 86736be --label before`)"]
     return "\n".join(rows), "\n".join(acc) if acc else "_None yet._"
@@ -406,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="result label (file <module>_<label>.json); default: after")
     ap.add_argument("--max-children", type=int, default=2,
                     help="parallel mutant workers (default 2)")
+    ap.add_argument("--deselect", action="append", metavar="NODEID",
+                    help="leave this test out of this run too (repeatable; recorded in the JSON), "
+                         "e.g. a test of an old commit that fails on the current source")
     ap.add_argument("--table-only", action="store_true",
                     help="only regenerate the table in docs/testing.md from the JSON files")
     ap.add_argument("--list", action="store_true", help="list modules and their test files")
@@ -432,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for key in keys:
         try:
-            res = run_module(key, modules[key], args.tests_from, args.label, args.max_children)
+            res = run_module(key, modules[key], args.tests_from, args.label, args.max_children,
+                             args.deselect)
         except SystemExit as exc:
             log(str(exc))
             failed.append(key)

@@ -48,6 +48,7 @@ def _targets(n=2):
     return [s.image for s in _domain(n, (150, 70, 90), 100)]
 
 
+@pytest.mark.slow
 def test_adapt_makes_new_bundle_with_provenance_and_leaves_parent(parent_file, tmp_path):
     before = parent_file.read_bytes()
     parent = load_bundle(parent_file)

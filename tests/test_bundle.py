@@ -227,6 +227,7 @@ def test_looks_like_pickle_cases():
         assert _looks_like_pickle(pickle.dumps({"a": 1}, protocol=proto))
     assert not _looks_like_pickle(b"\x80\x01rest") and not _looks_like_pickle(b"\x80\x06rest")
     assert not _looks_like_pickle(b"\x80") and not _looks_like_pickle(b"")
+    assert _looks_like_pickle(b"\x80\x02") and _looks_like_pickle(b"\x80\x05")
     buf = io.BytesIO()
     torch.save({"w": torch.zeros(1)}, buf)
     assert _looks_like_pickle(buf.getvalue())
@@ -481,3 +482,125 @@ def test_list_bundles_marks_files_without_a_readable_manifest(tiny_bundle):
     assert sorted(reasons) == ["badjson", "latin", "nomanifest"]
     assert "no bundle.json" in reasons["nomanifest"] and "not valid JSON" in reasons["badjson"]
     assert all("\n" not in why for why in reasons.values())
+
+
+def test_list_bundles_defaults_for_a_minimal_manifest():
+    from napari_dgseg.core.bundle import user_dir
+
+    user_dir().mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
+        zf.writestr(MANIFEST, json.dumps({"family": "unet"}))
+    row = next(r for r in list_bundles() if r["name"] == "bare")
+    assert row == {"name": "bare", "family": "unet", "task": "", "classes": [], "where": "user",
+                   "path": str(user_dir() / "bare.dgseg"), "description": "", "val_metrics": {}}
+    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
+        zf.writestr(MANIFEST, json.dumps({"family": "unet", "provenance": {"seed": 1}}))
+    row = next(r for r in list_bundles() if r["name"] == "bare")
+    assert row["val_metrics"] == {}
+
+
+def test_predict_delegates_with_its_arguments(tiny_bundle):
+    from napari_dgseg.core.inference import predict_bundle
+
+    img = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    got = tiny_bundle.predict(img, tile=32, overlap=8)
+    ref = predict_bundle(tiny_bundle, img, tile=32, overlap=8)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.probabilities, ref.probabilities)
+    assert got.labels.shape == (40, 56)
+    assert got.provenance["tile"] == 32 and got.provenance["overlap"] == 8
+
+
+def test_convert_reads_weights_only_on_cpu_and_strictly(tmp_path, monkeypatch):
+    """The security and fit properties of conversion, checked where they are decided."""
+    model = get_family("unet").build_model({"widths": [8, 16]})
+    ckpt = tmp_path / "net.pt"
+    torch.save(model.state_dict(), ckpt)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    b = convert_checkpoint(ckpt, "unet", config={"widths": [8, 16]})
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+    assert b.manifest["task"] == ""
+    # an extra or a missing tensor is refused (strict loading), with torch's first line
+    for edit in ("extra", "missing"):
+        state = dict(model.state_dict())
+        if edit == "extra":
+            state["extra.weight"] = torch.zeros(1)
+        else:
+            state.pop(next(iter(state)))
+        torch.save(state, ckpt)
+        with pytest.raises(BundleError) as info:
+            convert_checkpoint(ckpt, "unet", config={"widths": [8, 16]})
+        msg = str(info.value)
+        assert "Error(s) in loading state_dict for UNet" in msg and "Pass the matching --config" in msg
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(BundleError) as info:
+        convert_checkpoint(garbage, "unet")
+    msg = str(info.value)
+    assert "(Weights only load failed." in msg and "\n" not in msg
+    assert msg.endswith("only checkpoints holding plain tensors can be converted")
+
+
+def test_read_bundle_bytes_default_source_name(tiny_bundle):
+    with pytest.raises(BundleError, match=r"^<bytes> is not a bundle"):
+        read_bundle_bytes(b"plain text")
+
+
+def test_list_bundles_without_shipped_folder(tiny_bundle, monkeypatch, tmp_path):
+    import napari_dgseg.core.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "shipped_dir", lambda: tmp_path / "no-shipped-models")
+    tiny_bundle.save(bundle_mod.user_dir() / "mine.dgseg")
+    assert [(r["name"], r["where"]) for r in list_bundles()] == [("mine", "user")]
+
+
+def test_save_writes_a_hidden_temporary_file_next_to_the_target(tiny_bundle, tmp_path, monkeypatch):
+    """Atomic save: the data go to ``.NAME.dgseg.<random>.tmp`` in the target's folder (same
+    file system, so the final ``os.replace`` is atomic), which then replaces the target."""
+    import os
+
+    import napari_dgseg.core.bundle as bundle_mod
+
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append((str(src), str(dst), open(src, "rb").read()))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_mod.os, "replace", spy)
+    target = tmp_path / "sub" / "m.dgseg"
+    tiny_bundle.save(target)
+    (src, dst, data), = seen
+    assert dst == str(target) and os.path.dirname(src) == str(target.parent)
+    name = os.path.basename(src)
+    assert name.startswith(".m.dgseg.") and name.endswith(".tmp") and len(name) > len(".m.dgseg..tmp")
+    assert data == target.read_bytes() and not os.path.exists(src)
+
+
+def test_archive_format_details(tiny_bundle):
+    """What other tools see: an indented manifest in schema order, safetensors tagged as torch
+    tensors ("format": "pt"), members deflated at level 6."""
+    import struct
+    import zlib
+
+    tiny_bundle.set_extra("bank", {"h": torch.ones(3)})
+    data = tiny_bundle.to_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        text = zf.read(MANIFEST).decode()
+        assert text == json.dumps(tiny_bundle.manifest, indent=2)
+        assert list(json.loads(text))[:3] == ["schema", "schema_version", "name"]
+        for info in zf.infolist():
+            raw = zf.read(info.filename)
+            comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+            assert info.compress_size == len(comp.compress(raw) + comp.flush()), info.filename
+            if info.filename.endswith(".safetensors"):
+                (n,) = struct.unpack("<Q", raw[:8])
+                assert json.loads(raw[8 : 8 + n])["__metadata__"] == {"format": "pt"}

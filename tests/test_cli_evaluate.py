@@ -172,6 +172,7 @@ def test_bad_mask_and_classes(tmp_path, capsys):
     assert "--num-classes 41" in msg and "gt.tif" in msg
 
 
+@pytest.mark.slow
 def test_console_script(tmp_path):
     tifffile.imwrite(tmp_path / "gt.tif", _inst())
     tifffile.imwrite(tmp_path / "pred.tif", _inst(shift=1))

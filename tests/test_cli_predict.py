@@ -74,6 +74,7 @@ def test_train_info_bank_convert_cli(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_models():
     exe = Path(sys.executable).with_name("dgseg")
     if not exe.exists():

@@ -67,6 +67,7 @@ def widget(make_napari_viewer, qtbot, sqvae_dir, monkeypatch):
     return w
 
 
+@pytest.mark.slow
 def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
     from napari_dgseg.core.codebook import code_groups_np, group_colors
 
@@ -108,6 +109,7 @@ def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
     assert sum(1 for lyr in viewer.layers if lyr.name == name) == 1
 
 
+@pytest.mark.slow
 def test_out_of_domain_image_is_flagged(widget):
     """An image whose codes the training data never used gets the warning (display test: the
     score's behaviour on real domains is tested with a trained model in test_sqvae.py)."""
@@ -136,6 +138,7 @@ def test_out_of_domain_image_is_flagged(widget):
     assert "Out of domain" in widget.score_label.text()
 
 
+@pytest.mark.slow
 def test_large_image_runs_in_a_worker_without_freezing(widget, qtbot):
     """The GUI event loop keeps running while the worker segments a 2048 px image.
 
@@ -165,6 +168,7 @@ def test_large_image_runs_in_a_worker_without_freezing(widget, qtbot):
     assert len(set(during)) >= 2, f"ticks saw one progress value only: {sorted(set(during))}"
 
 
+@pytest.mark.slow
 def test_cancel_leaves_no_layer(widget, qtbot):
     viewer = widget.viewer
     viewer.add_image(np.zeros((1024, 1024, 3), np.uint8), name="c", rgb=True)

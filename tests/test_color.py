@@ -96,6 +96,7 @@ def smooth_image(seed: int, h: int = 48, w: int = 40, lo: float = 0.15, hi: floa
 
 
 # ---------------------------------------------------------------------------------------- transforms
+@pytest.mark.slow
 def test_reinhard_round_trip_all_8bit_colours():
     """Every one of the 256**3 colours survives RGB -> l-alpha-beta -> RGB in float32 (< 1e-4)."""
     v = torch.arange(256, dtype=torch.float32) / 255.0

@@ -104,6 +104,26 @@ def test_reference_matrices_transcribed_from_the_paper():
     np.testing.assert_allclose(LAB_TO_LOG @ LOG_TO_LAB, np.eye(3), atol=1e-15)
 
 
+def test_module_matrices_equal_the_published_ones():
+    """The float64 matrices the transforms are built from: Reinhard 2001 and sRGB/D65."""
+    from napari_dgseg.core.color.transforms import _matrices
+
+    m = _matrices()
+    want = {
+        "rgb_to_lms": RGB_TO_LMS,
+        "lms_to_rgb": np.linalg.inv(RGB_TO_LMS),
+        "loglms_to_lab": LOG_TO_LAB,
+        "lab_to_loglms": LAB_TO_LOG,
+        "rgb_to_xyz": SRGB_TO_XYZ,
+        "xyz_to_rgb": np.linalg.inv(SRGB_TO_XYZ),
+    }
+    assert set(m) == set(want)
+    for key, value in want.items():
+        assert m[key].dtype == torch.float64, key
+        # inverses computed by torch vs numpy LAPACK: a few ulps of entries up to ~5
+        np.testing.assert_allclose(m[key].numpy(), value, rtol=0, atol=1e-13, err_msg=key)
+
+
 @pytest.mark.parametrize("colours", ALL_COLOURS)
 def test_lab_reinhard_forward_and_inverse_equal_paper_float64(colours):
     # float64 on both sides, same operations in a different order: differences are rounding,
@@ -146,6 +166,12 @@ def test_lab_reinhard_black_uses_eps_and_custom_eps():
     np.testing.assert_allclose(lab, [np.sqrt(3) * -6.0, 0.0, 0.0], atol=1e-12)
     lab3 = to_np(rgb_to_lab_reinhard(black, eps=1e-3))[0, 0]
     np.testing.assert_allclose(lab3, [np.sqrt(3) * -3.0, 0.0, 0.0], atol=1e-12)
+    # the module form passes its eps on
+    from napari_dgseg.core.color.transforms import RgbToLabReinhard
+
+    np.testing.assert_allclose(to_np(RgbToLabReinhard(eps=1e-3)(black))[0, 0],
+                               [np.sqrt(3) * -3.0, 0.0, 0.0], atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(to_np(RgbToLabReinhard()(black))[0, 0], lab, atol=1e-12)
     # eps only guards values below it: a dark colour is unchanged by eps=1e-6
     dark = np.full((1, 1, 3), 1 / 255)
     np.testing.assert_allclose(
@@ -227,6 +253,21 @@ def test_srgb_knee_uses_the_linear_segment():
     np.testing.assert_allclose(ours, ref_rgb_to_cielab(knee), rtol=0, atol=1e-10)
     power = ((0.04045 + 0.055) / 1.055) ** 2.4
     assert abs(power - 0.04045 / 12.92) > 1e-9  # the test can tell the two branches apart
+
+
+def test_linear_to_srgb_knee_uses_the_linear_segment():
+    """IEC 61966-2-1 encoding: a linear value of exactly 0.0031308 is on the 12.92 segment.
+
+    No CIELAB input lands on that value exactly, so the private helper is called directly; the
+    two branches differ there by 3e-8.
+    """
+    from napari_dgseg.core.color.transforms import _linear_to_srgb
+
+    knee = torch.tensor([0.0031308, 0.5], dtype=torch.float64)
+    out = _linear_to_srgb(knee).numpy()
+    assert out[0] == pytest.approx(12.92 * 0.0031308, abs=1e-15)
+    assert out[1] == pytest.approx(1.055 * 0.5 ** (1 / 2.4) - 0.055, abs=1e-15)
+    assert abs(1.055 * 0.0031308 ** (1 / 2.4) - 0.055 - 12.92 * 0.0031308) > 1e-8
 
 
 @pytest.mark.parametrize("colours", ALL_COLOURS)
@@ -606,3 +647,118 @@ def test_normalize_colors_reference_as_lazy_array():
     want = normalize_colors(img, ref)
     np.testing.assert_array_equal(normalize_colors(img, da.from_array(ref, chunks=8)), want)
     assert np.abs(want.astype(int) - img).max() > 10  # the reference really changed the image
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_transfer_clips_out_of_gamut_results(space):
+    """A reference far brighter / more saturated than the gamut allows: clipped to [0, 1]."""
+    x = to_t(TARGET)
+    t_mean, t_std = _working_stats(TARGET, space)
+    if space == "lab-reinhard":
+        r_mean, r_std = t_mean + np.array([0.4, 0.0, 0.0]), t_std * np.array([1.0, 6.0, 6.0])
+        unclipped = ref_lab_to_rgb_unclipped((ref_rgb_to_lab(TARGET) - t_mean) / t_std * r_std
+                                             + r_mean)  # fmt: skip
+    else:
+        r_mean, r_std = t_mean + np.array([40.0, 0.0, 0.0]), t_std * np.array([1.0, 8.0, 8.0])
+        unclipped = None
+    out = to_np(transfer(x, t_mean, t_std, r_mean, r_std, space=space))
+    assert out.min() == 0.0 and out.max() == 1.0  # both bounds reached, nothing beyond
+    if unclipped is not None:
+        assert unclipped.min() < -0.01 and unclipped.max() > 1.01
+        np.testing.assert_allclose(out, np.clip(unclipped, 0, 1), rtol=0, atol=1e-10)
+
+
+def ref_lab_to_rgb_unclipped(lab: np.ndarray) -> np.ndarray:
+    lms = 10.0 ** np.einsum("ij,...j->...i", LAB_TO_LOG, lab)
+    return np.einsum("ij,...j->...i", np.linalg.inv(RGB_TO_LMS), lms)
+
+
+def test_color_stats_single_pixel_mask():
+    x = to_t(TARGET)
+    mask = torch.zeros(TARGET.shape[:2], dtype=torch.bool)
+    mask[5, 7] = True  # weight sum exactly 1: not empty
+    mean, std = color_stats(x, mask=mask)
+    np.testing.assert_allclose(mean.numpy(), ref_rgb_to_lab(TARGET[5, 7]), atol=1e-12)
+    np.testing.assert_allclose(std.numpy(), STD_FLOOR, rtol=1e-6)  # one pixel: floored
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_normalize_colors_matches_reference_statistics_in_its_space(space):
+    """The numpy front door in each space: output statistics (in that space) equal the reference's."""
+    from napari_dgseg.core.color.tissue import image_color_stats
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = (TARGET * 255).round().astype(np.uint8)
+    ref = (REFERENCE * 255).round().astype(np.uint8)
+    out = normalize_colors(img, ref, space=space, tissue_only=False)
+    m_out, s_out = image_color_stats(out, space=space, tissue_only=False)
+    m_ref, s_ref = image_color_stats(ref, space=space, tissue_only=False)
+    m_in, _ = image_color_stats(img, space=space, tissue_only=False)
+    # uint8 output: rounding moves a pixel by <= 0.5/255, i.e. ~0.002 in l-alpha-beta and
+    # ~0.3 in CIELAB units; 2 % of the initial mean gap is far above that and far below the gap
+    tol = 0.02 * np.abs(m_in - m_ref).max()
+    np.testing.assert_allclose(m_out, m_ref, atol=tol)
+    np.testing.assert_allclose(s_out, s_ref, atol=tol)
+
+
+def test_reference_pair_with_non_numeric_std():
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = (TARGET * 255).round().astype(np.uint8)
+    msg = _message(normalize_colors, img, ([0.0, 0.0, 0.0], ["a", "b", "c"]))
+    assert msg.startswith("reference pair must be (mean, std) with 3 numbers each; could not "
+                          "read it as numbers (")  # fmt: skip
+
+
+def _slide(seed: int, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """White background with a textured tissue block (uint8)."""
+    img = np.full((90, 120, 3), 245, np.uint8)
+    block = _smooth(seed, 0.25, 0.7, tint=tint, h=50, w=70)
+    img[20:70, 25:95] = (block * 255).round().astype(np.uint8)
+    return img
+
+
+def test_normalize_colors_tissue_only_switch():
+    """tissue_only=False takes the white background into the statistics; True leaves it out."""
+    from napari_dgseg.core.color.tissue import image_color_stats
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    img = _slide(3, tint=(0.8, 0.9, 1.0))
+    # reference given as statistics, so only the image's statistics depend on the switch
+    ref = image_color_stats(_slide(4, tint=(1.0, 0.8, 0.8)))
+    out_all = normalize_colors(img, ref, tissue_only=False)
+    out_tissue = normalize_colors(img, ref, tissue_only=True)
+    assert np.abs(out_all.astype(int) - out_tissue).max() > 10
+    r_mean, r_std = ref
+    t_mean, t_std = image_color_stats(img, tissue_only=False)
+    want = transfer(to_t(img.astype(np.float64) / 255, torch.float32), t_mean, t_std, r_mean,
+                    r_std)  # fmt: skip
+    want = np.round(to_np(want) * 255)
+    assert np.abs(out_all.astype(float) - want).max() <= 1  # uint8 rounding
+
+
+def test_normalize_colors_warning_points_at_the_caller():
+    from napari_dgseg.core.color.transfer import NormalizationSkippedWarning, normalize_colors
+
+    with pytest.warns(NormalizationSkippedWarning) as rec:
+        normalize_colors(np.full((16, 16, 3), 255, np.uint8), _slide(5))
+    assert rec[0].filename == __file__  # stacklevel 2: the user's line, not transfer.py
+
+
+def test_normalize_colors_row_blocks_cover_every_row(monkeypatch):
+    from napari_dgseg.core.color import transfer as transfer_mod
+
+    img, ref, decoy = _slide(6), _slide(7, tint=(1.0, 0.8, 0.8)), _slide(8, tint=(0.7, 1, 1))
+    whole = transfer_mod.normalize_colors(img, ref)
+    monkeypatch.setattr(transfer_mod, "_BLOCK_PIXELS", 7 * 120)  # 7-row blocks
+    # a decoy of the same size first, so that a block left unwritten would show other values
+    transfer_mod.normalize_colors(decoy, ref)
+    np.testing.assert_array_equal(transfer_mod.normalize_colors(img, ref), whole)
+
+
+def test_color_stats_keep_the_image_dtype_with_any_mask_dtype():
+    x = to_t(TARGET, torch.float32)
+    for mask in (torch.ones(TARGET.shape[:2], dtype=torch.float64),
+                 torch.ones(TARGET.shape[:2], dtype=torch.bool)):  # fmt: skip
+        mean, std = color_stats(x, mask=mask)
+        assert mean.dtype == torch.float32 and std.dtype == torch.float32

@@ -225,6 +225,12 @@ def test_bank_space_and_missing_names(tiny_bundle):
     _install_bank(tiny_bundle, target, names=None, space="cielab")
     plan = plan_dcin(tiny_bundle, ImageAdapter.from_array(target), "gris")
     assert plan.space == "cielab" and plan.provenance()["space"] == "cielab"
+    for mode in ("none", "auto"):  # the space is recorded for every mode
+        assert plan_dcin(tiny_bundle, ImageAdapter.from_array(target), mode).space == "cielab"
+    white = ImageAdapter.from_array(np.full((32, 32, 3), 250, np.uint8))
+    assert plan_dcin(tiny_bundle, white, "gris").space == "cielab"
+    flat = ImageAdapter.from_array(np.full((32, 32, 3), (120, 60, 140), np.uint8))
+    assert plan_dcin(tiny_bundle, flat, "gris").space == "cielab"
     assert plan.references[0]["reference"] == f"training image #{GRIS}"
     x, t_mean, t_std, want = _expected_branch_output(
         target, BANK_MEAN[GRIS], BANK_STD[GRIS], space="cielab"
@@ -256,7 +262,9 @@ def test_blank_and_flat_images_are_not_normalised(setup, mode):
     assert plan.branches[0](x) is x
     flat = np.full((64, 64, 3), (120, 60, 140), np.uint8)
     plan = plan_dcin(bundle, ImageAdapter.from_array(flat), mode, reference=ref)
-    assert plan.mode == "none" and plan.notice == f"DCIN {resolved} skipped: the image is a single flat colour"
+    assert plan.mode == "none" and plan.references == [] and plan.target_mean is None
+    assert plan.notice == f"DCIN {resolved} skipped: the image is a single flat colour"
+    assert len(plan.branches) == 1 and plan.branches[0](x) is x
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -132,6 +132,17 @@ def test_hv_targets_ids_dtypes_and_batch_independence():
     assert int(np_t[0, 0, 0]) == 0 and int(np_t[0, 5, 5]) == 1
 
 
+def test_hv_targets_stay_on_the_input_device():
+    """Every tensor is made on the input's device: a different default device (as after
+    ``torch.set_default_device("cuda")``; "meta" here) changes nothing."""
+    inst = torch.from_numpy(np.stack([ellipses(32, 4, 1), ellipses(32, 4, 2)]))
+    expected = hv_targets(inst)
+    with torch.device("meta"):
+        got = hv_targets(inst)
+    assert got.device.type == "cpu" and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 def test_hv_targets_empty_and_bad_shape():
     assert hv_targets(torch.zeros(2, 8, 8, dtype=torch.long)).abs().sum() == 0
     with pytest.raises(ValueError, match="B, H, W"):

@@ -42,7 +42,10 @@ from napari_dgseg.core.families.hovernet.postprocess import (
 )
 
 DATA = Path(__file__).parent / "data"
-CASES = ("touching_clean", "touching_noisy", "border_noisy", "thin_nucleus")
+CASES = (
+    "touching_clean", "touching_noisy", "border_noisy", "border_sobel_h", "border_sobel_v",
+    "thin_nucleus",
+)
 
 
 # ----------------------------------------------------------------------------- independent implementation
@@ -266,6 +269,9 @@ def test_package_small_object_removal_by_hand():
     np.testing.assert_array_equal(out[lab == 2], 2)
     assert _remove_small(lab, 1) is lab  # nothing is smaller than 1 px
     assert not _remove_small(np.zeros((3, 3), np.int32), 10).any()
+    single = np.zeros((6, 6), np.int32)
+    single[1:3, 1:3] = 1  # the only label, 4 px: removed too
+    assert not _remove_small(single, 10).any()
     np.testing.assert_array_equal(_remove_small(lab, 2), np.where(lab == 4, 0, lab))
 
 
@@ -279,3 +285,30 @@ def test_sobel_kernel_sizes_by_hand():
     for bad in (1, 2, 4, 20):
         with pytest.raises(ValueError, match=f"odd and >= 3, got {bad}"):
             sobel_kernels(bad)
+
+
+def test_inputs_are_read_as_float32():
+    """float16 / float64 inputs give exactly what their float32 cast gives."""
+    with np.load(DATA / "hovernet_touching_noisy.npz") as z:
+        p16, hv16 = z["np_prob"], z["hv"]
+    p32, hv32 = p16.astype(np.float32), hv16.astype(np.float32)
+    expected = hovernet_instances(p32, hv32)
+    np.testing.assert_array_equal(hovernet_instances(p16, hv16), expected)
+    empty = hovernet_instances(np.zeros_like(p16), hv16)  # no nuclear pixel: all background
+    assert empty.dtype == np.int32 and empty.shape == p16.shape and not empty.any()
+    # 0.5 - 1e-10 is 0.5 once cast to float32, so these pixels are nuclear pixels
+    blob = p32 >= 0.5
+    p64 = np.where(blob, 0.5 - 1e-10, 0.0)
+    np.testing.assert_array_equal(
+        hovernet_instances(p64, hv32.astype(np.float64)),
+        hovernet_instances(blob.astype(np.float32), hv32),
+    )
+
+
+@pytest.mark.parametrize("name", ["thin_nucleus", "touching_clean"])
+def test_hv_maps_are_min_max_scaled(name):
+    """The h and v maps are min-max scaled first, so scaling them by a power of two (exact in
+    floating point) changes nothing, however small the resulting range."""
+    prob, hv, expected = load_case(name)
+    for scale in (0.125, 0.25, 8.0):
+        assert np.array_equal(canonical(hovernet_instances(prob, hv * scale)), expected), scale

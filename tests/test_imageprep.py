@@ -87,6 +87,11 @@ def test_float_images_outside_unit_range_are_rescaled_and_nan_inf_handled():
     assert out[3, 4] == 0.0 and out[5, 6] == 1.0 and out[7, 8] == 0.0
     mid = (img[10, 10] - np.float32(lo)) / np.float32(hi - lo)
     assert out[10, 10] == pytest.approx(mid, abs=1e-6)
+    # float data slightly above 1 is not the unit range either
+    above = np.linspace(0.0, 1.5, 64, dtype=np.float32).reshape(8, 8)
+    lo, hi = np.percentile(above.astype(np.float64), [0.5, 99.8])
+    c = ImageAdapter.from_array(above)
+    assert (c.low, c.high) == (pytest.approx(lo), pytest.approx(hi)) and c.high > 1.4
     # negative-only float data is not in [0, 1]: percentiles, not the unit range
     neg = -np.arange(64, dtype=np.float32).reshape(8, 8) / 64
     assert ImageAdapter.from_array(neg).low < 0
@@ -146,6 +151,37 @@ def test_dask_regions_read_lazily():
     np.testing.assert_allclose(a.region(5, 17, 11, 30), img[5:17, 11:30] / 255.0, atol=1e-7)
 
 
+class LazyImage:
+    """An array-like with shape and dtype (like zarr or dask) that refuses a whole-image read."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+        self.ndim = data.ndim
+        self.reads: list[tuple] = []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+    def __array__(self, dtype=None, copy=None):
+        raise AssertionError("the whole image was read at once")
+
+
+def test_array_likes_with_shape_and_dtype_are_read_region_by_region():
+    data = (np.arange(40 * 30 * 3) % 256).astype(np.uint8).reshape(40, 30, 3)
+    lazy = LazyImage(data)
+    a = ImageAdapter.from_array(lazy)
+    assert a.image is lazy and (a.height, a.width, a.channels) == (40, 30, 3)
+    np.testing.assert_allclose(a.region(4, 20, 5, 9), data[4:20, 5:9] / 255.0, atol=1e-7)
+    assert lazy.reads == [(slice(4, 20), slice(5, 9))]
+    f = LazyImage(np.linspace(0, 5000, 40 * 30).reshape(40, 30).astype(np.uint16))
+    b = ImageAdapter.from_array(f)
+    assert f.reads == [(slice(None, None, 1), slice(None, None, 1))]  # the strided sample only
+    assert b.high > b.low > 0
+
+
 def test_lists_are_accepted_as_arrays():
     a = ImageAdapter.from_array([[0, 1] * 4] * 8)
     assert (a.height, a.width, a.channels) == (8, 8, 1)
@@ -165,7 +201,7 @@ def test_lists_are_accepted_as_arrays():
     "shape,match",
     [((3, 64, 64), "channels first"), ((4, 20, 30), "channels first"), ((64, 64, 5), "expected"),
      ((64, 64, 2), "expected"), ((4, 4, 4, 3), "expected"), ((64,), "expected"),
-     ((3, 64, 4), "at least 8 x 8"),
+     ((3, 64, 4), "at least 8 x 8"), ((3, 64, 5), "channels first"),
      ((MIN_SIDE - 1, 64), "at least 8 x 8"), ((64, MIN_SIDE - 1, 3), "at least 8 x 8")],
 )
 def test_bad_shapes_give_one_clear_line(shape, match):
@@ -174,10 +210,19 @@ def test_bad_shapes_give_one_clear_line(shape, match):
     assert "\n" not in str(err.value)
 
 
+def test_too_small_message_in_full():
+    with pytest.raises(InputError) as err:
+        ImageAdapter.from_array(np.zeros((5, 64, 3), np.uint8))
+    assert str(err.value) == (
+        "image is 5 x 64 pixels; segmentation needs at least 8 x 8. Choose a larger image or region."
+    )
+
+
 def test_smallest_accepted_side_and_bad_dtypes():
     assert ImageAdapter.from_array(np.zeros((MIN_SIDE, MIN_SIDE), np.uint8)).height == MIN_SIDE
-    with pytest.raises(InputError, match="no finite pixel values"):
+    with pytest.raises(InputError) as err:
         ImageAdapter.from_array(np.full((8, 8), np.nan, np.float32))
+    assert str(err.value) == "image has no finite pixel values (all NaN or inf)"
     with pytest.raises(InputError, match="dtype complex64 is not supported"):
         ImageAdapter.from_array(np.zeros((8, 8), np.complex64))
     with pytest.raises(InputError, match="not supported"):

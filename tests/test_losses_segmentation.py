@@ -100,6 +100,18 @@ def test_255_is_ignored_by_default():
         ce_dice_loss(part, full[..., :2]).item(), abs=1e-7)
 
 
+def test_a_negative_ignore_id_works_like_any_other():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 1, (1, 3, 4, 4)).astype(np.float32)
+    target = rng.integers(0, 3, (1, 4, 4))
+    target[0, 1, :3] = -100  # torch's own default ignore id for cross-entropy
+    lt, tt = torch.from_numpy(logits), torch.from_numpy(target).long()
+    want = np_dice_loss(logits, target, ignore=-100)
+    assert soft_dice_loss(lt, tt, ignore_index=-100).item() == pytest.approx(want, abs=1e-5)
+    want += np_cross_entropy(logits, target, ignore=-100)
+    assert ce_dice_loss(lt, tt, ignore_index=-100).item() == pytest.approx(want, abs=1e-5)
+
+
 def test_single_class_uses_that_class():
     logits = torch.zeros(1, 1, 2, 2)
     target = torch.zeros(1, 2, 2, dtype=torch.long)

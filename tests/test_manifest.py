@@ -52,6 +52,7 @@ def test_npe2_validate_passes():
     assert "valid" in proc.stdout
 
 
+@pytest.mark.slow
 def test_core_imports_pull_in_no_napari_or_qt():
     result = _run_python(_IMPORT_CORE)
     assert "napari_dgseg.core.slide" in result["modules"]
@@ -60,6 +61,7 @@ def test_core_imports_pull_in_no_napari_or_qt():
     assert result["gui"] == [], f"core imported GUI modules: {result['gui']}"
 
 
+@pytest.mark.slow
 def test_opening_a_slide_pulls_in_no_napari_or_qt(tmp_path):
     code = (
         "import json, sys, numpy as np, tifffile\n"

@@ -67,6 +67,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_get_reader_refuses_what_it_cannot_read_and_never_raises(tmp_path, files):
     (tmp_path / "plain_folder").mkdir()
     (tmp_path / "scan.bmp").write_bytes(b"BM")
@@ -105,6 +106,7 @@ def test_read_paths_layer_data_for_pyramid(files):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pyramid_opens_as_multiscale_without_reading_level0_whole(
     make_napari_viewer, files, monkeypatch
 ):
@@ -123,6 +125,7 @@ def test_pyramid_opens_as_multiscale_without_reading_level0_whole(
     assert 0 < counter.counts["0"] <= level0_tiles // 8
 
 
+@pytest.mark.slow
 def test_svs_opens_with_mpp_scale(make_napari_viewer, files):
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(files["svs"]), plugin=PLUGIN)
@@ -144,6 +147,7 @@ def test_svs_opens_with_mpp_scale(make_napari_viewer, files):
         ("omezarr", True, (256, 320, 3), "ome-zarr"),
     ],
 )
+@pytest.mark.slow
 def test_formats_open_with_rgb_flag_and_metadata(make_napari_viewer, files, key, rgb, shape, fmt):
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(files[key]), plugin=PLUGIN)
@@ -169,6 +173,7 @@ def bad_files(tmp_path_factory):
 @pytest.mark.parametrize(
     "case", ["empty", "text", "truncated", "one_pixel", "five_channels", "truncated_png"]
 )
+@pytest.mark.slow
 def test_bad_file_notifies_and_adds_nothing(make_napari_viewer, files, bad_files, notes, case):
     path, phrase = bad_files[case]
     viewer = make_napari_viewer()
@@ -184,6 +189,7 @@ def test_bad_file_notifies_and_adds_nothing(make_napari_viewer, files, bad_files
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_list_of_paths_opens_the_good_ones(make_napari_viewer, files, bad_files, notes):
     viewer = make_napari_viewer()
     paths = [str(files["png"]), str(bad_files["text"][0]), str(files["svs"])]
@@ -202,6 +208,7 @@ def test_list_of_paths_opens_the_good_ones(make_napari_viewer, files, bad_files,
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_writer_round_trip_with_provenance(make_napari_viewer, tmp_path, suffix):
     from napari_dgseg import __version__
@@ -259,6 +266,7 @@ def test_foreign_labels_tiff_opens_as_image(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("key", "shape"), [("retina", (1411, 1411, 3)), ("ihc", (512, 512, 3))])
 def test_skimage_samples(make_napari_viewer, key, shape):
     viewer = make_napari_viewer()
@@ -266,6 +274,7 @@ def test_skimage_samples(make_napari_viewer, key, shape):
     assert layer.rgb and layer.data.shape == shape and layer.data.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_synthetic_samples(make_napari_viewer):
     pytest.importorskip("napari_dgseg.core.data.synthetic")
     viewer = make_napari_viewer()

@@ -300,10 +300,19 @@ def test_progress_counts_tiles_and_cancel_stops_between_batches():
     assert model.calls == []  # nothing ran
     ev = threading.Event()
     model = PerPixelLinear()
-    with pytest.raises(CancelledError, match="cancelled"):
+    with pytest.raises(CancelledError, match="^cancelled by the user$"):
         run_tiled(model, img, tile=32, overlap=8, device="cpu", batch=2, cancel=ev,
                   progress=lambda d, t: ev.set() if d >= 2 else None)
     assert len(model.calls) == 1  # stopped after the first batch
+
+
+def test_run_tiled_defaults_auto_device_and_batches_of_two():
+    model = PerPixelLinear()
+    img = coordinate_image(100, 100)
+    out = run_tiled(model, img, input_spec=IDENTITY_SPEC, tile=32, overlap=8)
+    n = len(plan_tiles(100, 100, 32, 8, PerPixelLinear.divisor))
+    assert [c[0] for c in model.calls] == [min(2, n - i) for i in range(0, n, 2)]
+    assert out["logits"].shape == (2, 100, 100)
 
 
 def test_is_cancelled_accepts_event_callable_or_none():
@@ -346,6 +355,15 @@ def test_pad_to_reflects_or_repeats_the_edge():
     col = block[:, :1]
     np.testing.assert_array_equal(
         _pad_to(col, 6, 2), np.pad(col, ((0, 1), (0, 1), (0, 0)), mode="edge"))
+    # a one-pixel-high (or -wide) block repeats its edge even along the other axis
+    np.testing.assert_array_equal(
+        _pad_to(row, 1, 7), np.pad(row, ((0, 0), (0, 3), (0, 0)), mode="edge"))
+    np.testing.assert_array_equal(
+        _pad_to(col, 8, 1), np.pad(col, ((0, 3), (0, 0), (0, 0)), mode="edge"))
+    # two pixels are enough to reflect one more
+    two = block[:2, :2]
+    np.testing.assert_array_equal(
+        _pad_to(two, 3, 3), np.pad(two, ((0, 1), (0, 1), (0, 0)), mode="reflect"))
 
 
 def test_normalise_input_hand_values():
@@ -354,6 +372,30 @@ def test_normalise_input_hand_values():
     np.testing.assert_allclose(out.flatten().numpy(), [-2.0, 0.0, 2.0])
     out = normalise_input(rgb, {"mean": [1.0, 0.0, 0.5], "std": [0.5, 2.0, 0.25]})
     np.testing.assert_allclose(out.flatten().numpy(), [-2.0, 0.25, 2.0])
+
+
+def test_normalise_input_keeps_the_input_precision():
+    rgb = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).view(1, 3, 1, 1)
+    spec = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    out = normalise_input(rgb, spec)
+    assert out.dtype == torch.float64
+    want = (np.array([0.1, 0.2, 0.3]) - np.array(spec["mean"])) / np.array(spec["std"])
+    np.testing.assert_allclose(out.flatten().numpy(), want, rtol=0, atol=1e-15)
+
+
+def test_branches_without_logits_give_no_uncertainty():
+    class MaskOnly(nn.Module):
+        divisor = 8
+        discrete_outputs = ()
+
+        def infer(self, x):
+            return {"mask": x[:, :1]}
+
+    img = coordinate_image(24, 24)
+    out = run_tiled(MaskOnly(), img, input_spec=IDENTITY_SPEC, tile=16, overlap=4, device="cpu",
+                    branches=[lambda x: x, lambda x: 3 * x])
+    assert set(out) == {"mask"}
+    np.testing.assert_allclose(out["mask"][0], 2 * img[..., 0], atol=1e-6)
 
 
 def test_semantic_postprocess_softmax_and_argmax():
@@ -457,12 +499,13 @@ def test_tiling_invariance_shipped_model():
 
 
 # ---------------------------------------------------------------- predict_bundle (inference.py)
-def toy_bundle(model: nn.Module | None = None, *, name: str = "toy"):
+def toy_bundle(model: nn.Module | None = None, *, name: str = "toy", input_spec=None):
     """A bundle around a toy network (the ``unet`` family's config is only stored)."""
     from napari_dgseg.core.bundle import Bundle
 
     return Bundle.create(model or PerPixelLinear(), "unet", {"num_classes": 2, "widths": [8, 16]},
-                         name=name, class_names=["background", "thing"], task="nuclei")
+                         name=name, class_names=["background", "thing"], task="nuclei",
+                         input_spec=input_spec)
 
 
 def _softmax0(z: np.ndarray) -> np.ndarray:
@@ -511,6 +554,22 @@ def test_predict_bundle_fields_from_an_independent_computation(tmp_path):
     prov = loaded.predict(img, tile=64, device="cpu").provenance
     assert prov["model_path"] == str(path) and prov["model_sha256"] == bundle.sha256
     assert (prov["tile"], prov["overlap"], prov["batch"]) == (64, 48, 2)  # the defaults
+
+
+def test_predict_bundle_uses_the_bundle_input_spec():
+    spec = {"mean": [0.2, 0.4, 0.6], "std": [0.5, 0.25, 2.0]}
+    img = (coordinate_image(30, 40) * 255).round().astype(np.uint8)
+    pred = toy_bundle(input_spec=spec).predict(img, tile=32, overlap=8, device="cpu")
+    x = (img.astype(np.float32) / 255.0 - np.array(spec["mean"])) / np.array(spec["std"])
+    z = np.einsum("kc,hwc->khw", PerPixelLinear.A.numpy(), x) + PerPixelLinear.b.numpy()[:, None, None]
+    np.testing.assert_allclose(pred.probabilities, _softmax0(z), rtol=0, atol=1e-5)
+
+
+def test_predict_bundle_runs_on_the_device_asked_for(monkeypatch):
+    """With a (pretend) CUDA GPU present, ``device="cpu"`` must still run on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pred = toy_bundle().predict(np.zeros((20, 20, 3), np.uint8), tile=32, overlap=8, device="cpu")
+    assert pred.provenance["device"] == "cpu"
 
 
 def test_predict_bundle_grey_16_bit_records_its_intensity_range():
@@ -589,6 +648,16 @@ def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_ima
     # without return_normalized there are no normalised images
     pred = bundle.predict(img, tile=32, overlap=8, device="cpu", dcin="full", reference="ref")
     assert pred.extras == {}
+
+
+def test_predict_bundle_refuses_a_plan_whose_references_do_not_match_its_branches(monkeypatch):
+    from napari_dgseg.core.color import dcin
+
+    monkeypatch.setattr(dcin, "plan_dcin", lambda *a: dcin.DcinPlan(
+        mode="full", branches=[lambda t: t, lambda t: t], references=[{"branch": "gris"}]))
+    with pytest.raises(ValueError, match="zip"):
+        toy_bundle().predict(np.zeros((16, 16, 3), np.uint8), tile=32, overlap=8, device="cpu",
+                             return_normalized=True)
 
 
 def test_predict_bundle_without_references_returns_no_normalized_images():

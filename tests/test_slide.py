@@ -224,6 +224,7 @@ class ChunkCounter:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pyramid_opens_lazily_and_reads_only_the_tiles_asked_for(tmp_path, monkeypatch):
     path = write_ome_pyramid(tmp_path / "slide.ome.tif", side=8192, n_levels=4)
     counter = ChunkCounter(monkeypatch)

@@ -354,6 +354,7 @@ def test_group_colors_one_hue_family_per_group():
 
 
 # ---------------------------------------------------------------- shift score on synthetic domains
+@pytest.mark.slow
 def test_training_stores_usage_and_shift_score_flags_a_new_domain(tmp_path):
     from napari_dgseg.core.bundle import load_bundle
     from napari_dgseg.core.data import synthetic

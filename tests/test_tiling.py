@@ -85,6 +85,13 @@ def test_overlap_is_capped_at_half_a_tile_and_tile_at_divisor():
     # an overlap larger than half the tile is reduced to half of it
     t = axis_tiles(1000, 256, 300, 16)
     assert t == axis_tiles(1000, 256, 128, 16)
+    assert min(t.size - g for g in np.diff(t.starts)) >= 128
+    # ... but not less: an overlap of 100 (between a third and a half of 256) is kept
+    t = axis_tiles(1000, 256, 100, 16)
+    assert min(t.size - g for g in np.diff(t.starts)) >= 100
+    # half of an odd tile is rounded down (an integer overlap)
+    assert axis_tiles(1000, 101, 60, 1) == axis_tiles(1000, 101, 50, 1)
+    assert all(isinstance(s, int) for s in axis_tiles(1000, 101, 60, 1).starts)
     # a tile smaller than the divisor becomes one divisor long
     t = axis_tiles(100, 10, 0, 16)
     assert t.size == 16 and t.starts[-1] == 100 - 16

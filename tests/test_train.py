@@ -22,6 +22,7 @@ def _samples(n=4, domain="a"):
     return out
 
 
+@pytest.mark.slow
 def test_deterministic_and_learns(tmp_path):
     seen = []
     b1 = train("unet", [_samples()], iters=40, size=64, batch=4, lr=3e-3, seed=1, config=CFG,

@@ -64,6 +64,7 @@ def widget(make_napari_viewer, qtbot, model_dir, monkeypatch):
     return w
 
 
+@pytest.mark.slow
 def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     from napari_dgseg.core.bundle import load_bundle, sha256_file
 
@@ -121,6 +122,7 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     assert widget.save(sync=True).name == f"{MODEL}-adapted-2.dgseg"
 
 
+@pytest.mark.slow
 def test_cancel_during_save_leaves_files(widget, model_dir):
     widget.select_targets(["target0"])
     widget.iters_spin.setValue(2)
@@ -138,6 +140,7 @@ def test_cancel_during_save_leaves_files(widget, model_dir):
     assert widget.save(parent_path, sync=True) is None and parent_path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_labelled_target_checkbox(widget):
     from conftest import disks_image
 
@@ -151,6 +154,7 @@ def test_labelled_target_checkbox(widget):
     assert widget.result.provenance["labelled_targets"] == ["target0"]
 
 
+@pytest.mark.slow
 def test_bad_input(widget, notes, model_dir, monkeypatch):
     widget.select_targets([])
     assert not widget.run(sync=True)

@@ -88,6 +88,7 @@ def _mode_item(widget, mode):
     return widget.dcin.mode_combo.model().item(DCIN_MODES.index(mode))
 
 
+@pytest.mark.slow
 def test_bankless_model_disables_bank_modes(make_napari_viewer, qtbot, model_dir, monkeypatch):
     w = _make_widget(make_napari_viewer, qtbot, model_dir, monkeypatch, PLAIN)
     viewer = w.viewer
@@ -123,6 +124,7 @@ def test_bankless_model_disables_bank_modes(make_napari_viewer, qtbot, model_dir
     assert w.dcin.mode() == "auto" and not _mode_item(w, "full").isEnabled()
 
 
+@pytest.mark.slow
 def test_full_mode_adds_normalized_and_uncertainty(banked, qtbot):
     w, viewer = banked, banked.viewer
     image = _shifted()
@@ -175,6 +177,7 @@ def test_full_mode_adds_normalized_and_uncertainty(banked, qtbot):
     assert not [n for n in names if n.startswith("other") and ("normalized" in n or "uncert" in n)]
 
 
+@pytest.mark.slow
 def test_reference_mode_with_a_layer(banked, notes, tmp_path):
     from napari_dgseg.core.color.tissue import image_color_stats
 
@@ -234,6 +237,7 @@ def test_reference_mode_with_a_layer(banked, notes, tmp_path):
     assert w.dcin.reference_picker.isEnabled() and w.dcin.clear_file_button.isHidden()
 
 
+@pytest.mark.slow
 def test_white_image_gives_notice_and_labels(banked, notes):
     w, viewer = banked, banked.viewer
     viewer.add_image(np.full((128, 128, 3), 255, np.uint8), name="glass", rgb=True)
@@ -252,6 +256,7 @@ def test_white_image_gives_notice_and_labels(banked, notes):
     assert f"glass uncertainty ({BANKED})" not in viewer.layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["rgba", "uint16", "grey16"])
 def test_rgba_and_16bit_images(banked, kind):
     w, viewer = banked, banked.viewer

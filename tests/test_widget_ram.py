@@ -57,6 +57,7 @@ def ram_models(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["tiny-ram", "tiny-ram-sgcg"])
 def test_ram_family_runs_in_segment_widget(
     make_napari_viewer, qtbot, ram_models, monkeypatch, model_name

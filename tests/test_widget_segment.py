@@ -65,6 +65,7 @@ def _wait(qtbot, w, timeout: int = 30000) -> None:
     qtbot.waitUntil(lambda: not w.running, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
     viewer = widget.viewer
     image = viewer.add_image(
@@ -112,6 +113,7 @@ def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
     assert [lyr.name for lyr in viewer.layers].count(name) == 1
 
 
+@pytest.mark.slow
 def test_cancel_midway_adds_nothing_and_stays_usable(widget, qtbot, notes):
     viewer = widget.viewer
     viewer.add_image(_rgb(1536, 1536, seed=1), name="big", rgb=True)
@@ -146,6 +148,7 @@ def test_cancel_midway_adds_nothing_and_stays_usable(widget, qtbot, notes):
     assert viewer.layers[f"small labels ({MODEL})"].data.shape == (64, 80)
 
 
+@pytest.mark.slow
 def test_wrong_layer_type_is_a_notification(widget, notes):
     viewer = widget.viewer
     labels = viewer.add_labels(np.zeros((50, 50), np.int32), name="masks")
@@ -159,6 +162,7 @@ def test_wrong_layer_type_is_a_notification(widget, notes):
     assert not widget.running
 
 
+@pytest.mark.slow
 def test_one_pixel_image_is_refused_clearly(widget, notes):
     viewer = widget.viewer
     viewer.add_image(np.full((1, 1), 7, np.uint8), name="dot")
@@ -171,6 +175,7 @@ def test_one_pixel_image_is_refused_clearly(widget, notes):
     assert widget.run_button.isEnabled()
 
 
+@pytest.mark.slow
 def test_grey_uint16_image(widget):
     viewer = widget.viewer
     rng = np.random.default_rng(3)
@@ -209,6 +214,7 @@ def _counting_pyramid(counter: dict, size: int = 20000, chunk: int = 1000):
     return levels
 
 
+@pytest.mark.slow
 def test_huge_image_with_drawn_rectangle(widget):
     viewer = widget.viewer
     counter = {"level0": 0}
@@ -231,6 +237,7 @@ def test_huge_image_with_drawn_rectangle(widget):
     assert counter["level0"] < 40, f"{counter['level0']} of 400 level-0 chunks were read"
 
 
+@pytest.mark.slow
 def test_current_view_region(widget):
     viewer = widget.viewer
     layer = viewer.add_image(_rgb(600, 600, seed=5), name="view", rgb=True)
@@ -286,6 +293,7 @@ def test_odd_rectangle_keeps_its_exact_size_and_place(widget, edges):
     assert viewer.layers.extent.units is not None  # no "Inconsistent units"
 
 
+@pytest.mark.slow
 def test_bad_bundle_keeps_previous_model(widget, tmp_path, notes):
     bad = tmp_path / "broken.dgseg"
     bad.write_bytes(b"not a zip at all")
@@ -340,6 +348,7 @@ def test_layer_data_for_many_classes_and_instances():
     assert summarize(inst, "instances").endswith("2 instances")
 
 
+@pytest.mark.slow
 def test_opens_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
     monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
     from napari_dgseg._napari.widgets.segment import SegmentWidget

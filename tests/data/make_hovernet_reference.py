@@ -109,6 +109,10 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "touching_clean": predicted_maps(touching_ellipses(96, 14, 0), 0.3, 0),
         "touching_noisy": predicted_maps(touching_ellipses(96, 14, 0), 1.0, 0),
         "border_noisy": predicted_maps(border_ellipses(2), 0.3, 2),
+        # two more border layouts whose labels depend on the Sobel smoothing's border rule
+        # (reflect-101) along y for the h map and along x for the v map respectively
+        "border_sobel_h": predicted_maps(border_ellipses(25), 0.5, 25),
+        "border_sobel_v": predicted_maps(border_ellipses(18), 0.5, 18),
         "thin_nucleus": thin_nucleus(),
     }
 

@@ -485,18 +485,32 @@ def test_list_bundles_marks_files_without_a_readable_manifest(tiny_bundle):
 
 
 def test_list_bundles_defaults_for_a_minimal_manifest():
-    from napari_dgseg.core.bundle import user_dir
+    """A manifest with only the required fields is listed with defaults for the rest; one
+    without a schema (an old or foreign file) is listed as broken, with the reason."""
+    from napari_dgseg.core.bundle import SCHEMA, SCHEMA_VERSION, user_dir
 
     user_dir().mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
-        zf.writestr(MANIFEST, json.dumps({"family": "unet"}))
+    path = user_dir() / "bare.dgseg"
+
+    def write(manifest):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest))
+            zf.writestr(WEIGHTS, b"")
+
+    required = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "family": "unet",
+                "config": {}, "files": {WEIGHTS: "0" * 64}}
+    write(required)
     row = next(r for r in list_bundles() if r["name"] == "bare")
     assert row == {"name": "bare", "family": "unet", "task": "", "classes": [], "where": "user",
-                   "path": str(user_dir() / "bare.dgseg"), "description": "", "val_metrics": {}}
-    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
-        zf.writestr(MANIFEST, json.dumps({"family": "unet", "provenance": {"seed": 1}}))
+                   "path": str(path), "description": "", "val_metrics": {}}
+    write({**required, "provenance": {"seed": 1}})
     row = next(r for r in list_bundles() if r["name"] == "bare")
-    assert row["val_metrics"] == {}
+    assert row["val_metrics"] == {} and "broken" not in row
+    write({"family": "unet", "files": {WEIGHTS: "0" * 64}})
+    row = next(r for r in list_bundles() if r["name"] == "bare")
+    assert row == {"name": "bare", "family": None, "task": "", "classes": [], "where": "user",
+                   "path": str(path), "description": "", "val_metrics": {},
+                   "broken": f"{path}: unknown bundle schema None; expected {SCHEMA!r}"}
 
 
 def test_predict_delegates_with_its_arguments(tiny_bundle):
@@ -562,27 +576,37 @@ def test_list_bundles_without_shipped_folder(tiny_bundle, monkeypatch, tmp_path)
 
 
 def test_save_writes_a_hidden_temporary_file_next_to_the_target(tiny_bundle, tmp_path, monkeypatch):
-    """Atomic save: the data go to ``.NAME.dgseg.<random>.tmp`` in the target's folder (same
-    file system, so the final ``os.replace`` is atomic), which then replaces the target."""
+    """Atomic save: the data go to ``.dgseg-tmp-<pid>-NAME.dgseg.<random>.tmp`` in the target's
+    folder (same file system). A new file is then hard-linked into place (``os.link`` fails if
+    the target appeared meanwhile, so nothing is ever replaced without ``overwrite``); with
+    ``overwrite=True`` the temporary file replaces the target (``os.replace``, atomic)."""
     import os
 
-    import napari_dgseg.core.bundle as bundle_mod
+    import napari_dgseg.core.atomic as atomic_mod
 
     seen = []
-    real_replace = os.replace
+    real_replace, real_link = os.replace, os.link
 
-    def spy(src, dst):
-        seen.append((str(src), str(dst), open(src, "rb").read()))
-        return real_replace(src, dst)
+    def spy(real, kind):
+        def call(src, dst):
+            seen.append((kind, str(src), str(dst), open(src, "rb").read()))
+            return real(src, dst)
+        return call
 
-    monkeypatch.setattr(bundle_mod.os, "replace", spy)
+    monkeypatch.setattr(atomic_mod.os, "replace", spy(real_replace, "replace"))
+    monkeypatch.setattr(atomic_mod.os, "link", spy(real_link, "link"))
     target = tmp_path / "sub" / "m.dgseg"
-    tiny_bundle.save(target)
-    (src, dst, data), = seen
-    assert dst == str(target) and os.path.dirname(src) == str(target.parent)
-    name = os.path.basename(src)
-    assert name.startswith(".m.dgseg.") and name.endswith(".tmp") and len(name) > len(".m.dgseg..tmp")
-    assert data == target.read_bytes() and not os.path.exists(src)
+    prefix = f".dgseg-tmp-{os.getpid()}-m.dgseg."
+    for kind, overwrite in (("link", False), ("replace", True)):
+        seen.clear()
+        tiny_bundle.save(target, overwrite=overwrite)
+        (how, src, dst, data), = seen
+        assert how == kind
+        assert dst == str(target) and os.path.dirname(src) == str(target.parent)
+        name = os.path.basename(src)
+        assert name.startswith(prefix) and name.endswith(".tmp") and len(name) > len(prefix + ".tmp")
+        assert data == target.read_bytes() and not os.path.exists(src)
+    assert not [p for p in os.listdir(target.parent) if p.startswith(".dgseg-tmp-")]
 
 
 def test_archive_format_details(tiny_bundle):

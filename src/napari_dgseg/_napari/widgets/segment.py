@@ -23,6 +23,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -54,8 +55,13 @@ from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg.core.device import DEVICES
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+from napari_dgseg.core.relabel import relabel
 
-__all__ = ["SegmentWidget"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_THRESHOLD", "SegmentWidget"]
+
+#: The mask controls' defaults: the model's own labels (argmax / its instance post-processing).
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_SIZE = 0
 
 
 class SegmentWidget(QWidget):
@@ -80,6 +86,10 @@ class SegmentWidget(QWidget):
 
         self.viewer = napari_viewer
         self._last_result: list[Any] = []
+        # what the mask controls re-derive the labels from (see _apply_mask_controls)
+        self._kept: SegmentResult | None = None
+        self._kept_layer: Any = None
+        self._model_labels: Any = None
         self._runner = TaskRunner("Segmenting", self)
         self._runner.progressed.connect(self._on_progress)
         self._runner.succeeded.connect(self._on_succeeded)
@@ -143,6 +153,38 @@ class SegmentWidget(QWidget):
         sform.addRow("Device", self.device_combo)
         sform.addRow("", self.probabilities_check)
 
+        # masks: re-derived from the last run's probabilities, no new forward pass
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.05, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(DEFAULT_THRESHOLD)
+        self.threshold_spin.setKeyboardTracking(False)
+        self.threshold_spin.setToolTip(
+            "Smallest foreground probability (1 - p(background)) of a mask pixel. Raise it to drop "
+            "pixels the model is unsure of (keratin, stroma); 0.50 is the model's own mask. "
+            "Applied to the last result at once, without running the model again"
+        )
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 1_000_000)
+        self.min_size_spin.setSingleStep(10)
+        self.min_size_spin.setValue(DEFAULT_MIN_SIZE)
+        self.min_size_spin.setSuffix(" px")
+        self.min_size_spin.setKeyboardTracking(False)
+        self.min_size_spin.setToolTip(
+            "Objects (connected regions of a class, or instances) with fewer pixels are removed; "
+            "0 keeps all. Applied to the last result at once, without running the model again"
+        )
+        masks_box = QGroupBox("Masks")
+        mform = QFormLayout(masks_box)
+        mform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for spin in (self.threshold_spin, self.min_size_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        mform.addRow("Threshold", self.threshold_spin)
+        mform.addRow("Min. object size", self.min_size_spin)
+        self.masks_form = mform
+
         # colour normalisation
         self.dcin = DcinControls(napari_viewer)
 
@@ -167,6 +209,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(model_box)
         layout.addWidget(input_box)
         layout.addWidget(settings_box)
+        layout.addWidget(masks_box)
         layout.addWidget(self.dcin)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -179,6 +222,8 @@ class SegmentWidget(QWidget):
 
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
+        self.threshold_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
+        self.min_size_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
         self.region_combo.currentIndexChanged.connect(self._update_controls)
         self.image_picker.currentIndexChanged.connect(self._update_controls)
         self.model_picker.loading_changed.connect(lambda _: self._update_controls())
@@ -404,6 +449,10 @@ class SegmentWidget(QWidget):
         labels = [lyr for lyr in self._last_result if lyr._type_string == "labels"]
         if labels or self._last_result:
             self.viewer.layers.selection.active = (labels or self._last_result)[0]
+        self._kept = result
+        self._kept_layer = labels[0] if labels else None
+        self._model_labels = None if self._kept_layer is None else self._kept_layer.data
+        self._apply_mask_controls()
         self.dcin.show_result(result.dcin, result.reference_label)
         dcin = result.dcin or {}
         notice = dcin.get("notice")
@@ -414,6 +463,34 @@ class SegmentWidget(QWidget):
             self.status_label.setText(f"{result.summary} · DCIN {dcin['mode']}")
         else:
             self.status_label.setText(result.summary)
+
+    def _apply_mask_controls(self) -> None:
+        """Re-derive the last result's labels with the threshold and minimum size controls.
+
+        Uses the probabilities the run kept (:func:`napari_dgseg.core.relabel.relabel`); the
+        network is not run again. At the defaults the model's own labels come back unchanged.
+        The values are recorded in the layer's provenance (``"mask_controls"``).
+        """
+        layer, kept = self._kept_layer, self._kept
+        if layer is None or kept is None or layer not in self.viewer.layers:
+            return
+        threshold = float(self.threshold_spin.value())
+        min_size = int(self.min_size_spin.value())
+        default = abs(threshold - DEFAULT_THRESHOLD) < 1e-9 and min_size <= 1
+        prov = layer.metadata.get("provenance") if isinstance(layer.metadata, dict) else None
+        if default:
+            data = self._model_labels
+        elif kept.probabilities is None:
+            notify("this model returns no probabilities; threshold and size cannot be tuned")
+            return
+        else:
+            data = relabel(kept.probabilities, threshold, min_size, instances=kept.instances)
+        layer.data = data
+        if isinstance(prov, dict):
+            if default:
+                prov.pop("mask_controls", None)
+            else:
+                prov["mask_controls"] = {"threshold": threshold, "min_size": min_size}
 
     def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.status_label.setText(f"Failed: {message}")

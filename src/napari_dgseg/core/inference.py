@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from napari_dgseg import __version__
+from napari_dgseg.core.cancel import cancel_hooks, check_cancel
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.imageprep import ImageAdapter
@@ -74,7 +75,9 @@ def predict_bundle(
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
     family = bundle.family
-    plan = plan_dcin(bundle, adapter, dcin, reference)
+    check_cancel(cancel)
+    with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
+        plan = plan_dcin(bundle, adapter, dcin, reference)
     maps = run_tiled(
         bundle.model,
         adapter,
@@ -88,6 +91,7 @@ def predict_bundle(
         cancel=cancel,
         discrete=family.discrete_outputs,
     )
+    check_cancel(cancel)
     fields = family.postprocess(maps, bundle.config)
     uncertainty = maps.get("uncertainty")
     provenance = {

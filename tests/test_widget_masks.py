@@ -114,3 +114,15 @@ def test_controls_apply_to_the_next_run(widget, forward_calls):
     labels = _segment(widget)
     probs = widget._kept.probabilities
     assert np.array_equal(labels.data, (probs[1] >= 0.9).astype(np.int32))
+
+
+def test_masks_get_task_colours_opacity_and_outline(widget, forward_calls):
+    labels = _segment(widget)
+    # the bundle's red is replaced by the nuclei colour (chartreuse) for a task "nuclei" model
+    rgba = labels.colormap.map(np.array([1]))[0]
+    assert np.allclose(rgba[:3], [170 / 255, 1.0, 0.0])
+    assert labels.opacity == pytest.approx(widget.opacity_spin.value())
+    widget.opacity_spin.setValue(0.3)
+    widget.contour_spin.setValue(3)
+    assert labels.opacity == pytest.approx(0.3) and labels.contour == 3
+    assert len(forward_calls) == 1

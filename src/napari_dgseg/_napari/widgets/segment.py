@@ -36,6 +36,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_dgseg._napari.display import (
+    default_contour,
+    instance_colormap,
+    semantic_colormap,
+    task_colours,
+)
 from napari_dgseg._napari.geometry import (
     MAX_PIXELS,
     REGIONS,
@@ -57,11 +63,13 @@ from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
 from napari_dgseg.core.relabel import relabel
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_THRESHOLD", "SegmentWidget"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_OPACITY", "DEFAULT_THRESHOLD", "SegmentWidget"]
 
 #: The mask controls' defaults: the model's own labels (argmax / its instance post-processing).
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_SIZE = 0
+#: Opacity a mask layer is first shown with.
+DEFAULT_OPACITY = 0.6
 
 
 class SegmentWidget(QWidget):
@@ -181,8 +189,30 @@ class SegmentWidget(QWidget):
         for spin in (self.threshold_spin, self.min_size_spin):
             spin.setMinimumWidth(110)
             spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        self.opacity_spin = QDoubleSpinBox()
+        self.opacity_spin.setRange(0.0, 1.0)
+        self.opacity_spin.setSingleStep(0.1)
+        self.opacity_spin.setDecimals(2)
+        self.opacity_spin.setValue(DEFAULT_OPACITY)
+        self.opacity_spin.setToolTip(
+            "Opacity of the mask layer: lower it to see the tissue under the mask"
+        )
+        self.contour_spin = QSpinBox()
+        self.contour_spin.setRange(0, 20)
+        self.contour_spin.setValue(0)
+        self.contour_spin.setSuffix(" px")
+        self.contour_spin.setToolTip(
+            "0 fills the masks; a width draws only their outlines (touching objects stay apart "
+            "and the tissue inside stays visible). Colours are chosen for the task: cyan vessels "
+            "on red fundus, chartreuse nuclei on purple/pink H&E"
+        )
+        for spin in (self.opacity_spin, self.contour_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
         mform.addRow("Threshold", self.threshold_spin)
         mform.addRow("Min. object size", self.min_size_spin)
+        mform.addRow("Opacity", self.opacity_spin)
+        mform.addRow("Outline", self.contour_spin)
         self.masks_form = mform
 
         # colour normalisation
@@ -224,6 +254,9 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.threshold_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
         self.min_size_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
+        self.opacity_spin.valueChanged.connect(lambda _: self._style_labels())
+        self.contour_spin.valueChanged.connect(lambda _: self._style_labels())
+        self.model_picker.model_changed.connect(self._on_model_changed)
         self.region_combo.currentIndexChanged.connect(self._update_controls)
         self.image_picker.currentIndexChanged.connect(self._update_controls)
         self.model_picker.loading_changed.connect(lambda _: self._update_controls())
@@ -452,6 +485,7 @@ class SegmentWidget(QWidget):
         self._kept = result
         self._kept_layer = labels[0] if labels else None
         self._model_labels = None if self._kept_layer is None else self._kept_layer.data
+        self._style_labels(recolour=True)
         self._apply_mask_controls()
         self.dcin.show_result(result.dcin, result.reference_label)
         dcin = result.dcin or {}
@@ -463,6 +497,28 @@ class SegmentWidget(QWidget):
             self.status_label.setText(f"{result.summary} · DCIN {dcin['mode']}")
         else:
             self.status_label.setText(result.summary)
+
+    def _on_model_changed(self, bundle: Any) -> None:
+        """A new model: outline instances, fill classes (the user may change it)."""
+        if bundle is not None:
+            self.contour_spin.setValue(default_contour(bundle.family.output))
+
+    def _style_labels(self, recolour: bool = False) -> None:
+        """Colours for the task, opacity and outline width of the last result's mask layer."""
+        layer, bundle = self._kept_layer, self.model_picker.bundle
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if recolour and bundle is not None:
+            colours = task_colours(
+                bundle.class_names, bundle.manifest.get("task"), bundle.class_colors
+            )
+            if bundle.family.output == "instances":
+                fg = colours.get(1, (255, 64, 64))
+                layer.colormap = instance_colormap(fg)
+            else:
+                layer.colormap = semantic_colormap(colours)
+        layer.opacity = float(self.opacity_spin.value())
+        layer.contour = int(self.contour_spin.value())
 
     def _apply_mask_controls(self) -> None:
         """Re-derive the last result's labels with the threshold and minimum size controls.

@@ -264,8 +264,8 @@ def test_legend_entries_name_each_group_and_its_codes():
     colors = {i: (i / 10, 0.0, 0.0, 1.0) for i in range(6)}
     rows = legend_entries(groups, colors, ("background", "vessel"))
     assert rows == [
-        ("background", colors[1], "codes 0-2"),
-        ("vessel", colors[4], "codes 3-5"),
+        ("background", [colors[0], colors[1], colors[2]], "codes 0-2"),
+        ("vessel", [colors[3], colors[4], colors[5]], "codes 3-5"),
     ]
     rows = legend_entries(np.array([0, 1, 0, 1]), colors, ("bg", "fg"))
     assert rows[0][2] == "codes 0, 2"

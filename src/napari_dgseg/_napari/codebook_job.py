@@ -95,8 +95,10 @@ def legend_entries(
     groups: np.ndarray,
     colors: dict[int, tuple[float, float, float, float]],
     class_names: tuple[str, ...] | list[str],
-) -> list[tuple[str, tuple[float, float, float, float], str]]:
-    """One legend row per class group: ``(class name, mid colour of its hue family, codes)``.
+) -> list[tuple[str, list[tuple[float, float, float, float]], str]]:
+    """One legend row per class group: ``(class name, the colours of its codes, codes)``.
+
+    The colours, in code order, are the group's hue family (shown as a strip).
 
     ``codes`` reads ``"codes 0-15"`` (or ``"code 3"``, ``"codes 0, 4, 9"`` when not a run).
     """
@@ -106,14 +108,14 @@ def legend_entries(
         members = np.flatnonzero(groups == g)
         if members.size == 0:
             continue
-        mid = colors.get(int(members[members.size // 2]), (0.5, 0.5, 0.5, 1.0))
+        family = [colors.get(int(c), (0.5, 0.5, 0.5, 1.0)) for c in members]
         if members.size == 1:
             codes = f"code {members[0]}"
         elif members[-1] - members[0] + 1 == members.size:
             codes = f"codes {members[0]}-{members[-1]}"
         else:
             codes = "codes " + ", ".join(str(int(c)) for c in members)
-        rows.append((str(class_names[g]), mid, codes))
+        rows.append((str(class_names[g]), family, codes))
     return rows
 
 

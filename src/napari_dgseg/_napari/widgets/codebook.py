@@ -73,6 +73,17 @@ def no_model_hint() -> str:
     )
 
 
+def _strip(colours: list[tuple[float, float, float, float]], width: int = 64, height: int = 14) -> Any:
+    """A pixmap of ``colours`` side by side (a class group's hue family, code order)."""
+    from qtpy.QtGui import QImage, QPixmap
+
+    rgb = (np.asarray([c[:3] for c in colours], np.float64) * 255).round().astype(np.uint8)
+    cols = rgb[(np.arange(width) * len(rgb)) // width]
+    img = np.ascontiguousarray(np.broadcast_to(cols[None], (height, width, 3)))
+    qimg = QImage(img.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(qimg.copy())
+
+
 class CodebookWidget(QWidget):
     """Dock widget: codebook-index map, code-usage plot and domain-shift score.
 
@@ -200,11 +211,10 @@ class CodebookWidget(QWidget):
             if item.widget() is not None:
                 item.widget().deleteLater()
         rows = legend_entries(result.report.groups, result.colors, result.report.class_names)
-        for i, (name, rgba, codes) in enumerate(rows):
+        for i, (name, family, codes) in enumerate(rows):
             swatch = QLabel()
-            swatch.setFixedSize(28, 14)
-            r, g, b = (int(round(255 * float(v))) for v in rgba[:3])
-            swatch.setStyleSheet(f"background-color: rgb({r}, {g}, {b}); border: 1px solid gray;")
+            swatch.setPixmap(_strip(family))
+            swatch.setToolTip(f"the {len(family)} code colours of class group '{name}'")
             self._legend_grid.addWidget(swatch, i, 0)
             self._legend_grid.addWidget(QLabel(name), i, 1)
             self._legend_grid.addWidget(QLabel(codes), i, 2)

@@ -222,6 +222,7 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Segment the chosen region in the background")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the run (within a network layer); nothing is added")
         self.cancel_button.setEnabled(False)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 2)
@@ -231,6 +232,7 @@ class SegmentWidget(QWidget):
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%v / %m tiles")
         self.progress_bar.setTextVisible(True)
+        self.progress_bar.setToolTip("Tiles segmented (also in napari's activity panel)")
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -439,7 +441,8 @@ class SegmentWidget(QWidget):
         self._last_result = []
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        colour = "" if effective == "none" else f", DCIN {effective}"
+        self._run_dcin_mode = dcin_mode
+        colour = "" if dcin_mode == "none" else f", DCIN {dcin_label(dcin_mode, effective)}"
         self.status_label.setText(
             f"Segmenting {h} x {w} px of '{layer.name}' ({region.mode}) with {bundle.name}{colour}…"
         )
@@ -493,10 +496,13 @@ class SegmentWidget(QWidget):
         if notice:
             notify(notice, "info")
             self.status_label.setText(f"{result.summary}. {notice}")
-        elif dcin.get("mode", "none") != "none":
-            self.status_label.setText(f"{result.summary} · DCIN {dcin['mode']}")
         else:
-            self.status_label.setText(result.summary)
+            chosen = getattr(self, "_run_dcin_mode", dcin.get("mode", "none"))
+            ran = dcin.get("mode", "none")
+            if chosen == "none":
+                self.status_label.setText(result.summary)
+            else:
+                self.status_label.setText(f"{result.summary} · DCIN {dcin_label(chosen, ran)}")
 
     def _on_model_changed(self, bundle: Any) -> None:
         """A new model: outline instances, fill classes (the user may change it)."""
@@ -557,6 +563,12 @@ class SegmentWidget(QWidget):
 
     def _on_finished(self) -> None:
         self._update_controls()
+
+
+def dcin_label(chosen: str, ran: str) -> str:
+    """The DCIN part of the status line, in the words of the control: ``"auto -> full"``
+    when ``auto`` resolved to a mode, else the mode (``"none"``, ``"gris"``, ...)."""
+    return f"{chosen} -> {ran}" if chosen == "auto" else ran
 
 
 def _device_availability() -> list[bool]:

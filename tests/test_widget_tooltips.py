@@ -25,7 +25,9 @@ def _controls(widget):
         QLineEdit,
     )
 
-    kinds = (QAbstractButton, QAbstractItemView, QAbstractSlider, QAbstractSpinBox, QComboBox, QLineEdit)
+    kinds = (
+        QAbstractButton, QAbstractItemView, QAbstractSlider, QAbstractSpinBox, QComboBox, QLineEdit
+    )
     out = []
     for child in widget.findChildren(kinds):
         parent = child.parentWidget()
@@ -35,6 +37,13 @@ def _controls(widget):
         ) and parent is not None and parent.inherits("QComboBoxPrivateContainer"):
             continue
         if isinstance(child, QAbstractSlider) and child.inherits("QScrollBar"):
+            continue
+        # a table's own headers and corner button are parts of the table, not controls
+        ancestor, inside_view = parent, False
+        while ancestor is not None and ancestor is not widget:
+            inside_view = inside_view or isinstance(ancestor, QAbstractItemView)
+            ancestor = ancestor.parentWidget()
+        if inside_view:
             continue
         out.append(child)
     return out

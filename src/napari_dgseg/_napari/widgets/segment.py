@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -32,6 +33,8 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -42,6 +45,7 @@ from napari_dgseg._napari.display import (
     semantic_colormap,
     task_colours,
 )
+from napari_dgseg._napari.folder_job import FileResult, FolderJob, folder_images
 from napari_dgseg._napari.geometry import (
     MAX_PIXELS,
     REGIONS,
@@ -98,6 +102,7 @@ class SegmentWidget(QWidget):
         self._kept: SegmentResult | None = None
         self._kept_layer: Any = None
         self._model_labels: Any = None
+        self._folder_rows: list[FileResult] = []
         self._runner = TaskRunner("Segmenting", self)
         self._runner.progressed.connect(self._on_progress)
         self._runner.succeeded.connect(self._on_succeeded)
@@ -183,7 +188,7 @@ class SegmentWidget(QWidget):
             "Objects (connected regions of a class, or instances) with fewer pixels are removed; "
             "0 keeps all. Applied to the last result at once, without running the model again"
         )
-        masks_box = QGroupBox("Masks")
+        masks_box = self.masks_box = QGroupBox("Masks")
         mform = QFormLayout(masks_box)
         mform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         for spin in (self.threshold_spin, self.min_size_spin):
@@ -224,9 +229,23 @@ class SegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the run (within a network layer); nothing is added")
         self.cancel_button.setEnabled(False)
+        self.folder_button = QPushButton("Run folder…")
+        self.folder_button.setToolTip(
+            "Segment every image of a folder with these settings and masks controls; each mask "
+            "is written as <name>_labels.tif (with its provenance) to an output folder you choose, "
+            "as `dgseg predict` does"
+        )
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.folder_button, 2)
         buttons.addWidget(self.cancel_button, 1)
+        self.folder_table = QTableWidget(0, 3)
+        self.folder_table.setHorizontalHeaderLabels(["file", "result", "mask"])
+        self.folder_table.horizontalHeader().setStretchLastSection(True)
+        self.folder_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.folder_table.setToolTip("One row per file of the last folder run")
+        self.folder_table.setMaximumHeight(160)
+        self.folder_table.setVisible(False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -246,6 +265,7 @@ class SegmentWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.folder_table)
         layout.addStretch(1)
         # Preferred, not Maximum: a Maximum widget caps its dock at its first size hint, and rows
         # that appear later (Shapes, reference, the references line) would be squeezed.
@@ -253,6 +273,7 @@ class SegmentWidget(QWidget):
         self.setMinimumWidth(320)
 
         self.run_button.clicked.connect(lambda: self.run())
+        self.folder_button.clicked.connect(self.choose_folder)
         self.cancel_button.clicked.connect(self.cancel)
         self.threshold_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
         self.min_size_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
@@ -331,8 +352,10 @@ class SegmentWidget(QWidget):
         busy = self.running or self.model_picker.loading
         ready = self.model_picker.bundle is not None and self.image_picker.layer() is not None
         self.run_button.setEnabled(ready and not busy)
+        self.folder_button.setEnabled(self.model_picker.bundle is not None and not busy)
         self.cancel_button.setEnabled(self.running)
         for w in (
+            self.masks_box,
             self.model_picker,
             self.image_picker,
             self.region_combo,
@@ -439,6 +462,7 @@ class SegmentWidget(QWidget):
             uncertainty=effective == "full" and self.dcin.uncertainty_check.isChecked(),
         )
         self._last_result = []
+        self.progress_bar.setFormat("%v / %m tiles")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self._run_dcin_mode = dcin_mode
@@ -449,6 +473,100 @@ class SegmentWidget(QWidget):
         outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result
+
+    def choose_folder(self) -> None:
+        """Ask for a folder of images and an output folder, then :meth:`run_folder`."""
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
+        if not folder:
+            return
+        out = QFileDialog.getExistingDirectory(self, "Output folder for the masks", folder)
+        if out:
+            self.run_folder(folder, out)
+
+    def run_folder(
+        self, folder: str | os.PathLike, out: str | os.PathLike, *, sync: bool = False
+    ) -> list[FileResult] | None:
+        """Segment every supported image of ``folder`` into ``out`` with the current settings.
+
+        Each mask is written as ``<stem>_labels.tif`` (the CLI's writer and names); the threshold
+        and minimum size controls apply. Rows of :attr:`folder_table` fill in as files finish.
+        DCIN mode ``reference`` is not offered here (use ``dgseg predict --reference``).
+
+        Returns
+        -------
+        list of FileResult or None
+            The rows of a synchronous run (empty if refused); None when it runs in a worker.
+        """
+        from pathlib import Path
+
+        refused: list[FileResult] | None = [] if sync else None
+        bundle = self.model_picker.bundle
+        if self.running:
+            notify("a segmentation is already running; wait or press Cancel", "warning")
+            return refused
+        if bundle is None:
+            notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
+            return refused
+        mode = self.dcin.mode()
+        if self.dcin.effective_mode() == "reference":
+            notify("a folder run cannot use DCIN 'reference'; choose another mode or use "
+                   "`dgseg predict --dcin reference --reference IMAGE`")
+            return refused
+        try:
+            inputs = folder_images(folder)
+        except InputError as exc:
+            notify(str(exc))
+            self.status_label.setText(str(exc))
+            return refused
+        job = FolderJob(
+            bundle=bundle,
+            inputs=inputs,
+            out=Path(out),
+            tile=int(self.tile_spin.value()),
+            overlap=int(self.overlap_spin.value()),
+            device=self.device_combo.currentText(),
+            dcin=mode,
+            threshold=float(self.threshold_spin.value()),
+            min_size=int(self.min_size_spin.value()),
+        )
+        self._folder_rows = []
+        self.folder_table.setRowCount(0)
+        self.folder_table.setVisible(True)
+        self.progress_bar.setFormat("%v / %m files")
+        self.progress_bar.setRange(0, len(inputs))
+        self.progress_bar.setValue(0)
+        self.status_label.setText(
+            f"Segmenting {len(inputs)} image(s) of {folder} with {bundle.name} into {out}…"
+        )
+        outcome = self._runner.start(
+            job,
+            sync=sync,
+            description=f"Segmenting folder {Path(folder).name}",
+            on_yield=self._add_folder_row,
+            on_result=self._folder_done,
+        )
+        self._update_controls()
+        return None if outcome is None else list(self._folder_rows)
+
+    def _add_folder_row(self, row: FileResult) -> None:
+        from pathlib import Path
+
+        self._folder_rows.append(row)
+        r = self.folder_table.rowCount()
+        self.folder_table.insertRow(r)
+        cells = (Path(row.input).name, row.summary if row.ok else f"failed: {row.error}",
+                 row.labels or "")
+        for c, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(text)
+            self.folder_table.setItem(r, c, item)
+
+    def _folder_done(self, rows: list[FileResult]) -> None:
+        failed = sum(1 for row in rows if not row.ok)
+        self.status_label.setText(
+            f"Folder done: {len(rows) - failed} mask(s) written"
+            + (f", {failed} file(s) failed (see the table)" if failed else "")
+        )
 
     def _dcin_reference(self) -> tuple[Any, str | None]:
         """The reference for mode ``reference``: a path, or a lazy plane of a layer's smallest level.
@@ -480,7 +598,9 @@ class SegmentWidget(QWidget):
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
 
-    def _on_succeeded(self, result: SegmentResult) -> None:
+    def _on_succeeded(self, result: Any) -> None:
+        if not isinstance(result, SegmentResult):  # a folder run: _folder_done has reported
+            return
         self._last_result = add_or_replace(self.viewer, result.layer_data)
         labels = [lyr for lyr in self._last_result if lyr._type_string == "labels"]
         if labels or self._last_result:
@@ -559,7 +679,13 @@ class SegmentWidget(QWidget):
 
     def _on_cancelled(self) -> None:
         notify("Segmentation cancelled", "info")
-        self.status_label.setText("Segmentation cancelled; nothing was added.")
+        if self.progress_bar.format().endswith("files"):
+            n = sum(1 for row in self._folder_rows if row.ok)
+            self.status_label.setText(
+                f"Folder run cancelled; the {n} mask(s) already written stay."
+            )
+        else:
+            self.status_label.setText("Segmentation cancelled; nothing was added.")
 
     def _on_finished(self) -> None:
         self._update_controls()

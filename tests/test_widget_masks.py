@@ -96,6 +96,8 @@ def test_threshold_changes_mask_without_forward_pass(widget, forward_calls):
     assert int(labels.data.sum()) == 400 + 9
     assert labels.metadata["provenance"]["mask_controls"] == {"threshold": t, "min_size": 0}
 
+    foreground = 100.0 * 409 / (96 * 120)
+    assert widget.status.endswith(f"masks: threshold 0.70, min 0 px -> {foreground:.1f} % foreground")
     widget.min_size_spin.setValue(50)
     from napari_dgseg.core.relabel import relabel
 
@@ -106,6 +108,7 @@ def test_threshold_changes_mask_without_forward_pass(widget, forward_calls):
     widget.min_size_spin.setValue(0)
     assert np.array_equal(labels.data, model_mask)
     assert "mask_controls" not in labels.metadata["provenance"]
+    assert "masks:" not in widget.status
     assert len(forward_calls) == 1  # never re-ran the network
 
 

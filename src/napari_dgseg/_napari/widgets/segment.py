@@ -609,7 +609,6 @@ class SegmentWidget(QWidget):
         self._kept_layer = labels[0] if labels else None
         self._model_labels = None if self._kept_layer is None else self._kept_layer.data
         self._style_labels(recolour=True)
-        self._apply_mask_controls()
         self.dcin.show_result(result.dcin, result.reference_label)
         dcin = result.dcin or {}
         notice = dcin.get("notice")
@@ -623,6 +622,7 @@ class SegmentWidget(QWidget):
                 self.status_label.setText(result.summary)
             else:
                 self.status_label.setText(f"{result.summary} · DCIN {dcin_label(chosen, ran)}")
+        self._apply_mask_controls()  # after the status line: it adds what the controls left
 
     def _on_model_changed(self, bundle: Any) -> None:
         """A new model: outline instances, fill classes (the user may change it)."""
@@ -668,11 +668,31 @@ class SegmentWidget(QWidget):
         else:
             data = relabel(kept.probabilities, threshold, min_size, instances=kept.instances)
         layer.data = data
+        self._mask_status(None if default else (threshold, min_size, data))
         if isinstance(prov, dict):
             if default:
                 prov.pop("mask_controls", None)
             else:
                 prov["mask_controls"] = {"threshold": threshold, "min_size": min_size}
+
+    def _mask_status(self, tuned: tuple[float, int, Any] | None) -> None:
+        """Say on the status line what the mask controls left (the run's own line otherwise)."""
+        import numpy as np
+
+        base = self.status_label.text().split(" · masks:")[0]
+        if tuned is None:
+            self.status_label.setText(base)
+            return
+        threshold, min_size, data = tuned
+        bundle = self.model_picker.bundle
+        if bundle is not None and bundle.family.output == "instances":
+            n = int(np.unique(data[data > 0]).size)
+            left = f"{n} instance{'s' if n != 1 else ''}"
+        else:
+            left = f"{100.0 * float(np.count_nonzero(data)) / max(data.size, 1):.1f} % foreground"
+        self.status_label.setText(
+            f"{base} · masks: threshold {threshold:.2f}, min {min_size} px -> {left}"
+        )
 
     def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.status_label.setText(f"Failed: {message}")

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=str(Path(__file__).parent / "images" / "segment_widget.png")
     )
     parser.add_argument("--image", default=None, help="RGB image file (default: the sample)")
-    parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
+    parser.add_argument("--size", default="1400x960", help="window size WIDTHxHEIGHT")
     parser.add_argument("--vessels", action="store_true", help="use the synthetic fundus sample")
     parser.add_argument("--threshold", type=float, default=None, help="mask threshold")
     parser.add_argument("--min-size", type=int, default=None, help="minimum object size (px)")

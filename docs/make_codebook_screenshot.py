@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_codebook_screenshot.py
 
-Writes ``docs/images/codebook_widget.png`` (a tile of the unseen ``blurry-jpeg`` domain: the
+Writes ``docs/images/codebook_widget.png`` (a tile of the unseen ``pale-scanner`` domain: the
 shift score warns) and ``docs/images/codebook_in_domain.png`` (a ``clean`` tile: in domain).
 """
 
@@ -47,7 +47,7 @@ def _shot(domain: str, out: Path) -> str:
 
 
 def main() -> int:
-    print(_shot("blurry-jpeg", HERE / "images" / "codebook_widget.png"))
+    print(_shot("pale-scanner", HERE / "images" / "codebook_widget.png"))
     print(_shot("clean", HERE / "images" / "codebook_in_domain.png"))
     return 0
 

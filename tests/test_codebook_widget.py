@@ -222,3 +222,54 @@ def test_models_are_chosen_by_capability_not_by_name(
     assert w.model_picker.load(str(folder / "aaa-not-(sqvae.dgseg"), sync=True) is None
     assert w.model_picker.bundle is before
     assert any("without codebook support" in n for n in notes)
+
+
+def test_legend_show_tissue_and_the_input_the_score_is_computed_on(widget, monkeypatch):
+    """The map has a legend of class-group hues, an opacity control, and the score says what
+    the model was fed (by default the image as is, as the threshold was calibrated)."""
+    viewer = widget.viewer
+    viewer.add_image(np.full((40, 40, 3), 150, np.uint8), name="flat", rgb=True)
+    bundle = widget.model_picker.bundle
+    seen = []
+    real = type(bundle).predict
+
+    def spy(self, image, **kwargs):
+        seen.append(kwargs.get("dcin"))
+        return real(self, image, **kwargs)
+
+    monkeypatch.setattr(type(bundle), "predict", spy)
+    assert widget.input_combo.currentText() == "none"
+    # no reference bank in this model: the modes that need one are greyed out
+    model = widget.input_combo.model()
+    for i, mode in enumerate(widget.input_combo.itemText(j) for j in range(model.rowCount())):
+        assert model.item(i).isEnabled() == (mode in ("none", "auto"))
+    widget.run(sync=True)
+    assert seen == ["none"]
+    assert "image as is" in widget.score_label.text()
+    assert "calibrated" in widget.score_label.toolTip()
+
+    from qtpy.QtWidgets import QLabel
+
+    texts = [lbl.text() for lbl in widget.legend.findChildren(QLabel)]
+    assert widget.legend.isVisibleTo(widget)
+    assert "background" in texts and "nucleus" in texts
+    assert any(t.startswith("codes ") for t in texts)
+
+    layer = viewer.layers[f"flat codebook ({MODEL})"]
+    assert layer.opacity == pytest.approx(widget.opacity_slider.value() / 100)
+    widget.opacity_slider.setValue(20)
+    assert layer.opacity == pytest.approx(0.2)
+
+
+def test_legend_entries_name_each_group_and_its_codes():
+    from napari_dgseg._napari.codebook_job import legend_entries
+
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    colors = {i: (i / 10, 0.0, 0.0, 1.0) for i in range(6)}
+    rows = legend_entries(groups, colors, ("background", "vessel"))
+    assert rows == [
+        ("background", [colors[0], colors[1], colors[2]], "codes 0-2"),
+        ("vessel", [colors[3], colors[4], colors[5]], "codes 3-5"),
+    ]
+    rows = legend_entries(np.array([0, 1, 0, 1]), colors, ("bg", "fg"))
+    assert rows[0][2] == "codes 0, 2"

@@ -4,7 +4,9 @@
 (:func:`napari.qt.threading.create_worker`, the machinery behind ``thread_worker``):
 
 * ``progress(done, total)`` may be called from the worker; it reaches the GUI thread as the
-  ``progressed`` signal and a napari progress bar;
+  ``progressed`` signal and a napari progress bar (napari's activity panel), which a threaded job
+  gets from its start (indeterminate until the first report: reading inputs and the first
+  iteration of an adaptation take a while);
 * ``cancel`` is a :class:`threading.Event` the core checks between steps (tiles, iterations,
   files); :meth:`TaskRunner.cancel` sets it;
 * ``func`` may be a generator function: what it yields reaches the GUI thread as ``yielded`` (and
@@ -254,6 +256,7 @@ class TaskRunner(QObject):
             worker.yielded.connect(self._deliver_yield)
         worker.returned.connect(self._on_outcome)
         self._worker = worker
+        self._open_pbar(0)
         worker.start()
         return None
 
@@ -265,16 +268,32 @@ class TaskRunner(QObject):
             return
         try:
             if self._pbar is None:
-                from napari.utils import progress as napari_progress
-
-                self._pbar = napari_progress(total=total, desc=self.description)
-                self._pbar_done = 0
+                self._open_pbar(total)
+            elif self._pbar.total != total:
+                self._pbar.total = total
             step = done - self._pbar_done
             if step > 0:
                 self._pbar.update(step)
                 self._pbar_done = done
         except Exception:  # a progress bar must never break the work it reports on
             log.debug("progress bar update failed", exc_info=True)
+
+    def _open_pbar(self, total: int) -> None:
+        """Show the job in napari's activity panel (``total`` 0: indeterminate)."""
+        try:
+            from napari.utils import progress as napari_progress
+
+            self._close_pbar()
+            self._pbar = napari_progress(total=total, desc=self.description)
+            self._pbar_done = 0
+        except Exception:  # a progress bar must never break the work it reports on
+            log.debug("progress bar creation failed", exc_info=True)
+            self._pbar = None
+
+    @property
+    def progress_bar(self) -> Any:
+        """The napari progress object of the running job (in the activity panel), or None."""
+        return self._pbar
 
     def _deliver_yield(self, item: Any) -> None:
         if self._on_yield is not None:

@@ -40,6 +40,11 @@ class SegmentResult:
     summary: str
     dcin: dict[str, Any] | None
     reference_label: str | None
+    #: The prediction's class probabilities ``(K, H, W)`` kept for the threshold and minimum
+    #: object size controls (:func:`napari_dgseg.core.relabel.relabel`), None if it has none.
+    probabilities: np.ndarray | None = None
+    #: The model's own instance ids ``(H, W)`` (instance families), trimmed by those controls.
+    instances: np.ndarray | None = None
 
 
 @dataclass
@@ -118,6 +123,8 @@ class SegmentJob:
             summary=summarize(pred, output),
             dcin=dcin if isinstance(dcin, dict) else None,
             reference_label=self.reference_label,
+            probabilities=pred.probabilities,
+            instances=np.asarray(pred.labels, np.int32) if output == "instances" else None,
         )
 
 

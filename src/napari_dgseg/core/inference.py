@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_dgseg import __version__
+from napari_dgseg.core.cancel import cancel_hooks, check_cancel
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import NonFiniteOutputError
@@ -88,7 +89,9 @@ def predict_bundle(
     check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
-    plan = plan_dcin(bundle, adapter, dcin, reference)
+    check_cancel(cancel)
+    with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
+        plan = plan_dcin(bundle, adapter, dcin, reference)
     try:
         maps = run_tiled(
             bundle.model,
@@ -109,6 +112,7 @@ def predict_bundle(
             "wrong and none is returned. Its weights are probably broken (train or download it "
             "again, or use another model); if other images work, check this image's values."
         ) from None
+    check_cancel(cancel)
     fields = family.postprocess(maps, bundle.config)
     uncertainty = maps.get("uncertainty")
     provenance = {

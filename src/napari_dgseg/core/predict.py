@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_dgseg.core.cancel import check_cancel
+from napari_dgseg.core.cancel import cancel_hooks, check_cancel
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.imageprep import ImageAdapter
@@ -110,7 +110,9 @@ def run_tiled(
     progress : callable
         Called as ``progress(done_tiles, total_tiles)``.
     cancel : threading.Event or callable
-        Checked between batches; when set, raises :class:`CancelledError`.
+        Checked between batches, colour branches and the network's layers
+        (:func:`~napari_dgseg.core.cancel.cancel_hooks`); when set, raises
+        :class:`CancelledError`.
     discrete : sequence of str, optional
         Outputs of ``infer`` taken from the nearest tile centre instead of averaged (the family's
         :attr:`~napari_dgseg.core.family.Family.discrete_outputs`); default the model's
@@ -145,12 +147,12 @@ def run_tiled(
     total = len(positions)
     if progress is not None:
         progress(0, total)
-    with torch.inference_mode():
+    with torch.inference_mode(), cancel_hooks(model, cancel):
         for start in range(0, total, batch):
             check_cancel(cancel)
             chunk = positions[start : start + batch]
             x = _read_batch(adapter, grid, chunk).to(dev)
-            outputs = _infer_branches(model, x, spec, branches, discrete_keys)
+            outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel)
             for i, (y0, x0) in enumerate(chunk):
                 _accumulate(grid, y0, x0, outputs, i, acc, best, weight_sum, discrete_keys)
             if progress is not None:
@@ -180,11 +182,13 @@ def _infer_branches(
     spec: dict,
     branches: Sequence[Branch],
     discrete_keys: tuple[str, ...],
+    cancel: Any = None,
 ) -> dict[str, np.ndarray]:
     summed: dict[str, torch.Tensor] = {}
     probs: list[torch.Tensor] = []
     discrete: dict[str, torch.Tensor] = {}
     for branch in branches:
+        check_cancel(cancel)
         out = model.infer(normalise_input(branch(x), spec))
         for key, value in out.items():
             if key in discrete_keys:

@@ -122,6 +122,24 @@ class AdaptWidget(QWidget):
         self.plot = LossPlot()
         self.status = QLabel("Pick a model and target image layers, then Run.")
         self.status.setWordWrap(True)
+        for control, tip in (
+            (self.source_edit, "Folder of labelled source-domain images replayed during "
+             "adaptation so the model keeps what it knew; empty: the replay set in the model"),
+            (self.source_button, "Choose the labelled source folder"),
+            (self.iters_spin, "Optimisation steps; more adapts further and takes longer"),
+            (self.lr_spin, "Learning rate of the adaptation steps; lower is safer"),
+            (self.preview_spin, "Update the preview mask and loss plot every this many steps"),
+            (self.run_button, "Adapt a copy of the model to the target layers in the "
+             "background; the loaded model is untouched"),
+            (self.cancel_button, "Stop after the current step; what was adapted so far can "
+             "still be saved"),
+            (self.save_edit, "Where to save the adapted model (.dgseg); empty: the next "
+             "<model>-adapted-<n> in your model folder"),
+            (self.save_button, "Save the adapted model as a new bundle version"),
+            (self.compare_button, "Segment the first target with the model before and after "
+             "adaptation, side by side"),
+        ):
+            control.setToolTip(tip)
 
         form = QFormLayout()
         form.addRow("Model", self.model_picker)

@@ -23,26 +23,46 @@ import threading
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_dgseg._napari.codebook_job import (
     CODEBOOK,
+    CODEBOOK_DCIN_MODES,
+    THRESHOLD_TIP,
     CodebookResult,
     codebook_colormap,
     compute,
+    legend_entries,
     score_text,
 )
+from napari_dgseg._napari.dcin_info import BANK_HINT, BANK_MODES
 from napari_dgseg._napari.geometry import level0_plane
 from napari_dgseg._napari.layers import add_or_replace
 from napari_dgseg._napari.notify import notify
 from napari_dgseg._napari.runner import ProgressFn, TaskRunner
+from napari_dgseg._napari.widgets._common import disable_unavailable
 from napari_dgseg._napari.widgets.layer_picker import LayerPicker
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg._napari.widgets.usage_plot import UsagePlot
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.registry import families_supporting
 
-__all__ = ["CodebookWidget"]
+__all__ = ["DEFAULT_MAP_OPACITY", "CodebookWidget"]
+
+#: Opacity of a new codebook-index map (the tissue shows through).
+DEFAULT_MAP_OPACITY = 0.5
 
 
 def no_model_hint() -> str:
@@ -51,6 +71,17 @@ def no_model_hint() -> str:
     return (
         f"no model with a codebook found: train one with `dgseg train {names} ...` or use Browse…"
     )
+
+
+def _strip(colours: list[tuple[float, float, float, float]], width: int = 64, height: int = 14) -> Any:
+    """A pixmap of ``colours`` side by side (a class group's hue family, code order)."""
+    from qtpy.QtGui import QImage, QPixmap
+
+    rgb = (np.asarray([c[:3] for c in colours], np.float64) * 255).round().astype(np.uint8)
+    cols = rgb[(np.arange(width) * len(rgb)) // width]
+    img = np.ascontiguousarray(np.broadcast_to(cols[None], (height, width, 3)))
+    qimg = QImage(img.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(qimg.copy())
 
 
 class CodebookWidget(QWidget):
@@ -79,26 +110,57 @@ class CodebookWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Compute the codebook-index map of the whole image")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the analysis; nothing is added")
         self.cancel_button.setEnabled(False)
+        self.input_combo = QComboBox()
+        self.input_combo.addItems(list(CODEBOOK_DCIN_MODES))
+        self.input_combo.setToolTip(
+            "What the model is fed for the map and the score. 'none' (default): the image as is, "
+            "like the training images the warning threshold was calibrated on, so the verdict "
+            "describes the image. Choose the DCIN mode you segment with to see whether colour "
+            "normalisation brings the image into the model's domain."
+        )
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(int(round(DEFAULT_MAP_OPACITY * 100)))
+        self.opacity_slider.setToolTip(
+            "Show tissue: opacity of the codebook-index map (left: the image only, right: the map "
+            "only)"
+        )
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
+        self.progress_bar.setToolTip("Tiles analysed")
         self.score_label = QLabel("Domain-shift score: run a model first.")
         self.score_label.setWordWrap(True)
+        self.score_label.setToolTip(THRESHOLD_TIP)
         self.hover_label = QLabel("")
         self.hover_label.setStyleSheet("color: palette(mid);")
         self.plot = UsagePlot()
+        self.legend = QWidget()
+        self.legend.setToolTip(
+            "Each class group of codes has one hue family: a code's hue says which class it "
+            "stands for, its shade which code of the group it is"
+        )
+        self._legend_grid = QGridLayout(self.legend)
+        self._legend_grid.setContentsMargins(0, 0, 0, 0)
+        self.legend.setVisible(False)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image_picker)
         layout.addWidget(QLabel("SQ-VAE model"))
         layout.addWidget(self.model_picker)
+        form = QFormLayout()
+        form.addRow("Model input", self.input_combo)
+        form.addRow("Show tissue", self.opacity_slider)
+        layout.addLayout(form)
         row = QHBoxLayout()
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         layout.addWidget(self.progress_bar)
+        layout.addWidget(self.legend)
         layout.addWidget(QLabel("Code usage: this image (bars) vs training (line)"))
         layout.addWidget(self.plot)
         layout.addWidget(self.score_label)
@@ -113,6 +175,7 @@ class CodebookWidget(QWidget):
         self.runner.finished.connect(self._update_controls)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.runner.cancel)
+        self.opacity_slider.valueChanged.connect(self._on_opacity)
         self.model_picker.loading_changed.connect(lambda *_: self._update_controls())
         self.model_picker.model_changed.connect(self._on_model)
         self.image_picker.currentIndexChanged.connect(lambda *_: self._update_controls())
@@ -129,7 +192,33 @@ class CodebookWidget(QWidget):
             self.model_picker.load(combo.itemData(0))
 
     def _on_model(self, bundle: Any) -> None:
+        has_bank = bundle is not None and bundle.extra("bank") is not None
+        available = [has_bank or m not in BANK_MODES for m in CODEBOOK_DCIN_MODES]
+        disable_unavailable(self.input_combo, available, BANK_HINT)
+        if not available[self.input_combo.currentIndex()]:
+            self.input_combo.setCurrentIndex(0)
         self._update_controls()
+
+    def _on_opacity(self, value: int) -> None:
+        layer = self._layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.opacity = value / 100.0
+
+    def set_legend(self, result: CodebookResult) -> None:
+        """One row per class group: a swatch of its hue family, its class name, its codes."""
+        while self._legend_grid.count():
+            item = self._legend_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        rows = legend_entries(result.report.groups, result.colors, result.report.class_names)
+        for i, (name, family, codes) in enumerate(rows):
+            swatch = QLabel()
+            swatch.setPixmap(_strip(family))
+            swatch.setToolTip(f"the {len(family)} code colours of class group '{name}'")
+            self._legend_grid.addWidget(swatch, i, 0)
+            self._legend_grid.addWidget(QLabel(name), i, 1)
+            self._legend_grid.addWidget(QLabel(codes), i, 2)
+        self.legend.setVisible(bool(rows))
 
     @property
     def running(self) -> bool:
@@ -175,6 +264,7 @@ class CodebookWidget(QWidget):
         image_name = layer.name
         scale = tuple(float(v) for v in layer.scale[-2:])
         translate = tuple(float(v) for v in layer.translate[-2:])
+        dcin = self.input_combo.currentText()
         self.score_label.setText("Running…")
         self.progress_bar.setRange(0, 0)
 
@@ -187,6 +277,7 @@ class CodebookWidget(QWidget):
                 translate=translate,
                 progress=progress,
                 cancel=cancel,
+                dcin=dcin,
             )
 
         self.last_report = None
@@ -203,6 +294,7 @@ class CodebookWidget(QWidget):
 
         kwargs = dict(result.kwargs)
         kwargs["colormap"] = codebook_colormap(result.colors)
+        kwargs["opacity"] = self.opacity_slider.value() / 100.0
         (layer,) = add_or_replace(self.viewer, [(result.indices, kwargs, "labels")])
         if isinstance(layer, Labels):
             self._layer = layer
@@ -215,7 +307,9 @@ class CodebookWidget(QWidget):
         )
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
-        self.score_label.setText(score_text(report))
+        layer.opacity = self.opacity_slider.value() / 100.0  # also for a replaced layer
+        self.set_legend(result)
+        self.score_label.setText(score_text(report, result.dcin_mode))
         self.score_label.setStyleSheet(
             "color: #e05a00; font-weight: bold;" if report.out_of_domain else ""
         )

@@ -23,6 +23,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -31,10 +33,19 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_dgseg._napari.display import (
+    default_contour,
+    instance_colormap,
+    semantic_colormap,
+    task_colours,
+)
+from napari_dgseg._napari.folder_job import FileResult, FolderJob, folder_images
 from napari_dgseg._napari.geometry import (
     MAX_PIXELS,
     REGIONS,
@@ -54,8 +65,15 @@ from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg.core.device import DEVICES
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+from napari_dgseg.core.relabel import relabel
 
-__all__ = ["SegmentWidget"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_OPACITY", "DEFAULT_THRESHOLD", "SegmentWidget"]
+
+#: The mask controls' defaults: the model's own labels (argmax / its instance post-processing).
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_SIZE = 0
+#: Opacity a mask layer is first shown with.
+DEFAULT_OPACITY = 0.6
 
 
 class SegmentWidget(QWidget):
@@ -80,6 +98,11 @@ class SegmentWidget(QWidget):
 
         self.viewer = napari_viewer
         self._last_result: list[Any] = []
+        # what the mask controls re-derive the labels from (see _apply_mask_controls)
+        self._kept: SegmentResult | None = None
+        self._kept_layer: Any = None
+        self._model_labels: Any = None
+        self._folder_rows: list[FileResult] = []
         self._runner = TaskRunner("Segmenting", self)
         self._runner.progressed.connect(self._on_progress)
         self._runner.succeeded.connect(self._on_succeeded)
@@ -143,6 +166,60 @@ class SegmentWidget(QWidget):
         sform.addRow("Device", self.device_combo)
         sform.addRow("", self.probabilities_check)
 
+        # masks: re-derived from the last run's probabilities, no new forward pass
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.05, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(DEFAULT_THRESHOLD)
+        self.threshold_spin.setKeyboardTracking(False)
+        self.threshold_spin.setToolTip(
+            "Smallest foreground probability (1 - p(background)) of a mask pixel. Raise it to drop "
+            "pixels the model is unsure of (keratin, stroma); 0.50 is the model's own mask. "
+            "Applied to the last result at once, without running the model again"
+        )
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 1_000_000)
+        self.min_size_spin.setSingleStep(10)
+        self.min_size_spin.setValue(DEFAULT_MIN_SIZE)
+        self.min_size_spin.setSuffix(" px")
+        self.min_size_spin.setKeyboardTracking(False)
+        self.min_size_spin.setToolTip(
+            "Objects (connected regions of a class, or instances) with fewer pixels are removed; "
+            "0 keeps all. Applied to the last result at once, without running the model again"
+        )
+        masks_box = self.masks_box = QGroupBox("Masks")
+        mform = QFormLayout(masks_box)
+        mform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for spin in (self.threshold_spin, self.min_size_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        self.opacity_spin = QDoubleSpinBox()
+        self.opacity_spin.setRange(0.0, 1.0)
+        self.opacity_spin.setSingleStep(0.1)
+        self.opacity_spin.setDecimals(2)
+        self.opacity_spin.setValue(DEFAULT_OPACITY)
+        self.opacity_spin.setToolTip(
+            "Opacity of the mask layer: lower it to see the tissue under the mask"
+        )
+        self.contour_spin = QSpinBox()
+        self.contour_spin.setRange(0, 20)
+        self.contour_spin.setValue(0)
+        self.contour_spin.setSuffix(" px")
+        self.contour_spin.setToolTip(
+            "0 fills the masks; a width draws only their outlines (touching objects stay apart "
+            "and the tissue inside stays visible). Colours are chosen for the task: cyan vessels "
+            "on red fundus, chartreuse nuclei on purple/pink H&E"
+        )
+        for spin in (self.opacity_spin, self.contour_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        mform.addRow("Threshold", self.threshold_spin)
+        mform.addRow("Min. object size", self.min_size_spin)
+        mform.addRow("Opacity", self.opacity_spin)
+        mform.addRow("Outline", self.contour_spin)
+        self.masks_form = mform
+
         # colour normalisation
         self.dcin = DcinControls(napari_viewer)
 
@@ -150,15 +227,31 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Segment the chosen region in the background")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the run (within a network layer); nothing is added")
         self.cancel_button.setEnabled(False)
+        self.folder_button = QPushButton("Run folder…")
+        self.folder_button.setToolTip(
+            "Segment every image of a folder with these settings and masks controls; each mask "
+            "is written as <name>_labels.tif (with its provenance) to an output folder you choose, "
+            "as `dgseg predict` does"
+        )
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.folder_button, 2)
         buttons.addWidget(self.cancel_button, 1)
+        self.folder_table = QTableWidget(0, 3)
+        self.folder_table.setHorizontalHeaderLabels(["file", "result", "mask"])
+        self.folder_table.horizontalHeader().setStretchLastSection(True)
+        self.folder_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.folder_table.setToolTip("One row per file of the last folder run")
+        self.folder_table.setMaximumHeight(160)
+        self.folder_table.setVisible(False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%v / %m tiles")
         self.progress_bar.setTextVisible(True)
+        self.progress_bar.setToolTip("Tiles segmented (also in napari's activity panel)")
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -167,10 +260,12 @@ class SegmentWidget(QWidget):
         layout.addWidget(model_box)
         layout.addWidget(input_box)
         layout.addWidget(settings_box)
+        layout.addWidget(masks_box)
         layout.addWidget(self.dcin)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.folder_table)
         layout.addStretch(1)
         # Preferred, not Maximum: a Maximum widget caps its dock at its first size hint, and rows
         # that appear later (Shapes, reference, the references line) would be squeezed.
@@ -178,7 +273,13 @@ class SegmentWidget(QWidget):
         self.setMinimumWidth(320)
 
         self.run_button.clicked.connect(lambda: self.run())
+        self.folder_button.clicked.connect(self.choose_folder)
         self.cancel_button.clicked.connect(self.cancel)
+        self.threshold_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
+        self.min_size_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
+        self.opacity_spin.valueChanged.connect(lambda _: self._style_labels())
+        self.contour_spin.valueChanged.connect(lambda _: self._style_labels())
+        self.model_picker.model_changed.connect(self._on_model_changed)
         self.region_combo.currentIndexChanged.connect(self._update_controls)
         self.image_picker.currentIndexChanged.connect(self._update_controls)
         self.model_picker.loading_changed.connect(lambda _: self._update_controls())
@@ -251,8 +352,10 @@ class SegmentWidget(QWidget):
         busy = self.running or self.model_picker.loading
         ready = self.model_picker.bundle is not None and self.image_picker.layer() is not None
         self.run_button.setEnabled(ready and not busy)
+        self.folder_button.setEnabled(self.model_picker.bundle is not None and not busy)
         self.cancel_button.setEnabled(self.running)
         for w in (
+            self.masks_box,
             self.model_picker,
             self.image_picker,
             self.region_combo,
@@ -359,15 +462,111 @@ class SegmentWidget(QWidget):
             uncertainty=effective == "full" and self.dcin.uncertainty_check.isChecked(),
         )
         self._last_result = []
+        self.progress_bar.setFormat("%v / %m tiles")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        colour = "" if effective == "none" else f", DCIN {effective}"
+        self._run_dcin_mode = dcin_mode
+        colour = "" if dcin_mode == "none" else f", DCIN {dcin_label(dcin_mode, effective)}"
         self.status_label.setText(
             f"Segmenting {h} x {w} px of '{layer.name}' ({region.mode}) with {bundle.name}{colour}…"
         )
         outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result
+
+    def choose_folder(self) -> None:
+        """Ask for a folder of images and an output folder, then :meth:`run_folder`."""
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
+        if not folder:
+            return
+        out = QFileDialog.getExistingDirectory(self, "Output folder for the masks", folder)
+        if out:
+            self.run_folder(folder, out)
+
+    def run_folder(
+        self, folder: str | os.PathLike, out: str | os.PathLike, *, sync: bool = False
+    ) -> list[FileResult] | None:
+        """Segment every supported image of ``folder`` into ``out`` with the current settings.
+
+        Each mask is written as ``<stem>_labels.tif`` (the CLI's writer and names); the threshold
+        and minimum size controls apply. Rows of :attr:`folder_table` fill in as files finish.
+        DCIN mode ``reference`` is not offered here (use ``dgseg predict --reference``).
+
+        Returns
+        -------
+        list of FileResult or None
+            The rows of a synchronous run (empty if refused); None when it runs in a worker.
+        """
+        from pathlib import Path
+
+        refused: list[FileResult] | None = [] if sync else None
+        bundle = self.model_picker.bundle
+        if self.running:
+            notify("a segmentation is already running; wait or press Cancel", "warning")
+            return refused
+        if bundle is None:
+            notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
+            return refused
+        mode = self.dcin.mode()
+        if self.dcin.effective_mode() == "reference":
+            notify("a folder run cannot use DCIN 'reference'; choose another mode or use "
+                   "`dgseg predict --dcin reference --reference IMAGE`")
+            return refused
+        try:
+            inputs = folder_images(folder)
+        except InputError as exc:
+            notify(str(exc))
+            self.status_label.setText(str(exc))
+            return refused
+        job = FolderJob(
+            bundle=bundle,
+            inputs=inputs,
+            out=Path(out),
+            tile=int(self.tile_spin.value()),
+            overlap=int(self.overlap_spin.value()),
+            device=self.device_combo.currentText(),
+            dcin=mode,
+            threshold=float(self.threshold_spin.value()),
+            min_size=int(self.min_size_spin.value()),
+        )
+        self._folder_rows = []
+        self.folder_table.setRowCount(0)
+        self.folder_table.setVisible(True)
+        self.progress_bar.setFormat("%v / %m files")
+        self.progress_bar.setRange(0, len(inputs))
+        self.progress_bar.setValue(0)
+        self.status_label.setText(
+            f"Segmenting {len(inputs)} image(s) of {folder} with {bundle.name} into {out}…"
+        )
+        outcome = self._runner.start(
+            job,
+            sync=sync,
+            description=f"Segmenting folder {Path(folder).name}",
+            on_yield=self._add_folder_row,
+            on_result=self._folder_done,
+        )
+        self._update_controls()
+        return None if outcome is None else list(self._folder_rows)
+
+    def _add_folder_row(self, row: FileResult) -> None:
+        from pathlib import Path
+
+        self._folder_rows.append(row)
+        r = self.folder_table.rowCount()
+        self.folder_table.insertRow(r)
+        cells = (Path(row.input).name, row.summary if row.ok else f"failed: {row.error}",
+                 row.labels or "")
+        for c, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(text)
+            self.folder_table.setItem(r, c, item)
+
+    def _folder_done(self, rows: list[FileResult]) -> None:
+        failed = sum(1 for row in rows if not row.ok)
+        self.status_label.setText(
+            f"Folder done: {len(rows) - failed} mask(s) written"
+            + (f", {failed} file(s) failed (see the table)" if failed else "")
+        )
 
     def _dcin_reference(self) -> tuple[Any, str | None]:
         """The reference for mode ``reference``: a path, or a lazy plane of a layer's smallest level.
@@ -399,31 +598,123 @@ class SegmentWidget(QWidget):
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
 
-    def _on_succeeded(self, result: SegmentResult) -> None:
+    def _on_succeeded(self, result: Any) -> None:
+        if not isinstance(result, SegmentResult):  # a folder run: _folder_done has reported
+            return
         self._last_result = add_or_replace(self.viewer, result.layer_data)
         labels = [lyr for lyr in self._last_result if lyr._type_string == "labels"]
         if labels or self._last_result:
             self.viewer.layers.selection.active = (labels or self._last_result)[0]
+        self._kept = result
+        self._kept_layer = labels[0] if labels else None
+        self._model_labels = None if self._kept_layer is None else self._kept_layer.data
+        self._style_labels(recolour=True)
         self.dcin.show_result(result.dcin, result.reference_label)
         dcin = result.dcin or {}
         notice = dcin.get("notice")
         if notice:
             notify(notice, "info")
             self.status_label.setText(f"{result.summary}. {notice}")
-        elif dcin.get("mode", "none") != "none":
-            self.status_label.setText(f"{result.summary} · DCIN {dcin['mode']}")
         else:
-            self.status_label.setText(result.summary)
+            chosen = getattr(self, "_run_dcin_mode", dcin.get("mode", "none"))
+            ran = dcin.get("mode", "none")
+            if chosen == "none":
+                self.status_label.setText(result.summary)
+            else:
+                self.status_label.setText(f"{result.summary} · DCIN {dcin_label(chosen, ran)}")
+        self._apply_mask_controls()  # after the status line: it adds what the controls left
+
+    def _on_model_changed(self, bundle: Any) -> None:
+        """A new model: outline instances, fill classes (the user may change it)."""
+        if bundle is not None:
+            self.contour_spin.setValue(default_contour(bundle.family.output))
+
+    def _style_labels(self, recolour: bool = False) -> None:
+        """Colours for the task, opacity and outline width of the last result's mask layer."""
+        layer, bundle = self._kept_layer, self.model_picker.bundle
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if recolour and bundle is not None:
+            colours = task_colours(
+                bundle.class_names, bundle.manifest.get("task"), bundle.class_colors
+            )
+            if bundle.family.output == "instances":
+                fg = colours.get(1, (255, 64, 64))
+                layer.colormap = instance_colormap(fg)
+            else:
+                layer.colormap = semantic_colormap(colours)
+        layer.opacity = float(self.opacity_spin.value())
+        layer.contour = int(self.contour_spin.value())
+
+    def _apply_mask_controls(self) -> None:
+        """Re-derive the last result's labels with the threshold and minimum size controls.
+
+        Uses the probabilities the run kept (:func:`napari_dgseg.core.relabel.relabel`); the
+        network is not run again. At the defaults the model's own labels come back unchanged.
+        The values are recorded in the layer's provenance (``"mask_controls"``).
+        """
+        layer, kept = self._kept_layer, self._kept
+        if layer is None or kept is None or layer not in self.viewer.layers:
+            return
+        threshold = float(self.threshold_spin.value())
+        min_size = int(self.min_size_spin.value())
+        default = abs(threshold - DEFAULT_THRESHOLD) < 1e-9 and min_size <= 1
+        prov = layer.metadata.get("provenance") if isinstance(layer.metadata, dict) else None
+        if default:
+            data = self._model_labels
+        elif kept.probabilities is None:
+            notify("this model returns no probabilities; threshold and size cannot be tuned")
+            return
+        else:
+            data = relabel(kept.probabilities, threshold, min_size, instances=kept.instances)
+        layer.data = data
+        self._mask_status(None if default else (threshold, min_size, data))
+        if isinstance(prov, dict):
+            if default:
+                prov.pop("mask_controls", None)
+            else:
+                prov["mask_controls"] = {"threshold": threshold, "min_size": min_size}
+
+    def _mask_status(self, tuned: tuple[float, int, Any] | None) -> None:
+        """Say on the status line what the mask controls left (the run's own line otherwise)."""
+        import numpy as np
+
+        base = self.status_label.text().split(" · masks:")[0]
+        if tuned is None:
+            self.status_label.setText(base)
+            return
+        threshold, min_size, data = tuned
+        bundle = self.model_picker.bundle
+        if bundle is not None and bundle.family.output == "instances":
+            n = int(np.unique(data[data > 0]).size)
+            left = f"{n} instance{'s' if n != 1 else ''}"
+        else:
+            left = f"{100.0 * float(np.count_nonzero(data)) / max(data.size, 1):.1f} % foreground"
+        self.status_label.setText(
+            f"{base} · masks: threshold {threshold:.2f}, min {min_size} px -> {left}"
+        )
 
     def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.status_label.setText(f"Failed: {message}")
 
     def _on_cancelled(self) -> None:
         notify("Segmentation cancelled", "info")
-        self.status_label.setText("Segmentation cancelled; nothing was added.")
+        if self.progress_bar.format().endswith("files"):
+            n = sum(1 for row in self._folder_rows if row.ok)
+            self.status_label.setText(
+                f"Folder run cancelled; the {n} mask(s) already written stay."
+            )
+        else:
+            self.status_label.setText("Segmentation cancelled; nothing was added.")
 
     def _on_finished(self) -> None:
         self._update_controls()
+
+
+def dcin_label(chosen: str, ran: str) -> str:
+    """The DCIN part of the status line, in the words of the control: ``"auto -> full"``
+    when ``auto`` resolved to a mode, else the mode (``"none"``, ``"gris"``, ...)."""
+    return f"{chosen} -> {ran}" if chosen == "auto" else ran
 
 
 def _device_availability() -> list[bool]:

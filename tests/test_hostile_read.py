@@ -721,11 +721,18 @@ def test_cli_entry_point_evaluate_huge_label_id(tmp_path):
     rc, _, err, peak = run_cli("evaluate", "--task", "semantic", str(tmp_path / "pred.tif"),
                                str(tmp_path / "gt.tif"), tmp=tmp_path)
     assert_one_line_exit(rc, err, peak, "--instance")
-    for task in (["--instance"], []):  # asked for, or found from ids no class map has
+    # asked for (no note), or found from ids no class map has (one info line on stderr)
+    for task in (["--instance"], ["--task", "instance"], [], ["--task", "auto"]):
         rc, out, err, peak = run_cli("evaluate", str(tmp_path / "pred.tif"),
                                      str(tmp_path / "gt.tif"), *task, tmp=tmp_path)
         assert rc == 0 and peak < PEAK_RSS_LIMIT, err
         assert json.loads(out)["mean"]["pq"] == pytest.approx(1.0)
+        if task in ([], ["--task", "auto"]):
+            (line,) = err.splitlines()
+            assert line.startswith("dgseg evaluate: scoring as instance: ")
+            assert line.endswith("Pass --task semantic to score as semantic.")
+        else:
+            assert err == ""
 
 
 def test_errors_are_user_errors():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from napari_dgseg.cli._common import print_json
 from napari_dgseg.core.errors import InputError
 
 __all__ = ["expand_inputs", "output_stem", "write_codebook"]
@@ -60,3 +61,26 @@ def write_codebook(
         overwrite=overwrite,
         placement=placement,
     )
+
+
+def report_batch(
+    summary: dict[str, Any],
+    jobs: list[tuple[Path, str]],
+    failed: list[dict],
+    skipped: list[str] | None = None,
+) -> int:
+    """Print a batch command's JSON summary and return its exit status.
+
+    ``summary`` holds the command's own keys (model, ``outputs``, ...); this adds ``failed``, and
+    where there are any, ``skipped`` (inputs not tried after a system refusal) and ``renamed``
+    (inputs whose output stem differs from their own, after a name collision). The status is 1
+    when any input failed, else 0.
+    """
+    summary["failed"] = failed
+    if skipped:
+        summary["skipped"] = skipped
+    renamed = {str(p): s for p, s in jobs if s != output_stem(p)}
+    if renamed:
+        summary["renamed"] = renamed
+    print_json(summary)
+    return 1 if failed else 0

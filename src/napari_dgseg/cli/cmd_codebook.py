@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_dgseg.cli._common import add_overwrite, output_folder, print_json, run_batch
-from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
+from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
+from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,15 +71,8 @@ def run(args: argparse.Namespace) -> int:
         "model_sha256": bundle.sha256,
         "codebook_size": int(bundle.config["codebook_size"]),
         "outputs": rows,
-        "failed": failed,
     }
-    if skipped:
-        summary["skipped"] = skipped
-    renamed = {str(p): s for p, s in jobs if s != output_stem(p)}
-    if renamed:
-        summary["renamed"] = renamed
-    print_json(summary)
-    return 1 if failed else 0
+    return report_batch(summary, jobs, failed, skipped)
 
 
 def _codebook_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: str) -> dict:

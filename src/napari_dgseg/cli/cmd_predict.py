@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_dgseg.cli._common import add_overwrite, output_folder, print_json, run_batch
-from napari_dgseg.cli._inputs import expand_inputs, output_stem, write_codebook
+from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
+from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.atomic import atomic_write
@@ -76,15 +76,8 @@ def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out
     rows, failed, skipped = run_batch(
         "predict", jobs, lambda job: _predict_one(args, bundle, out, *job), label=lambda j: str(j[0])
     )
-    summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows,
-               "failed": failed}
-    if skipped:
-        summary["skipped"] = skipped
-    renamed = {str(p): s for p, s in jobs if s != output_stem(p)}
-    if renamed:
-        summary["renamed"] = renamed
-    print_json(summary)
-    return 1 if failed else 0
+    summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows}
+    return report_batch(summary, jobs, failed, skipped)
 
 
 def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: str) -> dict:

@@ -10,7 +10,11 @@ from scipy import ndimage as ndi
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Set instances (or connected components of a binary mask) smaller than ``min_size`` to 0."""
+    """Set instance ids covering fewer than ``min_size`` pixels to 0.
+
+    Each id is one object, so a 0/1 mask counts as a single object: split it first with
+    :func:`semantic_to_instances` to drop small components.
+    """
     if min_size <= 1:
         return labels
     lab = labels.astype(np.int64, copy=False)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_dgseg.core.postprocess import remove_small
+
 __all__ = ["foreground_probability", "relabel"]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -60,16 +62,6 @@ def _drop_small_components(labels: np.ndarray, min_size: int) -> np.ndarray:
         small = sizes < min_size
         small[0] = False
         out[small[comp]] = 0
-    return out
-
-
-def _drop_small_instances(instances: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero instance ids covering fewer than ``min_size`` pixels."""
-    sizes = np.bincount(instances.ravel())
-    small = sizes < min_size
-    small[0] = False
-    out = instances.copy()
-    out[small[instances]] = 0
     return out
 
 
@@ -118,7 +110,7 @@ def relabel(
         if inst.shape != fg.shape:
             raise ValueError(f"instances {inst.shape} and probabilities {fg.shape} differ in shape")
         labels = np.where(fg, inst, 0).astype(np.int32)
-        return _drop_small_instances(labels, int(min_size)) if min_size > 1 else labels
+        return remove_small(labels, int(min_size))
     if p.ndim == 2 or p.shape[0] == 2:
         labels = fg.astype(np.int32)
     else:

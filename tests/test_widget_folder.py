@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import docked_segment_widget, save_tiny_unet
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -15,28 +17,12 @@ MODEL = "tiny-unet-folder"
 
 @pytest.fixture(scope="module")
 def tiny_bundle_dir(tmp_path_factory):
-    from napari_dgseg.core.bundle import Bundle
-    from napari_dgseg.core.registry import get_family
-
-    folder = tmp_path_factory.mktemp("models")
-    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
-    model = get_family("unet").build_model(cfg)
-    Bundle.create(
-        model, "unet", cfg, name=MODEL, class_names=["background", "nucleus"], task="nuclei"
-    ).save(folder / f"{MODEL}.dgseg")
-    return folder
+    return save_tiny_unet(tmp_path_factory.mktemp("models"), MODEL)
 
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
-    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
-    from napari_dgseg._napari.widgets.segment import SegmentWidget
-
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Segment")
-    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
-    w.set_model(MODEL)
+    w = docked_segment_widget(make_napari_viewer, qtbot, monkeypatch, tiny_bundle_dir, MODEL)
     w.tile_spin.setValue(128)
     w.device_combo.setCurrentText("cpu")
     w.dcin.mode_combo.setCurrentText("none")

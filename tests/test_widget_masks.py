@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import docked_segment_widget, save_tiny_unet
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -19,30 +21,12 @@ MODEL = "tiny-unet-masks"
 
 @pytest.fixture(scope="module")
 def tiny_bundle_dir(tmp_path_factory):
-    """A folder holding an untrained 2-class U-Net bundle of task ``nuclei``."""
-    from napari_dgseg.core.bundle import Bundle
-    from napari_dgseg.core.registry import get_family
-
-    folder = tmp_path_factory.mktemp("models")
-    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
-    model = get_family("unet").build_model(cfg)
-    bundle = Bundle.create(
-        model, "unet", cfg, name=MODEL, class_names=["background", "nucleus"], task="nuclei"
-    )
-    bundle.save(folder / f"{MODEL}.dgseg")
-    return folder
+    return save_tiny_unet(tmp_path_factory.mktemp("models"), MODEL)
 
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
-    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
-    from napari_dgseg._napari.widgets.segment import SegmentWidget
-
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Segment")
-    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
-    w.set_model(MODEL)
+    w = docked_segment_widget(make_napari_viewer, qtbot, monkeypatch, tiny_bundle_dir, MODEL)
     w.tile_spin.setValue(128)
     w.overlap_spin.setValue(16)
     w.device_combo.setCurrentText("cpu")

@@ -14,6 +14,8 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import save_tiny_unet
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -24,18 +26,7 @@ MODEL = "tiny-unet"
 
 @pytest.fixture(scope="module")
 def tiny_bundle_dir(tmp_path_factory):
-    """A folder holding ``tiny-unet.dgseg`` (untrained, widths 8-16-32, 2 classes)."""
-    from napari_dgseg.core.bundle import Bundle
-    from napari_dgseg.core.registry import get_family
-
-    folder = tmp_path_factory.mktemp("models")
-    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
-    model = get_family("unet").build_model(cfg)
-    bundle = Bundle.create(
-        model, "unet", cfg, name=MODEL, class_names=["background", "nucleus"], task="nuclei"
-    )
-    bundle.save(folder / f"{MODEL}.dgseg")
-    return folder
+    return save_tiny_unet(tmp_path_factory.mktemp("models"), MODEL)
 
 
 @pytest.fixture

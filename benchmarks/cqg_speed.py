@@ -10,13 +10,12 @@ labels, median of ``--repeat`` calls (one warm-up call first). Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _report import emit
 
 
 def main() -> None:
@@ -52,10 +51,7 @@ def main() -> None:
         "loadavg_1_5_15_before": load_before,
         "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DCIN x CQG table (papers/002 Table form) on the synthetic nuclei domains.
+"""DCIN x CQG table (Shah et al. 2025, Table form) on the synthetic nuclei domains.
 
 Models trained on one domain (without / with CQG) are evaluated on every domain with DCIN
 ``none`` / ``gris`` / ``lris`` / ``full`` and a fixed expert reference (one image of the training

@@ -12,15 +12,14 @@ batch of four 256 px crops of the same map. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
+from _report import emit
 
 
 def ellipses(size: int, n: int, seed: int = 0) -> np.ndarray:
@@ -65,9 +64,9 @@ def main() -> None:
     args = ap.parse_args()
     load_before = [round(v, 2) for v in os.getloadavg()]
 
-    from napari_dgseg.core.hovernet_targets import hv_targets, hv_targets_numpy
+    from napari_dgseg.core.families.hovernet.postprocess import hovernet_instances
+    from napari_dgseg.core.families.hovernet.targets import hv_targets, hv_targets_numpy
     from napari_dgseg.core.metrics import instance_scores
-    from napari_dgseg.core.postprocess_hovernet import hovernet_instances
 
     gt = ellipses(args.size, args.nuclei)
     blob, hv = (gt > 0).astype(np.float32), hv_targets_numpy(gt)
@@ -90,10 +89,7 @@ def main() -> None:
         "loadavg_1_5_15_before": load_before,
         "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

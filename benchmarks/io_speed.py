@@ -18,7 +18,6 @@ at full resolution, counting level-0 tiles decoded by each. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 TILE = 256
 
@@ -152,10 +152,7 @@ def main() -> None:
     result["cpu_count"] = os.cpu_count()
     result["loadavg_1_5_15_before"] = load_before
     result["loadavg_1_5_15_after"] = [round(v, 2) for v in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For every vessel camera domain D (the *unseen site*), each family is trained on the other domains
 with the same backbone, crop, batch, learning rate and iteration budget, for several seeds, and
 scored on held-out images of D: Dice and average symmetric surface distance (ASD, pixels) of the
-vessel class inside the field of view. This is the form of papers/001 Tables 1 and 5.
+vessel class inside the field of view. This is the form of the SgCG paper's Tables 1 and 5.
 
     .venv/bin/python benchmarks/lodo_ram.py --iters 300 --seeds 0 1 \
         --out benchmarks/results/lodo_ram.json
@@ -51,7 +51,8 @@ def score(model: torch.nn.Module, samples: list, tile: int) -> dict[str, float]:
     """Mean vessel Dice and ASD over ``samples`` (tiled inference, no colour normalisation)."""
     from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC
     from napari_dgseg.core.metrics import semantic_scores
-    from napari_dgseg.core.predict import run_tiled, semantic_postprocess
+    from napari_dgseg.core.postprocess import semantic_postprocess
+    from napari_dgseg.core.predict import run_tiled
 
     dice, asd = [], []
     for s in samples:
@@ -81,7 +82,7 @@ def covariance_measurement(seed: int = 0) -> dict[str, Any]:
     """
     import math
 
-    from napari_dgseg.core.losses.sgcg import ClassStatistics, SgCGLoss, sgcg_bound
+    from napari_dgseg.core.families.ram.sgcg import ClassStatistics, SgCGLoss, sgcg_bound
 
     out: dict[str, Any] = {}
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Leave-one-domain-out comparison of ``unet`` and ``sqvae`` (papers/000, Table 1 form).
+"""Leave-one-domain-out comparison of ``unet`` and ``sqvae`` (Saito & Hotta 2025, Table 1 form).
 
 For each synthetic task (vessels, nuclei) and each held-out domain: train both families on the
 remaining domains (multi-source, balanced batches, same backbone widths, iterations, crops, batch

@@ -1,4 +1,4 @@
-"""MaNi adaptation benchmark (papers/003, Table 1/2 form): source-only vs MaNi-adapted HoVer-Net.
+"""MaNi adaptation benchmark (Sharma et al. 2023, Table 1/2 form): source-only vs MaNi-adapted HoVer-Net.
 
 For each seed: train a light HoVer-Net on the labelled source domain with the project's trainer,
 adapt it with MaNi to unlabelled images of a target domain it never saw (the bundle's replay set

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 
 def paired(runs: list[dict], domains: list[str], a: str, b: str, metric: str) -> dict:
@@ -63,10 +64,7 @@ def main() -> None:
             for b, a in itertools.combinations(families, 2)
         },
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

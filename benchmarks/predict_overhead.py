@@ -27,7 +27,7 @@ def _measure(mode: str, size: int, model: str, repeats: int, tile: int, overlap:
     import torch
 
     from napari_dgseg import load_bundle
-    from napari_dgseg.core.predict import normalise_input
+    from napari_dgseg.core.models.base import normalise_input
 
     torch.manual_seed(0)
     bundle = load_bundle(model)

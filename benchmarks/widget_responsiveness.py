@@ -15,13 +15,13 @@ after it (building the result layers in the GUI thread). Needs a display::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 
 def main() -> None:
@@ -115,10 +115,7 @@ def main() -> None:
         "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
     }
     viewer.close()
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,14 @@ def main() -> int:
         app.processEvents()
         time.sleep(0.02)
     if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "nuclei-hovernet":
-        widget.model_picker.load("nuclei-hovernet", block=True)
+        widget.model_picker.load("nuclei-hovernet", sync=True)
     widget.refresh_layers()
     widget.select_targets(["blurry-jpeg tile 0", "blurry-jpeg tile 1"])
     widget.iters_spin.setValue(30)
     widget.size_spin.setValue(128)
     widget.preview_spin.setValue(5)
-    widget.run(block=True)
-    widget.compare()
+    widget.run(sync=True)
+    widget.compare(sync=True)
     viewer.reset_view()
     for _ in range(30):
         app.processEvents()

@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_codebook_screenshot.py
 
-Writes ``docs/images/codebook_widget.png`` (a tile of the unseen ``blurry-jpeg`` domain: the
+Writes ``docs/images/codebook_widget.png`` (a tile of the unseen ``pale-scanner`` domain: the
 shift score warns) and ``docs/images/codebook_in_domain.png`` (a ``clean`` tile: in domain).
 """
 
@@ -35,9 +35,9 @@ def _shot(domain: str, out: Path) -> str:
         QApplication.processEvents()
         time.sleep(0.02)
     if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "nuclei-sqvae":
-        widget.model_picker.load("nuclei-sqvae", block=True)
+        widget.model_picker.load("nuclei-sqvae", sync=True)
     widget.image_picker.set_layer(viewer.layers[f"{domain} tile"])
-    widget.run(block=True)
+    widget.run(sync=True)
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.02)
@@ -47,7 +47,7 @@ def _shot(domain: str, out: Path) -> str:
 
 
 def main() -> int:
-    print(_shot("blurry-jpeg", HERE / "images" / "codebook_widget.png"))
+    print(_shot("pale-scanner", HERE / "images" / "codebook_widget.png"))
     print(_shot("clean", HERE / "images" / "codebook_in_domain.png"))
     return 0
 

@@ -37,7 +37,7 @@ def main() -> int:
     while widget.model_picker.loading:
         app.processEvents()
     if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "nuclei-unet":
-        widget.model_picker.load("nuclei-unet", block=True)
+        widget.model_picker.load("nuclei-unet", sync=True)
     rect = np.array([[0, 256], [512, 256], [512, 512], [0, 512]], float)
     viewer.add_shapes([rect], shape_type="rectangle", name="region", edge_color="yellow",
                       edge_width=3, face_color="transparent")
@@ -49,7 +49,7 @@ def main() -> int:
     widget.dcin.mode_combo.setCurrentText("full")
     widget.dcin.normalized_check.setChecked(True)
     widget.dcin.uncertainty_check.setChecked(True)
-    widget.run(block=True)
+    widget.run(sync=True)
     for layer in viewer.layers:
         if layer.name.endswith("normalized (lris)"):
             layer.visible = False

@@ -8,6 +8,14 @@ scikit-image's IHC image when the synthetic generator is not installed), docks t
 ``nuclei-unet`` by default, or any name/path given with ``--model``), segments the image and
 saves a screenshot of the whole window. The PNG is palette-quantised when needed to stay under
 300 KB.
+
+``--vessels`` uses the synthetic fundus sample instead (pair it with ``--model vessels-ram-sgcg``
+to show the vessel colour on a red fundus); ``--threshold``, ``--min-size``, ``--opacity`` and
+``--outline`` set the widget's Masks controls after the run (re-derived without a new forward
+pass)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py \
+        --vessels --model vessels-ram-sgcg --out docs/images/segment_vessels.png
 """
 
 from __future__ import annotations
@@ -22,8 +30,16 @@ import numpy as np
 MAX_BYTES = 300_000
 
 
-def _sample_image(path: str | None = None) -> tuple[np.ndarray, str]:
-    """The image at ``path``, else the synthetic nuclei tile (512 px), else scikit-image's IHC."""
+def _sample_image(path: str | None = None, vessels: bool = False) -> tuple[np.ndarray, str]:
+    """The image at ``path``, else the synthetic nuclei tile (512 px), else scikit-image's IHC.
+
+    ``vessels``: the synthetic fundus sample (512 px) instead of the nuclei tile.
+    """
+    if vessels and not path:
+        from napari_dgseg.core.data.synthetic import make_vessels
+
+        image, _, _ = make_vessels(size=512, domain="camera-a", seed=0)
+        return np.asarray(image), "synthetic fundus"
     if path:
         from skimage.io import imread
 
@@ -58,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=str(Path(__file__).parent / "images" / "segment_widget.png")
     )
     parser.add_argument("--image", default=None, help="RGB image file (default: the sample)")
-    parser.add_argument("--size", default="1400x860", help="window size WIDTHxHEIGHT")
+    parser.add_argument("--size", default="1400x960", help="window size WIDTHxHEIGHT")
+    parser.add_argument("--vessels", action="store_true", help="use the synthetic fundus sample")
+    parser.add_argument("--threshold", type=float, default=None, help="mask threshold")
+    parser.add_argument("--min-size", type=int, default=None, help="minimum object size (px)")
+    parser.add_argument("--opacity", type=float, default=None, help="mask opacity")
+    parser.add_argument("--outline", type=int, default=None, help="mask outline width (px)")
     args = parser.parse_args(argv)
 
     import napari
@@ -66,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_dgseg._napari.widgets.segment import SegmentWidget
 
-    image, name = _sample_image(args.image)
+    image, name = _sample_image(args.image, args.vessels)
     viewer = napari.Viewer(show=True, title="napari-dgseg: Segment")
     width, height = (int(v) for v in args.size.lower().split("x"))
     viewer.window._qt_window.resize(width, height)
@@ -76,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     app: Any = QApplication.instance()
     while widget.model_picker.loading:
         app.processEvents()
-    widget.model_picker.load(args.model, block=True)
+    widget.model_picker.load(args.model, sync=True)
     bundle = widget.model_picker.bundle
     if bundle is None or (bundle.name != args.model and Path(args.model).stem != bundle.name):
         print(f"could not load model {args.model!r}", file=sys.stderr)
@@ -84,7 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     widget.tile_spin.setValue(512)
     widget.overlap_spin.setValue(48)
     widget.probabilities_check.setChecked(True)
-    widget.run(block=True)
+    widget.run(sync=True)
+    for value, spin in (
+        (args.threshold, widget.threshold_spin),
+        (args.min_size, widget.min_size_spin),
+        (args.opacity, widget.opacity_spin),
+        (args.outline, widget.contour_spin),
+    ):
+        if value is not None:
+            spin.setValue(value)
     viewer.layers.selection.active = viewer.layers[name]
     for _ in range(20):
         app.processEvents()

@@ -59,3 +59,30 @@ def notes():
     notification_manager.notification_ready.connect(record)
     yield seen
     notification_manager.notification_ready.disconnect(record)
+
+
+def save_tiny_unet(folder, name: str):
+    """Save an untrained 2-class U-Net bundle of task ``nuclei`` (widths 8-16-32) as
+    ``folder/<name>.dgseg`` and return the folder (a model folder for ``DGSEG_MODEL_DIR``)."""
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
+    model = get_family("unet").build_model(cfg)
+    Bundle.create(
+        model, "unet", cfg, name=name, class_names=["background", "nucleus"], task="nuclei"
+    ).save(folder / f"{name}.dgseg")
+    return folder
+
+
+def docked_segment_widget(make_napari_viewer, qtbot, monkeypatch, model_dir, name: str):
+    """A Segment widget docked in a new viewer with model ``name`` from ``model_dir`` loaded."""
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(model_dir))
+    from napari_dgseg._napari.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment")
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    w.set_model(name)
+    return w

@@ -187,7 +187,7 @@ def test_cancel_during_run_and_during_save(parent_file, tmp_path):
     save_ev = threading.Event()
     save_ev.set()
     with pytest.raises(CancelledError):
-        partial.save(parent_file, cancel=save_ev)
+        partial.save(parent_file, cancel=save_ev, overwrite=True)
     assert parent_file.read_bytes() == before
     assert not any(p.name.endswith(".tmp") for p in parent_file.parent.iterdir())
 

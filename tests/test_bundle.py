@@ -138,7 +138,7 @@ def test_atomic_save_cancel_keeps_old_file(tiny_bundle, tmp_path):
     ev = threading.Event()
     ev.set()
     with pytest.raises(Exception, match="cancelled"):
-        tiny_bundle.save(path, cancel=ev)
+        tiny_bundle.save(path, cancel=ev, overwrite=True)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -313,10 +313,11 @@ def test_weights_that_do_not_fit_the_config(tiny_bundle, tmp_path):
         files[MANIFEST] = json.dumps(m).encode()
 
     _rewrite(tmp_path / "tiny.dgseg", bad, widen)
-    b = load_bundle(bad)  # hashes still match: the tensors are untouched
+    # hashes still match (the tensors are untouched): the shapes are compared at load, against
+    # the network the config describes built on the meta device, before anything is allocated
     with pytest.raises(BundleError, match="do not fit the 'unet' config") as info:
-        _ = b.model
-    assert "\n" not in str(info.value) and "'tiny'" in str(info.value)
+        load_bundle(bad)
+    assert "\n" not in str(info.value) and "wide.dgseg" in str(info.value)
 
 
 def test_save_suffix_folders_mode_and_callable_cancel(tiny_bundle, tmp_path):
@@ -330,10 +331,10 @@ def test_save_suffix_folders_mode_and_callable_cancel(tiny_bundle, tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.dgseg"]
     before = path.read_bytes()
     with pytest.raises(Exception, match="cancelled"):
-        tiny_bundle.save(path, cancel=lambda: True)
+        tiny_bundle.save(path, cancel=lambda: True, overwrite=True)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.dgseg"]
-    tiny_bundle.save(path, cancel=lambda: False)  # not cancelled: written
+    tiny_bundle.save(path, cancel=lambda: False, overwrite=True)  # not cancelled: written
     assert load_bundle(path).name == "tiny"
 
 
@@ -375,7 +376,10 @@ def test_list_bundles_rows_order_and_broken_files(tiny_bundle, tmp_path):
     rows = list_bundles()
     names = [r["name"] for r in rows]
     shipped = sorted(p.name[: -len(".dgseg")] for p in shipped_dir().glob("*.dgseg"))
-    assert names == shipped + ["a-mine"]  # shipped first (sorted), then user; broken skipped
+    # shipped first (sorted), then user; a broken file is listed with its reason, not hidden
+    assert names == shipped + ["a-mine", "broken"]
+    assert "not a bundle" in rows[-1]["broken"] and rows[-1]["family"] is None
+    rows = rows[:-1]
     mine = rows[-1]
     assert mine == {"name": "a-mine", "family": "unet", "task": "nuclei",
                     "classes": ["background", "nucleus"], "where": "user",
@@ -462,7 +466,7 @@ def test_unreadable_bundle_file_is_one_line(tiny_bundle, tmp_path, monkeypatch):
         load_bundle(tmp_path / "tiny.dgseg")
 
 
-def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
+def test_list_bundles_marks_files_without_a_readable_manifest(tiny_bundle):
     from napari_dgseg.core.bundle import user_dir
 
     user_dir().mkdir(parents=True, exist_ok=True)
@@ -472,23 +476,41 @@ def test_list_bundles_skips_files_without_a_readable_manifest(tiny_bundle):
         with zipfile.ZipFile(user_dir() / f"{name}.dgseg", "w") as zf:
             zf.writestr(member, data)
     tiny_bundle.save(user_dir() / "good.dgseg")
-    user = [r["name"] for r in list_bundles() if r["where"] == "user"]
-    assert user == ["good"]
+    rows = [r for r in list_bundles() if r["where"] == "user"]
+    assert [r["name"] for r in rows if not r.get("broken")] == ["good"]
+    reasons = {r["name"]: r["broken"] for r in rows if r.get("broken")}
+    assert sorted(reasons) == ["badjson", "latin", "nomanifest"]
+    assert "no bundle.json" in reasons["nomanifest"] and "not valid JSON" in reasons["badjson"]
+    assert all("\n" not in why for why in reasons.values())
 
 
 def test_list_bundles_defaults_for_a_minimal_manifest():
-    from napari_dgseg.core.bundle import user_dir
+    """A manifest with only the required fields is listed with defaults for the rest; one
+    without a schema (an old or foreign file) is listed as broken, with the reason."""
+    from napari_dgseg.core.bundle import SCHEMA, SCHEMA_VERSION, user_dir
 
     user_dir().mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
-        zf.writestr(MANIFEST, json.dumps({"family": "unet"}))
+    path = user_dir() / "bare.dgseg"
+
+    def write(manifest):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(MANIFEST, json.dumps(manifest))
+            zf.writestr(WEIGHTS, b"")
+
+    required = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "family": "unet",
+                "config": {}, "files": {WEIGHTS: "0" * 64}}
+    write(required)
     row = next(r for r in list_bundles() if r["name"] == "bare")
     assert row == {"name": "bare", "family": "unet", "task": "", "classes": [], "where": "user",
-                   "path": str(user_dir() / "bare.dgseg"), "description": "", "val_metrics": {}}
-    with zipfile.ZipFile(user_dir() / "bare.dgseg", "w") as zf:
-        zf.writestr(MANIFEST, json.dumps({"family": "unet", "provenance": {"seed": 1}}))
+                   "path": str(path), "description": "", "val_metrics": {}}
+    write({**required, "provenance": {"seed": 1}})
     row = next(r for r in list_bundles() if r["name"] == "bare")
-    assert row["val_metrics"] == {}
+    assert row["val_metrics"] == {} and "broken" not in row
+    write({"family": "unet", "files": {WEIGHTS: "0" * 64}})
+    row = next(r for r in list_bundles() if r["name"] == "bare")
+    assert row == {"name": "bare", "family": None, "task": "", "classes": [], "where": "user",
+                   "path": str(path), "description": "", "val_metrics": {},
+                   "broken": f"{path}: unknown bundle schema None; expected {SCHEMA!r}"}
 
 
 def test_predict_delegates_with_its_arguments(tiny_bundle):
@@ -554,27 +576,37 @@ def test_list_bundles_without_shipped_folder(tiny_bundle, monkeypatch, tmp_path)
 
 
 def test_save_writes_a_hidden_temporary_file_next_to_the_target(tiny_bundle, tmp_path, monkeypatch):
-    """Atomic save: the data go to ``.NAME.dgseg.<random>.tmp`` in the target's folder (same
-    file system, so the final ``os.replace`` is atomic), which then replaces the target."""
+    """Atomic save: the data go to ``.dgseg-tmp-<pid>-NAME.dgseg.<random>.tmp`` in the target's
+    folder (same file system). A new file is then hard-linked into place (``os.link`` fails if
+    the target appeared meanwhile, so nothing is ever replaced without ``overwrite``); with
+    ``overwrite=True`` the temporary file replaces the target (``os.replace``, atomic)."""
     import os
 
-    import napari_dgseg.core.bundle as bundle_mod
+    import napari_dgseg.core.atomic as atomic_mod
 
     seen = []
-    real_replace = os.replace
+    real_replace, real_link = os.replace, os.link
 
-    def spy(src, dst):
-        seen.append((str(src), str(dst), open(src, "rb").read()))
-        return real_replace(src, dst)
+    def spy(real, kind):
+        def call(src, dst):
+            seen.append((kind, str(src), str(dst), open(src, "rb").read()))
+            return real(src, dst)
+        return call
 
-    monkeypatch.setattr(bundle_mod.os, "replace", spy)
+    monkeypatch.setattr(atomic_mod.os, "replace", spy(real_replace, "replace"))
+    monkeypatch.setattr(atomic_mod.os, "link", spy(real_link, "link"))
     target = tmp_path / "sub" / "m.dgseg"
-    tiny_bundle.save(target)
-    (src, dst, data), = seen
-    assert dst == str(target) and os.path.dirname(src) == str(target.parent)
-    name = os.path.basename(src)
-    assert name.startswith(".m.dgseg.") and name.endswith(".tmp") and len(name) > len(".m.dgseg..tmp")
-    assert data == target.read_bytes() and not os.path.exists(src)
+    prefix = f".dgseg-tmp-{os.getpid()}-m.dgseg."
+    for kind, overwrite in (("link", False), ("replace", True)):
+        seen.clear()
+        tiny_bundle.save(target, overwrite=overwrite)
+        (how, src, dst, data), = seen
+        assert how == kind
+        assert dst == str(target) and os.path.dirname(src) == str(target.parent)
+        name = os.path.basename(src)
+        assert name.startswith(prefix) and name.endswith(".tmp") and len(name) > len(prefix + ".tmp")
+        assert data == target.read_bytes() and not os.path.exists(src)
+    assert not [p for p in os.listdir(target.parent) if p.startswith(".dgseg-tmp-")]
 
 
 def test_archive_format_details(tiny_bundle):

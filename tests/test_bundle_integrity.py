@@ -134,11 +134,13 @@ def test_manifest_tampering_refused(three_file_bundle, tmp_path):
     refused(write_zip(tmp_path / "utf.dgseg", list(bad.items())), MANIFEST, "not valid JSON")
 
 
-@pytest.mark.parametrize("extra", ["extra.safetensors", "notes.txt", "sub/weights.safetensors"])
-def test_unlisted_member_refused(three_file_bundle, tmp_path, extra):
+@pytest.mark.parametrize(("extra", "why"), [("extra.safetensors", "not in the manifest"),
+                                           ("notes.txt", "not in the manifest"),
+                                           ("sub/weights.safetensors", "path separator")])
+def test_unlisted_member_refused(three_file_bundle, tmp_path, extra, why):
     files = members(three_file_bundle)
     files[extra] = files["bank.safetensors"]
-    refused(write_zip(tmp_path / "more.dgseg", list(files.items())), "not in the manifest", extra)
+    refused(write_zip(tmp_path / "more.dgseg", list(files.items())), why, extra)
 
 
 @pytest.mark.parametrize("member", TENSOR_MEMBERS)

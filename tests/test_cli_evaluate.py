@@ -213,3 +213,79 @@ def test_mask_folder_paired_by_stem(tmp_path, capsys):
     (tmp_path / "m" / "a_mask.png").rename(tmp_path / "m" / "other.png")
     msg = _error(capsys, "evaluate", tmp_path / "p", tmp_path / "g", "--mask", tmp_path / "m")
     assert "no mask for image 'a'" in msg
+
+
+def _many_instances() -> np.ndarray:
+    lab = np.zeros((40, 40), np.uint16)
+    for k in range(6):  # six separate objects, ids 3, 8, 13, ... (not consecutive)
+        r, c = divmod(k, 3)
+        lab[2 + r * 18 : 12 + r * 18, 2 + c * 13 : 10 + c * 13] = 3 + 5 * k
+    return lab
+
+
+def _recurring_classes() -> np.ndarray:
+    lab = np.zeros((40, 40), np.uint8)
+    for k in range(6):  # three classes, each in two separate regions
+        r, c = divmod(k, 3)
+        lab[2 + r * 18 : 12 + r * 18, 2 + c * 13 : 10 + c * 13] = 1 + k % 3
+    return lab
+
+
+def test_instance_ground_truth_is_detected_without_flag(tmp_path, capsys):
+    gt = _many_instances()
+    pred = gt.copy()
+    pred[pred == 8] = 0  # one object missed
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", pred)
+    rc, out, err = _run(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif")
+    assert rc == 0
+    res = json.loads(out)
+    assert res["task"] == "instance" and res["task_source"] == "detected"
+    assert "object ids" in res["task_reason"] and res["num_classes"] is None
+    assert res["images"][0]["pq"] == pytest.approx(instance_scores(pred, gt)["pq"])
+    assert "scoring as instance" in err and "--task semantic" in err  # the user is told
+    # forcing semantic is possible and recorded as the user's choice
+    rc, out, err = _run(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif", "--task", "semantic")  # fmt: skip
+    res = json.loads(out)
+    assert res["task"] == "semantic" and res["task_source"] == "option" and err == ""
+
+
+def test_semantic_ground_truth_with_recurring_classes_stays_semantic(tmp_path, capsys):
+    gt = _recurring_classes()
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", gt)
+    rc, out, err = _run(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif")
+    res = json.loads(out)
+    assert rc == 0 and res["task"] == "semantic" and res["task_source"] == "detected"
+    assert res["num_classes"] == 4 and "recur" in res["task_reason"]
+    assert "scoring as semantic" in err
+
+
+def test_binary_ground_truth_is_semantic_and_num_classes_decides(tmp_path, capsys):
+    gt = (_many_instances() > 0).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "pred.tif", gt)
+    res = json.loads(_run(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif")[1])
+    assert res["task"] == "semantic" and res["num_classes"] == 2
+    tifffile.imwrite(tmp_path / "gt2.tif", _many_instances())
+    tifffile.imwrite(tmp_path / "pred2.tif", _many_instances())
+    res = json.loads(
+        _run(capsys, "evaluate", tmp_path / "pred2.tif", tmp_path / "gt2.tif", "--num-classes", "29")[1]
+    )
+    assert res["task"] == "semantic" and res["task_source"] == "option"
+    msg = _error(capsys, "evaluate", tmp_path / "pred.tif", tmp_path / "gt.tif", "--instance", "--task", "semantic")  # fmt: skip
+    assert "contradict" in msg
+
+
+@pytest.mark.parametrize(
+    ("top", "dtype"), [(200, np.uint8), (300, np.uint16), (70000, np.uint32)]
+)
+def test_every_stored_label_dtype_is_evaluated(tmp_path, capsys, top, dtype):
+    gt = _many_instances().astype(np.int64)  # ids up to 28
+    gt[gt == 3] = top  # the largest id decides the stored type
+    from napari_dgseg.core.labels_io import write_labels
+
+    path = write_labels(tmp_path / "gt.tif", gt)
+    assert tifffile.imread(path).dtype == dtype  # the smallest type that holds the ids
+    res = json.loads(_run(capsys, "evaluate", path, path)[1])
+    assert res["task"] == "instance" and res["images"][0]["pq"] == 1.0

@@ -16,7 +16,7 @@ from napari_dgseg.core import codebook as cb
 from napari_dgseg.core.bundle import Bundle, load_bundle
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import InputError
-from napari_dgseg.core.models.sqvae import SQVAE, SQVAEConfig
+from napari_dgseg.core.families.sqvae.model import SQVAE, SQVAEConfig
 
 N_ALPHA, N_BETA = 10, 6
 
@@ -122,5 +122,10 @@ def test_calibrate_refuses_what_it_cannot_do():
 
     unet = get_family("unet").build_model({"num_classes": 2, "widths": [8, 16]})
     ub = Bundle.create(unet, "unet", unet.config, name="u", class_names=["a", "b"])
-    with pytest.raises(InputError, match="is a 'unet' model; codebook maps need an 'sqvae' model"):
+    # the refusal comes from the family contract: families declare the ``codebook`` capability
+    with pytest.raises(InputError) as err:
         cb.calibrate_shift(ub, samples(0, 1), device="cpu")
+    assert str(err.value) == (
+        "model 'u' is a 'unet' model, which has no codebook; codebook maps need a model of one "
+        "of these families: ['sqvae'] (see `dgseg models`)"
+    )

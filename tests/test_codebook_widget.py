@@ -62,7 +62,7 @@ def widget(make_napari_viewer, qtbot, sqvae_dir, monkeypatch):
     viewer.window.add_dock_widget(w, name="Codebook")
     qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
     if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
-        w.model_picker.load(MODEL, block=True)  # shipped sqvae bundles may be listed first
+        w.model_picker.load(MODEL, sync=True)  # shipped sqvae bundles may be listed first
     assert w.model_picker.bundle.name == MODEL
     return w
 
@@ -76,7 +76,7 @@ def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
     image = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
     viewer.add_image(image, name="tile", rgb=True, scale=(0.5, 0.5), translate=(10, 20))
     assert widget.run_button.isEnabled()
-    widget.run(block=True)
+    widget.run(sync=True)
     name = f"tile codebook ({MODEL})"
     assert name in viewer.layers
     layer = viewer.layers[name]
@@ -105,7 +105,7 @@ def test_run_adds_coloured_index_map_plot_and_score(widget, qtbot):
     assert widget.describe_code(code).startswith(f"code {code}")
     assert ("background" if groups[code] == 0 else "nucleus") in widget.describe_code(code)
     # running again replaces the layer instead of adding a copy
-    widget.run(block=True)
+    widget.run(sync=True)
     assert sum(1 for lyr in viewer.layers if lyr.name == name) == 1
 
 
@@ -121,7 +121,7 @@ def test_out_of_domain_image_is_flagged(widget):
         name="magenta",
         rgb=True,
     )
-    widget.run(block=True)
+    widget.run(sync=True)
     used = widget.last_report.usage > 0
     bundle = widget.model_picker.bundle
     stored = dict(bundle.extra("codebook"))
@@ -129,7 +129,7 @@ def test_out_of_domain_image_is_flagged(widget):
         ref = torch.zeros(N_CODES, dtype=torch.float64)
         ref[int(np.flatnonzero(~used)[0])] = 1.0
         bundle.set_extra("codebook", {**stored, "usage_alpha": ref})
-        widget.run(block=True)
+        widget.run(sync=True)
     finally:
         bundle.set_extra("codebook", stored)
     report = widget.last_report
@@ -177,3 +177,99 @@ def test_cancel_leaves_no_layer(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.running, timeout=120000)
     assert "c codebook (tiny-sqvae)" not in viewer.layers
     assert "Cancelled" in widget.score_label.text()
+
+
+def test_models_are_chosen_by_capability_not_by_name(
+    make_napari_viewer, qtbot, sqvae_dir, monkeypatch, notes, tmp_path
+):
+    """Only models whose family declares the ``codebook`` capability are listed or accepted."""
+    import shutil
+
+    import torch
+
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    assert get_family("sqvae").supports("codebook")
+    assert not get_family("unet").supports("codebook")
+    folder = tmp_path / "models"
+    shutil.copytree(sqvae_dir, folder)
+    torch.manual_seed(0)
+    unet = get_family("unet").build_model({"num_classes": 2, "widths": [8, 16, 32]})
+    # a name that a label-text search for "(sqvae" would have picked up
+    plain = Bundle.create(
+        unet,
+        "unet",
+        unet.config,
+        name="aaa-not-(sqvae",
+        task="nuclei",
+        class_names=["background", "nucleus"],
+    )
+    plain.save(folder / "aaa-not-(sqvae.dgseg")
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(folder))
+    from napari_dgseg._napari.widgets.codebook import CodebookWidget
+
+    viewer = make_napari_viewer()
+    w = CodebookWidget(viewer)
+    qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
+    combo = w.model_picker.combo
+    listed = [combo.itemText(i) for i in range(combo.count())]
+    assert not any("aaa-not" in text for text in listed)
+    assert any(text.startswith(f"{MODEL} (sqvae") for text in listed)
+    assert w.model_picker.bundle is not None and w.model_picker.bundle.family.supports("codebook")
+    # a browsed file of another family is refused; the codebook model stays loaded
+    before = w.model_picker.bundle
+    assert w.model_picker.load(str(folder / "aaa-not-(sqvae.dgseg"), sync=True) is None
+    assert w.model_picker.bundle is before
+    assert any("without codebook support" in n for n in notes)
+
+
+def test_legend_show_tissue_and_the_input_the_score_is_computed_on(widget, monkeypatch):
+    """The map has a legend of class-group hues, an opacity control, and the score says what
+    the model was fed (by default the image as is, as the threshold was calibrated)."""
+    viewer = widget.viewer
+    viewer.add_image(np.full((40, 40, 3), 150, np.uint8), name="flat", rgb=True)
+    bundle = widget.model_picker.bundle
+    seen = []
+    real = type(bundle).predict
+
+    def spy(self, image, **kwargs):
+        seen.append(kwargs.get("dcin"))
+        return real(self, image, **kwargs)
+
+    monkeypatch.setattr(type(bundle), "predict", spy)
+    assert widget.input_combo.currentText() == "none"
+    # no reference bank in this model: the modes that need one are greyed out
+    model = widget.input_combo.model()
+    for i, mode in enumerate(widget.input_combo.itemText(j) for j in range(model.rowCount())):
+        assert model.item(i).isEnabled() == (mode in ("none", "auto"))
+    widget.run(sync=True)
+    assert seen == ["none"]
+    assert "image as is" in widget.score_label.text()
+    assert "calibrated" in widget.score_label.toolTip()
+
+    from qtpy.QtWidgets import QLabel
+
+    texts = [lbl.text() for lbl in widget.legend.findChildren(QLabel)]
+    assert widget.legend.isVisibleTo(widget)
+    assert "background" in texts and "nucleus" in texts
+    assert any(t.startswith("codes ") for t in texts)
+
+    layer = viewer.layers[f"flat codebook ({MODEL})"]
+    assert layer.opacity == pytest.approx(widget.opacity_slider.value() / 100)
+    widget.opacity_slider.setValue(20)
+    assert layer.opacity == pytest.approx(0.2)
+
+
+def test_legend_entries_name_each_group_and_its_codes():
+    from napari_dgseg._napari.codebook_job import legend_entries
+
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    colors = {i: (i / 10, 0.0, 0.0, 1.0) for i in range(6)}
+    rows = legend_entries(groups, colors, ("background", "vessel"))
+    assert rows == [
+        ("background", [colors[0], colors[1], colors[2]], "codes 0-2"),
+        ("vessel", [colors[3], colors[4], colors[5]], "codes 3-5"),
+    ]
+    rows = legend_entries(np.array([0, 1, 0, 1]), colors, ("bg", "fg"))
+    assert rows[0][2] == "codes 0, 2"

@@ -11,6 +11,7 @@ import torch
 
 from napari_dgseg.core.color import transfer as transfer_mod
 from napari_dgseg.core.color.tissue import (
+    colour_to_float,
     has_tissue,
     image_color_stats,
     split_image,
@@ -343,8 +344,13 @@ def test_normalize_colors_dtypes_and_channels():
     outf = normalize_colors(f, ref)
     assert outf.dtype == np.float32 and 0.0 <= outf.min() and outf.max() <= 1.0
     assert np.abs(outf * 255 - out8).max() <= 1.0
-    out16 = normalize_colors(img8.astype(np.uint16) * 257, ref)
-    assert out16.dtype == np.uint16 and np.abs(out16 / 257.0 - out8).max() <= 1.0
+    # uint16 is read by the imageprep rule (robust percentiles) and written over the full range:
+    # the same as normalizing the float image that rule gives, up to uint16 rounding
+    img16 = img8.astype(np.uint16) * 16  # 12-bit data in a 16-bit container
+    out16 = normalize_colors(img16, ref)
+    expected = normalize_colors(colour_to_float(img16), ref)
+    assert out16.dtype == np.uint16
+    assert np.abs(out16 / 65535.0 - expected).max() <= 1.0 / 65535.0
     rgba = np.concatenate([img8, np.full(img8.shape[:2] + (1,), 77, np.uint8)], -1)
     out_rgba = normalize_colors(rgba, ref)
     assert out_rgba.shape[-1] == 4 and (out_rgba[..., 3] == 77).all()

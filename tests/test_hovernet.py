@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dgseg.core.hovernet_targets import hv_targets, hv_targets_numpy, np_targets
-from napari_dgseg.core.losses.hovernet import (
+from napari_dgseg.core.families.hovernet.loss import (
     gradient_kernels,
     hovernet_loss,
     hv_mse_loss,
     hv_msge_loss,
 )
-from napari_dgseg.core.metrics import instance_scores
-from napari_dgseg.core.postprocess_hovernet import (
+from napari_dgseg.core.families.hovernet.postprocess import (
     HoverPostConfig,
     hovernet_instances,
     sobel_kernels,
 )
+from napari_dgseg.core.families.hovernet.targets import hv_targets, hv_targets_numpy, np_targets
+from napari_dgseg.core.metrics import instance_scores
 from napari_dgseg.core.registry import get_family
 
 

@@ -5,7 +5,7 @@ The stored cases (inputs and expected instance labels) are made by
 trusted. In short: the expected labels come from :func:`reference_instances` below, an
 independent step-by-step implementation of the post-processing of Graham et al. 2019,
 "HoVer-Net: Simultaneous segmentation and classification of nuclei in multi-tissue histology
-images", written without sharing code with :mod:`napari_dgseg.core.postprocess_hovernet`, and
+images", written without sharing code with :mod:`napari_dgseg.core.families.hovernet.postprocess`, and
 the script cross-checks every case against a transcription of the reference code's OpenCV calls
 (``cv2.Sobel``, ``cv2.GaussianBlur``, ``cv2.morphologyEx``) when OpenCV is installed. The
 ``thin_nucleus`` case is small enough to verify by hand.
@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from napari_dgseg.core.postprocess_hovernet import (
+from napari_dgseg.core.families.hovernet.postprocess import (
     HoverPostConfig,
     hovernet_instances,
     sobel_kernels,
@@ -230,7 +230,7 @@ def test_reference_opening_by_hand():
 
 # ----------------------------------------------------------------------------- package helpers by hand
 def test_package_defaults_are_the_reference_values():
-    from napari_dgseg.core.postprocess_hovernet import ELLIPSE_5
+    from napari_dgseg.core.families.hovernet.postprocess import ELLIPSE_5
 
     assert HoverPostConfig() == HoverPostConfig(
         np_threshold=0.5, min_size=10, sobel_size=21, marker_threshold=0.4
@@ -240,8 +240,8 @@ def test_package_defaults_are_the_reference_values():
 
 
 def test_package_opening_matches_the_independent_one():
-    from napari_dgseg.core.postprocess_hovernet import ELLIPSE_5
-    from napari_dgseg.core.postprocess_hovernet import _open as package_open
+    from napari_dgseg.core.families.hovernet.postprocess import ELLIPSE_5
+    from napari_dgseg.core.families.hovernet.postprocess import _open as package_open
 
     rng = np.random.default_rng(0)
     cases = [np.zeros((12, 12), bool), np.ones((12, 12), bool)]
@@ -257,7 +257,7 @@ def test_package_opening_matches_the_independent_one():
 
 
 def test_package_small_object_removal_by_hand():
-    from napari_dgseg.core.postprocess_hovernet import _remove_small
+    from napari_dgseg.core.families.hovernet.postprocess import _remove_small
 
     lab = np.zeros((10, 10), np.int32)
     lab[0, :9] = 1  # 9 px: removed

@@ -9,6 +9,17 @@ from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.imageprep import MIN_SIDE, ImageAdapter
 
 
+def assert_nearest_levels(out: np.ndarray, want: np.ndarray) -> None:
+    """``out`` is the module rule's 8-bit quantisation of ``want`` (values in [0, 1], float64).
+
+    Every output value must lie on one of the 256 levels ``k / 255`` and be the level nearest to
+    ``want`` (within half a level; at an exact tie either neighbour is the nearest).
+    """
+    levels = out.astype(np.float64) * 255.0
+    assert np.abs(levels - np.round(levels)).max() < 1e-4, "output is not on the 256 levels"
+    assert np.abs(levels - want * 255.0).max() <= 0.5 + 1e-4, "output is not the nearest level"
+
+
 def test_uint8_rgb_maps_0_255_to_0_1():
     img = np.array([[[0, 128, 255], [10, 20, 30]]] * 8 * 4, np.uint8).reshape(8, 8, 3)
     a = ImageAdapter.from_array(img)
@@ -42,8 +53,9 @@ def test_uint16_uses_robust_percentiles_of_the_whole_image():
     assert a.low == pytest.approx(lo) and a.high == pytest.approx(hi)
     assert a.high < 3000
     out = a.region(0, 40, 0, 50)
-    want = np.clip((img.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
-    np.testing.assert_allclose(out[..., 0], want, rtol=0, atol=1e-6)
+    want = np.clip((img.astype(np.float64) - lo) / (hi - lo), 0, 1)
+    for c in range(3):
+        assert_nearest_levels(out[..., c], want)
     assert out[0, 0, 0] == 1.0 and out.min() == 0.0
 
 
@@ -62,10 +74,19 @@ def test_large_images_are_sampled_on_a_stride():
 
 def test_float_images_in_unit_range_are_taken_as_they_are():
     rng = np.random.default_rng(1)
-    img = rng.random((12, 9, 3)).astype(np.float32) * 0.5 + 0.25
+    # built on the 256 levels, so "as is" then "quantised to 256 levels" changes nothing
+    img = rng.integers(64, 192, (12, 9, 3)).astype(np.float32) / np.float32(255)
     a = ImageAdapter.from_array(img)
     assert (a.low, a.high) == (0.0, 1.0)
     np.testing.assert_array_equal(a.region(0, 12, 0, 9), img)
+    # off the levels: no rescaling, only rounding to the nearest level
+    off = rng.random((12, 9, 3)) * 0.5 + 0.25
+    b = ImageAdapter.from_array(off.astype(np.float32))
+    assert (b.low, b.high) == (0.0, 1.0)
+    assert_nearest_levels(b.region(0, 12, 0, 9), off)
+    probe = np.array([[0.301, 0.299, 0.702]], np.float32)  # 76.755, 76.245, 179.01 levels
+    assert b.to_rgb_uint8(probe)[0, :, 0].tolist() == [77, 76, 179]
+    np.testing.assert_array_equal(b.to_rgb_float(probe)[0, :, 0], np.float32([77, 76, 179]) / 255)
     # exactly 0 and 1 are still the unit range
     img[0, 0, 0], img[1, 1, 1] = 0.0, 1.0
     assert (ImageAdapter.from_array(img).low, ImageAdapter.from_array(img).high) == (0.0, 1.0)
@@ -85,8 +106,10 @@ def test_float_images_outside_unit_range_are_rescaled_and_nan_inf_handled():
     out = a.region(0, 20, 0, 20)[..., 0]
     assert np.isfinite(out).all()
     assert out[3, 4] == 0.0 and out[5, 6] == 1.0 and out[7, 8] == 0.0
-    mid = (img[10, 10] - np.float32(lo)) / np.float32(hi - lo)
-    assert out[10, 10] == pytest.approx(mid, abs=1e-6)
+    want = np.clip((np.nan_to_num(img, nan=lo, posinf=hi, neginf=lo) - lo) / (hi - lo), 0, 1)
+    assert_nearest_levels(out, want)
+    mid = (float(img[10, 10]) - lo) / (hi - lo)
+    assert out[10, 10] == pytest.approx(round(255 * mid) / 255, abs=1e-6)
     # float data slightly above 1 is not the unit range either
     above = np.linspace(0.0, 1.5, 64, dtype=np.float32).reshape(8, 8)
     lo, hi = np.percentile(above.astype(np.float64), [0.5, 99.8])
@@ -135,6 +158,31 @@ def test_rgba_is_composited_on_white_and_alpha_is_not_an_intensity():
     img16[..., 3] = 65535
     b = ImageAdapter.from_array(img16)
     lo, hi = np.percentile(img16[..., :3].astype(np.float64), [0.5, 99.8])
+    assert b.low == pytest.approx(lo) and b.high == pytest.approx(hi)
+
+
+def test_grey_plus_alpha_is_an_image_composited_on_white():
+    # (H, W, 2) was once refused as a bad shape; the module rule now reads it as grey + alpha
+    img = np.zeros((8, 8, 2), np.uint8)
+    img[..., 0] = 60
+    img[..., 1] = 255
+    img[0, 0, 1] = 0  # transparent -> white glass
+    img[0, 1, 1] = 51  # alpha 0.2
+    a = ImageAdapter.from_array(img)
+    assert (a.channels, a.low, a.high) == (2, 0.0, 255.0)
+    out = a.region(0, 8, 0, 8)
+    assert out.shape == (8, 8, 3)
+    np.testing.assert_allclose(out[0, 0], 1.0)
+    np.testing.assert_allclose(out[4, 4], 60 / 255, atol=1e-7)
+    # 60 * 0.2 + 255 * 0.8 = 216 exactly, on a level
+    np.testing.assert_allclose(out[0, 1], 216 / 255, atol=1e-7)
+    # 16-bit grey + alpha: the alpha channel does not enter the percentiles
+    rng = np.random.default_rng(3)
+    img16 = np.empty((16, 16, 2), np.uint16)
+    img16[..., 0] = rng.integers(0, 1000, (16, 16))
+    img16[..., 1] = 65535
+    b = ImageAdapter.from_array(img16)
+    lo, hi = np.percentile(img16[..., 0].astype(np.float64), [0.5, 99.8])
     assert b.low == pytest.approx(lo) and b.high == pytest.approx(hi)
 
 
@@ -200,7 +248,7 @@ def test_lists_are_accepted_as_arrays():
 @pytest.mark.parametrize(
     "shape,match",
     [((3, 64, 64), "channels first"), ((4, 20, 30), "channels first"), ((64, 64, 5), "expected"),
-     ((64, 64, 2), "expected"), ((4, 4, 4, 3), "expected"), ((64,), "expected"),
+     ((4, 4, 4, 3), "expected"), ((64,), "expected"),
      ((3, 64, 4), "at least 8 x 8"), ((3, 64, 5), "channels first"),
      ((MIN_SIDE - 1, 64), "at least 8 x 8"), ((64, MIN_SIDE - 1, 3), "at least 8 x 8")],
 )

@@ -41,7 +41,7 @@ def test_round_trip_keeps_dtype_values_and_provenance(tmp_path, suffix, dtype):
     labels = _labels(dtype=dtype)
     written = write_labels(tmp_path / f"mask{suffix}", labels, PROVENANCE)
     back, record = read_labels(written)
-    assert back.dtype == np.dtype(dtype)
+    assert back.dtype == np.uint8  # ids up to 250: the smallest type that holds them
     np.testing.assert_array_equal(back, labels)
     assert record == {
         "model": "nuclei-unet",
@@ -56,9 +56,11 @@ def test_bool_and_wide_integer_dtypes(tmp_path):
     back, _ = read_labels(write_labels(tmp_path / "b.tif", _labels() > 0))
     assert back.dtype == np.uint8 and set(np.unique(back)) == {0, 1}
     back, _ = read_labels(write_labels(tmp_path / "i64.tif", _labels(dtype=np.int64)))
-    assert back.dtype == np.int32
-    with pytest.raises(InputError, match="beyond int32"):
+    assert back.dtype == np.uint8
+    with pytest.raises(InputError, match="beyond uint32"):
         write_labels(tmp_path / "huge.tif", np.array([[0, 2**40]] * 2, np.int64))
+    with pytest.raises(InputError, match="beyond int32"):
+        write_labels(tmp_path / "neg.tif", np.array([[-1, 2**33]] * 2, np.int64))
     with pytest.raises(InputError, match="integer ids"):
         write_labels(tmp_path / "f.tif", np.zeros((4, 4), np.float32))
 
@@ -85,7 +87,7 @@ def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     for suffix in (".tif", ".zarr"):
         target = tmp_path / f"mask{suffix}"
         write_labels(target, _labels(), {"version": 1})
-        write_labels(target, _labels() * 0 + 1, {"version": 2})
+        write_labels(target, _labels() * 0 + 1, {"version": 2}, overwrite=True)
         back, record = read_labels(target)
         assert record == {"version": 2} and set(np.unique(back)) == {1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif", "mask.zarr"]
@@ -100,7 +102,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tifffile, "imwrite", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_labels(target, _labels() + 1, {"version": 2})
+        write_labels(target, _labels() + 1, {"version": 2}, overwrite=True)
     monkeypatch.undo()
     back, record = read_labels(target)
     assert record == {"version": 1}
@@ -165,3 +167,47 @@ def test_writer_keeps_widget_provenance(tmp_path):
     _, prov = read_labels(paths[0])
     assert prov["model"] == "nuclei-unet" and prov["tile"] == 512
     assert prov["dcin"]["mode"] == "full" and prov["source_layer"] == "tile"
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (0, 1, np.uint8),  # binary
+        (0, 255, np.uint8),  # semantic, fewer than 256 classes
+        (0, 256, np.uint16),  # instances by their largest id
+        (0, 65535, np.uint16),
+        (0, 65536, np.uint32),
+        (0, 2**32 - 1, np.uint32),
+        (-1, 5, np.int32),  # negative ids: signed
+    ],
+)
+def test_label_dtype_is_the_smallest_that_holds_the_ids(tmp_path, low, high, expected):
+    from napari_dgseg.core.labels_io import label_dtype
+
+    assert label_dtype(low, high) == np.dtype(expected)
+    labels = np.zeros((4, 5), np.int64)
+    labels[0, 0], labels[3, 4] = low, high
+    for suffix in (".tif", ".zarr"):
+        back, _ = read_labels(write_labels(tmp_path / f"m{high}{suffix}", labels))
+        assert back.dtype == np.dtype(expected)
+        np.testing.assert_array_equal(back, labels)
+
+
+def test_placement_is_stored_in_the_record_and_the_tiff_resolution(tmp_path):
+    from napari_dgseg.core.labels_io import Placement, read_placement
+    from napari_dgseg.core.slide import open_image
+
+    placement = Placement(scale=(0.2527, 0.5), translate=(1200.25, -350.0))
+    path = write_labels(tmp_path / "m.tif", _labels(), {"model": "x"}, placement=placement)
+    _, record = read_labels(path)
+    assert read_placement(record) == placement
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages.first.tags["ResolutionUnit"].value == 3  # centimetre
+    # any TIFF reader sees the micrometre pixel size (rational tags: to 1e-6)
+    np.testing.assert_allclose(open_image(path).pixel_size_um, (0.2527, 0.5), rtol=1e-6)
+    pixels = Placement(scale=(1.0, 1.0), translate=(3.0, 4.0), unit="pixel")
+    path = write_labels(tmp_path / "p.zarr", _labels(), placement=pixels)
+    assert read_placement(read_labels(path)[1]) == pixels
+    with pytest.raises(InputError, match="positive"):
+        Placement(scale=(0.0, 1.0))
+    assert read_placement({"placement": {"scale": "bad"}}) is None

@@ -23,6 +23,7 @@ from test_slide import (
 napari = pytest.importorskip("napari")
 
 from napari_dgseg._napari.reader import NO_LAYERS, get_reader, read_paths  # noqa: E402
+from napari_dgseg.core.imageprep import PERCENTILES  # noqa: E402
 from napari_dgseg.core.labels_io import read_labels, write_labels  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -158,7 +159,7 @@ def test_formats_open_with_rgb_flag_and_metadata(make_napari_viewer, files, key,
     assert "pixel_size_um" in layer.metadata
     if key in ("grey16", "rgb16"):
         values = np.asarray(level0)
-        lo, hi = np.percentile(values, [0.5, 99.5])
+        lo, hi = np.percentile(values, PERCENTILES)  # the network's scaling (imageprep)
         assert layer.contrast_limits == pytest.approx([lo, hi])
     if key == "omezarr":
         assert layer.multiscale and tuple(layer.scale) == (0.5, 0.5)

@@ -15,6 +15,7 @@ Then shapes, dtypes, dask, cancel, progress and errors of the bundle-level ``pre
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 
@@ -23,15 +24,11 @@ import pytest
 import torch
 from torch import nn
 
+from napari_dgseg.core.cancel import is_cancelled as _is_cancelled
 from napari_dgseg.core.errors import CancelledError, InputError
-from napari_dgseg.core.predict import (
-    _is_cancelled,
-    _pad_to,
-    elapsed_since,
-    normalise_input,
-    run_tiled,
-    semantic_postprocess,
-)
+from napari_dgseg.core.models.base import SegModel, normalise_input
+from napari_dgseg.core.postprocess import semantic_postprocess
+from napari_dgseg.core.predict import _pad_to, elapsed_since, run_tiled
 from napari_dgseg.core.tiling import plan_tiles
 
 IDENTITY_SPEC = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
@@ -137,7 +134,9 @@ def coordinate_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.stack([yy / max(h - 1, 1), xx / max(w - 1, 1), rng.random((h, w))], axis=-1)
     img[0, 0, :2] = (0.0, 1.0)  # ensure the float image spans [0, 1] exactly (no rescaling)
-    return img.astype(np.float32)
+    # on the 256 grey levels the image preparer quantises every input to (core/imageprep.py),
+    # so that what the network receives is exactly this array
+    return (np.round(img * 255.0) / 255.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------- exact tiled == untiled
@@ -178,8 +177,11 @@ def test_input_normalisation_is_applied_to_every_tile():
     np.testing.assert_allclose(out["logits"], want, rtol=0, atol=1e-5)
 
 
-def test_model_without_divisor_gets_tiles_of_multiples_of_16():
-    class Bare(nn.Module):  # no divisor, no discrete_outputs attributes
+def test_segmodel_default_divisor_gives_tiles_of_multiples_of_16_and_bare_modules_are_refused():
+    """The divisor is part of the SegModel contract: a subclass that sets none inherits 16; a
+    module outside the contract is not silently given a default."""
+
+    class Plain(SegModel):  # sets neither divisor nor discrete_outputs: the base class's apply
         def __init__(self):
             super().__init__()
             self.shapes = []
@@ -188,11 +190,18 @@ def test_model_without_divisor_gets_tiles_of_multiples_of_16():
             self.shapes.append(tuple(x.shape[2:]))
             return {"logits": x[:, :1] * 2}
 
-    model = Bare()
-    img = coordinate_image(50, 70)
+    model = Plain()
+    img = coordinate_image(50, 70)  # on the 256 levels: what the network sees equals img
     out = run_tiled(model, img, input_spec=IDENTITY_SPEC, tile=40, overlap=4, device="cpu")
     assert set(model.shapes) == {plan_tiles(50, 70, 40, 4, 16).tile_shape} == {(32, 32)}
     np.testing.assert_allclose(out["logits"][0], 2 * img[..., 0], atol=1e-6)
+
+    class Bare(nn.Module):  # no divisor attribute at all
+        def infer(self, x):
+            return {"logits": x[:, :1]}
+
+    with pytest.raises(AttributeError, match="divisor"):
+        run_tiled(Bare(), img, input_spec=IDENTITY_SPEC, tile=40, overlap=4, device="cpu")
 
 
 # ---------------------------------------------------------------- the blend itself
@@ -238,7 +247,8 @@ def test_constant_model_blends_to_the_same_constant_everywhere():
 def test_box_filter_seams_stay_at_ramp_floor_level():
     """A 3 x 3 filter sees zero padding at tile edges; the blend must hide that almost entirely."""
     rng = np.random.default_rng(3)
-    img = rng.random((240, 200, 3)).astype(np.float32)
+    # on the 256 levels, so the network sees exactly img (inputs are quantised to 256 levels)
+    img = rng.integers(0, 256, (240, 200, 3)).astype(np.float32) / np.float32(255)
     img[0, 0] = (0.0, 1.0, 0.0)
     out = run_tiled(Box3(), img, input_spec=IDENTITY_SPEC, tile=64, overlap=32, device="cpu")
     whole = Box3().infer(torch.from_numpy(img).permute(2, 0, 1)[None])["logits"][0].numpy()
@@ -549,12 +559,18 @@ def test_predict_bundle_fields_from_an_independent_computation(tmp_path):
     when = dt.datetime.fromisoformat(prov["date"])
     assert when.utcoffset() == dt.timedelta(0) and when.microsecond == 0
     assert prov["napari_dgseg"] == napari_dgseg.__version__
-    # a saved bundle names its file and checksum
-    path = bundle.save(tmp_path / "toy.dgseg")
+    # a saved bundle names its file and checksum (loading checks the weights against the config,
+    # so the saved bundle holds a real network of the stored ``unet`` config)
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    config = {"num_classes": 2, "widths": [8, 16]}
+    real = Bundle.create(get_family("unet").build_model(config), "unet", config, name="toy",
+                         class_names=["background", "thing"], task="nuclei")
+    path = real.save(tmp_path / "toy.dgseg")
     loaded = load_bundle(path)
-    loaded._model = PerPixelLinear()  # the toy network has no weights to rebuild it from
     prov = loaded.predict(img, tile=64, device="cpu").provenance
-    assert prov["model_path"] == str(path) and prov["model_sha256"] == bundle.sha256
+    assert real.sha256 and prov["model_path"] == str(path) and prov["model_sha256"] == real.sha256
     assert (prov["tile"], prov["overlap"], prov["batch"]) == (64, 48, 2)  # the defaults
 
 
@@ -579,7 +595,10 @@ def test_predict_bundle_grey_16_bit_records_its_intensity_range():
     pred = toy_bundle().predict(img, tile=32, overlap=8, device="cpu")
     lo, hi = np.percentile(img.astype(np.float64), [0.5, 99.8])
     assert pred.provenance["intensity_range"] == [pytest.approx(lo), pytest.approx(hi)]
-    rgb = np.clip((img.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+    # the documented rule: percentiles -> [0, 1], then the nearest of 256 levels
+    v = 255 * np.clip((img.astype(np.float64) - lo) / (hi - lo), 0, 1)
+    assert np.abs(v - np.floor(v) - 0.5).min() > 1e-3  # no rounding ties: the rule is exact here
+    rgb = np.round(v) / 255
     x = (np.repeat(rgb[..., None], 3, axis=2) - 0.5) / 0.25
     z = np.einsum("kc,hwc->khw", PerPixelLinear.A.numpy(), x) + PerPixelLinear.b.numpy()[:, None, None]
     np.testing.assert_allclose(pred.probabilities, _softmax0(z), rtol=0, atol=1e-5)
@@ -590,23 +609,23 @@ def test_predict_bundle_uses_the_family_postprocess_and_keeps_other_maps_as_extr
 
     calls = {}
 
-    class Family:
-        @staticmethod
-        def postprocess(maps, config):
-            calls["keys"] = sorted(maps)
-            calls["config"] = config
-            z = maps["logits"]
-            return {
-                "labels": (z[0] > 0).astype(np.int32),
-                "probabilities": None,
-                "codebook_indices": np.full(z.shape[1:], 3, np.int32),
-                "local_mask": np.ones(z.shape[1:], np.float32),
-                "uncertainty": "not an extra",
-                "hv": z[:1] * 2,
-            }
+    def postprocess(maps, config):
+        calls["keys"] = sorted(maps)
+        calls["config"] = config
+        z = maps["logits"]
+        return {
+            "labels": (z[0] > 0).astype(np.int32),
+            "probabilities": None,
+            "codebook_indices": np.full(z.shape[1:], 3, np.int32),
+            "local_mask": np.ones(z.shape[1:], np.float32),
+            "uncertainty": "not an extra",
+            "hv": z[:1] * 2,
+        }
 
-    monkeypatch.setattr(Bundle, "family", property(lambda self: Family))
     bundle = toy_bundle()
+    # a real Family (the contract), differing from the bundle's only in its postprocess
+    family = dataclasses.replace(bundle.family, postprocess=postprocess)
+    monkeypatch.setattr(Bundle, "family", property(lambda self: family))
     img = (coordinate_image(40, 48) * 255).astype(np.uint8)
     pred = bundle.predict(img, tile=32, overlap=8, device="cpu")
     x = (img.astype(np.float32) / 255.0 - 0.5) / 0.25
@@ -621,6 +640,7 @@ def test_predict_bundle_uses_the_family_postprocess_and_keeps_other_maps_as_extr
 
 
 def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_images(monkeypatch):
+    from napari_dgseg.core import inference
     from napari_dgseg.core.color import dcin
 
     def plan(bundle, adapter, mode, reference):
@@ -631,7 +651,7 @@ def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_ima
             references=[{"branch": "gris"}, {"branch": "lris"}],
         )
 
-    monkeypatch.setattr(dcin, "plan_dcin", plan)
+    monkeypatch.setattr(inference, "plan_dcin", plan)  # the name predict_bundle calls
     img = (coordinate_image(40, 48, seed=4) * 255).round().astype(np.uint8)
     bundle = toy_bundle()
     pred = bundle.predict(img, tile=32, overlap=8, device="cpu", dcin="full", reference="ref",
@@ -653,9 +673,10 @@ def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_ima
 
 
 def test_predict_bundle_refuses_a_plan_whose_references_do_not_match_its_branches(monkeypatch):
+    from napari_dgseg.core import inference
     from napari_dgseg.core.color import dcin
 
-    monkeypatch.setattr(dcin, "plan_dcin", lambda *a: dcin.DcinPlan(
+    monkeypatch.setattr(inference, "plan_dcin", lambda *a: dcin.DcinPlan(
         mode="full", branches=[lambda t: t, lambda t: t], references=[{"branch": "gris"}]))
     with pytest.raises(ValueError, match="zip"):
         toy_bundle().predict(np.zeros((16, 16, 3), np.uint8), tile=32, overlap=8, device="cpu",

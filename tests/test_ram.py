@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dgseg.core.augment_ram import (
+from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC, load_bundle
+from napari_dgseg.core.data.sample import Sample
+from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.families.ram.augment import (
     LAMBDAS,
     amplitude_mix,
     draw_lambdas,
@@ -14,10 +17,7 @@ from napari_dgseg.core.augment_ram import (
     random_amplitude_mixup,
     window_bounds,
 )
-from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC, load_bundle
-from napari_dgseg.core.data.sample import Sample
-from napari_dgseg.core.errors import InputError
-from napari_dgseg.core.losses.ram import restoration_loss, symmetric_kl
+from napari_dgseg.core.families.ram.loss import restoration_loss, symmetric_kl
 from napari_dgseg.core.registry import get_family
 
 TINY = {"widths": [8, 16, 32]}
@@ -218,7 +218,7 @@ def test_same_segmenter_as_unet():
 
 @pytest.mark.parametrize("family", ["ram", "ram-sgcg"])
 def test_train_saves_segmenter_only_and_extras(tmp_path, family):
-    from napari_dgseg.core.models.ram import training_model_from_bundle
+    from napari_dgseg.core.families.ram.model import training_model_from_bundle
     from napari_dgseg.core.train.source import train
 
     rng = np.random.default_rng(0)

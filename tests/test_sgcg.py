@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from napari_dgseg.core.errors import InputError
-from napari_dgseg.core.losses.segmentation import IGNORE_INDEX
-from napari_dgseg.core.losses.sgcg import (
+from napari_dgseg.core.families.ram.sgcg import (
     ClassStatistics,
     SgCGLoss,
     batch_statistics,
@@ -19,6 +18,7 @@ from napari_dgseg.core.losses.sgcg import (
     quadratic_form,
     sgcg_bound,
 )
+from napari_dgseg.core.losses.segmentation import IGNORE_INDEX
 
 
 def _data(seed: int = 0, n: int = 600, d: int = 5, c: int = 3):

@@ -17,6 +17,7 @@ import zarr
 from PIL import Image
 
 from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.imageprep import PERCENTILES
 from napari_dgseg.core.slide import (
     MIN_SIDE,
     SUPPORTED_SUFFIXES,
@@ -473,7 +474,7 @@ def test_to_rgb_uint8_16bit_uses_robust_percentiles():
     data = rng.integers(1000, 4000, (100, 100), dtype=np.uint16)  # 12-bit camera in 16 bits
     data[0, 0] = 65535  # one hot pixel must not darken everything
     out = to_rgb_uint8(data)
-    lo, hi = np.percentile(data, [0.5, 99.5])
+    lo, hi = np.percentile(data, PERCENTILES)  # the one rule of core.imageprep
     expected = np.round(np.clip((data.astype(np.float32) - lo) * (255 / (hi - lo)), 0, 255))
     np.testing.assert_allclose(out[..., 0], expected, atol=1)
     assert out[..., 0].mean() > 100

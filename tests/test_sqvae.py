@@ -1,4 +1,4 @@
-"""The ``sqvae`` family (papers/000): losses against hand-computed values, quantiser, groups,
+"""The ``sqvae`` family (Saito & Hotta 2025): losses against hand-computed values, quantiser, groups,
 gradients, save/load, training hooks and the domain-shift score.
 
     .venv/bin/pytest tests/test_sqvae.py -q
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from napari_dgseg.core import codebook as cb
-from napari_dgseg.core.losses import sqvae as L
-from napari_dgseg.core.models.sqvae import (
+from napari_dgseg.core.families.sqvae import loss as L
+from napari_dgseg.core.families.sqvae.model import (
     SQVAE,
     GaussianQuantizer,
     SQVAEConfig,
@@ -443,12 +443,34 @@ def test_cli_codebook_writes_index_map_and_prints_scores(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     row = out["outputs"][0]
     written = tifffile.imread(row["codebook"])
-    assert written.shape == (40, 40) and written.dtype == np.int32
+    # the smallest integer type holding the ids: 10 codewords fit in uint8
+    assert written.shape == (40, 40) and written.dtype == np.uint8
     pred = bundle.predict(samples[0].image, device="cpu")
     np.testing.assert_array_equal(written, pred.codebook_indices)
     assert 0.0 <= row["shift_score"] <= 1.0 and isinstance(row["out_of_domain"], bool)
     assert sum(row["usage"]) == pytest.approx(1.0, abs=1e-4)
     assert (tmp_path / "o" / "img_labels.tif").exists()
+    assert out["failed"] == [] and out["codebook_size"] == 10
+    # existing outputs are kept without --overwrite, replaced with it
+    before = (tmp_path / "o" / "img_codebook.tif").read_bytes()
+    args = ["codebook", "--model", str(path), "--out", str(tmp_path / "o"), "--quiet", str(img)]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "o" / "img_codebook.tif").read_bytes() == before
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == []
+    # a batch continues past a bad input, lists it under "failed" and exits 1
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    assert main(["codebook", "--model", str(path), "--out", str(tmp_path / "o2"), "--quiet",
+                 str(bad), str(img)]) == 1
+    captured = capsys.readouterr()
+    out2 = json.loads(captured.out)
+    assert [r["codebook"] for r in out2["outputs"]] == [str(tmp_path / "o2" / "img_codebook.tif")]
+    (failure,) = out2["failed"]
+    assert failure["input"] == str(bad) and "\n" not in failure["error"]
+    assert len(captured.err.strip().splitlines()) == 1 and "bad.tif" in captured.err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o2" / "img_codebook.tif"), written)
     # a non-sqvae model is refused with a clear message (exit 2)
     from napari_dgseg.core.registry import get_family
 

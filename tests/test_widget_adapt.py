@@ -58,7 +58,7 @@ def widget(make_napari_viewer, qtbot, model_dir, monkeypatch):
     viewer.window.add_dock_widget(w, name="Adapt")
     qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
     if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
-        w.model_picker.load(MODEL, block=True)
+        w.model_picker.load(MODEL, sync=True)
     w.size_spin.setValue(64)
     w.lr_spin.setValue(1e-3)
     return w
@@ -81,7 +81,9 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     timer.timeout.connect(lambda: ticks.append(1))
     timer.start(20)
     assert widget.run()
-    assert widget.running and widget._worker is not None  # a thread worker, not the GUI thread
+    assert (
+        widget.running and widget.runner.worker is not None
+    )  # a thread worker, not the GUI thread
     qtbot.waitUntil(lambda: len(widget.plot.data["seg"]) >= 4, timeout=60000)
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
@@ -94,40 +96,48 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     # the loaded model is unchanged
     for k, v in widget.model_picker.bundle.model.state_dict().items():
         assert np.array_equal(v.numpy(), w0[k].numpy())
-    saved = widget.save()
+    saved = widget.save(sync=True)
     assert saved is not None and saved.name == f"{MODEL}-adapted-1.dgseg"
     assert parent_path.read_bytes() == parent_bytes
     loaded = load_bundle(saved)
     assert loaded.provenance["parent"]["sha256"] == sha256_file(parent_path)
     pred = loaded.predict(np.asarray(widget.viewer.layers["target0"].data), device="cpu")
     assert pred.labels.shape == (128, 128) and pred.labels.dtype == np.int32
-    widget.compare()
+    # the target moves to a micrometre slide position: "after" must follow it exactly
+    src = widget.viewer.layers[widget._preview_source]
+    src.scale = (0.25, 0.5)
+    src.translate = (1000.0, -20.0)
+    assert widget.compare(sync=True)
     assert (
-        "target0 before (parent)" in widget.viewer.layers
-        and "target0 after (adapted)" in widget.viewer.layers
+        f"{src.name} before (parent)" in widget.viewer.layers
+        and f"{src.name} after (adapted)" in widget.viewer.layers
     )
-    after = widget.viewer.layers["target0 after (adapted)"]
-    assert after.translate[1] > 128  # side by side
+    for what in ("before (parent)", "after (adapted)"):
+        layer = widget.viewer.layers[f"{src.name} {what}"]
+        np.testing.assert_allclose(layer.translate, (1000.0, -20.0))  # the region's origin
+        np.testing.assert_allclose(layer.scale, (0.25, 0.5))
+        assert layer.data.shape == src.data.shape[:2]  # the region's exact size
+        np.testing.assert_allclose(layer.extent.world, src.extent.world[:, :2])
     # second save: next version number
-    assert widget.save().name == f"{MODEL}-adapted-2.dgseg"
+    assert widget.save(sync=True).name == f"{MODEL}-adapted-2.dgseg"
 
 
 @pytest.mark.slow
 def test_cancel_during_save_leaves_files(widget, model_dir):
     widget.select_targets(["target0"])
     widget.iters_spin.setValue(2)
-    assert widget.run(block=True)
+    assert widget.run(sync=True)
     assert widget.result is not None
     parent_path = model_dir / f"{MODEL}.dgseg"
     before = parent_path.read_bytes()
     ev = threading.Event()
     ev.set()
     out = model_dir / "cancelled.dgseg"
-    assert widget.save(out, cancel=ev) is None
+    assert widget.save(out, sync=True, cancel=ev) is None
     assert not out.exists() and parent_path.read_bytes() == before
     assert "cancelled" in widget.status.text()
     # saving onto the parent is refused
-    assert widget.save(parent_path) is None and parent_path.read_bytes() == before
+    assert widget.save(parent_path, sync=True) is None and parent_path.read_bytes() == before
 
 
 @pytest.mark.slow
@@ -140,28 +150,95 @@ def test_labelled_target_checkbox(widget):
     assert widget.use_labels.isEnabled() and "target0 corrected" in widget.labels_info.text()
     widget.use_labels.setChecked(True)
     widget.iters_spin.setValue(2)
-    assert widget.run(block=True)
+    assert widget.run(sync=True)
     assert widget.result.provenance["labelled_targets"] == ["target0"]
 
 
 @pytest.mark.slow
 def test_bad_input(widget, notes, model_dir, monkeypatch):
     widget.select_targets([])
-    assert not widget.run(block=True)
+    assert not widget.run(sync=True)
     assert any("no target layers" in n for n in notes)
     lab = widget.viewer.add_labels(np.zeros((128, 128), np.int32), name="mask")
-    assert not widget.run([lab], block=True)
+    assert not widget.run([lab], sync=True)
     assert any("is a Labels layer" in n for n in notes)
     widget.viewer.add_image(np.zeros((40, 40, 3), np.uint8), name="small", rgb=True)
     widget.select_targets(["small"])
     widget.iters_spin.setValue(2)
-    widget.run(block=True)
+    widget.run(sync=True)
     assert any("smaller than the crop size 64" in n for n in notes)
     assert widget.result is None and not widget.running
     # a bundle without a replay set and no source folder
     bare = widget.model_picker.bundle
     del bare._tensors["replay.safetensors"]
     widget.select_targets(["target0"])
-    widget.run(block=True)
+    widget.run(sync=True)
     assert any("--source" in n or "Source folder" in n for n in notes)
-    assert widget.save() is None  # nothing to save
+    assert widget.save(sync=True) is None  # nothing to save
+
+
+def test_event_loop_never_stalls_during_compare_and_adapt(widget, qtbot):
+    """A 15 ms QTimer probe: while a real compare and a short real adapt run through the widget,
+    the largest gap between ticks stays under 100 ms (nothing heavy runs in the GUI thread).
+
+    This measures non-blocking behaviour, not speed: previews are off (the core still segments
+    one at the end, in the worker) so that the jobs, their per-iteration plot updates and the last
+    preview layer update are what runs while the probe records; imports and first kernels are
+    warmed up before, and only ticks while a job runs count.
+    """
+    import gc
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    from conftest import disks_image
+
+    tiles = [disks_image(128, seed=70 + i, n=10)[0] for i in range(16)]
+    big = np.concatenate([np.concatenate(tiles[r * 4 : r * 4 + 4], axis=1) for r in range(4)])
+    widget.viewer.add_image(big, name="big target", rgb=True)  # 512 x 512: compare takes a while
+    widget.select_targets(["big target"])
+    widget.preview_spin.setValue(10000)
+    widget.iters_spin.setValue(2)
+    assert widget.run(sync=True) and widget.result is not None  # warm-up: imports, kernels
+    assert widget.compare(sync=True)
+    # A full collection of the viewer's and torch's objects is an interpreter pause, not GUI
+    # work: collect now and keep the warm objects out of later collections during the probe.
+    gc.collect()
+    gc.freeze()
+
+    ticks: list[float] = []
+
+    def tick():
+        if widget.running:
+            ticks.append(time.perf_counter())
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(15)
+    # Work done in the GUI thread stalls every run; a machine busy with other processes stalls
+    # one run now and then. So each job gets up to two runs and its best run must stay < 100 ms.
+    widest: dict[str, float] = {}
+    try:
+        for job, start in (("compare", widget.compare), ("adapt", widget.run)):
+            for _attempt in range(2):
+                ticks.clear()
+                widget.iters_spin.setValue(12)
+                assert start()
+                assert widget.running and widget.runner.worker is not None  # returned at once
+                qtbot.waitUntil(lambda: not widget.running, timeout=120000)
+                assert len(ticks) >= 5, f"{job} ended before the probe could measure it"
+                gap = float(np.diff(ticks).max())
+                widest[job] = min(gap, widest.get(job, gap))
+                if widest[job] < 0.1:
+                    break
+    finally:
+        timer.stop()
+        gc.unfreeze()
+    assert widget.result is not None and widget.result.provenance["iterations"] == 12
+    assert "big target after (adapted)" in widget.viewer.layers
+    print(
+        f"largest event-loop gap: compare {widest['compare'] * 1000:.0f} ms, "
+        f"adapt {widest['adapt'] * 1000:.0f} ms"
+    )
+    for job, gap in widest.items():
+        assert gap < 0.1, f"the GUI thread stalled {gap * 1000:.0f} ms during {job}"

@@ -68,7 +68,7 @@ def _make_widget(make_napari_viewer, qtbot, model_dir, monkeypatch, model):
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w, name="Segment")
     qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
-    w.model_picker.load(model, block=True)
+    w.model_picker.load(model, sync=True)
     assert w.model_picker.bundle.name == model
     w.tile_spin.setValue(128)
     w.overlap_spin.setValue(32)
@@ -106,7 +106,7 @@ def test_bankless_model_disables_bank_modes(make_napari_viewer, qtbot, model_dir
     viewer.add_image(_shifted(), name="img", rgb=True)
     w.dcin.normalized_check.setChecked(True)
     w.dcin.uncertainty_check.setChecked(True)
-    w.run(block=True)
+    w.run(sync=True)
     labels = viewer.layers[f"img labels ({PLAIN})"]
     dcin = labels.metadata["provenance"]["dcin"]
     assert dcin["mode"] == "none" and dcin["references"] == []
@@ -114,13 +114,13 @@ def test_bankless_model_disables_bank_modes(make_napari_viewer, qtbot, model_dir
     assert w.dcin.references_line.text().startswith("none")
 
     # a model with a bank enables them; auto now means full
-    w.model_picker.load(BANKED, block=True)
+    w.model_picker.load(BANKED, sync=True)
     assert all(_mode_item(w, m).isEnabled() for m in ("gris", "lris", "full"))
     assert "(this model: full)" in _mode_item(w, "auto").toolTip()
     assert w.dcin.effective_mode() == "full" and w.dcin.uncertainty_check.isEnabled()
     # choosing full, then going back to the bank-less model falls back to auto
     w.dcin.mode_combo.setCurrentText("full")
-    w.model_picker.load(PLAIN, block=True)
+    w.model_picker.load(PLAIN, sync=True)
     assert w.dcin.mode() == "auto" and not _mode_item(w, "full").isEnabled()
 
 
@@ -171,7 +171,7 @@ def test_full_mode_adds_normalized_and_uncertainty(banked, qtbot):
     w.image_picker.set_layer(viewer.layers["other"])
     w.dcin.normalized_check.setChecked(False)
     w.dcin.uncertainty_check.setChecked(False)
-    w.run(block=True)
+    w.run(sync=True)
     names = [lyr.name for lyr in viewer.layers]
     assert f"other labels ({BANKED})" in names
     assert not [n for n in names if n.startswith("other") and ("normalized" in n or "uncert" in n)]
@@ -187,7 +187,7 @@ def test_reference_mode_with_a_layer(banked, notes, tmp_path):
     w.dcin.mode_combo.setCurrentText("reference")
     assert not w.dcin._reference_row.isHidden()
     assert w.dcin.reference_picker.layer() is None  # the target is never its own reference
-    w.run(block=True)
+    w.run(sync=True)
     assert any("needs a reference" in m for m in notes)
     assert f"img labels ({BANKED})" not in viewer.layers
 
@@ -200,7 +200,7 @@ def test_reference_mode_with_a_layer(banked, notes, tmp_path):
     assert picked == ["well stained"]
     assert w.dcin.reference_picker.layer() is ref
     w.dcin.normalized_check.setChecked(True)
-    w.run(block=True)
+    w.run(sync=True)
     labels = viewer.layers[f"img labels ({BANKED})"]
     dcin = labels.metadata["provenance"]["dcin"]
     assert dcin["mode"] == "reference" and dcin["reference_source"] == "well stained"
@@ -219,7 +219,7 @@ def test_reference_mode_with_a_layer(banked, notes, tmp_path):
     imsave(path, _tinted(2), check_contrast=False)
     w.dcin.set_reference_file(str(path))
     assert not w.dcin.reference_picker.isEnabled() and not w.dcin.clear_file_button.isHidden()
-    w.run(block=True)
+    w.run(sync=True)
     dcin = viewer.layers[f"img labels ({BANKED})"].metadata["provenance"]["dcin"]
     assert dcin["reference_source"] == "expert.png"
     np.testing.assert_allclose(dcin["references"][0]["mean"], image_color_stats(_tinted(2))[0])
@@ -229,7 +229,7 @@ def test_reference_mode_with_a_layer(banked, notes, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     w.dcin.set_reference_file(str(bad))
-    w.run(block=True)
+    w.run(sync=True)
     assert w.status_label.text().startswith("Failed:") and "notes.png" in w.status_label.text()
     assert "Traceback" not in w.status_label.text()
     assert w.run_button.isEnabled()
@@ -244,7 +244,7 @@ def test_white_image_gives_notice_and_labels(banked, notes):
     w.dcin.mode_combo.setCurrentText("full")
     w.dcin.normalized_check.setChecked(True)
     w.dcin.uncertainty_check.setChecked(True)
-    w.run(block=True)
+    w.run(sync=True)
     labels = viewer.layers[f"glass labels ({BANKED})"]
     assert labels.data.shape == (128, 128)
     dcin = labels.metadata["provenance"]["dcin"]
@@ -271,7 +271,7 @@ def test_rgba_and_16bit_images(banked, kind):
     w.dcin.mode_combo.setCurrentText("full")
     w.dcin.normalized_check.setChecked(True)
     w.dcin.uncertainty_check.setChecked(True)
-    w.run(block=True)
+    w.run(sync=True)
     assert not w.status_label.text().startswith("Failed"), w.status_label.text()
     labels = viewer.layers[f"img labels ({BANKED})"]
     assert labels.data.shape == (128, 128)

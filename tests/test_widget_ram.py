@@ -69,7 +69,7 @@ def test_ram_family_runs_in_segment_widget(
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment")
     qtbot.waitUntil(lambda: not widget.model_picker.loading, timeout=20000)
-    widget.model_picker.load(model_name, block=True)
+    widget.model_picker.load(model_name, sync=True)
     bundle = widget.model_picker.bundle
     assert bundle.name == model_name
     assert bundle.family_name == ("ram" if model_name == "tiny-ram" else "ram-sgcg")

@@ -14,6 +14,8 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import save_tiny_unet
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -24,18 +26,7 @@ MODEL = "tiny-unet"
 
 @pytest.fixture(scope="module")
 def tiny_bundle_dir(tmp_path_factory):
-    """A folder holding ``tiny-unet.dgseg`` (untrained, widths 8-16-32, 2 classes)."""
-    from napari_dgseg.core.bundle import Bundle
-    from napari_dgseg.core.registry import get_family
-
-    folder = tmp_path_factory.mktemp("models")
-    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
-    model = get_family("unet").build_model(cfg)
-    bundle = Bundle.create(
-        model, "unet", cfg, name=MODEL, class_names=["background", "nucleus"], task="nuclei"
-    )
-    bundle.save(folder / f"{MODEL}.dgseg")
-    return folder
+    return save_tiny_unet(tmp_path_factory.mktemp("models"), MODEL)
 
 
 @pytest.fixture
@@ -49,7 +40,7 @@ def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
     viewer.window.add_dock_widget(w, name="Segment")
     qtbot.waitUntil(lambda: not w.model_picker.loading, timeout=20000)
     if w.model_picker.bundle is None or w.model_picker.bundle.name != MODEL:
-        w.model_picker.load(MODEL, block=True)
+        w.model_picker.load(MODEL, sync=True)
     assert w.model_picker.bundle.name == MODEL
     w.tile_spin.setValue(256)
     w.overlap_spin.setValue(32)
@@ -108,7 +99,7 @@ def test_run_rgb_adds_labels_with_provenance(widget, qtbot):
 
     # a second run replaces the result instead of piling up copies
     n_layers = len(viewer.layers)
-    widget.run(block=True)
+    widget.run(sync=True)
     assert len(viewer.layers) == n_layers
     assert [lyr.name for lyr in viewer.layers].count(name) == 1
 
@@ -156,7 +147,7 @@ def test_wrong_layer_type_is_a_notification(widget, notes):
     assert widget.image_picker.layers() == []  # Labels/Shapes are not offered
     assert not widget.run_button.isEnabled()
     n_layers = len(viewer.layers)
-    widget.segment_layer(labels, block=True)
+    widget.segment_layer(labels, sync=True)
     assert len(viewer.layers) == n_layers
     assert any("'masks' is a Labels layer" in m and "Image layer" in m for m in notes)
     assert not widget.running
@@ -167,7 +158,7 @@ def test_one_pixel_image_is_refused_clearly(widget, notes):
     viewer = widget.viewer
     viewer.add_image(np.full((1, 1), 7, np.uint8), name="dot")
     n_layers = len(viewer.layers)
-    widget.run(block=True)
+    widget.run(sync=True)
     assert len(viewer.layers) == n_layers
     assert any("1 x 1 pixels" in m and "at least 8 x 8" in m for m in notes)
     assert not any("Traceback" in m for m in notes)
@@ -182,7 +173,7 @@ def test_grey_uint16_image(widget):
     viewer.add_image(
         rng.integers(0, 4096, (150, 170), dtype=np.uint16), name="grey", scale=(0.5, 0.25)
     )
-    widget.run(block=True)
+    widget.run(sync=True)
     labels = viewer.layers[f"grey labels ({MODEL})"]
     assert labels.data.shape == (150, 170)
     np.testing.assert_allclose(labels.scale, (0.5, 0.25))
@@ -227,7 +218,7 @@ def test_huge_image_with_drawn_rectangle(widget):
     widget.image_picker.set_layer(layer)
     widget.region_combo.setCurrentText("drawn rectangle")
     assert widget.shapes_picker.layer().name == "roi"
-    widget.run(block=True)
+    widget.run(sync=True)
     labels = viewer.layers[f"slide labels ({MODEL})"]
     assert labels.data.shape == (300, 400)
     np.testing.assert_allclose(labels.scale, (0.5, 0.5))
@@ -250,17 +241,54 @@ def test_current_view_region(widget):
     h, w = region.shape
     assert 0 < h < 600 and 0 < w < 600
     assert region.y0 <= 300 <= region.y1 and region.x0 <= 300 <= region.x1
-    widget.run(block=True)
+    widget.run(sync=True)
     labels = viewer.layers[f"view labels ({MODEL})"]
     assert labels.data.shape == (h, w)
     np.testing.assert_allclose(labels.translate, (region.y0, region.x0))
+
+
+@pytest.mark.parametrize(
+    "edges", [False, True], ids=["corners at pixel centres", "corners at pixel edges"]
+)
+def test_odd_rectangle_keeps_its_exact_size_and_place(widget, edges):
+    """A 301 x 173 px rectangle on a micrometre image with an origin is a 301 x 173 px run, and
+    its labels sit on the pixels it covers (scale, translate and units of the image)."""
+    viewer = widget.viewer
+    layer = viewer.add_image(
+        _rgb(600, 500, seed=9), name="slide", rgb=True, scale=(0.5, 0.25),
+        translate=(1000.0, -40.0), units=("um", "um"),
+    )
+    y0, x0, h, w = 101, 37, 301, 173
+    half = 0.5 if edges else 0.0
+    corners_px = np.array([[y0 - half, x0 - half], [y0 + h - half, x0 + w - half]])
+    if not edges:  # centre to centre spans h x w pixel steps: the last centre is y0 + h
+        corners_px = np.array([[y0, x0], [y0 + h, x0 + w]], dtype=float)
+    world = np.array([layer.data_to_world(c) for c in corners_px])
+    rect = np.array([world[0], [world[0][0], world[1][1]], world[1], [world[1][0], world[0][1]]])
+    # in the viewer's units, as napari's "new shapes layer" button makes it
+    viewer.add_shapes(
+        [rect], shape_type="rectangle", name="roi", units=viewer.layers.extent.units
+    )
+    widget.image_picker.set_layer(layer)
+    widget.region_combo.setCurrentText("drawn rectangle")
+    region = widget.current_region(layer)
+    assert (region.y0, region.x0, region.shape) == (y0, x0, (h, w))
+    widget.run(sync=True)
+    labels = viewer.layers[f"slide labels ({MODEL})"]
+    assert labels.data.shape == (h, w)
+    np.testing.assert_allclose(labels.scale, (0.5, 0.25))
+    np.testing.assert_allclose(labels.translate, (1000.0 + y0 * 0.5, -40.0 + x0 * 0.25))
+    assert [str(u) for u in labels.units] == [str(u) for u in layer.units]
+    # pixel (0, 0) of the labels is pixel (y0, x0) of the image
+    np.testing.assert_allclose(layer.world_to_data(labels.data_to_world((0, 0))), (y0, x0))
+    assert viewer.layers.extent.units is not None  # no "Inconsistent units"
 
 
 @pytest.mark.slow
 def test_bad_bundle_keeps_previous_model(widget, tmp_path, notes):
     bad = tmp_path / "broken.dgseg"
     bad.write_bytes(b"not a zip at all")
-    widget.model_picker.load(str(bad), block=True)
+    widget.model_picker.load(str(bad), sync=True)
     assert widget.model_picker.bundle.name == MODEL
     assert any("could not load the model" in m and "broken.dgseg" in m for m in notes)
     assert MODEL in widget.model_picker.combo.currentText()
@@ -323,3 +351,35 @@ def test_opens_from_the_plugin_menu(make_napari_viewer, qtbot, tiny_bundle_dir, 
     assert w.model_picker.bundle is not None  # the first listed model is loaded on open
     labels = [w.model_picker.combo.itemText(i) for i in range(w.model_picker.combo.count())]
     assert f"{MODEL} (unet, yours)" in labels
+
+
+def test_public_api_for_scripts(widget, tiny_bundle_dir):
+    """``set_model``/``set_image_layer``/``run(sync=True)``: what ``dgseg demo`` uses."""
+    viewer = widget.viewer
+    first = viewer.add_image(_rgb(40, 48, seed=5), name="first", rgb=True)
+    viewer.add_image(_rgb(32, 32, seed=6), name="second", rgb=True)
+    bundle = widget.set_model(MODEL)
+    assert bundle is not None and widget.bundle is bundle
+    assert widget.set_model(MODEL) is bundle  # already loaded: no reload
+    widget.set_image_layer(first)
+    added = widget.run(sync=True)
+    assert [lyr.name for lyr in added][0] == f"first labels ({MODEL})"
+    assert added == widget.last_result and added[0].data.shape == (40, 48)
+    assert "40 x 48 px" in widget.status
+    labels = viewer.add_labels(np.zeros((5, 5), np.int32), name="not an image")
+    with pytest.raises(ValueError, match="not an Image layer"):
+        widget.set_image_layer(labels)
+    assert widget.set_model(str(tiny_bundle_dir / "missing.dgseg")) is None
+    assert widget.bundle is bundle
+
+
+def test_set_model_waits_for_the_first_load(make_napari_viewer, tiny_bundle_dir, monkeypatch):
+    """Right after opening, the picker is still loading its first entry: ``set_model`` waits."""
+    monkeypatch.setenv("DGSEG_MODEL_DIR", str(tiny_bundle_dir))
+    from napari_dgseg._napari.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    assert w.model_picker.loading  # the first listed model loads in a worker
+    bundle = w.set_model(str(tiny_bundle_dir / f"{MODEL}.dgseg"))
+    assert bundle is not None and bundle.name == MODEL and not w.model_picker.loading

@@ -8,7 +8,9 @@ re-running a model on the same image updates its result instead of piling up cop
 Layer names follow ``"<image> <what> (<model>)"``, e.g. ``"slide labels (nuclei-unet)"``.
 Every layer carries ``metadata = {"provenance": ..., "source_layer": <image name>}`` and the
 source image's ``scale``; its ``translate`` is the source's plus the segmented region's offset,
-so masks line up with the image whatever region was segmented.
+so masks line up with the image whatever region was segmented. :func:`add_or_replace` gives each
+layer its source layer's ``units`` too (a micrometre image with pixel-unit outputs would make
+napari drop units altogether, with an "Inconsistent units" warning on every redraw).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from napari_dgseg.core.predict import Prediction
 
 __all__ = [
     "add_or_replace",
+    "source_units",
     "labels_colormap",
     "layer_name",
     "normalized_layer_data",
     "prediction_layer_data",
+    "provenance_metadata",
     "summarize",
 ]
 
@@ -263,6 +267,24 @@ def normalized_layer_data(
     return out
 
 
+def provenance_metadata(provenance: dict[str, Any], source_layer: str) -> dict[str, Any]:
+    """The ``layer.metadata`` of an output layer.
+
+    Parameters
+    ----------
+    provenance : dict
+        What made the layer (model, sha256, tile, overlap, device, region, source path, ...).
+    source_layer : str
+        Name of the image layer the output was computed from.
+
+    Returns
+    -------
+    dict
+        ``{"provenance": provenance, "source_layer": source_layer}`` (``provenance`` copied).
+    """
+    return {"provenance": dict(provenance), "source_layer": str(source_layer)}
+
+
 def summarize(pred: Prediction, output: str = "semantic") -> str:
     """One line: time, and class fractions (semantic) or the instance count."""
     labels = np.asarray(pred.labels)
@@ -284,6 +306,18 @@ def summarize(pred: Prediction, output: str = "semantic") -> str:
     return f"{head}: " + (", ".join(parts) if parts else "background only")
 
 
+def source_units(source: Any, ndim: int) -> tuple[str, ...] | None:
+    """Units for an ``ndim``-axis output of layer ``source``: its last two, pixels before.
+
+    None when ``source`` has no ``units`` (older napari).
+    """
+    units = getattr(source, "units", None)
+    if units is None or len(units) < 2:
+        return None
+    lead = max(0, int(ndim) - 2)
+    return ("pixel",) * lead + tuple(str(u) for u in list(units)[-2:])
+
+
 def add_or_replace(viewer: Any, layer_data: Sequence[LayerDataTuple]) -> list[Any]:
     """Add layers to ``viewer``; a layer of the same name and type is replaced in place.
 
@@ -297,10 +331,18 @@ def add_or_replace(viewer: Any, layer_data: Sequence[LayerDataTuple]) -> list[An
     """
     from napari.layers import Layer
 
+    from napari_dgseg._napari.writer import prefer_own_writers
+
+    prefer_own_writers()  # the save dialog then offers these layers the writer with placement
     added = []
     for data, kwargs, layer_type in layer_data:
         kwargs = dict(kwargs)
         name = kwargs["name"]
+        source_name = (kwargs.get("metadata") or {}).get("source_layer")
+        if "units" not in kwargs and "scale" in kwargs and source_name in viewer.layers:
+            units = source_units(viewer.layers[source_name], len(kwargs["scale"]))
+            if units is not None:
+                kwargs["units"] = units
         old = viewer.layers[name] if name in viewer.layers else None
         if old is not None and old._type_string == layer_type:
             kwargs["visible"] = old.visible

@@ -4,10 +4,13 @@
 and never raises. The returned function opens each path:
 
 * images become one image layer: a multiscale layer (list of lazy dask levels) for pyramids,
-  ``rgb=True`` for RGB/RGBA, contrast limits from robust percentiles for non-8-bit data, the
+  ``rgb=True`` for RGB/RGBA, contrast limits from :mod:`napari_dgseg.core.imageprep`'s scaling
+  for non-8-bit data (what the network is fed), the
   physical ``scale`` (micrometres) where the file records a pixel size;
 * labels files written by napari-dgseg (provenance inside) become a labels layer whose metadata
-  holds the stored provenance;
+  holds the stored provenance, placed where it was saved: the stored placement (pixel size and
+  origin, see :class:`~napari_dgseg.core.labels_io.Placement`) becomes the layer's ``scale``,
+  ``translate`` and ``units``, so a saved mask reopens exactly on its slide;
 * a file that cannot be read gives a one-line notification naming the file and the reason, and
   adds no layer (other paths in the same drop still open).
 """
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from napari_dgseg.core.errors import DgsegError
+from napari_dgseg.core.imageprep import decide_scaling
 from napari_dgseg.core.slide import (
     OpenedImage,
     is_zarr_dir,
@@ -39,9 +43,6 @@ PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 #: nothing and raises nothing (an empty list would make napari report a reader failure on top of
 #: our notification).
 NO_LAYERS: list[tuple] = [(None,)]
-
-#: Samples (pixels) used to estimate contrast limits of non-8-bit images.
-_CONTRAST_SAMPLE_SIDE = 2048
 
 
 def _as_paths(path: Any) -> list[str] | None:
@@ -97,7 +98,9 @@ def read_paths(path: PathOrPaths) -> list[LayerData]:
         ``(data, kwargs, layer_type)`` per opened path; ``[(None,)]`` when none opened.
     """
     from napari_dgseg._napari.notify import notify
+    from napari_dgseg._napari.writer import prefer_own_writers
 
+    prefer_own_writers()  # the layers opened here are saved with their placement by default
     paths = _as_paths(path) or []
     layers: list[LayerData] = []
     for p in paths:
@@ -172,7 +175,17 @@ def _image_layer(opened: OpenedImage) -> LayerData:
 
 
 def _labels_layer(opened: OpenedImage, record: dict) -> LayerData:
+    from napari_dgseg.core.labels_io import MICROMETER, read_placement
+
     kwargs = _common_kwargs(opened)
+    placement = read_placement(record)
+    if placement is not None:
+        lead = max(0, len(opened.full.shape) - 2)  # N-D labels: leading axes keep unit steps
+        kwargs["scale"] = (1.0,) * lead + placement.scale
+        kwargs["translate"] = (0.0,) * lead + placement.translate
+        kwargs.pop("units", None)
+        if placement.unit == MICROMETER and _layers_accept_units():
+            kwargs["units"] = ("pixel",) * lead + ("um", "um")
     metadata = dict(record)
     metadata["provenance"] = dict(record)
     metadata["source_path"] = opened.path
@@ -184,26 +197,14 @@ def _labels_layer(opened: OpenedImage, record: dict) -> LayerData:
 
 
 def _contrast_limits(opened: OpenedImage) -> list[float] | None:
-    """Robust (0.5/99.5 percentile) limits from the smallest level for non-uint8 images."""
+    """Contrast limits of non-uint8 images: the network's own scaling (imageprep), so what the
+    user sees is what the model is fed (decided on the smallest level, strided, for speed)."""
     smallest = opened.levels[-1]
     dtype = np.dtype(smallest.dtype)
     if dtype == np.uint8 or dtype == np.bool_:
         return None
-    h, w = int(smallest.shape[0]), int(smallest.shape[1])
-    top = max(0, (h - _CONTRAST_SAMPLE_SIDE) // 2)
-    left = max(0, (w - _CONTRAST_SAMPLE_SIDE) // 2)
-    region = np.asarray(
-        smallest[top : top + _CONTRAST_SAMPLE_SIDE, left : left + _CONTRAST_SAMPLE_SIDE]
-    )
-    if region.ndim == 3 and region.shape[2] == 4:
-        region = region[..., :3]
-    values = region.astype(np.float64, copy=False).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    try:
+        low, high = decide_scaling(smallest)
+    except DgsegError:
         return None
-    lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-    if hi <= lo:
-        lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        hi = lo + 1.0
-    return [lo, hi]
+    return [low, high]

@@ -3,6 +3,19 @@
 The provenance record is the layer's metadata (model, parameters, source image: whatever the
 segmentation widget put there) plus ``layer_name``, ``scale``, ``written_by``
 (``"napari-dgseg <version>"``) and ``written_at`` (UTC, ISO 8601). See ``docs/io.md``.
+
+The layer's ``scale``, ``translate`` and ``units`` are stored as the file's placement
+(:class:`~napari_dgseg.core.labels_io.Placement`), so the plugin's reader puts the mask back
+exactly on its slide.
+
+napari's save dialog lists the writers in npe2's order and preselects the first; npe2 orders
+writers of equal specificity by registration, so napari's builtin labels writer (no provenance,
+no pixel size) would come first for ``.tif``, and npe2 has no public setting to change that
+(napari's ``extension2writer`` setting exists but is not consulted). :func:`prefer_own_writers`,
+called when this plugin reads a file or opens a widget (so before any of its layers exist), moves
+this plugin's writers to the front of that order; where npe2's internals differ it does nothing,
+and "labels TIFF with provenance" is then picked in the dialog's file-type box (``.zarr`` is only
+written by this plugin anyway).
 """
 
 from __future__ import annotations
@@ -11,9 +24,11 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
-from napari_dgseg.core.labels_io import json_safe, write_labels
+from napari_dgseg.core.labels_io import Placement, json_safe, write_labels
 
-__all__ = ["provenance_from_meta", "write_labels_tif", "write_labels_zarr"]
+__all__ = [
+    "prefer_own_writers",
+    "placement_from_meta", "provenance_from_meta", "write_labels_tif", "write_labels_zarr"]
 
 
 def provenance_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +61,50 @@ def provenance_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+PLUGIN_NAME = "napari-dgseg"
+
+
+def prefer_own_writers() -> bool:
+    """Put this plugin's writers first in npe2's writer order (napari's save dialog default).
+
+    Returns
+    -------
+    bool
+        True when they are first now; False when npe2's internals are not the known ones (then
+        nothing is changed).
+    """
+    try:
+        from npe2 import PluginManager
+
+        contrib = PluginManager.instance()._contrib
+        entries = list(contrib._writers)
+        ours = [e for e in entries if getattr(e[-1], "plugin_name", "") == PLUGIN_NAME]
+        if not ours:
+            return False
+        contrib._writers = ours + [e for e in entries if e not in ours]
+        return True
+    except Exception:  # private npe2 state: never break a read or a widget over it
+        return False
+
+
+def placement_from_meta(meta: dict[str, Any]) -> Placement | None:
+    """The layer's placement (last two axes of ``scale``/``translate``, ``units``), or None.
+
+    None when the layer attributes hold no usable scale (then the file has no placement and
+    reopens at the origin with pixel units, as before).
+    """
+    scale = meta.get("scale")
+    if scale is None or len(scale) < 2:
+        return None
+    translate = meta.get("translate")
+    if translate is None or len(translate) < 2:
+        translate = (0.0, 0.0)
+    try:
+        return Placement.from_layer(scale, translate, meta.get("units"))
+    except Exception:
+        return None
+
+
 def _with_suffix(path: str, suffixes: tuple[str, ...]) -> Path:
     p = Path(path)
     return p if p.suffix.lower() in suffixes else p.with_name(p.name + suffixes[0])
@@ -69,7 +128,16 @@ def write_labels_tif(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         The written path.
     """
     target = _with_suffix(path, (".tif", ".tiff"))
-    return [str(write_labels(target, data, provenance_from_meta(meta)))]
+    # napari's save dialog has asked before replacing a file, so the writer may overwrite (a
+    # .zarr folder only when it is a labels store napari-dgseg wrote; see write_labels).
+    return [
+        str(
+            write_labels(
+                target, data, provenance_from_meta(meta), overwrite=True,
+                placement=placement_from_meta(meta),
+            )
+        )
+    ]
 
 
 def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -92,4 +160,13 @@ def write_labels_zarr(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         The written path.
     """
     target = _with_suffix(path, (".zarr",))
-    return [str(write_labels(target, data, provenance_from_meta(meta)))]
+    # napari's save dialog has asked before replacing a file, so the writer may overwrite (a
+    # .zarr folder only when it is a labels store napari-dgseg wrote; see write_labels).
+    return [
+        str(
+            write_labels(
+                target, data, provenance_from_meta(meta), overwrite=True,
+                placement=placement_from_meta(meta),
+            )
+        )
+    ]

@@ -1,14 +1,15 @@
 """``dgseg adapt --model M --target DIR_OR_FILES... [--source DIR] --out NEW.dgseg [--iters N]``
 
-MaNi label-free adaptation (papers/003): a new bundle adapted to the target images; the parent
+MaNi label-free adaptation (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023): a new bundle adapted to the target images; the parent
 model file is never modified.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from napari_dgseg.cli._common import command_line, print_json
+from napari_dgseg.cli._common import add_overwrite, bundle_output, command_line, print_json
 from napari_dgseg.cli._progress import ProgressBar
 
 
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mi-weight", type=float, default=1.0, help="weight of the MI loss (1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -63,33 +65,22 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_dgseg.core.bundle import load_bundle
     from napari_dgseg.core.errors import InputError
+    from napari_dgseg.core.outputs import bundle_lock
     from napari_dgseg.core.train.adapt import adapt
 
     parent = load_bundle(args.model)
     out = Path(args.out)
-    if parent.path is not None and out.resolve() == Path(parent.path).resolve():
-        raise InputError(
-            f"--out {out} is the parent model itself; give a new file name (the parent is never overwritten)"
-        )
+    for candidate in (out, out.with_name(out.name + ".dgseg")):
+        if parent.path is not None and candidate.resolve() == Path(parent.path).resolve():
+            raise InputError(
+                f"--out {out} is the parent model itself; give a new file name (the parent is "
+                "never overwritten)"
+            )
+    out = bundle_output(args.out, overwrite=args.overwrite)
     command = command_line(args)
     bar = None if args.quiet else ProgressBar("adapt")
-    bundle = adapt(
-        parent,
-        args.target,
-        source=args.source,
-        iters=args.iters,
-        lr=args.lr,
-        seed=args.seed,
-        batch=args.batch,
-        size=args.size,
-        warmup=args.warmup,
-        mi_weight=args.mi_weight,
-        device=args.device,
-        progress=bar,
-        name=out.name[: -len(".dgseg")] if out.name.endswith(".dgseg") else out.name,
-        out=out,
-        command=command,
-    )
+    with bundle_lock(out, "adapt"):  # a second run saving this name is refused at once
+        bundle = _adapt(args, adapt, parent, out, bar, command)
     prov = bundle.provenance
     print_json(
         {
@@ -106,3 +97,25 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     return 0
+
+
+def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any, command: str) -> Any:
+    """Run ``adapt`` with the command's arguments (saving to ``out``)."""
+    return adapt(
+        parent,
+        args.target,
+        source=args.source,
+        iters=args.iters,
+        lr=args.lr,
+        seed=args.seed,
+        batch=args.batch,
+        size=args.size,
+        warmup=args.warmup,
+        mi_weight=args.mi_weight,
+        device=args.device,
+        progress=bar,
+        name=out.name[: -len(".dgseg")] if out.name.endswith(".dgseg") else out.name,
+        out=out,
+        overwrite=args.overwrite,
+        command=command,
+    )

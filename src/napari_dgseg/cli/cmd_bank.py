@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import add_overwrite, bundle_output, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the training folders (images/ + labels/, labels are not used)")
     p.add_argument("--out", help="write here instead of replacing the bundle file")
     p.add_argument("--space", default="lab-reinhard", choices=["lab-reinhard", "cielab"])
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.train.data import load_sources
 
     bundle = load_bundle(args.bundle)
+    # Without --out the bundle itself is rewritten (what `bank` is for); --out must be new.
+    out = bundle_output(args.out, overwrite=args.overwrite) if args.out else bundle.path
     parent_sha = bundle.sha256
     domains = load_sources(args.source)
     images = [s.image for _, ss in domains for s in ss]
@@ -38,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     bundle.manifest.setdefault("provenance", {})["bank_added"] = {
         "sources": [str(Path(s)) for s in args.source], "previous_sha256": parent_sha,
     }
-    out = Path(args.out) if args.out else bundle.path
-    path = bundle.save(out)
+    path = bundle.save(out, overwrite=args.overwrite or not args.out)
     print_json({"bundle": str(path), "sha256": bundle.sha256, "images": int(bank["hist"].shape[0]),
                 "gris_reference": bundle.manifest["dcin"]["gris_reference"]})
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import add_overwrite, bundle_output, print_json
 from napari_dgseg.cli.cmd_train import parse_config
 
 
@@ -19,14 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="architecture as JSON (must match the weights)")
     p.add_argument("--classes", nargs="+", default=["background", "foreground"])
     p.add_argument("--task", default="")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.bundle import convert_checkpoint
 
+    out = bundle_output(args.out, overwrite=args.overwrite)
     bundle = convert_checkpoint(args.checkpoint, args.family, config=parse_config(args.config),
                                 class_names=args.classes, task=args.task)
-    path = bundle.save(args.out)
+    path = bundle.save(out, overwrite=args.overwrite)
     print_json({"bundle": str(path), "sha256": bundle.sha256, "family": bundle.family_name})
     return 0

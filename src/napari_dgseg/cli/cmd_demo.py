@@ -4,6 +4,10 @@ With a display it opens the viewer with the Segment widget docked, the sample sl
 default model segmenting it. ``--headless`` (used by ``scripts/main.sh`` without a display, under
 Xvfb) does the same without showing the window and writes the masks (TIFF with provenance), a JSON
 summary and a screenshot of the whole window to ``--out``.
+
+Existing files in ``--out`` are kept unless ``--overwrite`` - except in a folder that an earlier
+``dgseg demo`` wrote (it holds that run's ``summary.json``): that folder is the demo's own, so
+``scripts/main.sh`` can be run again and again.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import add_overwrite, output_folder, print_json
 
 SAMPLES = ("nuclei-slide", "nuclei", "vessels", "retina", "ihc")
 DEFAULT_MODELS = {"nuclei-slide": "nuclei-unet", "nuclei": "nuclei-unet", "ihc": "nuclei-unet",
@@ -25,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true",
                    help="do not show the window; write masks, summary and screenshot to --out")
     p.add_argument("--out", default="out/demo", help="output folder for --headless")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -54,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
     import napari
 
     from napari_dgseg._napari.widgets.segment import SegmentWidget
+    from napari_dgseg.core.outputs import refuse_existing
 
+    if args.headless:  # refuse before the window opens, not after the work
+        out = output_folder(args.out)
+        overwrite = args.overwrite or _demo_folder(out)
+        refuse_existing([out / "screenshot.png", out / "summary.json"], overwrite=overwrite)
     model = _resolve_model(args.model or DEFAULT_MODELS[args.sample])
     viewer = napari.Viewer(show=not args.headless, title="napari-dgseg demo")
     viewer.window.resize(1500, 950)
@@ -66,54 +76,55 @@ def run(args: argparse.Namespace) -> int:
             viewer.add_labels(data, **kwargs)
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment (napari-dgseg)", area="right")
-    _wait(lambda: not widget.model_picker.loading)  # the picker auto-loads its first entry
-    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != Path(model).stem:
-        widget.model_picker.load(model, block=True)
+    if widget.set_model(model, sync=True) is None:  # waits for the picker's own first load
+        print(f"dgseg demo: could not load the model {model!r}; see `dgseg models`")
+        viewer.close()
+        return 1
     image_layer = next(layer for layer in viewer.layers if isinstance(layer, napari.layers.Image))
-    widget.image_picker.set_layer(image_layer)
+    widget.set_image_layer(image_layer)
     if not args.headless:
         widget.run()
         napari.run()
         return 0
-    widget.run(block=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    added = widget.run(sync=True) or []
+    from napari_dgseg.core.atomic import atomic_write
     from napari_dgseg.core.labels_io import write_labels
 
     written = {}
-    for layer in widget.last_result:
+    for layer in added:
         if isinstance(layer, napari.layers.Labels):
             path = write_labels(out / f"{_safe(layer.name)}.tif", layer.data,
-                                layer.metadata.get("provenance", {}))
+                                layer.metadata.get("provenance", {}), overwrite=overwrite)
             written[layer.name] = str(path)
     viewer.reset_view()
     viewer.camera.zoom *= 2.5  # close enough to see single nuclei in the screenshot
     shot = out / "screenshot.png"
     from skimage.io import imsave
 
-    imsave(shot, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
+    pixels = viewer.screenshot(canvas_only=False, flash=False)
+    atomic_write(shot, lambda tmp: imsave(tmp, pixels, check_contrast=False), overwrite=overwrite)
     summary = {"sample": args.sample, "model": model, "image": image_layer.name,
                "layers": [layer.name for layer in viewer.layers], "masks": written,
-               "status": widget.status_label.text(), "screenshot": str(shot)}
+               "status": widget.status, "screenshot": str(shot)}
     import json
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    atomic_write(out / "summary.json", lambda tmp: tmp.write_text(text), overwrite=overwrite)
     print_json(summary)
     viewer.close()
     return 0 if written else 1
 
 
-def _wait(condition, timeout: float = 120.0) -> None:
-    """Process Qt events until ``condition()`` holds (or ``timeout`` seconds pass)."""
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + timeout
-    while not condition() and time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.02)
-
-
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_")
+
+
+def _demo_folder(out: Path) -> bool:
+    """True when ``out`` holds the ``summary.json`` of an earlier ``dgseg demo`` run."""
+    import json
+
+    try:
+        summary = json.loads((out / "summary.json").read_text()[:1_000_000])
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"sample", "masks", "screenshot"} <= set(summary)

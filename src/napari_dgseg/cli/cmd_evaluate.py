@@ -2,13 +2,16 @@
 
 PRED and GT are two label files or two folders. Folders are paired by file stem; a trailing
 ``_labels`` on a prediction's stem is ignored (``x_labels.tif`` pairs with ``x.png``). Semantic
-scores (per-class Dice, IoU, ASD) by default, instance scores (Dice, AJI, AJI+, DQ, SQ, PQ) with
-``--instance``. Prints one JSON object: one row per image and the mean over images.
+scores (per-class Dice, IoU, ASD) or instance scores (Dice, AJI, AJI+, DQ, SQ, PQ): ``--task``
+chooses; by default (``auto``) the ground truth decides (:func:`detect_task`), a warning on stderr
+says so, and the JSON records the task used and why (``"task"``, ``"task_source"``,
+``"task_reason"``). Prints one JSON object: one row per image and the mean over images.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +39,17 @@ def register(subparsers) -> None:
     p.add_argument("pred", metavar="PRED", help="predicted labels: a file or a folder")
     p.add_argument("gt", metavar="GT", help="ground-truth labels: a file or a folder")
     p.add_argument(
+        "--task",
+        choices=["auto", "semantic", "instance"],
+        default="auto",
+        help="semantic: per-class dice/iou/asd; instance: dice, aji, aji_plus, dq, sq, pq; auto "
+        "(default): instance when the ground truth holds object ids (each id one connected "
+        "region), else semantic (with a note on stderr)",
+    )
+    p.add_argument(
         "--instance",
         action="store_true",
-        help="instance scores (dice, aji, aji_plus, dq, sq, pq) instead of per-class semantic "
-        "scores",
+        help="same as --task instance",
     )
     p.add_argument(
         "--num-classes",
@@ -174,6 +184,78 @@ def _mask_for(
     return mask
 
 
+#: Fewest object ids in a ground-truth map for it to vote "instance" (a binary or two-class map
+#: is semantic: one object per class is no evidence of instances).
+MIN_INSTANCE_IDS = 3
+
+#: Share of ids that must each be one connected region for a map to vote "instance".
+SINGLE_REGION_SHARE = 0.9
+
+
+def _single_region_share(gt: np.ndarray) -> tuple[int, float]:
+    """Number of non-zero ids in ``gt`` and the share of them that are one 8-connected region."""
+    from scipy import ndimage
+
+    ids, inverse = np.unique(gt, return_inverse=True)
+    dense = inverse.reshape(gt.shape).astype(np.int32)  # ids 0..n-1 (0 = background if present)
+    offset = 1 if ids.size and ids[0] == 0 else 0
+    n = int(ids.size - offset)
+    if n == 0:
+        return 0, 0.0
+    if offset == 0:
+        dense = dense + 1
+    single = 0
+    structure = np.ones((3, 3), bool)
+    for index, box in enumerate(ndimage.find_objects(dense), start=1):
+        if box is None:
+            continue
+        _, count = ndimage.label(dense[box] == index, structure=structure)
+        single += int(count == 1)
+    return n, single / n
+
+
+def detect_task(gts: list[np.ndarray]) -> tuple[str, str]:
+    """Decide whether ground-truth maps hold instance ids or semantic classes.
+
+    A map whose largest id exceeds :data:`~napari_dgseg.core.metrics.MAX_SEMANTIC_CLASSES` votes
+    "instance" (no class map has such ids). Otherwise a map votes "instance" when it holds at least :data:`MIN_INSTANCE_IDS` non-zero ids and at
+    least :data:`SINGLE_REGION_SHARE` of them are each one connected region (objects); a map with
+    as many ids that are split into several regions votes "semantic" (classes recur across the
+    image); maps with fewer ids do not vote. The majority of votes decides; no votes: semantic.
+
+    Returns
+    -------
+    task : {"instance", "semantic"}
+    reason : str
+        One sentence for the user and the JSON.
+    """
+    from napari_dgseg.core.metrics import MAX_SEMANTIC_CLASSES
+
+    votes = {"instance": 0, "semantic": 0}
+    for gt in gts:
+        if gt.size and int(gt.max()) > MAX_SEMANTIC_CLASSES:  # no class map has ids this large
+            votes["instance"] += 1
+            continue
+        n, share = _single_region_share(gt)
+        if n < MIN_INSTANCE_IDS:
+            continue
+        votes["instance" if share >= SINGLE_REGION_SHARE else "semantic"] += 1
+    if votes["instance"] > votes["semantic"]:
+        return "instance", (
+            f"{votes['instance']} of {len(gts)} ground-truth maps hold object ids (each id one "
+            "connected region)"
+        )
+    if votes["semantic"]:
+        return "semantic", (
+            f"{votes['semantic']} of {len(gts)} ground-truth maps hold class ids that recur in "
+            "several regions"
+        )
+    return "semantic", (
+        f"the ground truth holds at most {MIN_INSTANCE_IDS - 1} ids per map (binary or "
+        "few-class masks)"
+    )
+
+
 def _mean_rows(rows: list[dict]) -> dict:
     """Average every numeric leaf over rows (nested dicts keep their structure)."""
     out: dict = {}
@@ -183,6 +265,24 @@ def _mean_rows(rows: list[dict]) -> dict:
         elif isinstance(val, (int, float)) and not isinstance(val, bool):
             out[key] = float(np.mean([r[key] for r in rows]))
     return out
+
+
+def _choose_task(args: argparse.Namespace, gts: list[np.ndarray]) -> tuple[str, str, str]:
+    """``(task, source, reason)``: the task asked for, or the one the ground truth shows."""
+    asked = "instance" if args.instance else args.task
+    if args.instance and args.task == "semantic":
+        raise InputError("--instance and --task semantic contradict each other; pass one.")
+    if asked != "auto":
+        return asked, "option", f"--task {asked} was given"
+    if args.num_classes is not None:
+        return "semantic", "option", "--num-classes was given"
+    task, reason = detect_task(gts)
+    other = "semantic" if task == "instance" else "instance"
+    print(
+        f"dgseg evaluate: scoring as {task}: {reason}. Pass --task {other} to score as {other}.",
+        file=sys.stderr,
+    )
+    return task, "detected", reason
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,15 +314,17 @@ def run(args: argparse.Namespace) -> int:
         mask = _mask_for(mask_arg, name, gt.shape, mask_idx)
         loaded.append((name, p_path, g_path, pred, gt, mask))
 
+    task, source, reason = _choose_task(args, [g for *_, g, _ in loaded])
+    instance = task == "instance"
     num_classes = args.num_classes
-    if not args.instance and num_classes is None:
+    if not instance and num_classes is None:
         top = max(max(int(p.max(initial=0)), int(g.max(initial=0))) for *_, p, g, _ in loaded)
         num_classes = max(2, top + 1)
 
     rows = []
     for name, p_path, g_path, pred, gt, mask in loaded:
         try:
-            if args.instance:
+            if instance:
                 if mask is not None:
                     pred = np.where(mask, pred, 0)
                     gt = np.where(mask, gt, 0)
@@ -233,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{p_path} vs {g_path}: {exc}") from exc
         rows.append({"name": name, "pred": str(p_path), "gt": str(g_path), **scores})
 
-    if args.instance:
+    if instance:
         mean = _mean_rows([{k: r[k] for k in INSTANCE_KEYS} for r in rows])
     else:
         mean = _mean_rows(
@@ -243,11 +345,13 @@ def run(args: argparse.Namespace) -> int:
             ]  # fmt: skip
         )
     result = {
-        "task": "instance" if args.instance else "semantic",
+        "task": task,
+        "task_source": source,
+        "task_reason": reason,
         "pred": str(pred_root),
         "gt": str(gt_root),
         "mask": str(mask_arg) if mask_arg else None,
-        "num_classes": None if args.instance else num_classes,
+        "num_classes": None if instance else num_classes,
         "n_images": len(rows),
         "images": rows,
         "mean": mean,

@@ -1,6 +1,6 @@
 """``dgseg normalize``: Reinhard colour transfer of one image to a reference image you choose.
 
-This is the "expert reference" mode of papers/002: the colour statistics (l-alpha-beta or CIELAB
+This is the "expert reference" mode of DCIN (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025): the colour statistics (l-alpha-beta or CIELAB
 mean and std of the tissue pixels) of INPUT are matched to those of REF. The output is written
 atomically; its format follows the suffix of ``--out`` (``.png``, ``.tif``/``.tiff``, ``.jpg``).
 """
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from napari_dgseg.core.atomic import atomic_write
 
 _TIFF = (".tif", ".tiff")
 _OTHER = (".png", ".jpg", ".jpeg", ".bmp")
@@ -47,6 +48,9 @@ def register(subparsers: Any) -> None:
         "--all-pixels",
         action="store_true",
         help="compute statistics over all pixels instead of tissue pixels only",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (default: refuse)"
     )
     parser.set_defaults(func=run)
 
@@ -99,8 +103,12 @@ def read_image(path: str | os.PathLike[str], what: str) -> Any:
     return arr
 
 
-def write_image(path: Path, image: Any) -> None:
-    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then replace)."""
+def write_image(path: Path, image: Any, *, overwrite: bool = False) -> None:
+    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then replace).
+
+    An existing ``path`` is kept (:class:`~napari_dgseg.core.errors.OutputExistsError`) unless
+    ``overwrite``.
+    """
     import numpy as np
 
     from napari_dgseg.core.errors import InputError
@@ -119,9 +127,8 @@ def write_image(path: Path, image: Any) -> None:
         image = (image // 257).astype(np.uint8) if image.dtype == np.uint16 else image
     if suffix in (".jpg", ".jpeg") and image.ndim == 3 and image.shape[-1] == 4:
         image = image[..., :3]  # JPEG has no alpha
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         if suffix in _TIFF:
             import tifffile
 
@@ -131,22 +138,19 @@ def write_image(path: Path, image: Any) -> None:
             import skimage.io
 
             skimage.io.imsave(tmp, image, check_contrast=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write, suffix=suffix, overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
     """Normalize INPUT to REF, write OUT, print the statistics as JSON."""
-    from napari_dgseg.cli._common import print_json
+    from napari_dgseg.cli._common import output_file, print_json
     from napari_dgseg.core.color.tissue import image_color_stats
     from napari_dgseg.core.color.transfer import NormalizationSkippedWarning, normalize_colors
 
+    out_path = output_file(args.out, overwrite=args.overwrite)
     image = read_image(args.input, "input")
     reference = read_image(args.reference, "reference")
-    out_path = Path(args.out)
     tissue_only = not args.all_pixels
     ref_mean, ref_std = image_color_stats(
         reference, space=args.space, tissue_only=tissue_only, name="reference"
@@ -162,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     notices = [
         str(w.message) for w in caught if issubclass(w.category, NormalizationSkippedWarning)
     ]
-    write_image(out_path, result)
+    write_image(out_path, result, overwrite=args.overwrite)
     print_json(
         {
             "input": str(args.input),

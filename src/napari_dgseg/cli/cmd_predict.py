@@ -1,19 +1,30 @@
-"""``dgseg predict --model M --out DIR INPUT ...``: segment files, folders and slides."""
+"""``dgseg predict --model M --out DIR INPUT ...``: segment files, folders and slides.
+
+Existing outputs are kept unless ``--overwrite`` (checked for every input before any work).
+Inputs sharing a stem (``x.png``, ``x.tif``) get distinct outputs (``x_labels.tif``,
+``x.tif_labels.tif``; see :func:`napari_dgseg.core.outputs.unique_stems`), listed under
+``"renamed"``. A bad input does not stop the batch: it is listed under ``"failed"`` with a one-line
+error and the exit status is 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
+from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
+from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+    from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
     p = sub.add_parser("predict", help="segment images, folders or slides with a model bundle")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or slides")
@@ -33,130 +44,122 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <stem>_uncertainty.tif (DCIN full: GRIS/LRIS disagreement)")
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
     p.add_argument("--codebook", action="store_true",
-                   help="also write <stem>_codebook.tif (sqvae models: e_alpha code index per pixel)")
+                   help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
-
-
-def output_stem(path: Path) -> str:
-    """File stem without image suffixes (``a.ome.tif`` -> ``a``, ``b.zarr`` -> ``b``)."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem if path.suffix else name
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expanded to the supported images inside (sorted, not recursive)."""
-    from napari_dgseg.core.slide import is_zarr_dir, supported_suffix
-
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if not p.exists():
-            raise InputError(f"input {p} does not exist")
-        if p.is_dir() and not is_zarr_dir(p):
-            found = sorted(c for c in p.iterdir() if supported_suffix(c) or is_zarr_dir(c))
-            if not found:
-                raise InputError(f"folder {p} holds no supported images (.tif, .svs, .png, .jpg, .zarr)")
-            paths.extend(found)
-        else:
-            paths.append(p)
-    return paths
 
 
 def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.bundle import load_bundle
-    from napari_dgseg.core.labels_io import write_labels
+
+    if args.dcin == "reference" and not args.reference:
+        raise InputError("--dcin reference needs --reference IMAGE")
+    bundle = load_bundle(args.model)
+    paths = expand_inputs(args.inputs)
+    with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
+        out = output_folder(args.out)
+        return _predict_batch(args, bundle, paths, out)
+
+
+def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out: Path) -> int:
+    """Check every output, run the batch, print the JSON summary; the exit status."""
+    from napari_dgseg.core.outputs import refuse_existing, unique_stems
+
+    stems = unique_stems(paths, output_stem)
+    extras = [name for name, flag in (("uncertainty", args.uncertainty),
+                                      ("probabilities", args.probabilities),
+                                      ("codebook", args.codebook)) if flag]
+    refuse_existing((out / f"{stem}_{kind}.tif" for stem in stems for kind in ("labels", *extras)),
+                    overwrite=args.overwrite)
+    jobs = list(zip(paths, stems, strict=True))
+    rows, failed, skipped = run_batch(
+        "predict", jobs, lambda job: _predict_one(args, bundle, out, *job), label=lambda j: str(j[0])
+    )
+    summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows}
+    return report_batch(summary, jobs, failed, skipped)
+
+
+def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: str) -> dict:
+    """Segment one input and write its outputs; returns its row of the JSON summary."""
+    from napari_dgseg.core.labels_io import Placement, write_labels
     from napari_dgseg.core.slide import open_image
 
-    bundle = load_bundle(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in expand_inputs(args.inputs):
-        opened = open_image(path)
-        bar = None if args.quiet else ProgressBar(f"predict {path.name}")
-        if args.dcin == "reference" and not args.reference:
-            raise InputError("--dcin reference needs --reference IMAGE")
-        pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
-                              device=args.device, batch=args.batch, progress=bar,
-                              dcin=args.dcin, reference=args.reference,
-                              return_normalized=args.normalized)
-        stem = output_stem(path)
-        provenance = {**pred.provenance, "source_image": str(path.resolve()),
-                      "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
-        labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance)
-        row = {
-            "input": str(path),
-            "labels": str(labels_path),
-            "shape": list(pred.labels.shape),
-            "seconds": pred.provenance["seconds"],
-            "class_fractions": {
-                name: round(float(np.mean(pred.labels == i)), 5)
-                for i, name in enumerate(pred.class_names)
-            } if bundle.family.output == "semantic" else None,
-            "instances": int(len(np.unique(pred.labels)) - 1) if bundle.family.output == "instances" else None,
-        }
-        if args.uncertainty and pred.uncertainty is not None:
-            row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
-                                                      pred.uncertainty, provenance))
-        if args.normalized:
-            row["normalized"] = {}
-            for branch, img in pred.extras.get("normalized", {}).items():
-                dest = out / f"{stem}_normalized_{branch}.png"
-                _write_png(dest, img)
-                row["normalized"][branch] = str(dest)
-        row["dcin"] = pred.provenance["dcin"]["mode"]
-        if args.probabilities and pred.probabilities is not None:
-            row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
-                                                        pred.probabilities, provenance))
-        if args.codebook:
-            from napari_dgseg.cli.cmd_codebook import write_codebook
-
-            row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance))
-        rows.append(row)
-    print_json({"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows})
-    return 0
+    overwrite = args.overwrite
+    opened = open_image(path)
+    bar = None if args.quiet else ProgressBar(f"predict {path.name}")
+    pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
+                          device=args.device, batch=args.batch, progress=bar,
+                          dcin=args.dcin, reference=args.reference,
+                          return_normalized=args.normalized)
+    provenance = {**pred.provenance, "source_image": str(path.resolve()),
+                  "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
+    # every output sits on the image: its micrometre pixel size (origin: the image's own)
+    placement = Placement(scale=opened.pixel_size_um) if opened.pixel_size_um else None
+    labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance,
+                               overwrite=overwrite, placement=placement)
+    row = {
+        "input": str(path),
+        "labels": str(labels_path),
+        "shape": list(pred.labels.shape),
+        "seconds": pred.provenance["seconds"],
+        "class_fractions": {
+            name: round(float(np.mean(pred.labels == i)), 5)
+            for i, name in enumerate(pred.class_names)
+        } if bundle.family.output == "semantic" else None,
+        "instances": int(len(np.unique(pred.labels)) - 1) if bundle.family.output == "instances" else None,
+    }
+    if args.uncertainty and pred.uncertainty is not None:
+        row["uncertainty"] = str(_write_float_tif(out / f"{stem}_uncertainty.tif",
+                                                  pred.uncertainty, provenance, overwrite,
+                                                  placement))
+    if args.normalized:
+        row["normalized"] = {}
+        for branch, img in pred.extras.get("normalized", {}).items():
+            dest = out / f"{stem}_normalized_{branch}.png"
+            _write_png(dest, img, overwrite)
+            row["normalized"][branch] = str(dest)
+    row["dcin"] = pred.provenance["dcin"]["mode"]
+    if args.probabilities and pred.probabilities is not None:
+        row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
+                                                    pred.probabilities, provenance, overwrite,
+                                                    placement))
+    if args.codebook:
+        row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance,
+                                             overwrite=overwrite, placement=placement))
+    return row
 
 
-def _write_png(path: Path, image: np.ndarray) -> Path:
-    """Write an RGB uint8 PNG atomically."""
-    import os
-    import tempfile
-
+def _write_png(path: Path, image: np.ndarray, overwrite: bool = False) -> Path:
+    """Write an RGB uint8 PNG atomically (an existing file is kept unless ``overwrite``)."""
     from skimage.io import imsave
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        imsave(tmp, image, check_contrast=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: imsave(tmp, image, check_contrast=False), suffix=".png",
+                        overwrite=overwrite)
 
 
-def _write_float_tif(path: Path, probs: np.ndarray, provenance: dict) -> Path:
-    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON, atomically."""
+def _write_float_tif(
+    path: Path, probs: np.ndarray, provenance: dict, overwrite: bool = False, placement: Any = None
+) -> Path:
+    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON (and the image's
+    placement: record and resolution tags), atomically; an existing file is kept unless
+    ``overwrite``."""
     import json
-    import os
-    import tempfile
 
     import tifffile
 
-    from napari_dgseg.core.labels_io import json_safe
+    from napari_dgseg.core.labels_io import PLACEMENT_KEY, json_safe, tiff_resolution
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, probs.astype(np.float32), compression="zlib",
-                         description=json.dumps({"napari_dgseg_provenance": json_safe(provenance)}),
-                         metadata=None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    record = json_safe(provenance)
+    if placement is not None:
+        record[PLACEMENT_KEY] = placement.as_dict()
+    description = json.dumps({"napari_dgseg_provenance": record})
+    return atomic_write(
+        path,
+        lambda tmp: tifffile.imwrite(
+            tmp, probs.astype(np.float32), compression="zlib", description=description,
+            metadata=None, **tiff_resolution(placement)
+        ),
+        suffix=".tmp",
+        overwrite=overwrite,
+    )

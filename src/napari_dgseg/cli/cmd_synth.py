@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_dgseg.cli._common import print_json
+from napari_dgseg.cli._common import add_overwrite, output_folder, print_json
 from napari_dgseg.core.errors import InputError
 
 
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (images/, labels/, masks/)")
     p.add_argument("--list-domains", action="store_true", help="print the domain names as JSON")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -34,5 +35,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.kind or not args.out:
         raise InputError("give KIND (nuclei or vessels) and --out DIR, or --list-domains")
     domain = args.domain or list_domains()[args.kind][0]
-    print_json(write_dataset(args.kind, domain, args.n, args.size, args.seed, args.out))
+    out = output_folder(args.out)
+    print_json(
+        write_dataset(
+            args.kind, domain, args.n, args.size, args.seed, out, overwrite=args.overwrite
+        )
+    )
     return 0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
-from napari_dgseg.cli._common import command_line, print_json
+from napari_dgseg.cli._common import add_overwrite, bundle_output, command_line, print_json
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.registry import available_family_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a model family on labelled source folders",
         description="Train a model on labelled folders (images/ + labels/; one domain per folder).",
     )
-    p.add_argument("family", help="model family: unet, sqvae, ram, ram-sgcg, hovernet")
+    p.add_argument("family", help="model family: " + ", ".join(available_family_names()))
     p.add_argument("--source", nargs="+", required=True, metavar="DIR",
                    help="labelled source folders (images/ + labels/), or folders of such folders")
     p.add_argument("--out", required=True, help="bundle to write (NAME.dgseg)")
@@ -33,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what the labels mean (default: guessed from the labels)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -50,27 +54,14 @@ def parse_config(text: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_dgseg.core.outputs import bundle_lock
     from napari_dgseg.core.train.source import train
 
     command = command_line(args)
-    bar = None if args.quiet else ProgressBar(f"train {args.family}")
-    bundle = train(
-        args.family,
-        args.source,
-        out=args.out,
-        iters=args.iters,
-        size=args.size,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-        val=args.val,
-        config=parse_config(args.config),
-        cqg=args.cqg,
-        task=args.task,
-        device=args.device,
-        progress=bar,
-        command=command,
-    )
+    config = parse_config(args.config)
+    out = bundle_output(args.out, overwrite=args.overwrite)
+    with bundle_lock(out, "train"):  # a second run saving this name is refused at once
+        bundle = _train(args, train, out, config, command)
     prov = bundle.provenance
     print_json({
         "bundle": str(bundle.path),
@@ -82,3 +73,26 @@ def run(args: argparse.Namespace) -> int:
         "seconds": prov.get("seconds"),
     })
     return 0
+
+
+def _train(args: argparse.Namespace, train: Any, out: Path, config: dict, command: str) -> Any:
+    """Run ``train`` with the command's arguments (saving to ``out``)."""
+    bar = None if args.quiet else ProgressBar(f"train {args.family}")
+    return train(
+        args.family,
+        args.source,
+        out=out,
+        overwrite=args.overwrite,
+        iters=args.iters,
+        size=args.size,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        val=args.val,
+        config=config,
+        cqg=args.cqg,
+        task=args.task,
+        device=args.device,
+        progress=bar,
+        command=command,
+    )

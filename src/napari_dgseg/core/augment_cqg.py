@@ -1,4 +1,4 @@
-"""Batched augmentations and loss of colour-quality generalization (CQG, papers/002).
+"""Batched augmentations and loss of colour-quality generalization (CQG; Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025).
 
 For a batch ``x`` with labels ``y``::
 
@@ -120,7 +120,7 @@ class PhotometricParams:
 
 @dataclass(frozen=True)
 class CQGWeights:
-    """Weights of the CQG loss terms (papers/002: lambda1 = 0.3, lambda2 = 0.7, lambda3 = 1.0)."""
+    """Weights of the CQG loss terms (Shah et al. 2025: lambda1 = 0.3, lambda2 = 0.7, lambda3 = 1.0)."""
 
     seg1: float = 0.3
     seg2: float = 0.7
@@ -342,14 +342,20 @@ def cqg_views(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The two CQG inputs: ``x1 = geometric(x)``, ``x2 = photometric(x1)``, and their labels.
 
+    The one place every family's CQG training draws its two views: the random draws use the
+    CPU ``generator`` (so a run is reproducible on any device) and the views come back on the
+    device of ``x``.
+
     Returns
     -------
     x1, x2 : Tensor, shape (B, C, H, W)
     y1 : Tensor, shape of ``y``
         Labels of both views (the photometric step does not move pixels).
     """
-    x1, y1 = geometric(x, y, generator, geometric_params)
-    return x1, photometric(x1, generator, photometric_params), cast(Tensor, y1)
+    device = x.device
+    x1, y1 = geometric(x.cpu(), y.cpu(), generator, geometric_params)
+    x2 = photometric(x1, generator, photometric_params)
+    return x1.to(device), x2.to(device), cast(Tensor, y1).to(device)
 
 
 def cqg_loss(
@@ -368,7 +374,7 @@ def cqg_loss(
     target : Tensor
         Labels of both views, as ``seg_loss_fn`` expects them (e.g. ``(B, H, W)`` long).
     seg_loss_fn : callable
-        ``seg_loss_fn(logits, target) -> scalar`` (papers/002: Dice + cross-entropy).
+        ``seg_loss_fn(logits, target) -> scalar`` (Shah et al. 2025: Dice + cross-entropy).
     weights : CQGWeights
         ``seg1``, ``seg2``, ``consistency`` (default 0.3, 0.7, 1.0).
 

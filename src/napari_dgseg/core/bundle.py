@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -33,8 +32,23 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from napari_dgseg.core.errors import BundleError, InputError
-from napari_dgseg.core.registry import Family, config_to_dict, get_family
+from napari_dgseg.core.atomic import atomic_write_bytes
+from napari_dgseg.core.errors import BundleError, DgsegError, InputError
+from napari_dgseg.core.family import Family, config_to_dict
+from napari_dgseg.core.imageprep import SCALING_RULE
+from napari_dgseg.core.inference import predict_bundle
+from napari_dgseg.core.limits import (
+    MAX_BUNDLE_FILE_BYTES,
+    MAX_BUNDLE_MEMBERS,
+    MAX_BUNDLE_TOTAL_BYTES,
+    MAX_JSON_BYTES,
+    MAX_MEMBER_BYTES,
+    MAX_MODEL_ELEMENTS,
+    check_config_values,
+    load_json_bounded,
+    unsafe_member_reason,
+)
+from napari_dgseg.core.registry import get_family
 
 SCHEMA = "napari-dgseg.bundle"
 SCHEMA_VERSION = 1
@@ -46,7 +60,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".
 DEFAULT_INPUT_SPEC = {
     "channels": 3,
     "color": "RGB",
-    "scaling": "uint8 / 255; other dtypes: robust percentiles (0.5, 99.8) of the whole image",
+    "scaling": SCALING_RULE,
     "mean": [0.5, 0.5, 0.5],
     "std": [0.25, 0.25, 0.25],
 }
@@ -262,34 +276,33 @@ class Bundle:
         self.manifest = manifest
         return buf.getvalue()
 
-    def save(self, path: str | Path, *, cancel: Any = None) -> Path:
+    def save(self, path: str | Path, *, cancel: Any = None, overwrite: bool = False) -> Path:
         """Write the bundle atomically to ``path`` (``.dgseg`` appended if missing).
 
         The data go to a temporary file in the destination folder which replaces ``path`` only
         once complete; if ``cancel`` is set before the rename, the temporary file is removed and
-        any existing file at ``path`` is untouched.
+        any existing file at ``path`` is untouched. An existing ``path`` is kept (and
+        :class:`~napari_dgseg.core.errors.OutputExistsError` raised) unless ``overwrite``. While
+        writing, the advisory lock ``<name>.dgseg.lock`` is held, so a second process saving
+        the same name is refused (:class:`~napari_dgseg.core.errors.LockedError`) instead of
+        silently winning the race.
         """
+        from napari_dgseg.core.outputs import bundle_lock, refuse_existing
+
         path = Path(path)
         if path.suffix != SUFFIX:
             path = path.with_name(path.name + SUFFIX)
+        refuse_existing([path], overwrite=overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.to_bytes()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles are meant to be shared
-            if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-                from napari_dgseg.core.errors import CancelledError
-
-                raise CancelledError(f"save of {path.name} cancelled; nothing was written")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with bundle_lock(path, "save"):
+            atomic_write_bytes(
+                path,
+                data,
+                cancel=cancel,
+                cancel_message=f"save of {path.name} cancelled; nothing was written",
+                overwrite=overwrite,
+            )
         self.path = path
         self.sha256 = sha256_bytes(data)
         return path
@@ -297,8 +310,6 @@ class Bundle:
     # ------------------------------------------------------------------ inference
     def predict(self, image: Any, **kwargs: Any) -> Any:
         """Segment ``image``; see :func:`napari_dgseg.core.inference.predict_bundle`."""
-        from napari_dgseg.core.inference import predict_bundle
-
         return predict_bundle(self, image, **kwargs)
 
     def info(self) -> dict[str, Any]:
@@ -314,55 +325,207 @@ class Bundle:
 
 
 def _tensor_file_name(name: str) -> str:
-    return name if name.endswith(".safetensors") else f"{name}.safetensors"
+    fname = name if name.endswith(".safetensors") else f"{name}.safetensors"
+    why = unsafe_member_reason(fname)
+    if why:
+        raise BundleError(f"tensor file name {fname!r} {why}; use a plain name like 'bank'")
+    return fname
 
 
 # ---------------------------------------------------------------------- loading
-def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
-    """Bytes of one archive member; a damaged member (bad CRC, broken deflate) -> BundleError."""
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> bytes:
+    """Bytes of one archive member, read in chunks and never more than its caps.
+
+    The declared size was checked already; the count here guards against a header that lies.
+    A damaged member (bad CRC, broken deflate) -> BundleError.
+    """
+    cap = min(info.file_size, MAX_MEMBER_BYTES)
+    chunks: list[bytes] = []
+    total = 0
     try:
-        return zf.read(name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+        with zf.open(info) as fh:
+            while True:
+                chunk = fh.read(min(1 << 20, cap + 1 - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > cap:
+                    raise BundleError(
+                        f"{source}: {info.filename} holds more data than its header declares "
+                        f"({info.file_size:,} bytes); the archive is forged or damaged. Refused"
+                    )
+                chunks.append(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+            OSError) as exc:
         raise BundleError(
-            f"{source}: {name} is damaged inside the archive ({exc}); re-download or re-train the model"
+            f"{source}: {info.filename} is damaged inside the archive ({_first_line(exc)}); "
+            "re-download or re-train the model"
         ) from None
+    return b"".join(chunks)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _open_archive(data: bytes | Path, source: str) -> zipfile.ZipFile:
+    """Open a bundle archive and check its directory against the caps before anything is read.
+
+    Refused: more than :data:`~napari_dgseg.core.limits.MAX_BUNDLE_MEMBERS` members, unsafe
+    member names, duplicates, a member declared larger than ``MAX_MEMBER_BYTES`` or all together
+    larger than ``MAX_BUNDLE_TOTAL_BYTES``, and no manifest.
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        raise BundleError(f"{source} is not a valid bundle (broken zip: {_first_line(exc)})") from None
+    try:
+        infos = zf.infolist()
+        if len(infos) > MAX_BUNDLE_MEMBERS:
+            raise BundleError(f"{source} holds {len(infos)} files, more than the {MAX_BUNDLE_MEMBERS} "
+                              "a bundle may have; refused")
+        names = [i.filename for i in infos]
+        for n in names:
+            why = unsafe_member_reason(n)
+            if why:
+                raise BundleError(f"{source} holds a member named {n!r}, which {why}; refused "
+                                  "(a bundle holds plain file names only)")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:  # zip readers disagree on which copy wins: ambiguous, so refused
+            raise BundleError(f"{source} holds duplicate entries {dupes}; refused")
+        for info in infos:
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise BundleError(
+                    f"{source}: {info.filename} would unpack to {info.file_size:,} bytes, more than "
+                    f"the {MAX_MEMBER_BYTES:,} allowed (a zip bomb or not a real bundle); refused"
+                )
+        total = sum(i.file_size for i in infos)
+        if total > MAX_BUNDLE_TOTAL_BYTES:
+            raise BundleError(f"{source} would unpack to {total:,} bytes, more than the "
+                              f"{MAX_BUNDLE_TOTAL_BYTES:,} allowed; refused")
+        if MANIFEST not in names:
+            raise BundleError(f"{source} has no {MANIFEST}; it is not a napari-dgseg bundle")
+    except BaseException:
+        zf.close()
+        raise
+    return zf
+
+
+def _read_manifest(zf: zipfile.ZipFile, source: str) -> dict[str, Any]:
+    """The validated manifest: bounded JSON, known schema, fields of the right types."""
+    info = zf.getinfo(MANIFEST)
+    if info.file_size > MAX_JSON_BYTES:
+        raise BundleError(f"{source}: {MANIFEST} is {info.file_size:,} bytes, more than the "
+                          f"{MAX_JSON_BYTES:,} allowed; refused")
+    manifest = load_json_bounded(_read_member(zf, info, source), f"{source}: {MANIFEST}",
+                                 error=BundleError)
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        found = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{source}: unknown bundle schema {found!r}; expected {SCHEMA!r}")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{source}: bundle schema version {version!r} is not supported by this napari-dgseg "
+            f"(supports {SCHEMA_VERSION}); update napari-dgseg"
+        )
+    _check_manifest_types(manifest, source)
+    return manifest
+
+
+def _check_manifest_types(manifest: Mapping[str, Any], source: str) -> None:
+    """Refuse manifest fields of the wrong type (they would fail later with a traceback)."""
+    expected = {"name": str, "family": str, "config": dict, "files": dict,
+                "classes": list, "input": dict, "provenance": dict, "task": str,
+                "description": str}
+    for key, typ in expected.items():
+        if key in manifest and not isinstance(manifest[key], typ):
+            raise BundleError(f"{source}: {MANIFEST} field {key!r} is a "
+                              f"{type(manifest[key]).__name__}, expected a {typ.__name__}; refused")
+    for key in ("family", "config"):
+        if key not in manifest:
+            raise BundleError(f"{source}: {MANIFEST} has no {key!r}; refused")
+    for c in manifest.get("classes", []):
+        if not (isinstance(c, dict) and isinstance(c.get("id"), int)
+                and isinstance(c.get("name"), str) and isinstance(c.get("color"), list)
+                and len(c["color"]) == 3 and all(isinstance(v, int) for v in c["color"])):
+            raise BundleError(f"{source}: {MANIFEST} has a malformed class entry {str(c)[:80]}; "
+                              "expected {id, name, color [r, g, b]}")
+    files = manifest.get("files", {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise BundleError(f"{source}: {MANIFEST} 'files' must map file names to sha256 strings")
+    check_config_values(manifest["config"], source, error=BundleError)
+
+
+def _expected_state(family: Family, config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Shapes and dtypes of the network the config describes, built on the meta device.
+
+    Nothing is allocated, so a config asking for gigantic widths costs nothing; a network with
+    more than :data:`~napari_dgseg.core.limits.MAX_MODEL_ELEMENTS` elements is refused.
+    """
+    try:
+        with torch.device("meta"):
+            model = family.build_model(dict(config))
+    except DgsegError as exc:  # unknown config keys: name the file
+        raise BundleError(f"{source}: {exc}") from None
+    except Exception as exc:  # the family's own config checks (ValueError, TypeError, ...)
+        raise BundleError(f"{source}: the {family.name!r} config cannot build a network "
+                          f"({_first_line(exc)}); the bundle was edited or is not genuine") from None
+    elements = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    if elements > MAX_MODEL_ELEMENTS:
+        raise BundleError(f"{source}: the config describes a network of {elements:,} values, more "
+                          f"than the {MAX_MODEL_ELEMENTS:,} allowed; refused")
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+def _check_weights(weights: Mapping[str, torch.Tensor], expected: Mapping[str, Any],
+                   family: str, source: str) -> None:
+    """Weights must have exactly the expected names, shapes and dtypes."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise BundleError(
+            f"{source}: weights do not fit the {family!r} config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); the bundle was made by another version or edited"
+        )
+    for key, (shape, dtype) in expected.items():
+        t = weights[key]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise BundleError(
+                f"{source}: weights do not fit the {family!r} config ({key!r} is {t.dtype} "
+                f"{list(t.shape)}, the config needs {dtype} {list(shape)}); the bundle was made "
+                "by another version or edited"
+            )
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], fname: str, source: str) -> None:
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BundleError(f"{source}: {fname} holds NaN or infinite values in {key!r}; the "
+                              "model is broken (diverged training or a damaged file). Re-train "
+                              "or re-download it")
 
 
 def read_bundle_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict, dict]:
-    """Validate and parse bundle bytes into ``(manifest, tensors)``; never runs code."""
+    """Validate and parse bundle bytes into ``(manifest, tensors)``; never runs code.
+
+    Every size is checked before it is allocated (see :mod:`napari_dgseg.core.limits`): the
+    archive directory, each member while it is decompressed, the manifest JSON (bytes and
+    depth), the config values and the size of the network it describes (built on the meta
+    device), then the weights' names, shapes, dtypes and finiteness.
+    """
     if _looks_like_pickle(data) or not data.startswith(b"PK"):
         kind = "a pickle (torch.save checkpoint)" if _looks_like_pickle(data) else "not a bundle"
         raise BundleError(
             f"{source} is {kind}; bundles are zip files of JSON + safetensors. Convert a PyTorch "
             "checkpoint with `dgseg convert CHECKPOINT --family NAME --out MODEL.dgseg`"
         )
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise BundleError(f"{source} is not a valid bundle (broken zip: {exc})") from None
-    with zf:
+    with _open_archive(data, source) as zf:
         names = zf.namelist()
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:  # zip readers disagree on which copy wins: ambiguous, so refused
-            raise BundleError(f"{source} holds duplicate entries {dupes}; refused")
-        if MANIFEST not in names:
-            raise BundleError(f"{source} has no {MANIFEST}; it is not a napari-dgseg bundle")
         for n in names:
             if n.lower().endswith(PICKLE_SUFFIXES):
                 raise BundleError(f"{source} holds {n!r}, a pickle-type file; refused (pickles can run code)")
-        try:
-            manifest = json.loads(_read_member(zf, MANIFEST, source).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{source}: {MANIFEST} is not valid JSON ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-            found = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
-            raise BundleError(f"{source}: unknown bundle schema {found!r}; expected {SCHEMA!r}")
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError(
-                f"{source}: bundle schema version {version!r} is not supported by this napari-dgseg "
-                f"(supports {SCHEMA_VERSION}); update napari-dgseg"
-            )
+        manifest = _read_manifest(zf, source)
         listed = manifest.get("files")
         if not isinstance(listed, dict) or WEIGHTS not in listed:
             raise BundleError(f"{source}: manifest lists no {WEIGHTS}")
@@ -370,11 +533,13 @@ def read_bundle_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict, dict]
         missing = sorted(set(listed) - set(names))
         if extra or missing:
             raise BundleError(f"{source}: files not in the manifest {extra} / missing {missing}; refused")
+        family = get_family(str(manifest.get("family")))  # unknown -> message listing valid ones
+        expected = _expected_state(family, manifest["config"], source)
         tensors: dict[str, dict[str, torch.Tensor]] = {}
         for fname, digest in listed.items():
             if not fname.endswith(".safetensors"):
                 raise BundleError(f"{source}: {fname!r} is not a .safetensors file; refused")
-            blob = _read_member(zf, fname, source)
+            blob = _read_member(zf, zf.getinfo(fname), source)
             if _looks_like_pickle(blob):
                 raise BundleError(f"{source}: {fname!r} holds a pickle; refused")
             if sha256_bytes(blob) != digest:
@@ -385,8 +550,11 @@ def read_bundle_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict, dict]
             try:
                 tensors[fname] = st_load(blob)
             except Exception as exc:  # safetensors raises its own error types
-                raise BundleError(f"{source}: {fname} is not valid safetensors ({exc})") from None
-    get_family(str(manifest.get("family")))  # unknown family -> message listing valid ones
+                raise BundleError(f"{source}: {fname} is not valid safetensors ({_first_line(exc)})") from None
+            del blob
+            if fname == WEIGHTS:
+                _check_weights(tensors[fname], expected, family.name, source)
+            _check_finite(tensors[fname], fname, source)
     return manifest, tensors
 
 
@@ -400,7 +568,7 @@ def resolve_bundle_path(name_or_path: str | os.PathLike) -> Path:
         cand = folder / f"{stem}{SUFFIX}"
         if cand.is_file():
             return cand
-    names = [b["name"] for b in list_bundles()]
+    names = [b["name"] for b in list_bundles() if not b.get("broken")]
     raise BundleError(
         f"no model bundle {str(name_or_path)!r}: not a file, and not one of the known models "
         f"{names}. Give a path to a .dgseg file or one of these names"
@@ -420,6 +588,10 @@ def load_bundle(name_or_path: str | os.PathLike | Bundle) -> Bundle:
         return name_or_path
     path = resolve_bundle_path(name_or_path)
     try:
+        size = path.stat().st_size
+        if size > MAX_BUNDLE_FILE_BYTES:
+            raise BundleError(f"{path} is {size:,} bytes, more than the {MAX_BUNDLE_FILE_BYTES:,} a "
+                              "bundle may have; it is not a napari-dgseg bundle")
         data = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror}") from None
@@ -427,18 +599,39 @@ def load_bundle(name_or_path: str | os.PathLike | Bundle) -> Bundle:
     return Bundle(manifest, tensors, path=path, sha256=sha256_bytes(data))
 
 
-def _peek_manifest(path: Path) -> dict[str, Any] | None:
+def inspect_bundle(path: str | Path) -> dict[str, Any]:
+    """The validated manifest of a bundle file, reading nothing but its directory and manifest.
+
+    Cheap (no weights are decompressed) but bounded like :func:`load_bundle`; a file that cannot
+    be a valid bundle raises :class:`BundleError` with the reason.
+    """
+    path = Path(path)
+    source = str(path)
     try:
-        with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read(MANIFEST).decode("utf-8"))
-    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+        size = path.stat().st_size
+        if size > MAX_BUNDLE_FILE_BYTES:
+            raise BundleError(f"{source} is {size:,} bytes, more than the {MAX_BUNDLE_FILE_BYTES:,} "
+                              "a bundle may have")
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"PK":
+                raise BundleError(f"{source} is not a bundle (not a zip file)")
+            with _open_archive(path, source) as zf:
+                manifest = _read_manifest(zf, source)
+                names = set(zf.namelist())
+    except OSError as exc:
+        raise BundleError(f"cannot read {source}: {exc.strerror or _first_line(exc)}") from None
+    listed = manifest.get("files") or {}
+    if WEIGHTS not in listed or set(listed) | {MANIFEST} != names:
+        raise BundleError(f"{source}: the files in the archive differ from those in the manifest")
+    get_family(str(manifest.get("family")))
+    return manifest
 
 
 def list_bundles() -> list[dict[str, Any]]:
     """Shipped and user bundles: name, family, task, where, path, description.
 
-    Only manifests are read (no weights). A user bundle with the same name as a shipped one
+    Only manifests are read (no weights). A file that cannot be a valid bundle is listed with
+    ``"broken"``: the reason (one line), so that one bad file never hides the others. A user bundle with the same name as a shipped one
     shadows it (it is what :func:`load_bundle` returns for that name).
     """
     rows: dict[str, dict[str, Any]] = {}
@@ -446,10 +639,14 @@ def list_bundles() -> list[dict[str, Any]]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob(f"*{SUFFIX}")):
-            manifest = _peek_manifest(path)
-            if manifest is None:
-                continue
             name = path.name[: -len(SUFFIX)]
+            try:
+                manifest = inspect_bundle(path)
+            except BundleError as exc:
+                rows[name] = {"name": name, "family": None, "task": "", "classes": [],
+                              "where": where, "path": str(path), "description": "",
+                              "val_metrics": {}, "broken": str(exc)}
+                continue
             rows[name] = {
                 "name": name,
                 "family": manifest.get("family"),

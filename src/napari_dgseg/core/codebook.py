@@ -1,6 +1,6 @@
-"""Codebook analysis of ``sqvae`` models: code usage, training usage and the domain-shift score.
+"""Codebook analysis of models with a codebook: code usage, training usage, domain-shift score.
 
-An SQ-VAE model assigns every pixel a class code (``e_alpha``, shown as the codebook-index map)
+A model of a family with the ``codebook`` capability (an SQ-VAE) assigns every pixel a class code (``e_alpha``, shown as the codebook-index map)
 and a domain code (``e_beta``). The *code usage* of an image is the fraction of its pixels using
 each code. After training, :func:`store_training_usage` stores in the bundle
 (``codebook.safetensors``):
@@ -31,16 +31,19 @@ import torch
 
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.registry import families_supporting
 
 __all__ = [
     "CodebookReport",
     "analyse_prediction",
     "calibrate_shift",
+    "code_groups",
     "code_groups_np",
     "code_usage",
     "group_colors",
     "image_usage",
     "js_divergence",
+    "require_codebook",
     "shift_score",
     "store_training_usage",
     "training_reference",
@@ -135,10 +138,24 @@ def shift_score(
     return float(np.mean(scores))
 
 
+def code_groups(num_codes: int, num_classes: int) -> torch.Tensor:
+    """Class group of each code: K contiguous groups, sizes differing by at most one.
+
+    ``code_groups(10, 3)`` -> ``[0, 0, 0, 0, 1, 1, 1, 2, 2, 2]`` (the first groups take the
+    remainder). Returns a ``(num_codes,)`` long tensor.
+    """
+    if num_codes < num_classes:
+        raise ValueError(f"{num_codes} codes cannot form {num_classes} non-empty groups")
+    sizes = [
+        num_codes // num_classes + (1 if k < num_codes % num_classes else 0)
+        for k in range(num_classes)
+    ]
+    # output_size lets the network be built on the meta device (bundle size checks)
+    return torch.repeat_interleave(torch.arange(num_classes), torch.tensor(sizes), output_size=num_codes)
+
+
 def code_groups_np(num_codes: int, num_classes: int) -> np.ndarray:
     """Class group of each code ``(N,)`` int (K contiguous groups, as the model uses)."""
-    from napari_dgseg.core.models.sqvae import code_groups
-
     return code_groups(num_codes, num_classes).numpy()
 
 
@@ -251,11 +268,19 @@ class CodebookReport:
         return self.class_names[g] if g < len(self.class_names) else str(g)
 
 
-def _require_sqvae(bundle: Any) -> None:
-    if bundle.family_name != "sqvae":
+def require_codebook(bundle: Any) -> None:
+    """Refuse a bundle whose family has no codebook, naming the families that have one.
+
+    Raises
+    ------
+    InputError
+        If ``bundle.family`` does not declare the ``codebook`` capability.
+    """
+    if not bundle.family.supports("codebook"):
         raise InputError(
-            f"model {bundle.name!r} is a {bundle.family_name!r} model; codebook maps need an "
-            "'sqvae' model (see `dgseg models`)"
+            f"model {bundle.name!r} is a {bundle.family_name!r} model, which has no codebook; "
+            f"codebook maps need a model of one of these families: "
+            f"{families_supporting('codebook')} (see `dgseg models`)"
         )
 
 
@@ -269,13 +294,15 @@ def training_reference(bundle: Any) -> dict[str, np.ndarray] | None:
 
 
 def analyse_prediction(prediction: Any, bundle: Any) -> CodebookReport:
-    """Code usage and shift score of a :class:`Prediction` made by an ``sqvae`` bundle."""
-    _require_sqvae(bundle)
+    """Code usage and shift score of a :class:`Prediction` made by a bundle with a codebook."""
+    require_codebook(bundle)
     cfg = bundle.config
     n_alpha = int(cfg.get("codebook_size", 64))
     n_beta = int(cfg.get("codebook_size_beta", 0) or n_alpha)
     if prediction.codebook_indices is None:
-        raise InputError("the prediction holds no codebook indices; run an 'sqvae' model")
+        raise InputError(
+            "the prediction holds no codebook indices; run the model on the image again"
+        )
     usage = prediction.extras.get("code_usage")
     if usage is None:
         usage = code_usage(prediction.codebook_indices, n_alpha)
@@ -365,7 +392,7 @@ def store_training_usage(
     Parameters
     ----------
     bundle : Bundle
-        A freshly trained ``sqvae`` bundle.
+        A freshly trained bundle of a family with a codebook.
     domains : sequence of (name, samples)
         The training domains; up to ``per_domain`` images of each are run through the model.
     device : str
@@ -387,7 +414,7 @@ def calibrate_shift(bundle: Any, samples: Sequence[Sample], *, device: Any = "au
     The training usage stays; each validation image is scored against it and the threshold
     becomes ``max(mean + 3 sd, 1.5 max)`` of those scores. Save the bundle afterwards to keep the result.
     """
-    _require_sqvae(bundle)
+    require_codebook(bundle)
     ref = training_reference(bundle)
     if ref is None:
         raise InputError(f"model {bundle.name!r} has no training code usage; retrain it")
@@ -426,7 +453,7 @@ def _usages(bundle: Any, samples: Sequence[Sample], device: Any) -> tuple[np.nda
 
 
 def _store(bundle: Any, samples: Sequence[Sample], device: Any) -> dict:
-    _require_sqvae(bundle)
+    require_codebook(bundle)
     alpha, beta = _usages(bundle, samples, device)
     scores = _leave_one_out_scores(alpha, beta)
     stored = {

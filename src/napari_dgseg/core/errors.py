@@ -26,3 +26,19 @@ class BundleError(DgsegError):
 
 class CancelledError(DgsegError):
     """Long work stopped because the user asked to cancel."""
+
+
+class OutputExistsError(DgsegError, FileExistsError):
+    """An output file or folder exists and replacing it was not asked for (``--overwrite``)."""
+
+
+class OutputWriteError(DgsegError, OSError):
+    """Writing an output failed (disk full, no permission, read-only disk); names the path."""
+
+
+class LockedError(DgsegError):
+    """Another running process holds the lock of the bundle being written."""
+
+
+class NonFiniteOutputError(DgsegError):
+    """The network returned NaN or infinite values: the result would look plausible but be wrong."""

@@ -6,8 +6,15 @@ import datetime as _dt
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from napari_dgseg import __version__
+from napari_dgseg.core.cancel import cancel_hooks, check_cancel
+from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.imageprep import ImageAdapter
+from napari_dgseg.core.errors import NonFiniteOutputError
+from napari_dgseg.core.imageprep import ImageAdapter, image_channels
+from napari_dgseg.core.limits import check_memory
 from napari_dgseg.core.predict import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -15,7 +22,6 @@ from napari_dgseg.core.predict import (
     ProgressFn,
     elapsed_since,
     run_tiled,
-    semantic_postprocess,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +41,7 @@ def predict_bundle(
     return_normalized: bool = False,
     progress: ProgressFn | None = None,
     cancel: Any = None,
+    memory_budget: int | None = None,
 ) -> Prediction:
     """Segment ``image`` with ``bundle``.
 
@@ -53,7 +60,7 @@ def predict_bundle(
     batch : int
         Tiles per forward pass.
     dcin : str
-        Colour normalisation (papers/002): ``auto`` (``full`` when the bundle has a reference
+        Colour normalisation (DCIN of Shah et al. 2025): ``auto`` (``full`` when the bundle has a reference
         bank, else ``none``), ``none``, ``gris``, ``lris``, ``full`` or ``reference``.
     reference : array, path or (mean, std), optional
         The user's reference for ``dcin="reference"``.
@@ -63,34 +70,50 @@ def predict_bundle(
         ``progress(done, total)`` in tiles.
     cancel : threading.Event or callable
         Set to stop; raises :class:`~napari_dgseg.core.errors.CancelledError`.
+    memory_budget : int, optional
+        Bytes inference may plan to use; default ``DGSEG_MEMORY_BUDGET`` or 80 % of the
+        available memory (``0``: no check). A larger image is refused before anything is
+        allocated (:func:`estimate_inference_bytes`), with one line saying what to do.
 
     Returns
     -------
     Prediction
     """
     t0 = time.perf_counter()
-    from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    h, w, _ = image_channels(image)
+    family = bundle.family
+    needed = estimate_inference_bytes(h, w, len(bundle.class_names), len(family.discrete_outputs))
+    check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     adapter = ImageAdapter.from_array(image)
     dev = select_device(device)
-    plan = plan_dcin(bundle, adapter, dcin, reference)
-    maps = run_tiled(
-        bundle.model,
-        adapter,
-        input_spec=bundle.input_spec,
-        tile=tile,
-        overlap=overlap,
-        device=dev,
-        batch=batch,
-        branches=plan.branches,
-        progress=progress,
-        cancel=cancel,
-    )
-    family = bundle.family
-    if family.postprocess is not None:
-        fields = family.postprocess(maps, bundle.config)
-    else:
-        fields = semantic_postprocess(maps)
+    check_cancel(cancel)
+    with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
+        plan = plan_dcin(bundle, adapter, dcin, reference)
+    try:
+        maps = run_tiled(
+            bundle.model,
+            adapter,
+            input_spec=bundle.input_spec,
+            tile=tile,
+            overlap=overlap,
+            device=dev,
+            batch=batch,
+            branches=plan.branches,
+            progress=progress,
+            cancel=cancel,
+            discrete=family.discrete_outputs,
+        )
+    except NonFiniteOutputError as exc:
+        raise NonFiniteOutputError(
+            f"model {bundle.name!r} ({bundle.path or 'not saved'}): {exc}, so its mask would be "
+            "wrong and none is returned. Its weights are probably broken (train or download it "
+            "again, or use another model); if other images work, check this image's values."
+        ) from None
+    check_cancel(cancel)
+    fields = family.postprocess(maps, bundle.config)
     uncertainty = maps.get("uncertainty")
     provenance = {
         "model": bundle.name,
@@ -126,10 +149,21 @@ def predict_bundle(
     )
 
 
+def estimate_inference_bytes(height: int, width: int, num_classes: int, discrete: int = 0) -> int:
+    """Bytes tiled inference and post-processing hold at once for a ``height x width`` image.
+
+    Per pixel: the blending weight (4 bytes), the dense output accumulators and their blended
+    copy (float32, ``num_classes`` plus up to 4 auxiliary channels, twice), the probabilities
+    (float32 per class), the discrete maps (value + best weight, 8 bytes each) and the labels
+    (8 bytes). An upper estimate: the tiles in flight are not counted (they are small).
+    """
+    k = max(int(num_classes), 2)
+    per_pixel = 4 + 2 * 4 * (k + 4) + 4 * k + 8 * int(discrete) + 8
+    return int(height) * int(width) * per_pixel
+
+
 _FIELDS = {"labels", "probabilities", "codebook_indices", "local_mask", "uncertainty"}
 
 
 def _version() -> str:
-    from napari_dgseg import __version__
-
     return __version__

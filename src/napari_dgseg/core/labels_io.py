@@ -9,39 +9,71 @@ carries a JSON provenance record (model, parameters, source image, who wrote it 
 * ``.zarr``: a Zarr (format 3) array, chunks of 1024 x 1024, with the record in its attributes
   under ``"napari_dgseg_provenance"``.
 
+Where the mask sits in the world travels with it (:class:`Placement`, stored under
+``"placement"`` in the record: the size of one pixel and the position of pixel ``(0, 0)``, in
+micrometres or in pixels). A TIFF in micrometres also carries the pixel size in its resolution
+tags (ResolutionUnit centimetre, pixels per centimetre), so other programs (QuPath, Fiji, napari's
+own reader) see the physical size too. :func:`read_placement` gets it back.
+
+Labels are stored in the smallest integer type that holds their ids (:func:`label_dtype`): uint8
+for binary and semantic masks with fewer than 256 classes, uint16 or uint32 for instances by
+their largest id, int32 only for negative ids.
+
 Writes are atomic: the data go to a temporary file/folder next to the target, which then
 replaces the target in one rename, so an interrupted save never leaves half a mask behind.
+An existing target is kept unless ``overwrite=True``; even then a ``.zarr`` folder is replaced
+only when it is a labels store written by napari-dgseg (it carries the provenance record), so a
+folder of the user's is never deleted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import shutil
-import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.atomic import atomic_write
+from napari_dgseg.core.errors import (
+    DgsegError,
+    ImageReadError,
+    InputError,
+    OutputExistsError,
+    OutputWriteError,
+)
+from napari_dgseg.core.outputs import OLD_PREFIX, describe_os_error, refuse_existing, temp_prefix
 
 __all__ = [
     "PROVENANCE_KEY",
     "LABEL_SUFFIXES",
+    "PLACEMENT_KEY",
+    "Placement",
     "json_safe",
+    "label_dtype",
     "read_labels",
+    "read_placement",
     "read_provenance",
+    "tiff_resolution",
     "write_labels",
 ]
 
 #: Key under which the provenance record is stored (TIFF description JSON, Zarr attributes).
 PROVENANCE_KEY = "napari_dgseg_provenance"
+
+#: Key of the placement (pixel size and origin) inside the provenance record.
+PLACEMENT_KEY = "placement"
+
+#: The unit names a :class:`Placement` uses.
+MICROMETER = "micrometer"
+PIXEL = "pixel"
 
 #: File endings :func:`write_labels` accepts.
 LABEL_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".zarr")
@@ -52,7 +84,106 @@ ZARR_CHUNK = 1024
 #: TIFF labels with both sides at least this large are written tiled (256 x 256).
 TIFF_TILE_FROM = 512
 
-_KEPT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32))
+_UNSIGNED = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a 2-D label image sits in the world (napari's ``scale`` and ``translate``).
+
+    Attributes
+    ----------
+    scale : (float, float)
+        Size of one pixel along rows and columns.
+    translate : (float, float)
+        World position of the centre of pixel ``(0, 0)``.
+    unit : str
+        ``"micrometer"`` (physical) or ``"pixel"`` (no physical size known).
+    """
+
+    scale: tuple[float, float]
+    translate: tuple[float, float] = (0.0, 0.0)
+    unit: str = MICROMETER
+
+    def __post_init__(self) -> None:
+        sy, sx = (float(v) for v in self.scale)
+        ty, tx = (float(v) for v in self.translate)
+        if not all(math.isfinite(v) for v in (sy, sx, ty, tx)) or sy <= 0 or sx <= 0:
+            raise InputError(
+                f"pixel size {self.scale} / origin {self.translate}: the pixel size must be "
+                "positive and both finite; check the layer's scale and translate."
+            )
+        if self.unit not in (MICROMETER, PIXEL):
+            raise InputError(f"unit {self.unit!r}: use 'micrometer' or 'pixel'.")
+        object.__setattr__(self, "scale", (sy, sx))
+        object.__setattr__(self, "translate", (ty, tx))
+
+    @classmethod
+    def from_layer(
+        cls, scale: Sequence[float], translate: Sequence[float], units: Sequence[Any] | None
+    ) -> Placement:
+        """From a napari layer's ``scale``, ``translate`` and ``units`` (last two axes)."""
+        names = [_unit_name(u) for u in list(units or [])[-2:]]
+        unit = MICROMETER if names and all(n == MICROMETER for n in names) else PIXEL
+        return cls(
+            scale=tuple(float(v) for v in list(scale)[-2:]),  # type: ignore[arg-type]
+            translate=tuple(float(v) for v in list(translate)[-2:]),  # type: ignore[arg-type]
+            unit=unit,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scale": list(self.scale), "translate": list(self.translate), "unit": self.unit}
+
+
+def _unit_name(unit: Any) -> str:
+    """``"micrometer"`` for any spelling of the micrometre (pint units, 'um', 'µm'), else str."""
+    text = str(unit).strip().lower()
+    if text in ("um", "µm", "\u03bcm", "micron", "microns", "micrometer", "micrometre"):
+        return MICROMETER
+    return text
+
+
+def read_placement(record: Mapping[str, Any] | None) -> Placement | None:
+    """The :class:`Placement` stored in a provenance record, or None (absent or malformed)."""
+    value = (record or {}).get(PLACEMENT_KEY)
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        return Placement(
+            scale=tuple(float(v) for v in value["scale"]),  # type: ignore[arg-type]
+            translate=tuple(float(v) for v in value.get("translate", (0.0, 0.0))),  # type: ignore[arg-type]
+            unit=str(value.get("unit", MICROMETER)),
+        )
+    except (KeyError, TypeError, ValueError, InputError):
+        return None
+
+
+def label_dtype(low: int, high: int) -> np.dtype:
+    """The smallest integer type holding ids from ``low`` to ``high``.
+
+    uint8, uint16 or uint32 for non-negative ids (binary and semantic masks with fewer than 256
+    classes are uint8; instances by their largest id), int32 when an id is negative.
+
+    Raises
+    ------
+    InputError
+        For ids beyond uint32 (or negative ids beyond int32).
+    """
+    if low >= 0:
+        for dtype in _UNSIGNED:
+            if high <= np.iinfo(dtype).max:
+                return dtype
+        raise InputError(
+            f"label ids run up to {high}, beyond uint32. Relabel them sequentially first "
+            "(skimage.segmentation.relabel_sequential)."
+        )
+    info = np.iinfo(np.int32)
+    if low < info.min or high > info.max:
+        raise InputError(
+            f"label ids run from {low} to {high}, beyond int32. Relabel them sequentially first "
+            "(skimage.segmentation.relabel_sequential)."
+        )
+    return np.dtype(np.int32)
 
 
 def _suffix(path: Path) -> str:
@@ -92,7 +223,7 @@ def json_safe(value: Any, *, max_list: int = 256) -> Any:
 
 
 def _labels_array(labels: Any, path: Path) -> Any:
-    """Check ``labels`` and bring it to a kept dtype (uint8, uint16, int32)."""
+    """Check ``labels`` and bring it to the smallest integer type holding its ids."""
     if isinstance(labels, list | tuple) and labels and hasattr(labels[0], "shape"):
         labels = labels[0]  # multiscale labels: level 0
     if not hasattr(labels, "shape") or not hasattr(labels, "dtype"):
@@ -105,41 +236,48 @@ def _labels_array(labels: Any, path: Path) -> Any:
     dtype = np.dtype(labels.dtype)
     if dtype == np.bool_:
         return labels.astype(np.uint8)
-    if dtype in _KEPT_DTYPES:
-        return labels
     if dtype.kind not in "ui":
         raise InputError(
             f"{path.name}: labels have dtype {dtype}; label images hold integer ids. Convert "
             "with e.g. `labels.astype('int32')` after checking the values are whole numbers."
         )
+    if labels.size == 0 or dtype == np.uint8:
+        return labels
     lo, hi = (int(v) for v in (np.asarray(labels.min()), np.asarray(labels.max())))
-    if lo >= 0 and hi <= np.iinfo(np.uint8).max and dtype.itemsize == 1:
-        return labels.astype(np.uint8)
-    if lo >= 0 and hi <= np.iinfo(np.uint16).max and dtype.kind == "u" and dtype.itemsize == 2:
-        return labels.astype(np.uint16)
-    info = np.iinfo(np.int32)
-    if lo < info.min or hi > info.max:
-        raise InputError(
-            f"{path.name}: label ids run from {lo} to {hi}, beyond int32. Relabel them "
-            "sequentially first (skimage.segmentation.relabel_sequential)."
-        )
-    return labels.astype(np.int32)
+    try:
+        target = label_dtype(lo, hi)
+    except InputError as exc:
+        raise InputError(f"{path.name}: {exc}") from None
+    return labels if target == dtype else labels.astype(target)
 
 
 def write_labels(
-    path: str | Path, labels: Any, provenance: Mapping[str, Any] | None = None
+    path: str | Path,
+    labels: Any,
+    provenance: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    placement: Placement | None = None,
 ) -> Path:
     """Save a label image with its provenance, atomically.
 
     Parameters
     ----------
     path : str or Path
-        Target ending in ``.tif``, ``.tiff`` or ``.zarr``. An existing file/folder is replaced.
+        Target ending in ``.tif``, ``.tiff`` or ``.zarr``.
     labels : array-like
         ``(H, W)`` (or N-D) integer or bool labels; numpy or dask (a multiscale list: level 0).
-        uint8, uint16 and int32 are kept, bool becomes uint8, other integers become int32.
+        Stored in the smallest integer type that holds the ids (:func:`label_dtype`).
     provenance : mapping, optional
         Record stored with the labels (made JSON-safe with :func:`json_safe`).
+    overwrite : bool
+        Replace an existing file (default False: it is kept and :class:`OutputExistsError` is
+        raised). A ``.zarr`` folder is replaced only when it is a labels store written by
+        napari-dgseg; any other folder is refused. The napari writer passes True (napari's save
+        dialog has already asked the user).
+    placement : Placement, optional
+        Pixel size and origin of the mask (the source image's); stored in the record under
+        ``"placement"`` and, for micrometres in a TIFF, in its resolution tags.
 
     Returns
     -------
@@ -149,7 +287,11 @@ def write_labels(
     Raises
     ------
     InputError
-        For an unsupported ending, a missing folder, float labels or ids beyond int32.
+        For an unsupported ending, a missing folder, float labels or ids beyond uint32.
+    OutputExistsError
+        When the target exists and ``overwrite`` is False, or it is not replaceable.
+    OutputWriteError
+        When the system refuses the write (disk full, permission denied).
     """
     p = Path(path)
     suffix = _suffix(p)
@@ -160,25 +302,53 @@ def write_labels(
         )
     if not p.parent.is_dir():
         raise InputError(f"{p}: the folder {p.parent} does not exist. Create it or pick another.")
+    refuse_existing([p], overwrite=overwrite)
+    _check_replaceable(p, suffix)
     data = _labels_array(labels, p)
     record = json_safe(dict(provenance or {}))
+    if placement is not None:
+        record[PLACEMENT_KEY] = placement.as_dict()
     if suffix == ".zarr":
         _write_zarr(p, data, record)
     else:
-        _write_tiff(p, data, record)
+        _write_tiff(p, data, record, overwrite, placement)
     return p
 
 
-def _write_tiff(p: Path, data: Any, record: dict) -> None:
+def _check_replaceable(p: Path, suffix: str) -> None:
+    """Refuse to replace anything but a file by a file, or our own labels store by a store."""
+    if not os.path.lexists(p):
+        return
+    if p.is_symlink():
+        raise OutputExistsError(f"{p} is a symbolic link; it was kept. Choose another name.")
+    if suffix != ".zarr" and p.is_dir():
+        raise OutputExistsError(f"{p} is a folder; it was kept. Choose another name.")
+    if suffix == ".zarr" and (not p.is_dir() or read_provenance(p) is None):
+        raise OutputExistsError(
+            f"{p} exists and is not a labels store written by napari-dgseg; it was kept (never "
+            "deleted). Remove it yourself or choose another name."
+        )
+
+
+def tiff_resolution(placement: Placement | None) -> dict[str, Any]:
+    """tifffile keywords for the resolution tags: pixels per centimetre for micrometres."""
+    if placement is None or placement.unit != MICROMETER:
+        return {}
+    sy, sx = placement.scale
+    return {"resolution": (1e4 / sx, 1e4 / sy), "resolutionunit": "CENTIMETER"}
+
+
+def _write_tiff(
+    p: Path, data: Any, record: dict, overwrite: bool, placement: Placement | None = None
+) -> None:
     import tifffile
 
     array = np.asarray(data)
     description = json.dumps({PROVENANCE_KEY: record}, ensure_ascii=True, sort_keys=True)
     tiled = array.ndim == 2 and min(array.shape) >= TIFF_TILE_FROM
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(
+    atomic_write(
+        p,
+        lambda tmp: tifffile.imwrite(
             tmp,
             array,
             compression="zlib",
@@ -187,18 +357,17 @@ def _write_tiff(p: Path, data: Any, record: dict) -> None:
             metadata=None,
             tile=(256, 256) if tiled else None,
             bigtiff=array.nbytes > 2**31,
-        )
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+            **tiff_resolution(placement),
+        ),
+        suffix=".tmp",
+        overwrite=overwrite,
+    )
 
 
 def _write_zarr(p: Path, data: Any, record: dict) -> None:
     import zarr
 
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = p.parent / f"{temp_prefix(p.name)}{uuid.uuid4().hex[:8]}.tmp"
     chunks = tuple(
         min(ZARR_CHUNK, int(s)) if i >= data.ndim - 2 else 1 for i, s in enumerate(data.shape)
     )
@@ -214,6 +383,14 @@ def _write_zarr(p: Path, data: Any, record: dict) -> None:
             z[...] = np.asarray(data)
         z.attrs[PROVENANCE_KEY] = record
         _replace_dir(tmp, p)
+    except (DgsegError, KeyboardInterrupt, SystemExit):
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = OutputWriteError(describe_os_error(exc, p))
+        error.errno = exc.errno
+        raise error from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -224,7 +401,7 @@ def _replace_dir(new: Path, target: Path) -> None:
     if not target.exists():
         os.replace(new, target)
         return
-    old = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
+    old = target.parent / f"{OLD_PREFIX}{os.getpid()}-{target.name}.{uuid.uuid4().hex[:8]}.old"
     os.replace(target, old)
     try:
         os.replace(new, target)

@@ -93,6 +93,10 @@ def check_label_array(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     return arr
 
 
+#: Most classes :func:`semantic_scores` accepts (its confusion table is K x K).
+MAX_SEMANTIC_CLASSES = 4096
+
+
 def remap_label(labels: np.ndarray) -> np.ndarray:
     """Relabel instance ids to ``1..n`` keeping their order; 0 stays background.
 
@@ -239,6 +243,14 @@ def semantic_scores(
         raise InputError(
             f"the label maps hold class {top} but num_classes is {num_classes}; pass "
             f"--num-classes {top + 1} or more (classes are 0..K-1, 0 = background)."
+        )
+    if num_classes > MAX_SEMANTIC_CLASSES:
+        # Per-class scores for every id up to the largest would need a K x K table: refuse
+        # before allocating it. Ids this large are instance ids, not classes.
+        raise InputError(
+            f"the label maps hold class id {top} (K = {num_classes}); semantic scores take at "
+            f"most {MAX_SEMANTIC_CLASSES} classes. Ids this large are instance labels: score "
+            "them with --instance (instance_scores)."
         )
     if np.ndim(spacing) == 0:
         spacing_t = [float(spacing)] * p.ndim

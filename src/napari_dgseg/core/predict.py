@@ -4,7 +4,7 @@
 time, batches tiles through the network under :func:`torch.inference_mode`, and blends the dense
 outputs with the windows of :mod:`napari_dgseg.core.tiling`, so results do not depend on the tile
 size. *Branches* are input transforms applied to every tile (DCIN's GRIS and LRIS colour
-normalisations); their dense outputs are averaged (papers/002: mean of the raw logits) and, with two
+normalisations); their dense outputs are averaged (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025: mean of the raw logits) and, with two
 or more branches, their disagreement is returned as an uncertainty map.
 """
 
@@ -18,15 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_dgseg.core.cancel import cancel_hooks, check_cancel
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.imageprep import ImageAdapter
-from napari_dgseg.core.tiling import TileGrid, plan_tiles
-
-#: Defaults: large tiles with a modest overlap; the even tile spacing keeps the extra pixels at
-#: ~5-12 % for common sizes (see docs/segment.md for the measurement).
-DEFAULT_TILE = 1024
-DEFAULT_OVERLAP = 48
+from napari_dgseg.core.models.base import normalise_input
+from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, plan_tiles
 
 Branch = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], Any]
@@ -39,11 +36,12 @@ class Prediction:
     Attributes
     ----------
     labels : np.ndarray
-        ``(H, W)`` int32: class ids (semantic families) or instance ids (``hovernet``).
+        ``(H, W)`` int32: class ids (semantic families) or instance ids (families whose
+        ``output`` is ``"instances"``).
     probabilities : np.ndarray or None
         ``(K, H, W)`` float32 class probabilities.
     codebook_indices : np.ndarray or None
-        ``(H, W)`` int32 codebook index per pixel (``sqvae``), else None.
+        ``(H, W)`` int32 codebook index per pixel (families supporting ``"codebook"``), else None.
     local_mask : np.ndarray or None
         ``(H, W)`` float32 local feature mask (domain gap per pixel), where the model has one.
     uncertainty : np.ndarray or None
@@ -66,14 +64,6 @@ class Prediction:
     extras: dict = field(default_factory=dict)
 
 
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 def _pad_to(block: np.ndarray, th: int, tw: int) -> np.ndarray:
     """Pad a ``(h, w, 3)`` block at the bottom/right to ``(th, tw, 3)`` by reflection."""
     h, w = block.shape[:2]
@@ -83,13 +73,6 @@ def _pad_to(block: np.ndarray, th: int, tw: int) -> np.ndarray:
     if mode == "reflect":
         return np.pad(block, ((0, th - h), (0, tw - w), (0, 0)), mode="reflect")
     return np.pad(block, ((0, th - h), (0, tw - w), (0, 0)), mode="edge")
-
-
-def normalise_input(rgb: torch.Tensor, input_spec: dict) -> torch.Tensor:
-    """Apply the bundle's input normalisation ``(rgb - mean) / std`` to ``(B, 3, H, W)``."""
-    mean = torch.tensor(input_spec.get("mean", [0.5] * 3), dtype=rgb.dtype, device=rgb.device)
-    std = torch.tensor(input_spec.get("std", [0.25] * 3), dtype=rgb.dtype, device=rgb.device)
-    return (rgb - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def run_tiled(
@@ -104,6 +87,7 @@ def run_tiled(
     branches: Sequence[Branch] | None = None,
     progress: ProgressFn | None = None,
     cancel: Any = None,
+    discrete: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
 
@@ -126,7 +110,13 @@ def run_tiled(
     progress : callable
         Called as ``progress(done_tiles, total_tiles)``.
     cancel : threading.Event or callable
-        Checked between batches; when set, raises :class:`CancelledError`.
+        Checked between batches, colour branches and the network's layers
+        (:func:`~napari_dgseg.core.cancel.cancel_hooks`); when set, raises
+        :class:`CancelledError`.
+    discrete : sequence of str, optional
+        Outputs of ``infer`` taken from the nearest tile centre instead of averaged (the family's
+        :attr:`~napari_dgseg.core.family.Family.discrete_outputs`); default the model's
+        :attr:`~napari_dgseg.core.models.base.SegModel.discrete_outputs`.
 
     Returns
     -------
@@ -144,9 +134,9 @@ def run_tiled(
     dev = select_device(device)
     spec = input_spec or {}
     branches = list(branches) if branches else [lambda x: x]
-    divisor = int(getattr(model, "divisor", 16))
+    divisor = int(model.divisor)
     grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
-    discrete_keys = tuple(getattr(model, "discrete_outputs", ()))
+    discrete_keys = tuple(model.discrete_outputs if discrete is None else discrete)
     model = model.to(dev).eval()
 
     acc: dict[str, np.ndarray] = {}
@@ -157,13 +147,12 @@ def run_tiled(
     total = len(positions)
     if progress is not None:
         progress(0, total)
-    with torch.inference_mode():
+    with torch.inference_mode(), cancel_hooks(model, cancel):
         for start in range(0, total, batch):
-            if _is_cancelled(cancel):
-                raise CancelledError("cancelled by the user")
+            check_cancel(cancel)
             chunk = positions[start : start + batch]
             x = _read_batch(adapter, grid, chunk).to(dev)
-            outputs = _infer_branches(model, x, spec, branches, discrete_keys)
+            outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel)
             for i, (y0, x0) in enumerate(chunk):
                 _accumulate(grid, y0, x0, outputs, i, acc, best, weight_sum, discrete_keys)
             if progress is not None:
@@ -193,11 +182,13 @@ def _infer_branches(
     spec: dict,
     branches: Sequence[Branch],
     discrete_keys: tuple[str, ...],
+    cancel: Any = None,
 ) -> dict[str, np.ndarray]:
     summed: dict[str, torch.Tensor] = {}
     probs: list[torch.Tensor] = []
     discrete: dict[str, torch.Tensor] = {}
     for branch in branches:
+        check_cancel(cancel)
         out = model.infer(normalise_input(branch(x), spec))
         for key, value in out.items():
             if key in discrete_keys:
@@ -207,6 +198,13 @@ def _infer_branches(
         if len(branches) > 1 and "logits" in out:
             probs.append(torch.softmax(out["logits"], dim=1))
     n = float(len(branches))
+    for key, value in summed.items():
+        # One reduction per tile batch: NaN/inf would otherwise become a plausible all-background
+        # mask (argmax of NaN is 0) with nothing to warn the user.
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteOutputError(
+                f"the network returned non-finite values (NaN or inf) in its {key!r} output"
+            )
     result = {k: (v / n).float().cpu().numpy() for k, v in summed.items()}
     if len(probs) > 1:
         # Disagreement between branches: mean pairwise total-variation distance of the
@@ -252,16 +250,6 @@ def _accumulate(
         if key not in acc:
             acc[key] = np.zeros((tile_out.shape[0], ph, pw), dtype=np.float32)
         acc[key][(slice(None), *sl)] += tile_out * win[None]
-
-
-def semantic_postprocess(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Softmax probabilities and argmax labels from blended logits."""
-    logits = maps["logits"]
-    shifted = logits - logits.max(axis=0, keepdims=True)
-    np.exp(shifted, out=shifted)
-    probabilities = shifted / shifted.sum(axis=0, keepdims=True)
-    labels = probabilities.argmax(axis=0).astype(np.int32)
-    return {"labels": labels, "probabilities": probabilities.astype(np.float32)}
 
 
 def elapsed_since(t0: float) -> float:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.errors import DgsegError, ImageReadError, InputError
+from napari_dgseg.core.imageprep import to_rgb_uint8 as imageprep_to_rgb_uint8
+from napari_dgseg.core.limits import check_memory
 
 __all__ = [
     "MIN_SIDE",
@@ -395,7 +397,10 @@ def _open_tiff(p: Path) -> OpenedImage:
         for ds in datasets:
             z = group[ds["path"]]
             chunks = _chunks_for(z.chunks, z.shape, axes)
-            levels.append(_to_yxc(da.from_zarr(z, chunks=chunks), axes, name))
+            guarded = _GuardedLevel(z, name)
+            lazy = da.from_array(guarded, chunks=chunks, asarray=False,
+                                 meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+            levels.append(_to_yxc(lazy, axes, name))
         levels.sort(key=lambda a: -int(a.shape[0]) * int(a.shape[1]))
         metadata = _tiff_metadata(tf, series)
         pixel_size = _tiff_pixel_size(tf, series)
@@ -418,6 +423,31 @@ def _open_tiff(p: Path) -> OpenedImage:
             f"{name}: cannot be read as TIFF ({_short(exc)}). The file is probably truncated or "
             "corrupt; copy it again from its source."
         ) from exc
+
+
+class _GuardedLevel:
+    """A TIFF or zarr level whose read errors become one :class:`ImageReadError` naming the file.
+
+    Tiles are decoded only when inference reaches them, long after the file was opened; a
+    corrupt tile deep inside a slide must still end in one line, not a codec traceback.
+    """
+
+    def __init__(self, array: Any, name: str) -> None:
+        self._array = array
+        self._name = name
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            with _quiet_tifffile():
+                return np.asarray(self._array[key])
+        except Exception as exc:
+            raise ImageReadError(
+                f"{self._name}: the pixel data cannot be decoded ({_short(exc)}). The file is "
+                "corrupt or truncated; copy it again from its source or re-export it."
+            ) from None
 
 
 @contextlib.contextmanager
@@ -455,6 +485,8 @@ def _probe(level: Any, name: str) -> None:
     """Decode one small corner of ``level`` to catch corrupt data and missing codecs early."""
     try:
         np.asarray(level[:1, :1])
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(
             f"{name}: the pixel data cannot be decoded ({_short(exc)}). The file is corrupt or "
@@ -607,7 +639,10 @@ def _open_zarr(p: Path) -> OpenedImage:
         levels = []
         for z in arrays:
             chunks = _chunks_for(z.chunks, z.shape, axes)
-            levels.append(_to_yxc(da.from_zarr(z, chunks=chunks), axes, name))
+            guarded = _GuardedLevel(z, name)
+            lazy = da.from_array(guarded, chunks=chunks, asarray=False,
+                                 meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+            levels.append(_to_yxc(lazy, axes, name))
         levels.sort(key=lambda a: -int(a.shape[0]) * int(a.shape[1]))
         _probe(levels[-1], name)
     except ImageReadError:
@@ -663,13 +698,32 @@ def _open_pil(p: Path) -> OpenedImage:
 
     name = p.name
     try:
-        with Image.open(p) as im:
+        with warnings.catch_warnings():
+            # PIL warns between 89 M and 179 M pixels; our own memory check decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
+            width, height = im.size
+            bands = len(im.getbands())
+            check_memory(
+                width * height * max(bands, 3) * 2,
+                f"{name}: decoding {width} x {height} pixels",
+                hint="convert it to a tiled TIFF (read lazily) or crop it",
+            )
             im.load()
             fmt = (im.format or p.suffix.lstrip(".")).lower()
             mode = im.mode
             array = _pil_to_array(im)
+    except DgsegError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"{name}: {_short(exc)}. Such a large {p.suffix.lstrip('.').upper()} is decoded whole "
+            "in memory (or is a decompression bomb); convert it to a tiled TIFF, or crop it."
+        ) from None
     except UnidentifiedImageError as exc:
-        head = p.read_bytes()[:12]
+        with p.open("rb") as fh:
+            head = fh.read(12)
         raise ImageReadError(
             f"{name}: not a {p.suffix.lstrip('.').upper()} image (it starts with {head!r}). It "
             "may be another format renamed or a broken download; open the original file."
@@ -707,15 +761,9 @@ def _pil_to_array(im: Any) -> np.ndarray:
 def to_rgb_uint8(array: Any) -> np.ndarray:
     """Convert a grey, RGB or RGBA region of any supported dtype to uint8 RGB.
 
-    Rules (chosen so that microscopy data look right without settings):
-
-    * grey ``(H, W)`` or ``(H, W, 1)``: repeated into three channels;
-    * RGBA: composited on white with its alpha (transparent = white background of a slide);
-    * uint8: kept; bool: 0/255; float within ``[0, 1]``: times 255;
-    * anything else (16-bit, signed, float outside ``[0, 1]``): rescaled linearly so that the
-      0.5th and 99.5th percentiles of all colour values jointly (one pair for all channels, so
-      colour balance is kept) map to 0 and 255. 12-bit cameras store into 16-bit containers, so
-      scaling by the dtype maximum would give near-black images; percentiles do not.
+    The rule is :mod:`napari_dgseg.core.imageprep`'s, the one every other path uses: uint8 as
+    is, bool 0/255, float within ``[0, 1]`` times 255, anything else by robust percentiles of the
+    region's colour values; grey repeated into three channels; RGBA composited on white.
 
     Parameters
     ----------
@@ -734,67 +782,14 @@ def to_rgb_uint8(array: Any) -> np.ndarray:
         For other shapes or non-numeric dtypes.
     """
     a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        colour, alpha = a[..., None], None
-    elif a.ndim == 3 and a.shape[2] == 3:
-        colour, alpha = a, None
-    elif a.ndim == 3 and a.shape[2] == 4:
-        colour, alpha = a[..., :3], a[..., 3]
-    else:
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise InputError(
             f"image of shape {a.shape}: expected (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA. "
             "Select one plane or three channels first."
         )
     if a.dtype.kind not in "buif":
         raise InputError(f"image dtype {a.dtype}: expected integer, float or bool pixels.")
-    rgb = _scale_to_uint8(colour)
-    if rgb.shape[2] == 1:
-        rgb = np.repeat(rgb, 3, axis=2)
-    if alpha is not None:
-        weight = _alpha_weight(alpha)[..., None]
-        rgb = np.round(rgb * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
-
-
-def _scale_to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    if a.dtype == np.bool_:
-        return a.astype(np.uint8) * 255
-    values = a.astype(np.float32, copy=False)
-    if a.dtype.kind == "f":
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
-            return np.round(values * 255.0).astype(np.uint8)
-    lo, hi = _robust_range(values)
-    out = (values - lo) * (255.0 / (hi - lo))
-    return np.round(np.clip(out, 0.0, 255.0)).astype(np.uint8)
-
-
-def _robust_range(values: np.ndarray, max_samples: int = 1 << 22) -> tuple[float, float]:
-    """0.5th and 99.5th percentiles (over a strided subsample of big arrays); hi > lo."""
-    flat = values.reshape(-1)
-    if flat.size > max_samples:
-        flat = flat[:: int(math.ceil(flat.size / max_samples))]
-    if flat.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(flat, [0.5, 99.5])
-    lo, hi = float(lo), float(hi)
-    if hi <= lo:
-        lo, hi = float(flat.min()), float(flat.max())
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
-
-
-def _alpha_weight(alpha: np.ndarray) -> np.ndarray:
-    if alpha.dtype.kind in "ui":
-        return alpha.astype(np.float32) / float(np.iinfo(alpha.dtype).max)
-    if alpha.dtype == np.bool_:
-        return alpha.astype(np.float32)
-    return np.clip(np.nan_to_num(alpha.astype(np.float32)), 0.0, 1.0)
+    return imageprep_to_rgb_uint8(a)
 
 
 def _short(exc: BaseException) -> str:

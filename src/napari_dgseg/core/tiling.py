@@ -19,6 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Defaults: large tiles with a modest overlap; the even tile spacing keeps the extra pixels at
+#: ~5-12 % for common sizes (see docs/segment.md for the measurement). Kept here, in a module
+#: without torch, so that the CLI can show them in ``--help`` without importing torch.
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 48
+
 
 @dataclass(frozen=True)
 class AxisTiles:

@@ -1,13 +1,18 @@
 """The Adapt dock widget: MaNi label-free adaptation of a model to the open target images.
 
 The user picks a model and one or more target Image layers (tiles, regions of a slide), the number
-of iterations and the learning rate, and presses Run. The adaptation
-(:func:`napari_dgseg.core.train.adapt.adapt_steps`) runs in a napari thread worker on a deep copy
-of the model; every iteration its losses reach the live plot, and every few iterations a preview
-of the current prediction on the first target replaces the "adapt preview" labels layer (in the
-GUI thread). Cancel stops the run: the loaded model is untouched, and what was adapted so far can
+of iterations and the learning rate, and presses Run. Every job runs in the widget's
+:class:`~napari_dgseg._napari.runner.TaskRunner` (one at a time) with the jobs of
+:mod:`napari_dgseg._napari.adapt_job`: reading the targets, the parent's "before" prediction and
+the adaptation (:func:`napari_dgseg.core.train.adapt.adapt_steps`, on a deep copy of the model),
+the "after" prediction of *Compare*, and writing the bundle of *Save* all happen in the worker.
+Every iteration its losses reach the live plot
+(:class:`~napari_dgseg._napari.widgets.loss_plot.LossPlot`), and every few iterations a preview of
+the current prediction on the first target replaces the "adapt preview" labels layer (in the GUI
+thread). Cancel stops the run: the loaded model is untouched, and what was adapted so far can
 still be saved or dropped. Save writes a new versioned bundle (``<parent>-adapted-<n>``) into the
-user model folder. Compare shows the parent's and the adapted model's labels side by side.
+user model folder. Compare shows the parent's and the adapted model's labels over the image
+they came from (its scale, translate and units).
 Labels layers with the shape of a target image (corrected masks) can join the run as labelled
 target data.
 """
@@ -19,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QPointF, Signal
-from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -38,90 +42,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_dgseg._napari.adapt_job import AdaptJob, check_target, compare_job, save_job
+from napari_dgseg._napari.layers import source_units
 from napari_dgseg._napari.notify import notify, one_line
-from napari_dgseg._napari.widgets._common import ModelPicker, sync_workers
-from napari_dgseg.core.errors import CancelledError, DgsegError, InputError
+from napari_dgseg._napari.runner import TaskRunner
+from napari_dgseg._napari.widgets.loss_plot import LossPlot
+from napari_dgseg._napari.widgets.model_picker import ModelPicker
+from napari_dgseg._napari.writer import prefer_own_writers
+from napari_dgseg.core.errors import DgsegError, InputError
+
+__all__ = ["PREVIEW_NAME", "AdaptWidget"]
 
 PREVIEW_NAME = "adapt preview"
-#: Largest target plane the widget reads into memory (pixels per side).
-MAX_SIDE = 4096
-
-
-class LossPlot(QWidget):
-    """A small line plot of the segmentation and MI losses (QPainter; no extra dependency)."""
-
-    SERIES = (("seg", QColor(66, 135, 245)), ("mi", QColor(245, 130, 48)))
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setMinimumHeight(140)
-        self.data: dict[str, list[tuple[int, float]]] = {k: [] for k, _ in self.SERIES}
-
-    def clear(self) -> None:
-        """Remove every point."""
-        self.data = {k: [] for k, _ in self.SERIES}
-        self.update()
-
-    def add(self, iteration: int, logs: dict[str, float]) -> None:
-        """Append the losses of one iteration (MI points only once the warm-up is over)."""
-        self.data["seg"].append((iteration, float(logs.get("seg", np.nan))))
-        if not logs.get("warmup"):
-            self.data["mi"].append((iteration, float(logs.get("mi", np.nan))))
-        self.update()
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        w, h = self.width(), self.height()
-        left, right, top, bottom = 36, 8, 8, 18
-        p.fillRect(self.rect(), QColor(38, 41, 48))
-        p.setPen(QPen(QColor(140, 140, 140), 1))
-        p.drawRect(left, top, w - left - right, h - top - bottom)
-        pts = [v for s in self.data.values() for _, v in s if np.isfinite(v)]
-        its = [i for s in self.data.values() for i, _ in s]
-        if not pts:
-            p.drawText(left + 6, top + 16, "losses appear here during Run")
-            p.end()
-            return
-        lo, hi = min(0.0, min(pts)), max(pts) * 1.05 + 1e-9
-        n = max(its) if its else 1
-        pw, ph = w - left - right, h - top - bottom
-
-        def xy(i: int, v: float) -> QPointF:
-            return QPointF(
-                left + pw * (i - 1) / max(1, n - 1), top + ph * (1 - (v - lo) / (hi - lo))
-            )
-
-        p.drawText(2, top + 10, f"{hi:.2g}")
-        p.drawText(2, h - bottom, f"{lo:.2g}")
-        p.drawText(left, h - 4, "1")
-        p.drawText(w - right - 40, h - 4, f"{n}")
-        for k, (name, color) in enumerate(self.SERIES):
-            series = [(i, v) for i, v in self.data[name] if np.isfinite(v)]
-            p.setPen(QPen(color, 2))
-            for a, b in zip(series, series[1:], strict=False):
-                p.drawLine(xy(*a), xy(*b))
-            p.drawText(left + 8 + 70 * k, top + 14, f"— {name}")
-        p.end()
-
-
-def layer_plane(layer: Any) -> np.ndarray:
-    """The 2-D level-0 plane of an Image layer as ``(H, W, 3)`` uint8 (read into memory)."""
-    from napari_dgseg.core.data.datasets import to_rgb_uint8
-
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    spatial = data.ndim - (1 if layer.rgb else 0)
-    if spatial != 2:
-        raise InputError(
-            f"layer {layer.name!r} is not a 2-D image ({spatial} spatial axes); use 2-D tiles as targets"
-        )
-    h, w = data.shape[:2]
-    if max(h, w) > MAX_SIDE:
-        raise InputError(
-            f"layer {layer.name!r} is {h}x{w} px; adapt on tiles or regions of at most {MAX_SIDE} px "
-            "(crop regions of the slide into new layers)"
-        )
-    return to_rgb_uint8(np.asarray(data), f"layer {layer.name!r}")
 
 
 class AdaptWidget(QWidget):
@@ -134,9 +66,13 @@ class AdaptWidget(QWidget):
         self.viewer = napari_viewer
         self.result: Any = None  # the adapted Bundle of the last run
         self.saved_path: Path | None = None
-        self._worker: Any = None
-        self._running = False
-        self._cancel = threading.Event()
+        self.runner = TaskRunner("Adapting", self)
+        self.runner.yielded.connect(self._on_yielded)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.cancelled.connect(self._on_cancelled)
+        self.runner.finished.connect(self._on_finished)
+        self._job = ""  # the running/last job: "adapt", "compare" or "save"
+        self._save_target: Path | None = None
         self._preview_source: str | None = None
         self._before: np.ndarray | None = None
 
@@ -186,6 +122,24 @@ class AdaptWidget(QWidget):
         self.plot = LossPlot()
         self.status = QLabel("Pick a model and target image layers, then Run.")
         self.status.setWordWrap(True)
+        for control, tip in (
+            (self.source_edit, "Folder of labelled source-domain images replayed during "
+             "adaptation so the model keeps what it knew; empty: the replay set in the model"),
+            (self.source_button, "Choose the labelled source folder"),
+            (self.iters_spin, "Optimisation steps; more adapts further and takes longer"),
+            (self.lr_spin, "Learning rate of the adaptation steps; lower is safer"),
+            (self.preview_spin, "Update the preview mask and loss plot every this many steps"),
+            (self.run_button, "Adapt a copy of the model to the target layers in the "
+             "background; the loaded model is untouched"),
+            (self.cancel_button, "Stop after the current step; what was adapted so far can "
+             "still be saved"),
+            (self.save_edit, "Where to save the adapted model (.dgseg); empty: the next "
+             "<model>-adapted-<n> in your model folder"),
+            (self.save_button, "Save the adapted model as a new bundle version"),
+            (self.compare_button, "Segment the first target with the model before and after "
+             "adaptation, side by side"),
+        ):
+            control.setToolTip(tip)
 
         form = QFormLayout()
         form.addRow("Model", self.model_picker)
@@ -218,7 +172,7 @@ class AdaptWidget(QWidget):
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save())
-        self.compare_button.clicked.connect(self.compare)
+        self.compare_button.clicked.connect(lambda: self.compare())
         self.source_button.clicked.connect(self._browse_source)
         self.targets.itemSelectionChanged.connect(self._update_controls)
         self.model_picker.model_changed.connect(lambda *_: self._update_controls())
@@ -279,14 +233,14 @@ class AdaptWidget(QWidget):
     def _update_controls(self, *_: Any) -> None:
         layers = self.selected_layers()
         matches = self.matching_labels(layers)
-        self.use_labels.setEnabled(bool(matches) and not self._running)
+        self.use_labels.setEnabled(bool(matches) and not self.running)
         self.labels_info.setText(
             ", ".join(f"{t} ← {lab.name}" for t, lab in matches.items()) if matches else ""
         )
-        self.run_button.setEnabled(not self._running)
-        self.cancel_button.setEnabled(self._running)
-        self.save_button.setEnabled(self.result is not None and not self._running)
-        self.compare_button.setEnabled(self.result is not None and not self._running)
+        self.run_button.setEnabled(not self.running)
+        self.cancel_button.setEnabled(self.running)
+        self.save_button.setEnabled(self.result is not None and not self.running)
+        self.compare_button.setEnabled(self.result is not None and not self.running)
 
     def _browse_source(self) -> None:
         folder = QFileDialog.getExistingDirectory(
@@ -298,21 +252,25 @@ class AdaptWidget(QWidget):
     # ------------------------------------------------------------------ running
     @property
     def running(self) -> bool:
-        return self._running
+        """True while a job (adaptation, comparison or saving) runs."""
+        return self.runner.running
 
-    def run(self, targets: list[Any] | None = None, *, block: bool = False) -> bool:
+    def run(self, targets: list[Any] | None = None, *, sync: bool = False) -> bool:
         """Start adapting; returns False (with a notification) on bad input.
+
+        The targets are only checked here (type and shape); they are read, the parent's
+        "before" labels predicted and the model adapted in the worker.
 
         Parameters
         ----------
         targets : list of layers, optional
             Target layers (default: the selected ones).
-        block : bool
+        sync : bool
             Run in the calling thread (tests; also with ``$DGSEG_SYNC_WORKERS=1``).
         """
         from napari.layers import Image, Labels
 
-        if self._running:
+        if self.running:
             notify("an adaptation is already running; cancel it first", "warning")
             return False
         bundle = self.model_picker.bundle
@@ -327,76 +285,52 @@ class AdaptWidget(QWidget):
             for lay in layers:
                 if isinstance(lay, Labels):
                     raise InputError(
-                        f"{lay.name!r} is a Labels layer; targets are images. Tick 'Use matching Labels "
-                        "layers' to use corrected masks as labelled target data"
+                        f"{lay.name!r} is a Labels layer; targets are images. Tick 'Use matching "
+                        "Labels layers' to use corrected masks as labelled target data"
                     )
                 if not isinstance(lay, Image):
                     raise InputError(
                         f"{lay.name!r} is not an Image layer; choose image layers as targets"
                     )
-            images = [layer_plane(lay) for lay in layers]
+            planes = [(check_target(lay), lay.name) for lay in layers]
             labels = None
             if self.use_labels.isChecked():
                 matches = self.matching_labels(layers)
-                labels = [
-                    np.asarray(matches[lay.name].data) if lay.name in matches else None
-                    for lay in layers
-                ]
+                labels = [matches[lay.name].data if lay.name in matches else None for lay in layers]
             source = self.source_edit.text().strip() or None
         except DgsegError as exc:
             notify(exc)
             self.status.setText(one_line(exc))
             return False
         self._preview_source = layers[0].name
-        self._cancel = threading.Event()
+        self._before = None
         self.result = None
         self.plot.clear()
         params = {
             "source": source,
-            "target_labels": labels,
             "iters": int(self.iters_spin.value()),
             "lr": float(self.lr_spin.value()),
             "size": int(self.size_spin.value()),
-            "preview": images[0],
             "preview_every": int(self.preview_spin.value()),
             "name": None,
             "command": f"napari AdaptWidget on layers {[lay.name for lay in layers]}",
         }
-        self._running = True
-        self._update_controls()
         self.status.setText(f"Adapting {bundle.name} to {len(layers)} target layer(s)…")
-        gen_func = _adapt_generator(bundle, images, params, self._cancel)
-        if block or sync_workers():
-            self._drive_sync(gen_func)
-            return True
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(gen_func, _start_thread=False)
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        worker.start()
+        self._job = "adapt"
+        self.runner.start(
+            AdaptJob(bundle, planes, labels, params),
+            sync=sync,
+            description=f"Adapting {bundle.name}",
+            on_result=self._on_adapted,
+            keep_result_on_cancel=True,
+        )
+        self._update_controls()
         return True
 
-    def _drive_sync(self, gen_func: Any) -> None:
-        gen = gen_func()
-        try:
-            while True:
-                try:
-                    self._on_yielded(next(gen))
-                except StopIteration as stop:
-                    self._on_returned(stop.value)
-                    break
-        except Exception as exc:  # the same path as the worker's errored signal
-            self._on_errored(exc)
-        self._on_finished()
-
     def cancel(self) -> None:
-        """Stop the run; the adapted-so-far model can still be saved, the loaded one is untouched."""
-        if self._running:
-            self._cancel.set()
+        """Stop the job; the adapted-so-far model can still be saved, the loaded one is untouched."""
+        if self.running:
+            self.runner.cancel()
             self.status.setText("Stopping…")
 
     def _on_yielded(self, item: Any) -> None:
@@ -414,12 +348,12 @@ class AdaptWidget(QWidget):
         if step.preview is not None:
             self._show_labels(PREVIEW_NAME, step.preview)
 
-    def _on_returned(self, bundle: Any) -> None:
-        self.result = bundle
-        prov = bundle.provenance
+    def _on_adapted(self, bundle: Any) -> None:
         from napari_dgseg.core.bundle import user_dir
         from napari_dgseg.core.train.adapt import next_version_path
 
+        self.result = bundle
+        prov = bundle.provenance
         self.save_edit.setText(str(next_version_path(self.model_picker.bundle.name, user_dir())))
         stopped = " (stopped early)" if prov.get("stopped_early") else ""
         self.status.setText(
@@ -427,21 +361,19 @@ class AdaptWidget(QWidget):
             "Save keeps it as a new model; Compare shows before / after."
         )
 
-    def _on_errored(self, exc: BaseException) -> None:
-        if isinstance(exc, CancelledError):
-            self.status.setText("Cancelled; nothing changed.")
-            return
-        message = (
-            one_line(exc)
-            if isinstance(exc, DgsegError)
-            else one_line(f"unexpected error ({type(exc).__name__}: {exc})")
-        )
-        notify(message)
+    def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.status.setText(message)
 
+    def _on_cancelled(self) -> None:
+        if self._job == "save":
+            name = self._save_target.name if self._save_target is not None else "the model"
+            self.status.setText(
+                f"Save cancelled; {name} was not written and every other file is unchanged."
+            )
+        else:
+            self.status.setText("Cancelled; nothing changed.")
+
     def _on_finished(self) -> None:
-        self._running = False
-        self._worker = None
         self._update_controls()
         self.run_finished.emit()
 
@@ -458,17 +390,33 @@ class AdaptWidget(QWidget):
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = labels
+            if src is not None:  # the source may have moved since the layer was made
+                layer.scale = tuple(src.scale[-2:])
+                layer.translate = tuple(src.translate[-2:])
         else:
-            layer = self.viewer.add_labels(labels, name=name, metadata=meta, opacity=0.5)
-            if src is not None:
-                layer.scale = src.scale[-2:]
-                layer.translate = src.translate[-2:]
+            placement: dict[str, Any] = {}
+            if src is not None:  # the source's full placement: scale, translate and units
+                placement = {
+                    "scale": tuple(src.scale[-2:]),
+                    "translate": tuple(src.translate[-2:]),
+                }
+                units = source_units(src, 2)
+                if units is not None:
+                    placement["units"] = units
+            prefer_own_writers()  # saved from the dialog with their placement and provenance
+            layer = self.viewer.add_labels(
+                labels, name=name, metadata=meta, opacity=0.5, **placement
+            )
         if translate is not None:
             layer.translate = translate
         return layer
 
-    def compare(self) -> None:
-        """Labels of the parent (before) and of the adapted model (after), side by side."""
+    def compare(self, *, sync: bool = False) -> bool:
+        """Labels of the parent (before) and of the adapted model (after), side by side.
+
+        The "after" prediction runs in the worker; the layers are added when it is done.
+        Returns False (with a notification) when there is nothing to compare yet.
+        """
         if (
             self.result is None
             or self._before is None
@@ -477,29 +425,77 @@ class AdaptWidget(QWidget):
             notify(
                 "run an adaptation first (Compare needs its before / after predictions)", "warning"
             )
-            return
-        from napari_dgseg.core.train.adapt import predict_labels
-
+            return False
+        if self.running:
+            notify("wait for the running job to finish (or cancel it)", "warning")
+            return False
         src = self.viewer.layers[self._preview_source]
-        after = predict_labels(self.result.model, self.result, layer_plane(src), device="cpu")
-        width = after.shape[1] * float(src.scale[-1])
-        t0 = tuple(float(v) for v in src.translate[-2:])
-        self._show_labels(f"{src.name} before (parent)", self._before, t0)
-        self._show_labels(f"{src.name} after (adapted)", after, (t0[0], t0[1] + width + 16))
-        if PREVIEW_NAME in self.viewer.layers:
-            self.viewer.layers[PREVIEW_NAME].visible = False
-        self.viewer.reset_view()
+        try:
+            data = check_target(src)
+        except DgsegError as exc:
+            notify(exc)
+            return False
+        before = self._before
+        self.status.setText(f"Predicting {src.name} with the adapted model…")
+        self._job = "compare"
+
+        def show(after: np.ndarray) -> None:
+            if src not in self.viewer.layers:
+                return
+            # Both over the region they came from (the source's scale and translate), so each
+            # label sits on its nuclei; the user toggles "after" to compare.
+            t0 = tuple(float(v) for v in src.translate[-2:])
+            self._show_labels(f"{src.name} before (parent)", before, t0)
+            self._show_labels(f"{src.name} after (adapted)", after, t0)
+            if PREVIEW_NAME in self.viewer.layers:
+                self.viewer.layers[PREVIEW_NAME].visible = False
+            self.status.setText(
+                f"Before (parent) and after (adapted) of {src.name}, both over the image: toggle "
+                "the 'after' layer's visibility to compare."
+            )
+
+        self.runner.start(
+            compare_job(self.result, data, src.name),
+            sync=sync,
+            description="Comparing before / after",
+            on_result=show,
+        )
+        self._update_controls()
+        return True
 
     # ------------------------------------------------------------------ saving
     def save(
-        self, path: str | Path | None = None, *, cancel: threading.Event | None = None
+        self,
+        path: str | Path | None = None,
+        *,
+        sync: bool = False,
+        cancel: threading.Event | None = None,
     ) -> Path | None:
-        """Save the adapted model as a new bundle (never over the parent); returns its path."""
+        """Save the adapted model as a new bundle (never over the parent), in the worker.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            The new bundle (default: the path in the box, else the next free
+            ``<parent>-adapted-<n>.dgseg`` in the user model folder).
+        sync : bool
+            Write in the calling thread and return the path (None if nothing was written).
+        cancel : threading.Event, optional
+            A cancel token for the write (a set token leaves every file unchanged).
+
+        Returns
+        -------
+        Path or None
+            The saved bundle of a synchronous save; None otherwise.
+        """
         from napari_dgseg.core.bundle import user_dir
         from napari_dgseg.core.train.adapt import next_version_path
 
         if self.result is None:
             notify("nothing to save yet: run an adaptation first", "warning")
+            return None
+        if self.running:
+            notify("wait for the running job to finish (or cancel it)", "warning")
             return None
         parent = self.model_picker.bundle
         text = str(path) if path is not None else self.save_edit.text().strip()
@@ -513,47 +509,33 @@ class AdaptWidget(QWidget):
             and target.resolve() == Path(parent.path).resolve()
         ):
             notify(
-                f"{target} is the parent model; choose a new file name (the parent is never overwritten)"
+                f"{target} is the parent model; choose a new file name (the parent is never "
+                "overwritten)"
             )
             return None
         self.result.manifest["name"] = target.name[: -len(".dgseg")]
-        try:
-            saved = self.result.save(target, cancel=cancel)
-        except CancelledError:
+        self.status.setText(f"Saving {target.name}…")
+        saved_paths: list[Path] = []
+
+        def done(saved: Path) -> None:
+            saved_paths.append(saved)
+            self.saved_path = saved
+            self.save_edit.setText(str(next_version_path(parent.name, user_dir())))
             self.status.setText(
-                f"Save cancelled; {target.name} was not written and every other file is unchanged."
+                f"Saved {saved.name} (parent sha256 "
+                f"{self.result.provenance['parent']['sha256'][:12]}…)"
             )
-            return None
-        except OSError as exc:
-            notify(f"could not save {target}: {exc.strerror or exc}")
-            return None
-        self.saved_path = saved
-        self.save_edit.setText(str(next_version_path(parent.name, user_dir())))
-        self.status.setText(
-            f"Saved {saved.name} (parent sha256 {self.result.provenance['parent']['sha256'][:12]}…)"
+            notify(f"saved adapted model {saved}", "info")
+            self.model_picker.refresh()
+
+        self._job = "save"
+        self._save_target = target
+        self.runner.start(
+            save_job(self.result, target),
+            sync=sync,
+            description=f"Saving {target.name}",
+            on_result=done,
+            cancel=cancel,
         )
-        notify(f"saved adapted model {saved}", "info")
-        self.model_picker.refresh()
-        return saved
-
-
-def _adapt_generator(
-    bundle: Any, images: list[np.ndarray], params: dict, cancel: threading.Event
-) -> Any:
-    """A generator function for the worker: yields ("before", labels), then ("step", AdaptStep)."""
-
-    def run():
-        from napari_dgseg.core.train.adapt import adapt_steps, predict_labels
-
-        yield ("before", predict_labels(bundle.model, bundle, params["preview"], device="cpu"))
-        gen = adapt_steps(
-            bundle, images, cancel=cancel, stop_on_cancel=True, device="auto", **params
-        )
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            yield ("step", step)
-
-    return run
+        self._update_controls()
+        return saved_paths[0] if saved_paths else None

@@ -1,171 +1,87 @@
-"""The Codebook dock widget: SQ-VAE codebook-index maps, code usage and the domain-shift score.
+"""The Codebook dock widget: codebook-index maps, code usage and the domain-shift score.
 
-Pick an image layer and an ``sqvae`` model, press *Run*: the image is segmented in a thread
-worker (progress bar, *Cancel*), and the widget adds
+Pick an image layer and a model whose family declares the ``codebook`` capability (SQ-VAE), press
+*Run*: the image is analysed in a thread worker (progress bar, *Cancel*) by
+:func:`napari_dgseg._napari.codebook_job.compute`, and the widget adds
 
 * ``"<image> codebook (<model>)"``: a Labels layer of the ``e_alpha`` code index of every pixel,
   coloured with one hue family per class group (all background codes bluish, all nucleus codes
   reddish, ...), so the class a code stands for is visible at a glance; napari's status bar shows
   the code index under the cursor and the widget shows its class group;
-* a bar plot of this image's code usage (coloured bars) against the training data's usage (black
-  line), and the domain-shift score with a warning when it exceeds the model's calibrated
-  threshold.
+* a bar plot (:class:`~napari_dgseg._napari.widgets.usage_plot.UsagePlot`) of this image's code
+  usage against the training data's usage, and the domain-shift score with a warning when it
+  exceeds the model's calibrated threshold.
 
-Only the layer creation happens in the GUI thread; inference, histograms and the colour table are
-computed in the worker, so a 2048 x 2048 image does not freeze the viewer.
+Only the layer creation happens in the GUI thread, so a 2048 x 2048 image does not freeze the
+viewer. The model list holds only codebook-capable models: the family name is read from each
+manifest and the registry is asked whether that family supports the capability.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QPointF, QRectF, Qt
-from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
+    QSlider,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_dgseg._napari.widgets._common import (
-    LayerPicker,
-    ModelPicker,
-    TaskRunner,
-    notify,
-    provenance_metadata,
+from napari_dgseg._napari.codebook_job import (
+    CODEBOOK,
+    CODEBOOK_DCIN_MODES,
+    THRESHOLD_TIP,
+    CodebookResult,
+    codebook_colormap,
+    compute,
+    legend_entries,
+    score_text,
 )
+from napari_dgseg._napari.dcin_info import BANK_HINT, BANK_MODES
+from napari_dgseg._napari.geometry import level0_plane
+from napari_dgseg._napari.layers import add_or_replace
+from napari_dgseg._napari.notify import notify
+from napari_dgseg._napari.runner import ProgressFn, TaskRunner
+from napari_dgseg._napari.widgets._common import disable_unavailable
+from napari_dgseg._napari.widgets.layer_picker import LayerPicker
+from napari_dgseg._napari.widgets.model_picker import ModelPicker
+from napari_dgseg._napari.widgets.usage_plot import UsagePlot
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.registry import families_supporting
 
-__all__ = ["CodebookWidget", "UsagePlot", "codebook_colormap"]
+__all__ = ["DEFAULT_MAP_OPACITY", "CodebookWidget"]
 
-SQVAE = "sqvae"
-
-
-def codebook_colormap(colors: dict[int, tuple[float, float, float, float]]) -> Any:
-    """napari ``DirectLabelColormap`` from ``{code: rgba}`` (every code opaque, others clear)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    color_dict: dict[int | None, np.ndarray] = {None: np.zeros(4, np.float32)}
-    for code, rgba in colors.items():
-        color_dict[int(code)] = np.asarray(rgba, dtype=np.float32)
-    return DirectLabelColormap(color_dict=color_dict)
+#: Opacity of a new codebook-index map (the tissue shows through).
+DEFAULT_MAP_OPACITY = 0.5
 
 
-class UsagePlot(QWidget):
-    """Bar plot of code usage: this image (bars in the code colours) vs training (black line).
-
-    Codes are in index order, so each class group is a contiguous stretch of one hue family.
-    """
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.usage: np.ndarray | None = None
-        self.reference: np.ndarray | None = None
-        self.colors: dict[int, tuple[float, float, float, float]] = {}
-        self.groups: np.ndarray | None = None
-        self.class_names: tuple[str, ...] = ()
-        self.setMinimumHeight(140)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip(
-            "Fraction of pixels using each code: bars = this image, black line = the training data"
-        )
-
-    def set_data(
-        self,
-        usage: np.ndarray,
-        reference: np.ndarray | None,
-        colors: dict[int, tuple[float, float, float, float]],
-        groups: np.ndarray,
-        class_names: tuple[str, ...],
-    ) -> None:
-        """Show ``usage`` ``(N,)`` and ``reference`` ``(N,)`` (or None)."""
-        self.usage = np.asarray(usage, np.float64)
-        self.reference = None if reference is None else np.asarray(reference, np.float64)
-        self.colors = dict(colors)
-        self.groups = np.asarray(groups)
-        self.class_names = tuple(class_names)
-        self.update()
-
-    def clear(self) -> None:
-        self.usage = self.reference = None
-        self.update()
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
-        p = QPainter(self)
-        try:
-            p.setRenderHint(QPainter.RenderHint.Antialiasing, False)
-            rect = QRectF(self.rect()).adjusted(4, 4, -4, -18)
-            p.fillRect(self.rect(), self.palette().base())
-            text_pen = QPen(self.palette().text().color())
-            if self.usage is None:
-                p.setPen(text_pen)
-                p.drawText(rect, Qt.AlignmentFlag.AlignCenter, "Run to plot the code usage")
-                return
-            n = self.usage.size
-            top = float(self.usage.max())
-            if self.reference is not None:
-                top = max(top, float(self.reference.max()))
-            top = top if top > 0 else 1.0
-            w = rect.width() / max(n, 1)
-            for i, v in enumerate(self.usage):
-                if v <= 0:
-                    continue
-                r, g, b, _ = self.colors.get(i, (0.5, 0.5, 0.5, 1.0))
-                h = rect.height() * float(v) / top
-                p.fillRect(
-                    QRectF(rect.left() + i * w, rect.bottom() - h, max(w, 1.0), h),
-                    QColor.fromRgbF(r, g, b, 1.0),
-                )
-            if self.reference is not None:
-                pen = QPen(
-                    QColor(0, 0, 0)
-                    if self.palette().base().color().lightness() > 128
-                    else QColor(255, 255, 255)
-                )
-                pen.setWidthF(1.5)
-                p.setPen(pen)
-                pts = [
-                    QPointF(
-                        rect.left() + (i + 0.5) * w, rect.bottom() - rect.height() * float(v) / top
-                    )
-                    for i, v in enumerate(self.reference)
-                ]
-                for a, b in zip(pts[:-1], pts[1:], strict=True):
-                    p.drawLine(a, b)
-            # class-group ticks under the axis
-            p.setPen(text_pen)
-            if self.groups is not None and self.groups.size == n:
-                for g in np.unique(self.groups):
-                    idx = np.flatnonzero(self.groups == g)
-                    x0 = rect.left() + idx[0] * w
-                    x1 = rect.left() + (idx[-1] + 1) * w
-                    name = self.class_names[g] if g < len(self.class_names) else str(g)
-                    p.drawLine(QPointF(x0, rect.bottom() + 2), QPointF(x1 - 1, rect.bottom() + 2))
-                    p.drawText(
-                        QRectF(x0, rect.bottom() + 3, x1 - x0, 14),
-                        Qt.AlignmentFlag.AlignCenter,
-                        f"{name} codes",
-                    )
-        finally:
-            p.end()
+def no_model_hint() -> str:
+    """What to do when no model with a codebook is installed (families asked, not named)."""
+    names = " / ".join(families_supporting(CODEBOOK)) or "FAMILY"
+    return (
+        f"no model with a codebook found: train one with `dgseg train {names} ...` or use Browse…"
+    )
 
 
-@dataclass
-class _Result:
-    """What the worker hands to the GUI thread."""
+def _strip(colours: list[tuple[float, float, float, float]], width: int = 64, height: int = 14) -> Any:
+    """A pixmap of ``colours`` side by side (a class group's hue family, code order)."""
+    from qtpy.QtGui import QImage, QPixmap
 
-    indices: np.ndarray
-    colors: dict[int, tuple[float, float, float, float]]
-    report: Any
-    kwargs: dict[str, Any]
+    rgb = (np.asarray([c[:3] for c in colours], np.float64) * 255).round().astype(np.uint8)
+    cols = rgb[(np.arange(width) * len(rgb)) // width]
+    img = np.ascontiguousarray(np.broadcast_to(cols[None], (height, width, 3)))
+    qimg = QImage(img.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(qimg.copy())
 
 
 class CodebookWidget(QWidget):
@@ -188,30 +104,63 @@ class CodebookWidget(QWidget):
 
         self.image_picker = LayerPicker(napari_viewer, napari.layers.Image, "(open an image)")
         self.image_picker.setToolTip("Image layer to analyse (RGB, grey, multiscale: level 0)")
-        self.model_picker = ModelPicker(self, autoload=False)
+        self.model_picker = ModelPicker(
+            self, autoload=False, capability=CODEBOOK, capability_hint=no_model_hint()
+        )
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Compute the codebook-index map of the whole image")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the analysis; nothing is added")
         self.cancel_button.setEnabled(False)
+        self.input_combo = QComboBox()
+        self.input_combo.addItems(list(CODEBOOK_DCIN_MODES))
+        self.input_combo.setToolTip(
+            "What the model is fed for the map and the score. 'none' (default): the image as is, "
+            "like the training images the warning threshold was calibrated on, so the verdict "
+            "describes the image. Choose the DCIN mode you segment with to see whether colour "
+            "normalisation brings the image into the model's domain."
+        )
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(int(round(DEFAULT_MAP_OPACITY * 100)))
+        self.opacity_slider.setToolTip(
+            "Show tissue: opacity of the codebook-index map (left: the image only, right: the map "
+            "only)"
+        )
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
+        self.progress_bar.setToolTip("Tiles analysed")
         self.score_label = QLabel("Domain-shift score: run a model first.")
         self.score_label.setWordWrap(True)
+        self.score_label.setToolTip(THRESHOLD_TIP)
         self.hover_label = QLabel("")
         self.hover_label.setStyleSheet("color: palette(mid);")
         self.plot = UsagePlot()
+        self.legend = QWidget()
+        self.legend.setToolTip(
+            "Each class group of codes has one hue family: a code's hue says which class it "
+            "stands for, its shade which code of the group it is"
+        )
+        self._legend_grid = QGridLayout(self.legend)
+        self._legend_grid.setContentsMargins(0, 0, 0, 0)
+        self.legend.setVisible(False)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image_picker)
         layout.addWidget(QLabel("SQ-VAE model"))
         layout.addWidget(self.model_picker)
+        form = QFormLayout()
+        form.addRow("Model input", self.input_combo)
+        form.addRow("Show tissue", self.opacity_slider)
+        layout.addLayout(form)
         row = QHBoxLayout()
         row.addWidget(self.run_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         layout.addWidget(self.progress_bar)
+        layout.addWidget(self.legend)
         layout.addWidget(QLabel("Code usage: this image (bars) vs training (line)"))
         layout.addWidget(self.plot)
         layout.addWidget(self.score_label)
@@ -226,31 +175,50 @@ class CodebookWidget(QWidget):
         self.runner.finished.connect(self._update_controls)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.runner.cancel)
+        self.opacity_slider.valueChanged.connect(self._on_opacity)
         self.model_picker.loading_changed.connect(lambda *_: self._update_controls())
         self.model_picker.model_changed.connect(self._on_model)
         self.image_picker.currentIndexChanged.connect(lambda *_: self._update_controls())
         self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
-        self._select_first_sqvae()
+        self._select_first_model()
         self._update_controls()
 
     # -------------------------------------------------------------- model
-    def _select_first_sqvae(self) -> None:
+    def _select_first_model(self) -> None:
+        """Load the first listed model (the picker lists only codebook-capable ones)."""
         combo = self.model_picker.combo
-        for i in range(combo.count()):
-            if f"({SQVAE}" in combo.itemText(i):
-                combo.setCurrentIndex(i)
-                self.model_picker.load(combo.itemData(i))
-                return
-        self.model_picker.info.setText(
-            "No sqvae model found: train one with `dgseg train sqvae ...` or use Browse…"
-        )
+        if combo.count() > 0 and combo.itemData(0) is not None:
+            combo.setCurrentIndex(0)
+            self.model_picker.load(combo.itemData(0))
 
     def _on_model(self, bundle: Any) -> None:
-        if bundle.family_name != SQVAE:
-            self.score_label.setText(
-                f"{bundle.name!r} is a {bundle.family_name!r} model; pick an sqvae model."
-            )
+        has_bank = bundle is not None and bundle.extra("bank") is not None
+        available = [has_bank or m not in BANK_MODES for m in CODEBOOK_DCIN_MODES]
+        disable_unavailable(self.input_combo, available, BANK_HINT)
+        if not available[self.input_combo.currentIndex()]:
+            self.input_combo.setCurrentIndex(0)
         self._update_controls()
+
+    def _on_opacity(self, value: int) -> None:
+        layer = self._layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.opacity = value / 100.0
+
+    def set_legend(self, result: CodebookResult) -> None:
+        """One row per class group: a swatch of its hue family, its class name, its codes."""
+        while self._legend_grid.count():
+            item = self._legend_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        rows = legend_entries(result.report.groups, result.colors, result.report.class_names)
+        for i, (name, family, codes) in enumerate(rows):
+            swatch = QLabel()
+            swatch.setPixmap(_strip(family))
+            swatch.setToolTip(f"the {len(family)} code colours of class group '{name}'")
+            self._legend_grid.addWidget(swatch, i, 0)
+            self._legend_grid.addWidget(QLabel(name), i, 1)
+            self._legend_grid.addWidget(QLabel(codes), i, 2)
+        self.legend.setVisible(bool(rows))
 
     @property
     def running(self) -> bool:
@@ -261,7 +229,7 @@ class CodebookWidget(QWidget):
             bundle = self.model_picker.bundle
             ok = (
                 bundle is not None
-                and bundle.family_name == SQVAE
+                and bundle.family.supports(CODEBOOK)
                 and self.image_picker.layer() is not None
                 and not self.model_picker.loading
             )
@@ -271,30 +239,36 @@ class CodebookWidget(QWidget):
             return
 
     # -------------------------------------------------------------- run
-    def run(self, block: bool = False) -> None:
-        """Analyse the selected image with the selected model (in a worker unless ``block``)."""
-        from napari_dgseg._napari.widgets.segment import _level0_plane
+    def run(self, sync: bool = False) -> Any:
+        """Analyse the selected image with the selected model (in a worker unless ``sync``).
 
+        Returns
+        -------
+        CodebookReport or None
+            For a synchronous run, the report of the analysis (None if it failed or was
+            refused); None when the run goes on in a worker.
+        """
         layer = self.image_picker.layer()
         bundle = self.model_picker.bundle
         if layer is None:
             notify("open an image first", "warning")
-            return
-        if bundle is None or bundle.family_name != SQVAE:
-            notify("pick an sqvae model (train one with `dgseg train sqvae`)", "warning")
-            return
+            return None
+        if bundle is None or not bundle.family.supports(CODEBOOK):
+            notify(f"pick a model with a codebook; {no_model_hint()}", "warning")
+            return None
         try:
-            plane, _ = _level0_plane(layer, self.viewer)
+            plane, _ = level0_plane(layer, self.viewer)
         except InputError as exc:
             notify(str(exc), "warning")
-            return
+            return None
         image_name = layer.name
         scale = tuple(float(v) for v in layer.scale[-2:])
         translate = tuple(float(v) for v in layer.translate[-2:])
+        dcin = self.input_combo.currentText()
         self.score_label.setText("Running…")
         self.progress_bar.setRange(0, 0)
 
-        def work(progress: Callable[[int, int], None], cancel: threading.Event) -> _Result:
+        def work(progress: ProgressFn, cancel: threading.Event) -> CodebookResult:
             return compute(
                 bundle,
                 plane,
@@ -303,22 +277,24 @@ class CodebookWidget(QWidget):
                 translate=translate,
                 progress=progress,
                 cancel=cancel,
+                dcin=dcin,
             )
 
-        self.runner.start(work, block=block, description=f"Codebook of {image_name}")
+        self.last_report = None
+        outcome = self.runner.start(work, sync=sync, description=f"Codebook of {image_name}")
         self._update_controls()
+        return None if outcome is None else self.last_report
 
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
 
-    def _on_succeeded(self, result: _Result) -> None:
+    def _on_succeeded(self, result: CodebookResult) -> None:
         from napari.layers import Labels
-
-        from napari_dgseg._napari.layers import add_or_replace
 
         kwargs = dict(result.kwargs)
         kwargs["colormap"] = codebook_colormap(result.colors)
+        kwargs["opacity"] = self.opacity_slider.value() / 100.0
         (layer,) = add_or_replace(self.viewer, [(result.indices, kwargs, "labels")])
         if isinstance(layer, Labels):
             self._layer = layer
@@ -331,7 +307,9 @@ class CodebookWidget(QWidget):
         )
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(1)
-        self.score_label.setText(score_text(report))
+        layer.opacity = self.opacity_slider.value() / 100.0  # also for a replaced layer
+        self.set_legend(result)
+        self.score_label.setText(score_text(report, result.dcin_mode))
         self.score_label.setStyleSheet(
             "color: #e05a00; font-weight: bold;" if report.out_of_domain else ""
         )
@@ -342,8 +320,7 @@ class CodebookWidget(QWidget):
                 "warning",
             )
 
-    def _on_failed(self, message: str) -> None:
-        notify(message)
+    def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.score_label.setText(f"Failed: {message}")
@@ -379,53 +356,3 @@ class CodebookWidget(QWidget):
         if self._on_mouse_move in self.viewer.mouse_move_callbacks:
             self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
         super().closeEvent(event)
-
-
-def score_text(report: Any) -> str:
-    """The score line of the widget (and its warning)."""
-    used = f"{report.codes_used} of {report.usage.size} codes used"
-    if report.score is None:
-        return f"{used}. This model stores no training code usage, so no shift score."
-    head = f"Domain-shift score {report.score:.3f} (warning above {report.threshold:.3f}); {used}."
-    if report.out_of_domain:
-        return (
-            "⚠ Out of domain: this image uses codes unlike the training data; check the "
-            "segmentation carefully. " + head
-        )
-    return "In domain. " + head
-
-
-def compute(
-    bundle: Any,
-    plane: Any,
-    *,
-    image_name: str,
-    scale: tuple[float, ...],
-    translate: tuple[float, ...],
-    progress: Callable[[int, int], None] | None = None,
-    cancel: Any = None,
-) -> _Result:
-    """Worker side: predict, analyse, build the colour table and the layer kwargs."""
-    from napari_dgseg.core.codebook import analyse_prediction, group_colors
-
-    pred = bundle.predict(plane, progress=progress, cancel=cancel)
-    report = analyse_prediction(pred, bundle)
-    n = int(bundle.config["codebook_size"])
-    colors = group_colors(n, len(bundle.class_names), bundle.class_colors)
-    prov = dict(pred.provenance)
-    meta = provenance_metadata(prov, image_name)
-    meta["code_groups"] = report.groups.tolist()
-    meta["class_names"] = list(report.class_names)
-    kwargs = {
-        "name": f"{image_name} codebook ({bundle.name})",
-        "scale": list(scale),
-        "translate": list(translate),
-        "metadata": meta,
-        "opacity": 0.7,
-    }
-    return _Result(
-        indices=np.asarray(pred.codebook_indices, np.int32),
-        colors=colors,
-        report=report,
-        kwargs=kwargs,
-    )

@@ -1,47 +1,29 @@
 """The "Segment" dock widget: pick a model and an image, press Run, get masks.
 
-The widget only gathers parameters: the work is :meth:`Bundle.predict` in a thread worker
-(:class:`~napari_dgseg._napari.widgets._common.TaskRunner`), and the result becomes layers through
+The widget only gathers parameters: the work is a
+:class:`~napari_dgseg._napari.segment_job.SegmentJob` (``Bundle.predict`` tile by tile) run by the
+widget's :class:`~napari_dgseg._napari.runner.TaskRunner`, and the result becomes layers through
 :mod:`napari_dgseg._napari.layers`. The image is never read in the GUI thread: the selected region
-of full-resolution level 0 (numpy, dask or zarr) is sliced lazily and the core reads it tile by
-tile in the worker.
+(:mod:`napari_dgseg._napari.geometry`) of full-resolution level 0 (numpy, dask or zarr) is sliced
+lazily and the core reads it tile by tile in the worker. The "Colour normalisation (DCIN)" group is
+:class:`~napari_dgseg._napari.widgets.dcin_controls.DcinControls`.
 
-Regions
--------
-``whole image (full resolution)``
-    All of level 0.
-``current view``
-    The part of level 0 visible on the canvas (from the camera and canvas size).
-``drawn rectangle``
-    The bounding box of the first rectangle (else the first shape) of the chosen Shapes layer, in
-    the image's pixel coordinates.
-
-Colour normalisation (DCIN, papers/002)
----------------------------------------
-The "Colour normalisation (DCIN)" group picks the mode passed to ``Bundle.predict(dcin=...)``
-(modes that need the model's reference bank are greyed out for a model without one), the user's
-reference for mode ``reference`` (an Image layer, read at its smallest pyramid level in the
-worker, or a file), whether to add the normalised images (``"<image> normalized (<branch>)"``)
-and the GRIS/LRIS uncertainty map, and shows the references DCIN chose after a run. A DCIN
-notice (e.g. no tissue in the image) goes to the status line and an info notification.
-
-Results replace an existing layer of the same name and type (see :func:`add_or_replace`).
+Scripts drive the widget through :meth:`SegmentWidget.set_model`,
+:meth:`SegmentWidget.set_image_layer` and :meth:`SegmentWidget.run` (``sync=True`` returns the
+added layers). Results replace an existing layer of the same name and type (see
+:func:`~napari_dgseg._napari.layers.add_or_replace`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
 from typing import Any
 
-import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor, QPainter, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -51,491 +33,49 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_dgseg._napari.layers import (
-    add_or_replace,
-    normalized_layer_data,
-    prediction_layer_data,
-    summarize,
+from napari_dgseg._napari.display import (
+    default_contour,
+    instance_colormap,
+    semantic_colormap,
+    task_colours,
 )
-from napari_dgseg._napari.widgets._common import (
-    LayerPicker,
-    ModelPicker,
-    TaskRunner,
-    disable_unavailable,
-    notify,
+from napari_dgseg._napari.folder_job import FileResult, FolderJob, folder_images
+from napari_dgseg._napari.geometry import (
+    MAX_PIXELS,
+    REGIONS,
+    Region,
+    layer_plane,
+    level0_plane,
+    region_in_layer,
 )
-from napari_dgseg.core.color.dcin import DCIN_MODES
+from napari_dgseg._napari.layers import add_or_replace
+from napari_dgseg._napari.notify import notify
+from napari_dgseg._napari.runner import TaskRunner
+from napari_dgseg._napari.segment_job import SegmentJob, SegmentResult, layer_source_path
+from napari_dgseg._napari.widgets._common import disable_unavailable
+from napari_dgseg._napari.widgets.dcin_controls import DcinControls
+from napari_dgseg._napari.widgets.layer_picker import LayerPicker
+from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg.core.device import DEVICES
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+from napari_dgseg.core.relabel import relabel
 
-__all__ = [
-    "DCIN_TIPS",
-    "MAX_PIXELS",
-    "REGIONS",
-    "DcinControls",
-    "Region",
-    "SegmentWidget",
-    "describe_references",
-]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_OPACITY", "DEFAULT_THRESHOLD", "SegmentWidget"]
 
-#: Region choices, in the order of the combo box.
-REGIONS = ("whole image (full resolution)", "current view", "drawn rectangle")
-#: Largest region (pixels) segmented in one run; beyond it the outputs alone need many GB.
-MAX_PIXELS = 16384 * 16384
+#: The mask controls' defaults: the model's own labels (argmax / its instance post-processing).
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MIN_SIZE = 0
+#: Opacity a mask layer is first shown with.
+DEFAULT_OPACITY = 0.6
 
 
-@dataclass(frozen=True)
-class Region:
-    """A rectangle of level-0 pixels: rows ``[y0, y1)``, columns ``[x0, x1)``."""
-
-    mode: str
-    y0: int
-    x0: int
-    y1: int
-    x1: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.y1 - self.y0, self.x1 - self.x0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "y0": self.y0,
-            "x0": self.x0,
-            "height": self.shape[0],
-            "width": self.shape[1],
-        }
-
-
-# ---------------------------------------------------------------------- image access
-def _plane_shape(layer: Any) -> tuple[int, int]:
-    """Rows and columns of the layer's level 0."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    shape = tuple(int(s) for s in data.shape)
-    return (shape[-3], shape[-2]) if layer.rgb else (shape[-2], shape[-1])
-
-
-def _level0_plane(layer: Any, viewer: Any) -> tuple[Any, dict[str, Any]]:
-    """The displayed 2-D plane of level 0 as a lazy ``(H, W)`` or ``(H, W, C)`` array.
-
-    Leading axes (time, z, channels without ``rgb``) are indexed at the viewer's current
-    position. Nothing is read: numpy gives a view, dask/zarr stay lazy.
-    """
-    return _layer_plane(layer, viewer, level=0)
-
-
-def _layer_plane(layer: Any, viewer: Any, level: int = 0) -> tuple[Any, dict[str, Any]]:
-    """The displayed 2-D plane of pyramid ``level`` (``-1``: the smallest) as a lazy array.
-
-    Returns ``(plane, info)`` with ``plane`` ``(H, W)`` or ``(H, W, C)`` (numpy view, dask or
-    zarr: nothing is read) and ``info = {"level": level, ["plane_index": [...]]}``.
-    """
-    levels = list(layer.data) if layer.multiscale else [layer.data]
-    level = level % len(levels)
-    data = levels[level]
-    spatial_nd = data.ndim - (1 if layer.rgb else 0)
-    extra: dict[str, Any] = {"level": level}
-    if spatial_nd > 2:
-        lead = spatial_nd - 2
-        displayed = list(viewer.dims.displayed)
-        layer_axes = list(range(viewer.dims.ndim - layer.ndim, viewer.dims.ndim))
-        if len(displayed) != 2 or displayed != layer_axes[-2:]:
-            raise InputError(
-                f"layer {layer.name!r} has {spatial_nd} dimensions and its last two are not the "
-                "ones displayed; switch to the 2D view with the image rows/columns on screen"
-            )
-        point = layer.world_to_data(viewer.dims.point)
-        index = tuple(
-            int(np.clip(round(float(point[i])), 0, data.shape[i] - 1)) for i in range(lead)
-        )
-        data = data[index]
-        extra["plane_index"] = list(index)
-    return data, extra
-
-
-def _visible_world_box(viewer: Any) -> np.ndarray:
-    """``(2, 2)`` world coordinates (top-left, bottom-right) of the canvas' displayed axes."""
-    ndisplay = viewer.dims.ndisplay
-    if ndisplay != 2:
-        raise InputError(
-            "'current view' needs the 2D view; switch the viewer to 2D or pick another region"
-        )
-    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
-    canvas = getattr(qt_viewer, "canvas", None)
-    try:
-        corners = np.asarray(canvas._viewbox_corners_in_world, dtype=float)
-        if corners.shape[0] == 2 and corners.shape[1] >= 2 and np.isfinite(corners).all():
-            return corners[:, list(viewer.dims.displayed)]
-    except Exception:  # private API changed or no canvas: fall back to camera maths
-        pass
-    native = getattr(canvas, "native", None)
-    height, width = (native.height(), native.width()) if native is not None else (600, 800)
-    scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
-    camera = scene.camera if scene is not None else viewer.camera
-    center = np.asarray(camera.center, dtype=float)[-2:]
-    half = np.array([height, width], dtype=float) / (2.0 * float(camera.zoom))
-    return np.stack([center - half, center + half])
-
-
-def _world_box_to_pixels(layer: Any, viewer: Any, world_yx: np.ndarray) -> np.ndarray:
-    """Map world ``(N, 2)`` points of the displayed axes to level-0 pixel ``(N, 2)`` of ``layer``."""
-    base = np.asarray(viewer.dims.point, dtype=float)
-    out = []
-    displayed = list(viewer.dims.displayed)
-    for yx in world_yx:
-        pos = base.copy()
-        pos[displayed] = yx
-        data_pos = np.asarray(layer.world_to_data(pos), dtype=float)
-        out.append(data_pos[-2:])  # layer.ndim excludes the RGB axis
-    return np.asarray(out)
-
-
-def _clip_box(mode: str, pixels: np.ndarray, shape: tuple[int, int], what: str) -> Region:
-    h, w = shape
-    lo = np.floor(pixels.min(axis=0)).astype(int)
-    hi = np.ceil(pixels.max(axis=0)).astype(int)
-    y0, x0 = int(np.clip(lo[0], 0, h)), int(np.clip(lo[1], 0, w))
-    y1, x1 = int(np.clip(hi[0], 0, h)), int(np.clip(hi[1], 0, w))
-    if y1 <= y0 or x1 <= x0:
-        raise InputError(f"{what} does not overlap the image; {_REGION_HINT[mode]}")
-    return Region(mode, y0, x0, y1, x1)
-
-
-_REGION_HINT = {
-    REGIONS[1]: "pan/zoom so that the image is on screen",
-    REGIONS[2]: "draw the rectangle over the image",
-}
-
-
-def shape_box_in_image(shapes_layer: Any, image_layer: Any, viewer: Any) -> np.ndarray:
-    """Level-0 pixel corners ``(N, 2)`` of the first rectangle (else first shape) of a layer."""
-    if shapes_layer is None or len(shapes_layer.data) == 0:
-        raise InputError(
-            "'drawn rectangle' needs a Shapes layer with a rectangle: add a Shapes layer, draw a "
-            "rectangle over the image, and choose that layer under 'Shapes'"
-        )
-    types = list(shapes_layer.shape_type)
-    index = types.index("rectangle") if "rectangle" in types else 0
-    verts = np.asarray(shapes_layer.data[index], dtype=float)
-    world = np.asarray([shapes_layer.data_to_world(v) for v in verts], dtype=float)
-    displayed = list(viewer.dims.displayed)
-    nd = viewer.dims.ndim
-    world_full = np.zeros((len(world), nd))
-    world_full[:, nd - world.shape[1] :] = world
-    return _world_box_to_pixels(image_layer, viewer, world_full[:, displayed])
-
-
-# ---------------------------------------------------------------------- DCIN controls
-#: Plain-words explanation of each DCIN mode (tooltips of the mode box).
-DCIN_TIPS: dict[str, str] = {
-    "auto": (
-        "Automatic: 'full' when the model carries a reference bank of its training colours, "
-        "otherwise no normalisation"
-    ),
-    "none": "No colour normalisation: the image goes to the model as it is",
-    "gris": (
-        "GRIS (global reference): recolour the image like the most typical image the model was "
-        "trained on; the same reference for every image"
-    ),
-    "lris": (
-        "LRIS (local reference): recolour the image like the training image the model finds "
-        "most similar to it"
-    ),
-    "full": (
-        "Full DCIN (recommended): segment both the GRIS- and the LRIS-recoloured image and "
-        "average them; where the two disagree is the uncertainty map. About twice the time"
-    ),
-    "reference": (
-        "Your reference: recolour the image like a well-stained image you choose (an open "
-        "image layer or a file)"
-    ),
-}
-#: Modes that need the model's reference bank.
-BANK_MODES = ("gris", "lris", "full")
-_BANK_HINT = (
-    "{name}: this model has no reference bank of its training colours; add one with "
-    "`dgseg bank MODEL --source TRAINING_FOLDER`, or use 'reference' (your own image)"
-)
-_BRANCH_LABELS = {"gris": "GRIS", "lris": "LRIS", "reference": "Reference"}
-#: Longest side of the copy of a reference image read to compute its colour statistics.
-REFERENCE_MAX_SIDE = 2048
-
-
-def _fmt3(values: Any) -> str:
-    return "(" + ", ".join(f"{float(v):.3f}" for v in values) + ")"
-
-
-def describe_references(
-    dcin: dict[str, Any] | None, reference_label: str | None = None
-) -> tuple[str, str]:
-    """A one-line summary of the references DCIN used, and a tooltip with their colour stats.
-
-    Parameters
-    ----------
-    dcin : dict or None
-        ``Prediction.provenance["dcin"]``: ``mode``, ``space``, ``references`` (each with
-        ``branch``, ``reference``, ``mean``, ``std``), ``target_mean``, ``target_std``, ``notice``.
-    reference_label : str, optional
-        How to call the user's reference (layer or file name) instead of the core's description.
-
-    Returns
-    -------
-    line, tooltip : str
-        E.g. ``"GRIS: nuclei_clean_0003\nLRIS: nuclei_clean_0011"`` (one reference a line) and a
-        multi-line tooltip.
-    """
-    if not dcin:
-        return "no colour normalisation", ""
-    notice = dcin.get("notice")
-    refs = list(dcin.get("references") or [])
-    if notice:
-        return f"skipped: {notice}", "The image went to the model as it is."
-    if not refs:
-        return "none (the image went to the model as it is)", ""
-    parts = []
-    for ref in refs:
-        branch = str(ref.get("branch", "?"))
-        name = ref.get("reference", "?")
-        if branch == "reference" and reference_label:
-            name = reference_label
-        parts.append(f"{_BRANCH_LABELS.get(branch, branch)}: {name}")
-    space = dcin.get("space", "lab-reinhard")
-    tips = [f"DCIN {dcin.get('mode', '?')}, colour statistics in {space} (mean, std):"]
-    if dcin.get("target_mean") is not None:
-        tips.append(
-            f"target tissue: {_fmt3(dcin['target_mean'])}, {_fmt3(dcin.get('target_std', []))}"
-        )
-    for ref, part in zip(refs, parts, strict=True):
-        tips.append(f"{part}: {_fmt3(ref.get('mean', []))}, {_fmt3(ref.get('std', []))}")
-    return "\n".join(parts), "\n".join(tips)
-
-
-def _colour_swatch(dcin: dict[str, Any] | None, height: int = 18) -> QPixmap | None:
-    """Small strip: the target's mean tissue colour, then each reference's mean colour."""
-    if not dcin or dcin.get("notice") or dcin.get("target_mean") is None:
-        return None
-    import torch
-
-    from napari_dgseg.core.color.transforms import from_space
-
-    means = [dcin["target_mean"]] + [r["mean"] for r in dcin.get("references") or []]
-    try:
-        lab = torch.tensor(means, dtype=torch.float64).T.reshape(3, 1, len(means))
-        rgb = from_space(lab, dcin.get("space", "lab-reinhard")).clamp(0, 1)
-    except Exception:  # a swatch is decoration; an odd space must not break the result
-        return None
-    rgb8 = (rgb.permute(1, 2, 0)[0].numpy() * 255).round().astype(np.uint8)
-    block = height + 6
-    pixmap = QPixmap(block * len(means) + 4 * (len(means) - 1), height)
-    pixmap.fill(Qt.GlobalColor.transparent)
-    painter = QPainter(pixmap)
-    for i, (r, g, b) in enumerate(rgb8.tolist()):
-        painter.fillRect(i * (block + 4), 0, block, height, QColor(r, g, b))
-    painter.end()
-    return pixmap
-
-
-class DcinControls(QGroupBox):
-    """The "Colour normalisation (DCIN)" group of the Segment widget.
-
-    Parameters
-    ----------
-    viewer : napari.Viewer
-        Its Image layers are offered as the user's reference.
-
-    Attributes
-    ----------
-    mode_combo : QComboBox
-        One of :data:`~napari_dgseg.core.color.dcin.DCIN_MODES`.
-    reference_picker : LayerPicker
-        Image layer used as reference in mode ``reference`` (the target image is not offered).
-    file_button, clear_file_button : QPushButton
-        Choose a reference file instead of a layer / go back to the layer.
-    normalized_check, uncertainty_check : QCheckBox
-        Add the normalised image(s) / the GRIS-LRIS uncertainty map as layers.
-    references_line : QLabel
-        Read-only (selectable): the references chosen by the last run (colour statistics in its tooltip).
-    swatch : QLabel
-        Mean tissue colour of the target and of each reference after a run.
-    """
-
-    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__("Colour normalisation (DCIN)", parent)
-        from napari.layers import Image
-
-        self._has_bank = False
-        self._target: Any = None
-        self.reference_file: str | None = None
-
-        self.mode_combo = QComboBox()
-        self.mode_combo.addItems(list(DCIN_MODES))
-        self.mode_combo.setToolTip(
-            "How the colours of the image are made like those the model was trained on, before "
-            "it is segmented (stain and scanner differences)"
-        )
-        self.reference_picker = LayerPicker(viewer, Image, "(open a reference image)")
-        self.reference_picker.setToolTip(
-            "A well-stained image whose colours the image should take (read at its smallest "
-            "pyramid level)"
-        )
-        self.file_button = QPushButton("file…")
-        self.file_button.setToolTip("Use an image file as the reference instead of a layer")
-        self.clear_file_button = QPushButton("×")
-        self.clear_file_button.setFixedWidth(28)
-        self.clear_file_button.setToolTip("Forget the reference file; use the layer again")
-        self.clear_file_button.setVisible(False)
-        self.file_label = QLabel("")
-        self.file_label.setWordWrap(True)
-        self.file_label.setVisible(False)
-        ref_row = QHBoxLayout()
-        ref_row.setContentsMargins(0, 0, 0, 0)
-        ref_row.addWidget(self.reference_picker, 1)
-        ref_row.addWidget(self.file_button)
-        ref_row.addWidget(self.clear_file_button)
-        self._reference_row = QWidget()
-        self._reference_row.setLayout(ref_row)
-        self._reference_label = QLabel("Reference")
-
-        self.normalized_check = QCheckBox("show normalized image")
-        self.normalized_check.setToolTip(
-            "Also add the colour-normalised image as a layer over the original (one per "
-            "reference), to compare before and after"
-        )
-        self.uncertainty_check = QCheckBox("uncertainty map")
-        self.uncertainty_check.setToolTip(
-            "Full mode only: add where the GRIS and LRIS results disagree (0 = agree, 1 = "
-            "opposite) as a layer; bright areas deserve a second look"
-        )
-        # One reference per line, no word wrap, and two lines from the start: a napari dock does
-        # not grow when a label needs another line after a run.
-        self.references_line = QLabel("(the references chosen\nby the next run)")
-        self.references_line.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
-        self.references_line.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
-        self.references_line.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.references_line.setToolTip("The references chosen by the last run appear here")
-        self.swatch = QLabel()
-        self.swatch.setToolTip("Mean tissue colour: the image, then each reference")
-        form = QFormLayout(self)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("Mode", self.mode_combo)
-        form.addRow(self._reference_label, self._reference_row)
-        form.addRow("", self.file_label)
-        form.addRow("", self.normalized_check)
-        form.addRow("", self.uncertainty_check)
-        form.addRow("Used", self.references_line)
-        form.addRow("", self.swatch)
-
-        self.mode_combo.currentIndexChanged.connect(self.update_controls)
-        self.file_button.clicked.connect(lambda: self.choose_file())
-        self.clear_file_button.clicked.connect(lambda: self.set_reference_file(None))
-        self.set_bundle(None)
-
-    # -------------------------------------------------------------- state
-    @property
-    def has_bank(self) -> bool:
-        """True when the loaded model carries a DCIN reference bank."""
-        return self._has_bank
-
-    def mode(self) -> str:
-        """The mode chosen in the box (``auto`` not resolved)."""
-        return self.mode_combo.currentText()
-
-    def effective_mode(self) -> str:
-        """The mode the core will run: ``auto`` resolved for the loaded model."""
-        mode = self.mode()
-        if mode == "auto":
-            return "full" if self._has_bank else "none"
-        return mode
-
-    def set_bundle(self, bundle: Any) -> None:
-        """Enable the modes the model supports (gris/lris/full need its reference bank)."""
-        self._has_bank = bundle is not None and bundle.extra("bank") is not None
-        available = [self._has_bank or m not in BANK_MODES for m in DCIN_MODES]
-        disable_unavailable(self.mode_combo, available, _BANK_HINT)
-        model = self.mode_combo.model()
-        for i, mode in enumerate(DCIN_MODES):
-            if not available[i]:
-                continue
-            tip = DCIN_TIPS[mode]
-            if mode == "auto":
-                tip += f" (this model: {'full' if self._has_bank else 'none'})"
-            model.item(i).setToolTip(tip)
-        if not available[self.mode_combo.currentIndex()]:
-            self.mode_combo.setCurrentIndex(DCIN_MODES.index("auto"))
-        self.update_controls()
-
-    def set_target(self, layer: Any) -> None:
-        """The image to segment: neither it nor layers made from it are offered as reference."""
-        self._target = layer
-        name = None if layer is None else layer.name
-
-        def derived(candidate: Any) -> bool:
-            meta = candidate.metadata if isinstance(candidate.metadata, dict) else {}
-            return candidate is layer or (name is not None and meta.get("source_layer") == name)
-
-        self.reference_picker.set_exclude(derived)
-
-    def set_reference_file(self, path: str | None) -> None:
-        """Use the image file at ``path`` as reference (None: use the layer picker again)."""
-        from pathlib import Path
-
-        self.reference_file = None if not path else str(path)
-        if self.reference_file is not None:
-            self.file_label.setText(f"file: {Path(self.reference_file).name}")
-            self.file_label.setToolTip(self.reference_file)
-        self.update_controls()
-
-    def choose_file(self) -> None:
-        """Ask for a reference image file."""
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Reference image for colour normalisation",
-            "",
-            "Images (*.png *.jpg *.jpeg *.tif *.tiff *.svs *.bmp);;All files (*)",
-        )
-        if path:
-            self.set_reference_file(path)
-
-    def update_controls(self, *_: Any) -> None:
-        """Show/enable what the chosen mode uses."""
-        mode = self.effective_mode()
-        ref = mode == "reference"
-        self._reference_label.setVisible(ref)
-        self._reference_row.setVisible(ref)
-        has_file = self.reference_file is not None
-        self.file_label.setVisible(ref and has_file)
-        self.clear_file_button.setVisible(has_file)
-        self.reference_picker.setEnabled(not has_file)
-        self.normalized_check.setEnabled(mode != "none")
-        self.uncertainty_check.setEnabled(mode == "full")
-
-    def reference_source(self) -> tuple[Any, str] | None:
-        """The user's reference as ``(layer or path, label)``, or None if none is chosen."""
-        if self.reference_file is not None:
-            from pathlib import Path
-
-            return self.reference_file, Path(self.reference_file).name
-        layer = self.reference_picker.layer()
-        return None if layer is None else (layer, layer.name)
-
-    def show_result(self, dcin: dict[str, Any] | None, reference_label: str | None) -> None:
-        """Show the references of a finished run (line, tooltip, colour swatch)."""
-        line, tip = describe_references(dcin, reference_label)
-        self.references_line.setText(line)
-        self.references_line.setToolTip(tip or line)
-        pixmap = _colour_swatch(dcin)
-        self.swatch.setVisible(pixmap is not None)
-        if pixmap is not None:
-            self.swatch.setPixmap(pixmap)
-
-
-# ---------------------------------------------------------------------- widget
 class SegmentWidget(QWidget):
     """Dock widget: segment an image layer with a model bundle.
 
@@ -546,8 +86,10 @@ class SegmentWidget(QWidget):
 
     Notes
     -----
-    Tests: :meth:`run` with ``block=True`` (or ``$DGSEG_SYNC_WORKERS=1``) runs in the calling
-    thread; otherwise wait on :attr:`running` (``qtbot.waitUntil(lambda: not w.running)``).
+    Scripts and tests use the public methods :meth:`set_model`, :meth:`set_image_layer` and
+    :meth:`run`; ``run(sync=True)`` (or ``$DGSEG_SYNC_WORKERS=1``) runs in the calling thread and
+    returns the added layers, otherwise wait on :attr:`running`
+    (``qtbot.waitUntil(lambda: not w.running)``).
     """
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -555,8 +97,12 @@ class SegmentWidget(QWidget):
         from napari.layers import Image, Shapes
 
         self.viewer = napari_viewer
-        self._started = 0.0
         self._last_result: list[Any] = []
+        # what the mask controls re-derive the labels from (see _apply_mask_controls)
+        self._kept: SegmentResult | None = None
+        self._kept_layer: Any = None
+        self._model_labels: Any = None
+        self._folder_rows: list[FileResult] = []
         self._runner = TaskRunner("Segmenting", self)
         self._runner.progressed.connect(self._on_progress)
         self._runner.succeeded.connect(self._on_succeeded)
@@ -620,6 +166,60 @@ class SegmentWidget(QWidget):
         sform.addRow("Device", self.device_combo)
         sform.addRow("", self.probabilities_check)
 
+        # masks: re-derived from the last run's probabilities, no new forward pass
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.05, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setValue(DEFAULT_THRESHOLD)
+        self.threshold_spin.setKeyboardTracking(False)
+        self.threshold_spin.setToolTip(
+            "Smallest foreground probability (1 - p(background)) of a mask pixel. Raise it to drop "
+            "pixels the model is unsure of (keratin, stroma); 0.50 is the model's own mask. "
+            "Applied to the last result at once, without running the model again"
+        )
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 1_000_000)
+        self.min_size_spin.setSingleStep(10)
+        self.min_size_spin.setValue(DEFAULT_MIN_SIZE)
+        self.min_size_spin.setSuffix(" px")
+        self.min_size_spin.setKeyboardTracking(False)
+        self.min_size_spin.setToolTip(
+            "Objects (connected regions of a class, or instances) with fewer pixels are removed; "
+            "0 keeps all. Applied to the last result at once, without running the model again"
+        )
+        masks_box = self.masks_box = QGroupBox("Masks")
+        mform = QFormLayout(masks_box)
+        mform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        for spin in (self.threshold_spin, self.min_size_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        self.opacity_spin = QDoubleSpinBox()
+        self.opacity_spin.setRange(0.0, 1.0)
+        self.opacity_spin.setSingleStep(0.1)
+        self.opacity_spin.setDecimals(2)
+        self.opacity_spin.setValue(DEFAULT_OPACITY)
+        self.opacity_spin.setToolTip(
+            "Opacity of the mask layer: lower it to see the tissue under the mask"
+        )
+        self.contour_spin = QSpinBox()
+        self.contour_spin.setRange(0, 20)
+        self.contour_spin.setValue(0)
+        self.contour_spin.setSuffix(" px")
+        self.contour_spin.setToolTip(
+            "0 fills the masks; a width draws only their outlines (touching objects stay apart "
+            "and the tissue inside stays visible). Colours are chosen for the task: cyan vessels "
+            "on red fundus, chartreuse nuclei on purple/pink H&E"
+        )
+        for spin in (self.opacity_spin, self.contour_spin):
+            spin.setMinimumWidth(110)
+            spin.setAlignment(Qt.AlignmentFlag.AlignRight)
+        mform.addRow("Threshold", self.threshold_spin)
+        mform.addRow("Min. object size", self.min_size_spin)
+        mform.addRow("Opacity", self.opacity_spin)
+        mform.addRow("Outline", self.contour_spin)
+        self.masks_form = mform
+
         # colour normalisation
         self.dcin = DcinControls(napari_viewer)
 
@@ -627,15 +227,31 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Segment the chosen region in the background")
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the run (within a network layer); nothing is added")
         self.cancel_button.setEnabled(False)
+        self.folder_button = QPushButton("Run folder…")
+        self.folder_button.setToolTip(
+            "Segment every image of a folder with these settings and masks controls; each mask "
+            "is written as <name>_labels.tif (with its provenance) to an output folder you choose, "
+            "as `dgseg predict` does"
+        )
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button, 2)
+        buttons.addWidget(self.folder_button, 2)
         buttons.addWidget(self.cancel_button, 1)
+        self.folder_table = QTableWidget(0, 3)
+        self.folder_table.setHorizontalHeaderLabels(["file", "result", "mask"])
+        self.folder_table.horizontalHeader().setStretchLastSection(True)
+        self.folder_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.folder_table.setToolTip("One row per file of the last folder run")
+        self.folder_table.setMaximumHeight(160)
+        self.folder_table.setVisible(False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%v / %m tiles")
         self.progress_bar.setTextVisible(True)
+        self.progress_bar.setToolTip("Tiles segmented (also in napari's activity panel)")
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -644,10 +260,12 @@ class SegmentWidget(QWidget):
         layout.addWidget(model_box)
         layout.addWidget(input_box)
         layout.addWidget(settings_box)
+        layout.addWidget(masks_box)
         layout.addWidget(self.dcin)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.folder_table)
         layout.addStretch(1)
         # Preferred, not Maximum: a Maximum widget caps its dock at its first size hint, and rows
         # that appear later (Shapes, reference, the references line) would be squeezed.
@@ -655,7 +273,13 @@ class SegmentWidget(QWidget):
         self.setMinimumWidth(320)
 
         self.run_button.clicked.connect(lambda: self.run())
+        self.folder_button.clicked.connect(self.choose_folder)
         self.cancel_button.clicked.connect(self.cancel)
+        self.threshold_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
+        self.min_size_spin.valueChanged.connect(lambda _: self._apply_mask_controls())
+        self.opacity_spin.valueChanged.connect(lambda _: self._style_labels())
+        self.contour_spin.valueChanged.connect(lambda _: self._style_labels())
+        self.model_picker.model_changed.connect(self._on_model_changed)
         self.region_combo.currentIndexChanged.connect(self._update_controls)
         self.image_picker.currentIndexChanged.connect(self._update_controls)
         self.model_picker.loading_changed.connect(lambda _: self._update_controls())
@@ -679,13 +303,47 @@ class SegmentWidget(QWidget):
         return self._runner
 
     @property
-    def _worker(self) -> Any:
-        return self._runner.worker
-
-    @property
     def last_result(self) -> list[Any]:
         """Layers added by the last successful run."""
         return list(self._last_result)
+
+    @property
+    def bundle(self) -> Any:
+        """The loaded model bundle, or None."""
+        return self.model_picker.bundle
+
+    @property
+    def status(self) -> str:
+        """The status line (what the last run did, or why it failed)."""
+        return self.status_label.text()
+
+    def set_model(self, name_or_path: str | os.PathLike, *, sync: bool = True) -> Any:
+        """Load a model by bundle name or ``.dgseg`` path (no reload if it is already loaded).
+
+        A load already in progress (the picker loads its first entry when the widget opens) is
+        waited for first.
+
+        Parameters
+        ----------
+        name_or_path : str or path
+        sync : bool
+            Load in the calling thread and return the bundle (None if it failed); False loads in
+            a worker and returns None.
+        """
+        self.model_picker.wait()
+        current = self.model_picker.bundle
+        key = str(name_or_path)
+        if current is not None and key in (current.name, str(current.path)):
+            return current
+        return self.model_picker.load(key, sync=sync)
+
+    def set_image_layer(self, layer: Any) -> None:
+        """Choose the Image layer to segment (must be in the viewer)."""
+        if layer not in self.image_picker.layers():
+            raise ValueError(
+                f"{getattr(layer, 'name', layer)!r} is not an Image layer of the viewer"
+            )
+        self.image_picker.set_layer(layer)
 
     def _update_controls(self, *_: Any) -> None:
         drawn = self.region_combo.currentText() == REGIONS[2]
@@ -694,8 +352,10 @@ class SegmentWidget(QWidget):
         busy = self.running or self.model_picker.loading
         ready = self.model_picker.bundle is not None and self.image_picker.layer() is not None
         self.run_button.setEnabled(ready and not busy)
+        self.folder_button.setEnabled(self.model_picker.bundle is not None and not busy)
         self.cancel_button.setEnabled(self.running)
         for w in (
+            self.masks_box,
             self.model_picker,
             self.image_picker,
             self.region_combo,
@@ -712,49 +372,59 @@ class SegmentWidget(QWidget):
             self.status_label.setText("Cancelling…")
             self.cancel_button.setEnabled(False)
 
-    def run(self, block: bool = False) -> None:
+    def run(self, sync: bool = False) -> list[Any] | None:
         """Segment the selected image layer with the loaded model.
 
         Parameters
         ----------
-        block : bool
+        sync : bool
             Run in the calling thread and return when done (tests, scripts).
+
+        Returns
+        -------
+        list of napari layers or None
+            For a synchronous run, the layers it added (empty if it failed or was refused);
+            None when the run goes on in a worker.
         """
         bundle = self.model_picker.bundle
         if bundle is None:
             notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
-            return
+            return [] if sync else None
         layer = self.image_picker.layer()
         if layer is None:
             notify("no image to segment; open an image and choose it under 'Image'")
-            return
-        self.segment_layer(layer, block=block)
+            return [] if sync else None
+        return self.segment_layer(layer, sync=sync)
 
-    def segment_layer(self, layer: Any, *, block: bool = False) -> None:
-        """Segment ``layer`` (must be an Image layer) with the current settings."""
+    def segment_layer(self, layer: Any, *, sync: bool = False) -> list[Any] | None:
+        """Segment ``layer`` (must be an Image layer) with the current settings.
+
+        Returns what :meth:`run` returns.
+        """
         from napari.layers import Image
 
+        refused: list[Any] | None = [] if sync else None
         if self.running:
             notify("a segmentation is already running; wait or press Cancel", "warning")
-            return
+            return refused
         bundle = self.model_picker.bundle
         if bundle is None:
             notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
-            return
+            return refused
         if not isinstance(layer, Image):
             kind = type(layer).__name__
             notify(
                 f"'{getattr(layer, 'name', layer)}' is a {kind} layer; segmentation needs an "
                 "Image layer. Choose an image under 'Image'."
             )
-            return
+            return refused
         try:
-            plane, plane_info = _level0_plane(layer, self.viewer)
+            plane, plane_info = level0_plane(layer, self.viewer)
             region = self.current_region(layer)
         except InputError as exc:
             notify(str(exc))
             self.status_label.setText(str(exc))
-            return
+            return refused
         h, w = region.shape
         if h * w > MAX_PIXELS:
             notify(
@@ -762,24 +432,24 @@ class SegmentWidget(QWidget):
                 f"({MAX_PIXELS / 1e6:.0f} Mpx); choose 'current view' or 'drawn rectangle', or use "
                 "`dgseg predict` for whole slides"
             )
-            return
+            return refused
         crop = plane[region.y0 : region.y1, region.x0 : region.x1]
         try:
             reference, reference_label = self._dcin_reference()
         except InputError as exc:
             notify(str(exc))
             self.status_label.setText(str(exc))
-            return
+            return refused
         dcin_mode = self.dcin.mode()
         effective = self.dcin.effective_mode()
-        job = _Job(
+        job = SegmentJob(
             bundle=bundle,
             image=crop,
             image_name=layer.name,
             region=region,
             scale=tuple(float(s) for s in layer.scale),
             translate=tuple(float(t) for t in layer.translate),
-            source_path=_source_path(layer),
+            source_path=layer_source_path(layer),
             plane_info=plane_info,
             tile=int(self.tile_spin.value()),
             overlap=int(self.overlap_spin.value()),
@@ -791,15 +461,112 @@ class SegmentWidget(QWidget):
             normalized=effective != "none" and self.dcin.normalized_check.isChecked(),
             uncertainty=effective == "full" and self.dcin.uncertainty_check.isChecked(),
         )
-        self._started = time.perf_counter()
+        self._last_result = []
+        self.progress_bar.setFormat("%v / %m tiles")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        colour = "" if effective == "none" else f", DCIN {effective}"
+        self._run_dcin_mode = dcin_mode
+        colour = "" if dcin_mode == "none" else f", DCIN {dcin_label(dcin_mode, effective)}"
         self.status_label.setText(
             f"Segmenting {h} x {w} px of '{layer.name}' ({region.mode}) with {bundle.name}{colour}…"
         )
-        self._runner.start(job, block=block, description=f"Segmenting {layer.name}")
+        outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
+        return None if outcome is None else self.last_result
+
+    def choose_folder(self) -> None:
+        """Ask for a folder of images and an output folder, then :meth:`run_folder`."""
+        folder = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
+        if not folder:
+            return
+        out = QFileDialog.getExistingDirectory(self, "Output folder for the masks", folder)
+        if out:
+            self.run_folder(folder, out)
+
+    def run_folder(
+        self, folder: str | os.PathLike, out: str | os.PathLike, *, sync: bool = False
+    ) -> list[FileResult] | None:
+        """Segment every supported image of ``folder`` into ``out`` with the current settings.
+
+        Each mask is written as ``<stem>_labels.tif`` (the CLI's writer and names); the threshold
+        and minimum size controls apply. Rows of :attr:`folder_table` fill in as files finish.
+        DCIN mode ``reference`` is not offered here (use ``dgseg predict --reference``).
+
+        Returns
+        -------
+        list of FileResult or None
+            The rows of a synchronous run (empty if refused); None when it runs in a worker.
+        """
+        from pathlib import Path
+
+        refused: list[FileResult] | None = [] if sync else None
+        bundle = self.model_picker.bundle
+        if self.running:
+            notify("a segmentation is already running; wait or press Cancel", "warning")
+            return refused
+        if bundle is None:
+            notify("no model loaded; choose one under 'Model' (or Browse… for a .dgseg file)")
+            return refused
+        mode = self.dcin.mode()
+        if self.dcin.effective_mode() == "reference":
+            notify("a folder run cannot use DCIN 'reference'; choose another mode or use "
+                   "`dgseg predict --dcin reference --reference IMAGE`")
+            return refused
+        try:
+            inputs = folder_images(folder)
+        except InputError as exc:
+            notify(str(exc))
+            self.status_label.setText(str(exc))
+            return refused
+        job = FolderJob(
+            bundle=bundle,
+            inputs=inputs,
+            out=Path(out),
+            tile=int(self.tile_spin.value()),
+            overlap=int(self.overlap_spin.value()),
+            device=self.device_combo.currentText(),
+            dcin=mode,
+            threshold=float(self.threshold_spin.value()),
+            min_size=int(self.min_size_spin.value()),
+        )
+        self._folder_rows = []
+        self.folder_table.setRowCount(0)
+        self.folder_table.setVisible(True)
+        self.progress_bar.setFormat("%v / %m files")
+        self.progress_bar.setRange(0, len(inputs))
+        self.progress_bar.setValue(0)
+        self.status_label.setText(
+            f"Segmenting {len(inputs)} image(s) of {folder} with {bundle.name} into {out}…"
+        )
+        outcome = self._runner.start(
+            job,
+            sync=sync,
+            description=f"Segmenting folder {Path(folder).name}",
+            on_yield=self._add_folder_row,
+            on_result=self._folder_done,
+        )
+        self._update_controls()
+        return None if outcome is None else list(self._folder_rows)
+
+    def _add_folder_row(self, row: FileResult) -> None:
+        from pathlib import Path
+
+        self._folder_rows.append(row)
+        r = self.folder_table.rowCount()
+        self.folder_table.insertRow(r)
+        cells = (Path(row.input).name, row.summary if row.ok else f"failed: {row.error}",
+                 row.labels or "")
+        for c, text in enumerate(cells):
+            item = QTableWidgetItem(text)
+            item.setToolTip(text)
+            self.folder_table.setItem(r, c, item)
+
+    def _folder_done(self, rows: list[FileResult]) -> None:
+        failed = sum(1 for row in rows if not row.ok)
+        self.status_label.setText(
+            f"Folder done: {len(rows) - failed} mask(s) written"
+            + (f", {failed} file(s) failed (see the table)" if failed else "")
+        )
 
     def _dcin_reference(self) -> tuple[Any, str | None]:
         """The reference for mode ``reference``: a path, or a lazy plane of a layer's smallest level.
@@ -817,167 +584,137 @@ class SegmentWidget(QWidget):
         ref, label = source
         if isinstance(ref, str):
             return ref, label
-        plane, _ = _layer_plane(ref, self.viewer, level=-1)
+        plane, _ = layer_plane(ref, self.viewer, level=-1)
         return plane, label
 
     def current_region(self, layer: Any) -> Region:
         """The level-0 pixel region chosen in the 'Region' box for ``layer``."""
-        mode = self.region_combo.currentText()
-        shape = _plane_shape(layer)
-        if mode == REGIONS[0]:
-            return Region(mode, 0, 0, shape[0], shape[1])
-        if mode == REGIONS[1]:
-            world = _visible_world_box(self.viewer)
-            pixels = _world_box_to_pixels(layer, self.viewer, world)
-            return _clip_box(mode, pixels, shape, "the current view")
-        pixels = shape_box_in_image(self.shapes_picker.layer(), layer, self.viewer)
-        return _clip_box(mode, pixels, shape, "the drawn rectangle")
+        return region_in_layer(
+            self.region_combo.currentText(), layer, self.viewer, self.shapes_picker.layer()
+        )
 
     # -------------------------------------------------------------- results
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
 
-    def _on_succeeded(self, result: _Result) -> None:
+    def _on_succeeded(self, result: Any) -> None:
+        if not isinstance(result, SegmentResult):  # a folder run: _folder_done has reported
+            return
         self._last_result = add_or_replace(self.viewer, result.layer_data)
         labels = [lyr for lyr in self._last_result if lyr._type_string == "labels"]
         if labels or self._last_result:
             self.viewer.layers.selection.active = (labels or self._last_result)[0]
+        self._kept = result
+        self._kept_layer = labels[0] if labels else None
+        self._model_labels = None if self._kept_layer is None else self._kept_layer.data
+        self._style_labels(recolour=True)
         self.dcin.show_result(result.dcin, result.reference_label)
         dcin = result.dcin or {}
         notice = dcin.get("notice")
         if notice:
             notify(notice, "info")
             self.status_label.setText(f"{result.summary}. {notice}")
-        elif dcin.get("mode", "none") != "none":
-            self.status_label.setText(f"{result.summary} · DCIN {dcin['mode']}")
         else:
-            self.status_label.setText(result.summary)
+            chosen = getattr(self, "_run_dcin_mode", dcin.get("mode", "none"))
+            ran = dcin.get("mode", "none")
+            if chosen == "none":
+                self.status_label.setText(result.summary)
+            else:
+                self.status_label.setText(f"{result.summary} · DCIN {dcin_label(chosen, ran)}")
+        self._apply_mask_controls()  # after the status line: it adds what the controls left
 
-    def _on_failed(self, message: str) -> None:
-        notify(message)
+    def _on_model_changed(self, bundle: Any) -> None:
+        """A new model: outline instances, fill classes (the user may change it)."""
+        if bundle is not None:
+            self.contour_spin.setValue(default_contour(bundle.family.output))
+
+    def _style_labels(self, recolour: bool = False) -> None:
+        """Colours for the task, opacity and outline width of the last result's mask layer."""
+        layer, bundle = self._kept_layer, self.model_picker.bundle
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if recolour and bundle is not None:
+            colours = task_colours(
+                bundle.class_names, bundle.manifest.get("task"), bundle.class_colors
+            )
+            if bundle.family.output == "instances":
+                fg = colours.get(1, (255, 64, 64))
+                layer.colormap = instance_colormap(fg)
+            else:
+                layer.colormap = semantic_colormap(colours)
+        layer.opacity = float(self.opacity_spin.value())
+        layer.contour = int(self.contour_spin.value())
+
+    def _apply_mask_controls(self) -> None:
+        """Re-derive the last result's labels with the threshold and minimum size controls.
+
+        Uses the probabilities the run kept (:func:`napari_dgseg.core.relabel.relabel`); the
+        network is not run again. At the defaults the model's own labels come back unchanged.
+        The values are recorded in the layer's provenance (``"mask_controls"``).
+        """
+        layer, kept = self._kept_layer, self._kept
+        if layer is None or kept is None or layer not in self.viewer.layers:
+            return
+        threshold = float(self.threshold_spin.value())
+        min_size = int(self.min_size_spin.value())
+        default = abs(threshold - DEFAULT_THRESHOLD) < 1e-9 and min_size <= 1
+        prov = layer.metadata.get("provenance") if isinstance(layer.metadata, dict) else None
+        if default:
+            data = self._model_labels
+        elif kept.probabilities is None:
+            notify("this model returns no probabilities; threshold and size cannot be tuned")
+            return
+        else:
+            data = relabel(kept.probabilities, threshold, min_size, instances=kept.instances)
+        layer.data = data
+        self._mask_status(None if default else (threshold, min_size, data))
+        if isinstance(prov, dict):
+            if default:
+                prov.pop("mask_controls", None)
+            else:
+                prov["mask_controls"] = {"threshold": threshold, "min_size": min_size}
+
+    def _mask_status(self, tuned: tuple[float, int, Any] | None) -> None:
+        """Say on the status line what the mask controls left (the run's own line otherwise)."""
+        import numpy as np
+
+        base = self.status_label.text().split(" · masks:")[0]
+        if tuned is None:
+            self.status_label.setText(base)
+            return
+        threshold, min_size, data = tuned
+        bundle = self.model_picker.bundle
+        if bundle is not None and bundle.family.output == "instances":
+            n = int(np.unique(data[data > 0]).size)
+            left = f"{n} instance{'s' if n != 1 else ''}"
+        else:
+            left = f"{100.0 * float(np.count_nonzero(data)) / max(data.size, 1):.1f} % foreground"
+        self.status_label.setText(
+            f"{base} · masks: threshold {threshold:.2f}, min {min_size} px -> {left}"
+        )
+
+    def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.status_label.setText(f"Failed: {message}")
 
     def _on_cancelled(self) -> None:
         notify("Segmentation cancelled", "info")
-        self.status_label.setText("Segmentation cancelled; nothing was added.")
+        if self.progress_bar.format().endswith("files"):
+            n = sum(1 for row in self._folder_rows if row.ok)
+            self.status_label.setText(
+                f"Folder run cancelled; the {n} mask(s) already written stay."
+            )
+        else:
+            self.status_label.setText("Segmentation cancelled; nothing was added.")
 
     def _on_finished(self) -> None:
         self._update_controls()
 
 
-@dataclass
-class _Result:
-    """What a finished run hands to the GUI thread."""
-
-    layer_data: list[Any]
-    summary: str
-    dcin: dict[str, Any] | None
-    reference_label: str | None
-
-
-@dataclass
-class _Job:
-    """Everything one run needs, gathered in the GUI thread and executed in the worker."""
-
-    bundle: Any
-    image: Any
-    image_name: str
-    region: Region
-    scale: tuple[float, ...]
-    translate: tuple[float, ...]
-    source_path: str | None
-    plane_info: dict[str, Any]
-    tile: int
-    overlap: int
-    device: str
-    probabilities: bool
-    dcin: str = "auto"
-    reference: Any = None
-    reference_label: str | None = None
-    normalized: bool = False
-    uncertainty: bool = False
-
-    def __call__(self, progress: Callable[[int, int], None], cancel: threading.Event) -> _Result:
-        reference = _read_reference(self.reference) if self.dcin == "reference" else None
-        pred = self.bundle.predict(
-            self.image,
-            tile=self.tile,
-            overlap=self.overlap,
-            device=self.device,
-            dcin=self.dcin,
-            reference=reference,
-            return_normalized=self.normalized,
-            progress=progress,
-            cancel=cancel,
-        )
-        provenance = dict(pred.provenance)
-        dcin = provenance.get("dcin")
-        if isinstance(dcin, dict) and self.reference_label and dcin.get("mode") == "reference":
-            dcin = dict(dcin) | {"reference_source": self.reference_label}
-            provenance["dcin"] = dcin
-        provenance.update(
-            {
-                "source_layer": self.image_name,
-                "source_path": self.source_path,
-                "region": self.region.as_dict(),
-                **self.plane_info,
-            }
-        )
-        output = self.bundle.family.output
-        placement = {
-            "scale": self.scale,
-            "translate": self.translate,
-            "offset": (self.region.y0, self.region.x0),
-            "provenance": provenance,
-        }
-        layer_data = []
-        if self.normalized:
-            layer_data += normalized_layer_data(
-                pred.extras.get("normalized") or {}, image_name=self.image_name, **placement
-            )
-        layer_data += prediction_layer_data(
-            pred,
-            image_name=self.image_name,
-            model_name=self.bundle.name,
-            output=output,
-            class_colors=self.bundle.class_colors,
-            probabilities=self.probabilities,
-            uncertainty=self.uncertainty,
-            uncertainty_visible=self.uncertainty,
-            **placement,
-        )
-        return _Result(
-            layer_data=layer_data,
-            summary=summarize(pred, output),
-            dcin=dcin if isinstance(dcin, dict) else None,
-            reference_label=self.reference_label,
-        )
-
-
-def _read_reference(reference: Any) -> Any:
-    """Read the user's reference in the worker: a path as is, an array strided to at most
-    :data:`REFERENCE_MAX_SIDE` pixels a side (only those pixels are read from dask/zarr)."""
-    if reference is None or isinstance(reference, str):
-        return reference
-    shape = getattr(reference, "shape", None)
-    if shape is None or len(shape) < 2:
-        raise InputError(
-            "the DCIN reference must be an image (H, W) or (H, W, 3|4); choose an image layer "
-            "or file under 'Reference'"
-        )
-    step = max(1, -(-max(int(shape[0]), int(shape[1])) // REFERENCE_MAX_SIDE))
-    small = reference[::step, ::step]
-    if hasattr(small, "compute"):
-        small = small.compute()
-    return np.asarray(small)
-
-
-def _source_path(layer: Any) -> str | None:
-    path = layer.metadata.get("source_path") if isinstance(layer.metadata, dict) else None
-    if path is None:
-        path = getattr(getattr(layer, "source", None), "path", None)
-    return None if path is None else str(path)
+def dcin_label(chosen: str, ran: str) -> str:
+    """The DCIN part of the status line, in the words of the control: ``"auto -> full"``
+    when ``auto`` resolved to a mode, else the mode (``"none"``, ``"gris"``, ...)."""
+    return f"{chosen} -> {ran}" if chosen == "auto" else ran
 
 
 def _device_availability() -> list[bool]:

@@ -1,4 +1,4 @@
-"""The DCIN reference bank stored in every bundle (papers/002, GRIS and LRIS).
+"""The DCIN reference bank stored in every bundle (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025: GRIS and LRIS).
 
 Per training image the bank keeps what test-time normalisation needs instead of the image
 itself (methods.md section 3):
@@ -54,9 +54,9 @@ def image_embedding(
     model: torch.nn.Module, rgb8: np.ndarray, input_spec: dict, *, max_side: int = 256
 ) -> np.ndarray:
     """The model's L2-normalised global embedding of an image (resized to <= ``max_side``)."""
-    from napari_dgseg.core.predict import normalise_input
+    from napari_dgseg.core.models.base import normalise_input
 
-    div = int(getattr(model, "divisor", 16))
+    div = int(model.divisor)
     x = torch.from_numpy(np.array(rgb8, copy=True)).permute(2, 0, 1)[None].float().div(255.0)
     h, w = x.shape[-2:]
     scale = min(1.0, max_side / max(h, w))
@@ -121,3 +121,43 @@ def add_bank_to_bundle(bundle: Any, images: Sequence[np.ndarray], names: Sequenc
         "names": [names[i] for i in idx] if names else None,
     }
     return bank
+
+
+def validate_bank(bank: dict[str, torch.Tensor], model_name: str) -> None:
+    """Refuse a reference bank that would silently spoil normalisation.
+
+    Checks the keys, shapes (``hist`` ``(N, 512)``, ``embedding`` ``(N, D)``, ``mean`` and
+    ``std`` ``(N, 3)``, ``gris`` one index in ``0..N-1``), that every value is finite and every
+    ``std`` positive (a zero std maps the whole image to one colour: an all-background mask).
+
+    Raises
+    ------
+    BundleError
+        Naming the model and the defect; the fix is to rebuild the bank with ``dgseg bank``.
+    """
+    from napari_dgseg.core.errors import BundleError
+
+    fix = f"; rebuild it with `dgseg bank {model_name} --source TRAINING_DIR`"
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"model {model_name!r}: the DCIN reference bank {what}{fix}")
+
+    missing = sorted({"hist", "embedding", "mean", "std", "gris"} - set(bank))
+    if missing:
+        raise bad(f"lacks {missing}")
+    n = int(bank["hist"].shape[0]) if bank["hist"].ndim == 2 else -1
+    shapes = {"hist": (n, BINS**3), "mean": (n, 3), "std": (n, 3)}
+    for key, shape in shapes.items():
+        if n < 1 or tuple(bank[key].shape) != shape:
+            raise bad(f"has {key} of shape {list(bank[key].shape)}, expected {list(shape)}")
+    emb = bank["embedding"]
+    if emb.ndim != 2 or emb.shape[0] != n or emb.shape[1] < 1:
+        raise bad(f"has embedding of shape {list(emb.shape)}, expected [{n}, D]")
+    gris = bank["gris"]
+    if gris.numel() != 1 or gris.is_floating_point() or not 0 <= int(gris.reshape(-1)[0]) < n:
+        raise bad(f"has a GRIS index {gris.tolist()} outside 0..{n - 1}")
+    for key in ("hist", "embedding", "mean", "std"):
+        if not bool(torch.isfinite(bank[key]).all()):
+            raise bad(f"holds NaN or infinite values in {key}")
+    if not bool((bank["std"] > 0).all()):
+        raise bad("holds a zero or negative colour std")

@@ -1,6 +1,6 @@
 """DCIN at inference: choose references and build the colour branches for every tile.
 
-Modes (papers/002):
+Modes (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025):
 
 ``none``       the image as it is;
 ``gris``       transfer to the GRIS reference (the training histogram medoid);
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_dgseg.core.color.bank import BANK_FILE, downsample, image_embedding
+from napari_dgseg.core.color.bank import BANK_FILE, downsample, image_embedding, validate_bank
 from napari_dgseg.core.color.tissue import has_tissue, image_color_stats
-from napari_dgseg.core.color.transfer import FLAT_STD, transfer
-from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.color.transfer import FLAT_STD, _reference_stats, transfer
+from napari_dgseg.core.errors import BundleError, InputError
 
 DCIN_MODES = ("auto", "none", "gris", "lris", "full", "reference")
 
@@ -101,6 +101,8 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
             f"model {bundle.name!r} has no DCIN reference bank, needed for mode {mode!r}; add one "
             "with `dgseg bank MODEL --source TRAINING_DIR`, or use mode 'reference' or 'none'"
         )
+    if mode in ("gris", "lris", "full"):
+        validate_bank(bank, bundle.name)
     sample = target_sample(adapter)
     if not has_tissue(sample):
         # White background only: statistics of glass would turn it into tissue colours.
@@ -117,8 +119,6 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
     if mode == "reference":
         if reference is None:
             raise InputError("DCIN mode 'reference' needs a reference image (or its mean and std)")
-        from napari_dgseg.core.color.transfer import _reference_stats
-
         r_mean, r_std = _reference_stats(_as_reference(reference), space)
         plan.branches.append(_make_branch(t_mean, t_std, r_mean, r_std, space))
         plan.references.append({"branch": "reference", "reference": _describe(reference),
@@ -129,6 +129,12 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
         picks.append(("gris", int(bank["gris"][0])))
     if mode in ("lris", "full"):
         emb = image_embedding(bundle.model, downsample(sample, 512), bundle.input_spec)
+        if bank["embedding"].shape[1] != emb.shape[0]:
+            raise BundleError(
+                f"model {bundle.name!r}: the DCIN reference bank holds {bank['embedding'].shape[1]}-"
+                f"value embeddings but the model makes {emb.shape[0]}; rebuild it with "
+                f"`dgseg bank {bundle.name} --source TRAINING_DIR`"
+            )
         sims = bank["embedding"].numpy() @ emb
         picks.append(("lris", int(np.argmax(sims))))
     for branch_name, i in picks:

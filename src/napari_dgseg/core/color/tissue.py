@@ -15,7 +15,9 @@ array only the strided copy is computed), masks tissue and returns the l-alpha-b
 mean and std.
 
 Also here: :func:`split_image` / :func:`from_float_rgb`, the numpy dtype and channel handling
-shared by the colour functions (uint8, uint16, float in ``[0, 1]``; grey, RGB, RGBA).
+shared by the colour functions (uint8, uint16, float in ``[0, 1]``; grey, RGB, RGBA). The
+intensity rule is :mod:`napari_dgseg.core.imageprep`'s (uint8 / 255, float as is, uint16 by the
+robust percentiles of the whole image), so colour statistics describe the pixels the network sees.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_dgseg.core.color.transfer import color_stats
+from napari_dgseg.core.color.transforms import color_stats
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.imageprep import decide_scaling
 
 __all__ = [
     "MIN_OD_THRESHOLD",
     "colour_to_float",
+    "decide_colour_scaling",
     "float_to_dtype",
     "from_float_rgb",
     "has_tissue",
@@ -99,19 +103,46 @@ def prepare_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarr
     return colour, (arr[..., 3] if arr.shape[-1] == 4 else None)
 
 
-def colour_to_float(colour: np.ndarray) -> np.ndarray:
-    """Pixels of :func:`prepare_image` (``(h, w, 1)`` or ``(h, w, 3)``) to float32 RGB in ``[0, 1]``."""
+def decide_colour_scaling(colour: np.ndarray) -> tuple[float, float]:
+    """``(low, high)`` mapped to 0 and 1 for a whole image of :func:`prepare_image`.
+
+    uint8: ``(0, 255)``; float in ``[0, 1]``: ``(0, 1)``; uint16: the robust percentiles of
+    :func:`napari_dgseg.core.imageprep.decide_scaling` (a 12-bit image in a 16-bit container is
+    stretched exactly as inference stretches it, not divided by 65535).
+    """
     if colour.dtype == np.uint8:
-        rgb = colour.astype(np.float32) * np.float32(1.0 / 255.0)
-    elif colour.dtype == np.uint16:
-        rgb = colour.astype(np.float32) * np.float32(1.0 / 65535.0)
-    else:
+        return 0.0, 255.0
+    if colour.dtype.kind == "f":
+        return 0.0, 1.0
+    return decide_scaling(colour)
+
+
+def colour_to_float(colour: np.ndarray, scaling: tuple[float, float] | None = None) -> np.ndarray:
+    """Pixels of :func:`prepare_image` (``(h, w, 1)`` or ``(h, w, 3)``) to float32 RGB in ``[0, 1]``.
+
+    Parameters
+    ----------
+    colour : ndarray
+        A whole image, or a block of one (then pass the whole image's ``scaling``).
+    scaling : (low, high), optional
+        From :func:`decide_colour_scaling` of the whole image; default: decided from ``colour``.
+    """
+    low, high = decide_colour_scaling(colour) if scaling is None else scaling
+    if (low, high) == (0.0, 1.0):
         rgb = np.clip(colour.astype(np.float32), 0.0, 1.0)
+    else:
+        rgb = (colour.astype(np.float32) - np.float32(low)) * np.float32(1.0 / (high - low))
+        rgb = np.clip(rgb, 0.0, 1.0)
     return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
 
 
 def float_to_dtype(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Float RGB in ``[0, 1]`` to ``dtype`` (uint8/uint16 rounded, floats cast)."""
+    """Float RGB in ``[0, 1]`` to ``dtype`` over its full range (uint8/uint16 rounded, floats cast).
+
+    This encodes an *output* (e.g. a colour-normalised image, whose colours are the reference's)
+    and is not the inverse of reading: a 12-bit input is read by its percentiles
+    (:func:`colour_to_float`) and written over the whole uint16 range.
+    """
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
         return np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -144,7 +175,7 @@ def split_image(image: Any, name: str = "image") -> tuple[np.ndarray, np.ndarray
 
 
 def from_float_rgb(rgb: np.ndarray, alpha: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    """Inverse of :func:`split_image`: float RGB ``(H, W, 3)`` in ``[0, 1]`` back to ``dtype``.
+    """Float RGB ``(H, W, 3)`` in ``[0, 1]`` to ``dtype`` (see :func:`float_to_dtype`).
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """Reinhard colour transfer: match per-channel mean and std to a reference's statistics.
 
-The transfer of papers/002 (and Reinhard et al. 2001), applied in l-alpha-beta (default) or
+The transfer of Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025 (and Reinhard et al., "Color Transfer between Images", 2001), applied in l-alpha-beta (default) or
 CIELAB, per channel ``c``::
 
     out_c = (x_c - mu_target_c) / sigma_target_c * sigma_ref_c + mu_ref_c
@@ -10,7 +10,10 @@ inside :func:`transfer`, so a whole slide is normalized with one set of statisti
 by :func:`napari_dgseg.core.color.tissue.image_color_stats`) and every tile gets the same mapping:
 no seams.
 
-:func:`normalize_colors` is the numpy front door (uint8/uint16/float in, same dtype out).
+:func:`normalize_colors` is the numpy front door (uint8/uint16/float in, same dtype out). uint16
+is read by :mod:`napari_dgseg.core.imageprep`'s rule (robust percentiles of the whole image, so a
+12-bit image is not read as nearly black) and the result, whose colours are the reference's, is
+written over the full uint16 range.
 """
 
 from __future__ import annotations
@@ -24,12 +27,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from napari_dgseg.core.color.tissue import (
+    colour_to_float,
+    decide_colour_scaling,
+    float_to_dtype,
+    has_tissue,
+    image_color_stats,
+    prepare_image,
+)
 from napari_dgseg.core.color.transforms import (
     _MATS,
     LOG_EPS,
+    STD_FLOOR,
     _apply,
     _check,
     _check_space,
+    color_stats,
     from_space,
     to_space,
 )
@@ -46,9 +59,6 @@ __all__ = [
     "transfer",
 ]
 
-#: Smallest standard deviation used as a divisor (guards a flat channel against division by zero).
-STD_FLOOR: float = 1e-6
-
 #: Below this std in every channel a target is treated as flat (blank) and left unchanged.
 FLAT_STD: float = 1e-3
 
@@ -59,48 +69,6 @@ _BLOCK_PIXELS: int = 1 << 18
 
 class NormalizationSkippedWarning(UserWarning):
     """Colour normalization was skipped (no tissue, or a flat image); the input is returned."""
-
-
-def color_stats(
-    rgb: Tensor, space: str = "lab-reinhard", mask: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Per-image mean and standard deviation of each channel in ``space``.
-
-    Parameters
-    ----------
-    rgb : Tensor, shape (..., 3, H, W)
-        Floating RGB in ``[0, 1]``; e.g. ``(B, 3, H, W)`` or ``(3, H, W)``.
-    space : str
-        ``"lab-reinhard"`` or ``"cielab"``.
-    mask : Tensor, shape (..., H, W), optional
-        Pixels to use (bool, or float weights in ``[0, 1]``). An image whose mask is empty falls
-        back to all its pixels.
-
-    Returns
-    -------
-    mean, std : Tensor, shape (..., 3)
-        Population statistics (``ddof=0``); ``std`` is floored at :data:`STD_FLOOR`.
-    """
-    lab = to_space(rgb, space)
-    lead = lab.shape[:-3]
-    if mask is None:
-        mean = lab.mean(dim=(-2, -1))
-        var = lab.var(dim=(-2, -1), unbiased=False)
-        return mean, var.sqrt().clamp_min(STD_FLOOR)
-    if mask.shape != lab.shape[:-3] + lab.shape[-2:]:
-        raise InputError(
-            f"mask must have shape {tuple(lead) + tuple(lab.shape[-2:])} (one value per pixel), "
-            f"got {tuple(mask.shape)}."
-        )
-    w = mask.to(device=lab.device, dtype=lab.dtype)
-    empty = w.sum(dim=(-2, -1), keepdim=True) <= 0
-    w = torch.where(empty, torch.ones_like(w), w)
-    count = w.sum(dim=(-2, -1)).unsqueeze(-1)  # (..., 1)
-    w = w.unsqueeze(-3)  # (..., 1, H, W)
-    mean = (lab * w).sum(dim=(-2, -1)) / count
-    centred = lab - mean[..., None, None]
-    var = (centred.square() * w).sum(dim=(-2, -1)) / count
-    return mean, var.sqrt().clamp_min(STD_FLOOR)
 
 
 def _as_stats(value: Tensor | ArrayLike, like: Tensor, name: str) -> Tensor:
@@ -177,8 +145,6 @@ def transfer(
 
 def _reference_stats(reference: Any, space: str) -> tuple[np.ndarray, np.ndarray]:
     """Statistics of ``reference``: an image array, or a ``(mean, std)`` pair of 3 values each."""
-    from napari_dgseg.core.color.tissue import image_color_stats
-
     if isinstance(reference, (tuple, list)) and len(reference) == 2:
         try:
             mean = np.asarray(reference[0], dtype=np.float64)
@@ -237,14 +203,6 @@ def normalize_colors(
     ndarray, shape (H, W, 3) or (H, W, 4)
         The normalized image, same dtype and value range as ``image``.
     """
-    from napari_dgseg.core.color.tissue import (
-        colour_to_float,
-        float_to_dtype,
-        has_tissue,
-        image_color_stats,
-        prepare_image,
-    )
-
     _check_space(space)
     ref_mean, ref_std = _reference_stats(reference, space)
     colour, alpha = prepare_image(image, name="image")
@@ -267,9 +225,11 @@ def normalize_colors(
         out = np.array(np.broadcast_to(colour, (h, w, 3)))
     else:
         out = np.empty((h, w, 3), dtype=colour.dtype)
+        scaling = decide_colour_scaling(colour)  # once per image: every block maps the same way
         rows = max(1, _BLOCK_PIXELS // w)
         for r0 in range(0, h, rows):
-            block = torch.from_numpy(colour_to_float(colour[r0 : r0 + rows])).permute(2, 0, 1)
+            block = colour_to_float(colour[r0 : r0 + rows], scaling)
+            block = torch.from_numpy(block).permute(2, 0, 1)
             with torch.no_grad():
                 res = transfer(block, tgt_mean, tgt_std, ref_mean, ref_std, space=space)
             out[r0 : r0 + rows] = float_to_dtype(res.permute(1, 2, 0).numpy(), colour.dtype)

@@ -5,7 +5,7 @@ single image ``(3, H, W)`` and a batch ``(B, 3, H, W)`` work (any leading dimens
 on every device torch supports, keep the input's floating dtype (``float32`` in, ``float32`` out;
 ``float64`` for ``gradcheck``) and are differentiable. The inverse transforms clip to ``[0, 1]``.
 
-Reinhard l-alpha-beta (Reinhard et al. 2001; papers/002 section II-A)::
+Reinhard l-alpha-beta (Reinhard, Ashikhmin, Gooch & Shirley, "Color Transfer between Images", 2001; Shah et al. 2025 section II-A)::
 
     LMS = M_lms @ RGB,     M_lms = [[.3811, .5783, .0402], [.1967, .7244, .0782], [.0241, .1288, .8444]]
     lab = diag(1/sqrt3, 1/sqrt6, 1/sqrt2) @ [[1, 1, 1], [1, 1, -2], [1, -1, 0]] @ log10(max(LMS, eps))
@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from napari_dgseg.core.errors import InputError
 
 __all__ = [
+    "STD_FLOOR",
+    "color_stats",
     "SPACES",
     "CielabToRgb",
     "LabReinhardToRgb",
@@ -266,3 +268,49 @@ class CielabToRgb(nn.Module):
 
     def forward(self, lab: Tensor) -> Tensor:
         return cielab_to_rgb(lab)
+
+
+#: Smallest standard deviation used as a divisor (guards a flat channel against division by zero).
+STD_FLOOR: float = 1e-6
+
+
+def color_stats(
+    rgb: Tensor, space: str = "lab-reinhard", mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per-image mean and standard deviation of each channel in ``space``.
+
+    Parameters
+    ----------
+    rgb : Tensor, shape (..., 3, H, W)
+        Floating RGB in ``[0, 1]``; e.g. ``(B, 3, H, W)`` or ``(3, H, W)``.
+    space : str
+        ``"lab-reinhard"`` or ``"cielab"``.
+    mask : Tensor, shape (..., H, W), optional
+        Pixels to use (bool, or float weights in ``[0, 1]``). An image whose mask is empty falls
+        back to all its pixels.
+
+    Returns
+    -------
+    mean, std : Tensor, shape (..., 3)
+        Population statistics (``ddof=0``); ``std`` is floored at :data:`STD_FLOOR`.
+    """
+    lab = to_space(rgb, space)
+    lead = lab.shape[:-3]
+    if mask is None:
+        mean = lab.mean(dim=(-2, -1))
+        var = lab.var(dim=(-2, -1), unbiased=False)
+        return mean, var.sqrt().clamp_min(STD_FLOOR)
+    if mask.shape != lab.shape[:-3] + lab.shape[-2:]:
+        raise InputError(
+            f"mask must have shape {tuple(lead) + tuple(lab.shape[-2:])} (one value per pixel), "
+            f"got {tuple(mask.shape)}."
+        )
+    w = mask.to(device=lab.device, dtype=lab.dtype)
+    empty = w.sum(dim=(-2, -1), keepdim=True) <= 0
+    w = torch.where(empty, torch.ones_like(w), w)
+    count = w.sum(dim=(-2, -1)).unsqueeze(-1)  # (..., 1)
+    w = w.unsqueeze(-3)  # (..., 1, H, W)
+    mean = (lab * w).sum(dim=(-2, -1)) / count
+    centred = lab - mean[..., None, None]
+    var = (centred.square() * w).sum(dim=(-2, -1)) / count
+    return mean, var.sqrt().clamp_min(STD_FLOOR)

@@ -27,7 +27,6 @@ loader                 layout
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,8 +34,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.imageprep import to_rgb_uint8 as imageprep_to_rgb_uint8
+from napari_dgseg.core.limits import check_memory, human_bytes
 from napari_dgseg.core.metrics import check_label_array, remap_label
 
 __all__ = [
@@ -113,6 +115,7 @@ def read_array(path: str | os.PathLike, mode: str = "image") -> np.ndarray:
     if p.stat().st_size == 0:
         raise ImageReadError(f"{p}: the file is empty (0 bytes); re-export or re-copy it.")
     ext = p.suffix.lower()
+    _check_decoded_size(p, ext)
     try:
         if ext in _TIFF_EXTS:
             import tifffile
@@ -134,6 +137,38 @@ def read_array(path: str | os.PathLike, mode: str = "image") -> np.ndarray:
             "truncated, corrupt or of another type: re-export it."
         ) from exc
     return np.asarray(arr)
+
+
+def _check_decoded_size(p: Path, ext: str) -> None:
+    """Refuse a file whose decoded pixels would exceed the memory budget, before decoding.
+
+    The size comes from the header only (TIFF series shape, ``.npy`` header, Pillow's size);
+    a header that cannot be read is left to the reader, which reports it in one line.
+    """
+    import warnings
+
+    try:
+        if ext in _TIFF_EXTS:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tf:
+                series = tf.series[0]
+                nbytes = int(np.prod(series.shape, dtype=np.float64)) * series.dtype.itemsize
+        elif ext == ".npy":
+            mapped = np.load(p, mmap_mode="r", allow_pickle=False)  # header only, no pixels
+            nbytes = int(np.prod(mapped.shape, dtype=np.float64)) * mapped.dtype.itemsize
+            del mapped
+        else:
+            from PIL import Image
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p) as img:
+                    nbytes = img.size[0] * img.size[1] * max(len(img.getbands()), 1) * 4
+    except Exception:  # not readable as its type: read_array says so in one line
+        return
+    check_memory(nbytes * 2, f"{p}: reading {human_bytes(nbytes)} of pixels",
+                 hint="crop it or save a smaller copy")
 
 
 def _read_pillow(p: Path, mode: str) -> np.ndarray:
@@ -217,10 +252,14 @@ def _binary(grey: np.ndarray) -> np.ndarray:
     return grey > 0 if top <= 1 else grey >= (top + 1.0) / 2.0
 
 
-def to_rgb_uint8(
-    arr: np.ndarray, source: str = "image", float_max: float | None = None
-) -> np.ndarray:
-    """Convert grey / RGB / RGBA arrays of any numeric dtype to ``(H, W, 3)`` uint8 RGB.
+def to_rgb_uint8(arr: np.ndarray, source: str = "image") -> np.ndarray:
+    """Convert a grey / RGB / RGBA array read from a file to ``(H, W, 3)`` uint8 RGB.
+
+    The intensity rule is :mod:`napari_dgseg.core.imageprep`'s (uint8 as is, other dtypes by
+    robust percentiles of the whole image, alpha composited on white), so a training sample is
+    exactly what inference would feed the network for the same file. This wrapper only adds the
+    file-layout handling: channels-first ``(3|4, H, W)`` arrays are moved to channels-last, and
+    NaN or infinite pixels are refused.
 
     Parameters
     ----------
@@ -228,43 +267,27 @@ def to_rgb_uint8(
         ``(H, W)``, ``(H, W, 1|2|3|4)`` or channels-first ``(3|4, H, W)``.
     source : str
         Name used in error messages.
-    float_max : float, optional
-        Value that maps to 255 for float input; default: 1.0 if the data lie in [0, 1], else
-        255 (values are clipped).
 
     Returns
     -------
     np.ndarray
-        ``(H, W, 3)`` uint8. Integer data above 255 are scaled by ``255 / dtype max``.
+        ``(H, W, 3)`` uint8.
     """
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[0] in (3, 4) and a.shape[-1] not in (1, 2, 3, 4):
         a = np.moveaxis(a, 0, -1)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4):
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4)):
         raise InputError(
             f"{source}: expected a grey, RGB or RGBA image, got shape {a.shape}; save the image "
             "as a 2-D grey or (H, W, 3) colour image."
         )
-    a = a[..., :1] if a.shape[-1] in (1, 2) else a[..., :3]
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)):
-            raise InputError(f"{source}: the image contains NaN or infinite values.")
-        top = float_max if float_max is not None else (1.0 if a.max(initial=0) <= 1.0 else 255.0)
-        a = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
-    elif np.issubdtype(a.dtype, np.integer):
-        if a.dtype != np.uint8:
-            if a.size and (a.min() < 0 or a.max() > 255):
-                a = np.round(np.clip(a, 0, None) * (255.0 / np.iinfo(a.dtype).max))
-            a = a.astype(np.uint8)
-    else:
+    if a.dtype.kind not in "buif":
         raise InputError(f"{source}: unsupported image dtype {a.dtype}.")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    return np.ascontiguousarray(a)
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise InputError(f"{source}: the image contains NaN or infinite values.")
+    if min(a.shape[:2]) == 0:
+        raise InputError(f"{source}: the image is empty (shape {a.shape}).")
+    return imageprep_to_rgb_uint8(a)
 
 
 def fov_from_image(image: np.ndarray, threshold: int = 25) -> np.ndarray:
@@ -291,8 +314,8 @@ def fov_from_image(image: np.ndarray, threshold: int = 25) -> np.ndarray:
     return ndi.binary_fill_holes(lab == int(np.argmax(sizes)))
 
 
-def _load_image(path: Path, float_max: float | None = None) -> np.ndarray:
-    return to_rgb_uint8(read_array(path, mode="image"), str(path), float_max)
+def _load_image(path: Path) -> np.ndarray:
+    return to_rgb_uint8(read_array(path, mode="image"), str(path))
 
 
 def _check_same_shape(image: np.ndarray, other: np.ndarray, img_path: Path, other_path: Path):
@@ -628,7 +651,11 @@ def load_pannuke(fold_dir: str | os.PathLike, indices: Iterable[int] | None = No
         if not -n <= i < n:
             raise InputError(f"index {i} out of range for a fold of {n} images.")
         inst, types = pannuke_to_instances(np.asarray(masks[i]))
-        image = to_rgb_uint8(np.asarray(images[i]), f"{paths['images']}[{i}]", float_max=255.0)
+        image = np.asarray(images[i])
+        if image.dtype.kind == "f" and np.all(np.isfinite(image)):
+            # PanNuke stores 8-bit pixels as float64 0..255: a file-format fact, not a scaling.
+            image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        image = to_rgb_uint8(image, f"{paths['images']}[{i}]")
         out.append(
             Sample(
                 image,
@@ -952,17 +979,6 @@ def load_dataset(kind: str, root: str | os.PathLike, **kwargs) -> list[Sample]:
     return loader(root, **kwargs)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_folder(samples: Iterable[Sample], root: str | os.PathLike) -> Path:
     """Write samples in the generic layout that :func:`load_folder` and ``dgseg train`` read.
 
@@ -983,17 +999,17 @@ def save_folder(samples: Iterable[Sample], root: str | os.PathLike) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
     for s in samples:
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in s.name)
-        _atomic_write(
+        atomic_write(
             root / "images" / f"{name}.png",
             lambda t, im=s.image: Image.fromarray(to_rgb_uint8(im)).save(t, format="PNG"),
         )
         if s.labels is not None:
-            _atomic_write(
+            atomic_write(
                 root / "labels" / f"{name}.tif",
                 lambda t, lab=s.labels: tifffile.imwrite(t, np.asarray(lab, np.int32)),
             )
         if s.mask is not None:
-            _atomic_write(
+            atomic_write(
                 root / "masks" / f"{name}.png",
                 lambda t, m=s.mask: Image.fromarray(
                     np.asarray(m, bool).astype(np.uint8) * 255

@@ -14,14 +14,12 @@ deterministic per seed (:class:`numpy.random.Generator` streams, never global st
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.data._synth_common import as_shape, check_seed, derive_seed
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.data.synthetic_nuclei import (
@@ -39,6 +37,7 @@ from napari_dgseg.core.data.synthetic_vessels import (
     make_vessels,
 )
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.outputs import refuse_existing
 
 __all__ = [
     "DEFAULT_NUCLEI_DOMAIN",
@@ -124,19 +123,16 @@ def item_seed(seed: int, index: int) -> int:
     return derive_seed(check_seed(seed), index)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str | Path) -> dict:
+def write_dataset(
+    kind: str,
+    domain: str,
+    n: int,
+    size: int,
+    seed: int,
+    out: str | Path,
+    *,
+    overwrite: bool = True,
+) -> dict:
     """Write ``n`` images of one domain as ``out/images/*.png`` + ``out/labels/*.tif``.
 
     Parameters
@@ -154,6 +150,10 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
         byte-identical files.
     out : str or Path
         Output folder (created).
+    overwrite : bool
+        Replace existing files (the API default, kept for scripts that regenerate a dataset).
+        ``dgseg synth`` passes False unless ``--overwrite``: then, when any of the files exists,
+        nothing is written and :class:`~napari_dgseg.core.errors.OutputExistsError` names it.
 
     Returns
     -------
@@ -173,8 +173,15 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
     as_shape(size)
     check_seed(seed)
     out = Path(out)
+    subs = ("images", "labels") + (("masks",) if kind == "vessels" else ())
+    planned = [out / "synth.json"]
+    for i in range(n):
+        stem = f"{kind}_{domain}_{i:04d}"
+        planned += [out / "images" / f"{stem}.png", out / "labels" / f"{stem}.tif"]
+        planned += [out / "masks" / f"{stem}.png"] if kind == "vessels" else []
+    refuse_existing(planned, overwrite=overwrite)
     try:
-        for sub in ("images", "labels") + (("masks",) if kind == "vessels" else ()):
+        for sub in subs:
             (out / sub).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(
@@ -184,18 +191,18 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
     for i in range(n):
         sample = make_sample(kind, size, domain, item_seed(seed, i))
         stem = f"{kind}_{domain}_{i:04d}"
-        _atomic_write(
+        atomic_write(
             out / "images" / f"{stem}.png",
             lambda p, im=sample.image: Image.fromarray(im).save(p, format="PNG"),
         )
         lab = sample.labels.astype(np.int32 if kind == "nuclei" else np.uint8)
-        _atomic_write(
+        atomic_write(
             out / "labels" / f"{stem}.tif",
             lambda p, lb=lab: tifffile.imwrite(p, lb, compression="zlib"),
         )
         if kind == "vessels":
             m = sample.mask.astype(np.uint8) * 255
-            _atomic_write(
+            atomic_write(
                 out / "masks" / f"{stem}.png",
                 lambda p, mm=m: Image.fromarray(mm).save(p, format="PNG"),
             )
@@ -210,5 +217,5 @@ def write_dataset(kind: str, domain: str, n: int, size: int, seed: int, out: str
         "domain_params": asdict(params),
         "files": files,
     }
-    _atomic_write(out / "synth.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
+    atomic_write(out / "synth.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     return summary

@@ -1,4 +1,4 @@
-"""MaNi: mutual-information loss between source and target nucleus features (papers/003).
+"""MaNi: mutual-information loss between source and target nucleus features (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023).
 
 Per image, the projected decoder features are mean-pooled over the foreground and over the
 background. Source masks come from the ground truth; target masks from the model's own

@@ -36,6 +36,6 @@ def soft_dice_loss(
 def ce_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
-    """Cross-entropy + soft Dice (the ``Seg`` term of papers 000-003)."""
+    """Cross-entropy + soft Dice (the ``Seg`` term of the SQ-VAE, SgCG, DCIN/CQG and MaNi papers; see docs/references.md)."""
     ce = F.cross_entropy(logits, target, ignore_index=ignore_index)
     return ce + soft_dice_loss(logits, target, ignore_index=ignore_index)

@@ -15,6 +15,9 @@ A segmentation network takes a normalised RGB batch ``(B, 3, H, W)`` (H and W mu
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +29,10 @@ class SegModel(nn.Module):
     divisor: int = 16
     num_classes: int = 2
     discrete_outputs: tuple[str, ...] = ()
+
+    def training_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimiser updates (training and adaptation); default: all of them."""
+        return self.parameters()
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder feature maps, shallowest first (the last is the bottleneck)."""
@@ -39,3 +46,14 @@ class SegModel(nn.Module):
         """Global image embedding ``(B, C)``: the pooled bottleneck, L2-normalised."""
         deepest = self.encode(x)[-1]
         return F.normalize(deepest.mean(dim=(2, 3)), dim=1)
+
+
+def normalise_input(rgb: torch.Tensor, input_spec: Mapping[str, Any]) -> torch.Tensor:
+    """Apply the bundle's input normalisation ``(rgb - mean) / std`` to ``(B, 3, H, W)``.
+
+    ``rgb`` is in [0, 1]; ``input_spec`` holds ``mean`` and ``std`` (3 values each; defaults
+    0.5 and 0.25). Every network input goes through this, in training and at inference.
+    """
+    mean = torch.tensor(input_spec.get("mean", [0.5] * 3), dtype=rgb.dtype, device=rgb.device)
+    std = torch.tensor(input_spec.get("std", [0.25] * 3), dtype=rgb.dtype, device=rgb.device)
+    return (rgb - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)

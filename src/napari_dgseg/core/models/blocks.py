@@ -1,8 +1,9 @@
-"""Building blocks shared by the families: conv blocks, the U-Net encoder and decoder."""
+"""Building blocks shared by the families: conv blocks, the U-Net encoder, decoder and backbone."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,3 +86,17 @@ class Decoder(nn.Module):
         for up, block, skip in zip(self.ups, self.blocks, skips, strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
         return x
+
+
+def init_unet_backbone(net: nn.Module, config: Any) -> None:
+    """Give ``net`` the U-Net ``encoder``, ``decoder`` and 1x1 ``head`` of ``config``.
+
+    Shared by every family built on the U-Net (same module names, so the same state-dict keys):
+    ``config`` needs ``num_classes``, ``widths``, ``norm`` and ``in_channels``.
+    """
+    net.config = config
+    net.num_classes = config.num_classes
+    net.divisor = 2 ** (len(config.widths) - 1)
+    net.encoder = Encoder(config.in_channels, config.widths, config.norm)
+    net.decoder = Decoder(config.widths, config.norm)
+    net.head = nn.Conv2d(config.widths[0], config.num_classes, 1)

@@ -1,7 +1,7 @@
 """Small networks that score pairs of feature vectors (MaNi's mutual-information critic).
 
 :class:`ConcatDiscriminator` is the "concat" critic of Hjelm et al. (Deep InfoMax), used by
-MaNi (papers/003): an MLP on the concatenation of the two vectors,
+MaNi (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023): an MLP on the concatenation of the two vectors,
 ``Linear(2F, 512)-ReLU-Linear(512, 512)-ReLU-Linear(512, 1)``.
 :class:`ProjectionHead` is MaNi's projection of the last decoder map before pooling:
 1x1 convolution (F -> F) + batch normalisation + ReLU.

@@ -1,4 +1,4 @@
-"""Label-free adaptation of a trained bundle to a new domain with MaNi (papers/003).
+"""Label-free adaptation of a trained bundle to a new domain with MaNi (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023).
 
 Each iteration takes ``batch`` labelled source crops and ``batch`` unlabelled target crops,
 pairs them at random, and minimises ``Seg(source) + mi_weight * L_MI`` where ``L_MI`` is the
@@ -32,12 +32,15 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.bundle import SUFFIX, WEIGHTS, Bundle, sha256_bytes
+from napari_dgseg.core.cancel import is_cancelled
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import CancelledError, InputError
+from napari_dgseg.core.family import Family
+from napari_dgseg.core.limits import safe_file_stem
 from napari_dgseg.core.losses.mani import ManiModule
-from napari_dgseg.core.losses.segmentation import ce_dice_loss
-from napari_dgseg.core.predict import normalise_input
+from napari_dgseg.core.models.base import normalise_input
+from napari_dgseg.core.registry import families_supporting
 from napari_dgseg.core.train.data import CropSampler, infer_task, load_sources
 
 Target = str | Path | np.ndarray
@@ -215,56 +218,28 @@ def prepare_data(
 
 
 # --------------------------------------------------------------------------- model plumbing
-def features_and_outputs(
-    model: torch.nn.Module, x: torch.Tensor, family: str
-) -> tuple[torch.Tensor, dict]:
-    """Decoder features ``(B, F, H, W)`` and outputs (``"logits"`` at least) in one pass.
-
-    HoVer-Net: ``mani_forward`` (NP branch features). U-Net-like models (``features`` + ``head``):
-    features then head. Models with only ``features``: two passes.
+def check_adaptable(family: Family) -> None:
+    """Refuse, with the families that can, a family that does not declare the ``mani`` capability.
 
     Raises
     ------
     InputError
-        If the model exposes no ``features(x)`` method.
+        If ``family`` cannot be adapted with MaNi.
     """
-    if hasattr(model, "mani_forward"):
-        feats, out = model.mani_forward(x)
-        return feats, {**out, "logits": out["np"]}
-    if hasattr(model, "features") and isinstance(getattr(model, "head", None), torch.nn.Conv2d):
-        feats = model.features(x)
-        return feats, {"logits": model.head(feats)}
-    if hasattr(model, "features"):
-        return model.features(x), {"logits": model(x)}
-    raise InputError(
-        f"the {family!r} family exposes no decoder feature map (a features(x) method), which MaNi "
-        "needs; adapt a unet or hovernet model instead"
-    )
-
-
-def _seg_loss(
-    bundle: Bundle, model, out: dict, batch: dict, state: dict
-) -> tuple[torch.Tensor, dict]:
-    fam = bundle.family
-    if hasattr(model, "mani_forward"):
-        from napari_dgseg.core.models.hovernet import loss_from_outputs
-
-        return loss_from_outputs(model, out, batch)
-    if fam.training_loss is None:
-        loss = ce_dice_loss(out["logits"], batch["target"])
-        return loss, {}
-    return fam.training_loss(model, batch, state)
+    if not family.supports("mani"):
+        raise InputError(
+            f"the {family.name!r} family exposes no decoder feature map for MaNi adaptation; "
+            f"adapt a model of one of these families instead: {families_supporting('mani')}"
+        )
 
 
 def _is_set(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+    return is_cancelled(cancel)
 
 
 def default_crop_size(bundle: Bundle, source_given: bool, requested: int | None) -> int:
     """Crop side: ``requested`` or 256, no larger than the replay crops, a multiple of the divisor."""
-    divisor = int(getattr(bundle.model, "divisor", 16))
+    divisor = int(bundle.model.divisor)
     size = requested if requested is not None else 256
     if requested is None and not source_given:
         replay = bundle.extra("replay")
@@ -313,6 +288,8 @@ def adapt_steps(
         raise InputError(f"learning rate must be > 0 (got {lr})")
     if not 0.0 <= warmup < 1.0:
         raise InputError(f"warmup must be a fraction in [0, 1) (got {warmup})")
+    fam = bundle.family
+    check_adaptable(fam)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     crop = default_crop_size(bundle, source is not None, size)
@@ -323,14 +300,10 @@ def adapt_steps(
     probe = torch.zeros(1, 3, crop, crop, device=dev)
     with torch.no_grad():
         model.eval()
-        feats, _ = features_and_outputs(model, probe, bundle.family_name)
+        feats, _ = fam.features_and_outputs(model, probe)
         model.train()
     mani = ManiModule(int(feats.shape[1])).to(dev).train()
-    params = (
-        list(model.training_parameters())
-        if hasattr(model, "training_parameters")
-        else list(model.parameters())
-    )
+    params = list(fam.trainable_parameters(model))
     optimizer = torch.optim.Adam([*params, *mani.parameters()], lr=lr)
     src_sampler = CropSampler(
         data.source, size=crop, num_classes=data.num_classes, instance=data.instance, seed=seed
@@ -371,16 +344,16 @@ def adapt_steps(
         sb = {k: v.to(dev) for k, v in src_sampler.batch(batch).items()}
         xs = normalise_input(sb["image"], spec)
         if it < n_warm:
-            feats_s, out_s = features_and_outputs(model, xs, bundle.family_name)
-            seg, _ = _seg_loss(bundle, model, out_s, sb, state)
+            _, out_s = fam.features_and_outputs(model, xs)
+            seg, _ = fam.loss_from_outputs(model, out_s, sb, state)
             mi = torch.zeros((), device=dev)
             mi_logs = {"mi": 0.0}
         else:
             tb = {k: v.to(dev) for k, v in tgt_sampler.batch(batch).items()}
             xt = normalise_input(tb["image"], spec)
-            feats, out = features_and_outputs(model, torch.cat([xs, xt]), bundle.family_name)
+            feats, out = fam.features_and_outputs(model, torch.cat([xs, xt]))
             out_s = {k: v[:batch] for k, v in out.items()}
-            seg, _ = _seg_loss(bundle, model, out_s, sb, state)
+            seg, _ = fam.loss_from_outputs(model, out_s, sb, state)
             mi, mi_logs = mani(
                 feats[:batch], sb["target"], feats[batch:], out["logits"][batch:], tb["target"]
             )
@@ -408,7 +381,7 @@ def adapt_steps(
     model.eval()
     provenance = {
         "command": command or "napari_dgseg.adapt(...)",
-        "method": "MaNi (papers/003): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
+        "method": "MaNi (Sharma, Syed & Brown, MICCAI 2023): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
         "parent": {
             "name": bundle.name,
             "sha256": parent_sha256(bundle),
@@ -460,6 +433,7 @@ def adapt(
     name: str | None = None,
     out: str | Path | None = None,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -488,7 +462,8 @@ def adapt(
     name : str, optional
         Name of the new bundle (default ``<parent>-adapted``).
     out : path, optional
-        Save the new bundle there (atomically).
+        Save the new bundle there (atomically); an existing file is kept (an error) unless
+        ``overwrite``.
 
     Returns
     -------
@@ -521,7 +496,7 @@ def adapt(
         if progress is not None:
             progress(step.iteration, step.iters, step.logs)
     if out is not None:
-        result.save(out, cancel=cancel)
+        result.save(out, cancel=cancel, overwrite=overwrite)
     return result
 
 
@@ -530,17 +505,14 @@ def predict_labels(
     model: torch.nn.Module, bundle: Bundle, image: np.ndarray, *, device: Any = "cpu"
 ) -> np.ndarray:
     """Labels ``(H, W)`` int32 of ``image`` by ``model`` with ``bundle``'s post-processing."""
-    from napari_dgseg.core.predict import run_tiled, semantic_postprocess
+    from napari_dgseg.core.predict import run_tiled
 
-    maps = run_tiled(
-        model, image, input_spec=bundle.input_spec, tile=512, overlap=32, device=device, batch=1
-    )
     fam = bundle.family
-    fields = (
-        fam.postprocess(maps, bundle.config)
-        if fam.postprocess is not None
-        else semantic_postprocess(maps)
+    maps = run_tiled(
+        model, image, input_spec=bundle.input_spec, tile=512, overlap=32, device=device, batch=1,
+        discrete=fam.discrete_outputs,
     )
+    fields = fam.postprocess(maps, bundle.config)
     return np.asarray(fields["labels"], dtype=np.int32)
 
 
@@ -582,7 +554,8 @@ def make_adapted_bundle(
 
 
 def _base_name(name: str) -> str:
-    return re.sub(r"-adapted(-\d+)?$", "", name)
+    # The name comes from a bundle someone else made: never let it name a folder or climb out.
+    return re.sub(r"-adapted(-\d+)?$", "", safe_file_stem(name))
 
 
 def next_version_path(parent_name: str, folder: str | Path) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +11,15 @@ import torch
 
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.imageprep import to_rgb_uint8
 from napari_dgseg.core.losses.segmentation import IGNORE_INDEX
 
 Source = str | Path | Sequence[Sample]
+
+
+def _is_rgb8(image: np.ndarray) -> bool:
+    image = np.asarray(image)
+    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
 
 
 def _is_generic_folder(path: Path) -> bool:
@@ -31,7 +37,9 @@ def load_sources(sources: Sequence[Source]) -> list[tuple[str, list[Sample]]]:
     domains: list[tuple[str, list[Sample]]] = []
     for src in sources:
         if not isinstance(src, (str, Path)):
-            samples = list(src)
+            # in-memory samples of any dtype go through the one image preparer, as files do
+            samples = [s if _is_rgb8(s.image) else replace(s, image=to_rgb_uint8(s.image))
+                       for s in src]
             name = samples[0].domain if samples and samples[0].domain else f"domain{len(domains)}"
             domains.append((name, samples))
             continue

@@ -2,7 +2,7 @@
 
 One loop serves every family: balanced random crops from the source domains, flips and 90-degree
 rotations, Adam with poly learning-rate decay (power 0.9), the family's loss (default:
-cross-entropy + Dice, the ``Seg`` of papers 000-003), optional CQG (papers/002), a progress
+cross-entropy + Dice, the ``Seg`` of the papers in docs/references.md), optional CQG (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025), a progress
 callback and a cancel flag, deterministic for a given seed. The result is a :class:`Bundle` with
 the training command, data, seed, losses and validation metrics in its provenance.
 """
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from napari_dgseg.core.bundle import Bundle
+from napari_dgseg.core.cancel import check_cancel
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import CancelledError, InputError
-from napari_dgseg.core.losses.segmentation import ce_dice_loss
-from napari_dgseg.core.predict import normalise_input
-from napari_dgseg.core.registry import config_to_dict, get_family
+from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.family import Family, config_to_dict
+from napari_dgseg.core.registry import get_family
 from napari_dgseg.core.train.data import (
     TASK_IS_INSTANCE,
     CropSampler,
@@ -44,10 +44,7 @@ CLASS_NAMES = {
 
 
 def _check_cancel(cancel: Any) -> None:
-    if cancel is None:
-        return
-    if (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-        raise CancelledError("training cancelled by the user; no model was saved")
+    check_cancel(cancel, "training cancelled by the user; no model was saved")
 
 
 def poly_lr(base: float, it: int, total: int, power: float = 0.9) -> float:
@@ -60,6 +57,7 @@ def train(
     sources: Sequence[Source],
     *,
     out: str | Path | None = None,
+    overwrite: bool = False,
     iters: int = 1000,
     size: int = 256,
     batch: int = 4,
@@ -81,19 +79,21 @@ def train(
     Parameters
     ----------
     family : str
-        Registry name (``unet``, ``sqvae``, ``ram``, ``ram-sgcg``, ``hovernet``).
+        Registry name (:func:`napari_dgseg.core.registry.family_names` lists them).
     sources : sequence
         Folders (``images/`` + ``labels/``, or folders of such domain folders) or lists of
         :class:`Sample`; each folder is one source domain, batches are balanced over domains.
     out : path, optional
         Where to save the bundle (atomic). Nothing is written when training is cancelled.
+    overwrite : bool
+        Replace an existing ``out`` (default False: it is kept and an error raised).
     iters, size, batch, lr, seed : training schedule (crop side ``size`` px).
     val : source, optional
         Labelled validation data; its Dice (and AJI/PQ for nuclei) go into the provenance.
     config : mapping, optional
         Architecture overrides for the family's config (``num_classes`` is set from the data).
     cqg : bool
-        Colour-quality generalisation loss (papers/002).
+        Colour-quality generalisation loss (Shah et al. 2025).
     progress : callable
         ``progress(iteration, iters, logs)`` after every iteration.
     cancel : threading.Event or callable
@@ -120,16 +120,13 @@ def train(
     cfg_values = {**(config or {}), "num_classes": num_classes}
     cfg = fam.make_config(cfg_values)
     model = fam.build_model(cfg)
-    divisor = int(getattr(model, "divisor", 16))
+    divisor = int(model.divisor)
     if size % divisor:
         raise InputError(f"--size {size} must be a multiple of {divisor} for this model")
     dev = select_device(device)
     model.to(dev).train()
     sampler = CropSampler(domains, size=size, num_classes=num_classes, instance=instance, seed=seed)
-    params = list(model.parameters())
-    extra_params = getattr(model, "training_parameters", None)
-    if callable(extra_params):
-        params = list(extra_params())
+    params = list(fam.trainable_parameters(model))
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, Any] = {"iters": iters, "generator": generator, "domains": len(domains),
@@ -142,7 +139,7 @@ def train(
         b = sampler.batch(batch)
         b = {k: v.to(dev) for k, v in b.items()}
         state["iteration"] = it
-        loss, logs = _training_loss(fam, model, b, state)
+        loss, logs = fam.training_loss(model, b, state)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -191,10 +188,9 @@ def train(
 
     add_bank_to_bundle(bundle, [s.image for _, ss in domains for s in ss],
                        [s.name for _, ss in domains for s in ss])
-    if fam.finish_training is not None:
-        fam.finish_training(bundle, domains, state)
+    fam.finish_training(bundle, domains, state)
     if out is not None:
-        bundle.save(out, cancel=cancel)
+        bundle.save(out, cancel=cancel, overwrite=overwrite)
     return bundle
 
 
@@ -242,27 +238,6 @@ def _input_spec() -> dict[str, Any]:
     return dict(DEFAULT_INPUT_SPEC)
 
 
-def _training_loss(fam, model, batch: dict, state: dict) -> tuple[torch.Tensor, dict]:
-    spec = state["input_spec"]
-    if fam.training_loss is not None:
-        return fam.training_loss(model, batch, state)
-    x, y = batch["image"], batch["target"]
-    if state.get("cqg"):
-        from napari_dgseg.core.augment_cqg import cqg_loss, geometric, photometric
-
-        gen = state["generator"]
-        x1, y1 = geometric(x.cpu(), y.cpu(), gen)
-        x2 = photometric(x1, gen)
-        x1, y1, x2 = x1.to(x.device), y1.to(x.device), x2.to(x.device)
-        logits1 = model(normalise_input(x1, spec))
-        logits2 = model(normalise_input(x2, spec))
-        loss, parts = cqg_loss(logits1, logits2, y1, ce_dice_loss)
-        return loss, {k: float(v) for k, v in parts.items()}
-    logits = model(normalise_input(x, spec))
-    loss = ce_dice_loss(logits, y)
-    return loss, {"seg": float(loss.detach())}
-
-
 def evaluate_model(
     model: torch.nn.Module,
     domains: Sequence[tuple[str, list[Sample]]],
@@ -271,27 +246,26 @@ def evaluate_model(
     num_classes: int,
     device: Any = "cpu",
     tile: int = 512,
-    family: Any = None,
+    family: Family,
     config: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Dice (and, for nuclei, AJI and PQ) averaged over images.
 
-    Labels come from the family's own post-processing when it has one (HoVer-Net instances),
-    else from argmax; nuclei instances of semantic models are their connected components.
+    Labels come from the family's post-processing; nuclei instances of families whose output
+    is semantic are the connected components of the foreground.
     """
     from napari_dgseg.core import metrics
     from napari_dgseg.core.postprocess import semantic_to_instances
-    from napari_dgseg.core.predict import run_tiled, semantic_postprocess
+    from napari_dgseg.core.predict import run_tiled
 
     rows: list[dict[str, float]] = []
     for _, samples in domains:
         for s in samples:
             maps = run_tiled(model, s.image, input_spec=_input_spec(), tile=tile, overlap=32,
-                             device=device, batch=2)
-            post = family.postprocess if family is not None and family.postprocess else None
-            labels = post(maps, dict(config or {}))["labels"] if post else semantic_postprocess(maps)["labels"]
+                             device=device, batch=2, discrete=family.discrete_outputs)
+            labels = family.postprocess(maps, dict(config or {}))["labels"]
             if task == "nuclei":
-                is_instances = family is not None and family.output == "instances"
+                is_instances = family.output == "instances"
                 inst = labels if is_instances else semantic_to_instances(labels)
                 sc = metrics.instance_scores(inst, s.labels)
                 rows.append({k: sc[k] for k in ("dice", "aji", "pq")})

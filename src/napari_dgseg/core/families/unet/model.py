@@ -1,16 +1,13 @@
-"""The ``unet`` family: a configurable U-Net, the "source only" baseline of every paper."""
+"""The U-Net family's network: a configurable U-Net, the "source only" baseline of every paper."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
 
 from napari_dgseg.core.models.base import SegModel
-from napari_dgseg.core.models.blocks import Decoder, Encoder
-from napari_dgseg.core.registry import Family, register_family
+from napari_dgseg.core.models.blocks import init_unet_backbone
 
 
 @dataclass(frozen=True)
@@ -43,20 +40,6 @@ class UNetConfig:
             raise ValueError("widths needs at least two stages")
 
 
-def init_unet_backbone(net: SegModel, config: Any) -> None:
-    """Give ``net`` the U-Net ``encoder``, ``decoder`` and 1x1 ``head`` of ``config``.
-
-    Shared by every family built on the U-Net (same module names, so the same state-dict keys):
-    ``config`` needs ``num_classes``, ``widths``, ``norm`` and ``in_channels``.
-    """
-    net.config = config
-    net.num_classes = config.num_classes
-    net.divisor = 2 ** (len(config.widths) - 1)
-    net.encoder = Encoder(config.in_channels, config.widths, config.norm)
-    net.decoder = Decoder(config.widths, config.norm)
-    net.head = nn.Conv2d(config.widths[0], config.num_classes, 1)
-
-
 class UNet(SegModel):
     """Encoder-decoder with skips and a 1x1 classification head."""
 
@@ -70,14 +53,3 @@ class UNet(SegModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-FAMILY = register_family(
-    Family(
-        name="unet",
-        config_cls=UNetConfig,
-        build=UNet,
-        description="U-Net trained on source data only (the baseline every paper compares to)",
-        output="semantic",
-    )
-)

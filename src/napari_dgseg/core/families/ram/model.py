@@ -12,7 +12,7 @@ Domain-specific image restoration (DSIR, training only)
 SgCG (``ram-sgcg``, training only)
     A 1x1-conv projection of the penultimate (last decoder) features to ``sgcg_dim`` channels,
     L2-normalised, with per-class online statistics and the closed-form bound of
-    :mod:`napari_dgseg.core.losses.sgcg`.
+    :mod:`napari_dgseg.core.families.ram.sgcg`.
 
 Loss (per iteration, ``x`` the batch in ``[0, 1]``, ``y`` its labels, ``d`` its domains)::
 
@@ -38,16 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from napari_dgseg.core.augment_ram import random_amplitude_mixup
+from napari_dgseg.core.augment_cqg import cqg_loss, cqg_views
 from napari_dgseg.core.errors import InputError
-from napari_dgseg.core.losses.ram import restoration_loss, symmetric_kl
+from napari_dgseg.core.families.ram.augment import random_amplitude_mixup
+from napari_dgseg.core.families.ram.loss import restoration_loss, symmetric_kl
+from napari_dgseg.core.families.ram.sgcg import COVARIANCES, SgCGLoss, downsample_labels
 from napari_dgseg.core.losses.segmentation import IGNORE_INDEX, ce_dice_loss
-from napari_dgseg.core.losses.sgcg import COVARIANCES, SgCGLoss, downsample_labels
-from napari_dgseg.core.models.base import SegModel
-from napari_dgseg.core.models.blocks import NORMS
-from napari_dgseg.core.models.unet import init_unet_backbone
-from napari_dgseg.core.predict import normalise_input
-from napari_dgseg.core.registry import Family, register_family
+from napari_dgseg.core.models.base import SegModel, normalise_input
+from napari_dgseg.core.models.blocks import NORMS, init_unet_backbone
 
 #: Most source domains a default config accepts (one BatchNorm each in the DSIR decoder).
 DEFAULT_NUM_DOMAINS = 8
@@ -107,7 +105,7 @@ class RAMConfig:
 
 @dataclass(frozen=True)
 class RAMSgCGConfig(RAMConfig):
-    """``ram`` plus the SgCG loss (papers/001).
+    """``ram`` plus the SgCG loss ("SgCG: Semantic-Guided Contrastive Generalization for Medical Image Segmentation", anonymous ICLR 2025 submission, 2024).
 
     Attributes
     ----------
@@ -340,15 +338,7 @@ def ram_training_loss(
     x, y, dom = batch["image"], batch["target"], batch["domain"]
     logs: dict[str, float] = {}
     if state.get("cqg"):
-        from napari_dgseg.core.augment_cqg import cqg_loss, geometric, photometric
-
-        x1, y1 = geometric(x.cpu(), y.cpu(), gen)
-        x2 = photometric(x1, gen)
-        x, y, x2 = (
-            x1.to(batch["image"].device),
-            y1.to(batch["image"].device),
-            x2.to(batch["image"].device),
-        )
+        x, x2, y = cqg_views(x, y, gen)
         out = model.training_forward(normalise_input(x, spec))
         logits2 = model(normalise_input(x2, spec))
         base, parts = cqg_loss(out["logits"], logits2, y, _seg)
@@ -439,29 +429,3 @@ def training_model_from_bundle(bundle: Any) -> RAMNet:
             {k[6:]: v for k, v in sg.items() if k.startswith("stats.")}
         )
     return model
-
-
-FAMILY_RAM = register_family(
-    Family(
-        name="ram",
-        config_cls=RAMConfig,
-        build=RAMNet,
-        description="U-Net trained on several source domains with RAM-DSIR (amplitude mixup + "
-        "domain-specific restoration) to generalise to unseen sites",
-        output="semantic",
-        training_loss=ram_training_loss,
-        finish_training=finish_training,
-    )
-)
-
-FAMILY_RAM_SGCG = register_family(
-    Family(
-        name="ram-sgcg",
-        config_cls=RAMSgCGConfig,
-        build=RAMNet,
-        description="RAM-DSIR plus the SgCG closed-form pixel contrastive loss (papers/001)",
-        output="semantic",
-        training_loss=ram_training_loss,
-        finish_training=finish_training,
-    )
-)

@@ -3,7 +3,7 @@
 HoVer-Net (Graham et al. 2019) predicts, per pixel, whether it belongs to a nucleus (NP branch,
 2 classes), its horizontal and vertical distance to the nucleus centre (HV branch, 2 maps) and
 optionally the nucleus type (TP branch). Instances come from the HV maps' discontinuities through
-a marker-controlled watershed (:mod:`napari_dgseg.core.postprocess_hovernet`).
+a marker-controlled watershed (:mod:`napari_dgseg.core.families.hovernet.postprocess`).
 
 Here the encoder is the project's U-Net encoder (the same backbone as ``unet``, for fair
 comparisons) and every branch is a U-Net decoder with its own 1x1 head. Two widths:
@@ -13,7 +13,7 @@ comparisons) and every branch is a U-Net decoder with its own 1x1 head. Two widt
   ``'{"widths": [64, 128, 256, 512, 1024]}'``), about 50 M parameters like the reference.
 
 Training batches carry instance ids (``batch["instances"]``); NP and HV targets are computed on
-the fly (:mod:`napari_dgseg.core.hovernet_targets`). For MaNi the network exposes
+the fly (:mod:`napari_dgseg.core.families.hovernet.targets`). For MaNi the network exposes
 :meth:`HoVerNet.features` (the NP branch's last decoder map) and :meth:`HoVerNet.mani_forward`.
 """
 
@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_dgseg.core.hovernet_targets import hv_targets
-from napari_dgseg.core.losses.hovernet import hovernet_loss
-from napari_dgseg.core.losses.segmentation import IGNORE_INDEX
-from napari_dgseg.core.models.base import SegModel
+from napari_dgseg.core.augment_cqg import cqg_loss, cqg_views
+from napari_dgseg.core.families.hovernet.loss import hovernet_loss
+from napari_dgseg.core.families.hovernet.postprocess import HoverPostConfig, hovernet_instances
+from napari_dgseg.core.families.hovernet.targets import hv_targets
+from napari_dgseg.core.losses.segmentation import IGNORE_INDEX, ce_dice_loss
+from napari_dgseg.core.models.base import SegModel, normalise_input
 from napari_dgseg.core.models.blocks import Decoder, Encoder
-from napari_dgseg.core.postprocess_hovernet import HoverPostConfig, hovernet_instances
-from napari_dgseg.core.registry import Family, register_family
 
 #: The paper-size (GPU) encoder/decoder widths.
 PAPER_WIDTHS = (64, 128, 256, 512, 1024)
@@ -169,26 +169,36 @@ def loss_from_outputs(
     return hovernet_loss(outputs, np_t, hv_t, tp_target=batch.get("types"), weights=weights)
 
 
+def features_and_outputs(
+    model: HoVerNet, x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """NP features and every branch (NP logits also as ``logits``) in one pass, for MaNi."""
+    feats, out = model.mani_forward(x)
+    return feats, {**out, "logits": out["np"]}
+
+
+def adaptation_loss(
+    model: HoVerNet,
+    outputs: dict[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``Family.loss_from_outputs``: the HoVer-Net loss of the outputs of one MaNi pass."""
+    return loss_from_outputs(model, outputs, batch)
+
+
 def training_loss(
     model: HoVerNet, batch: dict[str, torch.Tensor], state: dict[str, Any]
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Family training loss: HoVer-Net loss on the batch; with CQG, CQG on NP + HV terms on x1."""
-    from napari_dgseg.core.predict import normalise_input
-
     spec = state["input_spec"]
     x = batch["image"]
     if not state.get("cqg"):
         loss, logs = loss_from_outputs(model, model.branches(normalise_input(x, spec)), batch)
         return loss, logs
-    from napari_dgseg.core.augment_cqg import cqg_loss, geometric, photometric
-    from napari_dgseg.core.losses.segmentation import ce_dice_loss
-
-    gen = state["generator"]
     np_t, _ = targets_from_batch(batch)
-    y = torch.stack([np_t, batch["instances"].long()], dim=1).cpu()
-    x1, y1 = geometric(x.cpu(), y, gen)
-    x2 = photometric(x1, gen)
-    x1, x2, y1 = x1.to(x.device), x2.to(x.device), y1.to(x.device)
+    y = torch.stack([np_t, batch["instances"].long()], dim=1)
+    x1, x2, y1 = cqg_views(x, y, state["generator"])
     sub = {"target": y1[:, 0], "instances": y1[:, 1]}
     out1 = model.branches(normalise_input(x1, spec))
     out2 = model.branches(normalise_input(x2, spec))
@@ -217,7 +227,9 @@ def postprocess(
     config : mapping or HoVerNetConfig
         The bundle's config (thresholds).
     """
-    cfg = config if isinstance(config, HoVerNetConfig) else FAMILY.make_config(dict(config))
+    cfg = config if isinstance(config, HoVerNetConfig) else HoVerNetConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items()}
+    )
     if "np" in maps:
         probs = np.asarray(maps["np"], dtype=np.float32)
     else:
@@ -230,17 +242,3 @@ def postprocess(
     if "tp" in maps:
         out["types"] = np.asarray(maps["tp"]).argmax(axis=0).astype(np.int32)
     return out
-
-
-FAMILY = register_family(
-    Family(
-        name="hovernet",
-        config_cls=HoVerNetConfig,
-        build=HoVerNet,
-        description="HoVer-Net nucleus instances (NP + HV maps, watershed post-processing)",
-        output="instances",
-        training_loss=training_loss,
-        target_kind="instance",
-        postprocess=postprocess,
-    )
-)

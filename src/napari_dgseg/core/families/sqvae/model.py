@@ -1,4 +1,4 @@
-"""The ``sqvae`` family: domain generalisation with a class-grouped SQ-VAE codebook (papers/000).
+"""The ``sqvae`` family: domain generalisation with a class-grouped SQ-VAE codebook (Saito & Hotta, "Domain Generalization using Category Information Independent of Domain Differences", 2025).
 
 A U-Net (the same :class:`~napari_dgseg.core.models.blocks.Encoder`/``Decoder`` as ``unet``)
 produces a feature map ``Z`` which a 1x1 convolution projects to ``latent_channels``; ``Z`` is
@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_dgseg.core.losses.segmentation import ce_dice_loss
-from napari_dgseg.core.losses.sqvae import (
+from napari_dgseg.core.augment_cqg import cqg_loss, cqg_views
+from napari_dgseg.core.codebook import code_groups, code_usage, store_training_usage
+from napari_dgseg.core.families.sqvae.loss import (
     code_loss,
     code_weights,
     continuous_loss,
@@ -42,15 +43,18 @@ from napari_dgseg.core.losses.sqvae import (
     negative_entropy,
     squared_correlation,
 )
-from napari_dgseg.core.models.base import SegModel
+from napari_dgseg.core.losses.segmentation import ce_dice_loss
+from napari_dgseg.core.models.base import SegModel, normalise_input
 from napari_dgseg.core.models.blocks import ConvBlock, Decoder, Encoder
-from napari_dgseg.core.registry import Family, register_family
+from napari_dgseg.core.postprocess import semantic_postprocess
 
 __all__ = [
     "GaussianQuantizer",
     "SQVAE",
     "SQVAEConfig",
     "code_groups",
+    "features_and_outputs",
+    "finish_training",
     "gumbel_softmax",
     "sqvae_postprocess",
     "sqvae_training_loss",
@@ -162,21 +166,6 @@ class SQVAEConfig:
     def beta_size(self) -> int:
         """Codes of ``e_beta``."""
         return self.codebook_size_beta or self.codebook_size
-
-
-def code_groups(num_codes: int, num_classes: int) -> torch.Tensor:
-    """Class group of each code: K contiguous groups, sizes differing by at most one.
-
-    ``code_groups(10, 3)`` -> ``[0, 0, 0, 0, 1, 1, 1, 2, 2, 2]`` (the first groups take the
-    remainder). Returns a ``(num_codes,)`` long tensor.
-    """
-    if num_codes < num_classes:
-        raise ValueError(f"{num_codes} codes cannot form {num_classes} non-empty groups")
-    sizes = [
-        num_codes // num_classes + (1 if k < num_codes % num_classes else 0)
-        for k in range(num_classes)
-    ]
-    return torch.repeat_interleave(torch.arange(num_classes), torch.tensor(sizes))
 
 
 def gumbel_softmax(
@@ -439,7 +428,7 @@ def sqvae_training_loss(
     ``w_seg * Seg + w_code * L_code + w_domain * L_domain + w_corr * (corr(Z1,Z2)^2 +
     corr(Z1',Z2')^2) + w_recon * L_mse + w_entropy * (sum p log p) + w_continuous * KL_cont``,
     where ``Seg`` is cross-entropy + Dice on the group logits. With ``state["cqg"]`` the
-    segmentation part is the CQG loss of papers/002 (``0.3 Seg(x1) + 0.7 Seg(x2) + MSE``) and the
+    segmentation part is the CQG loss of Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Segmentation", 2025 (``0.3 Seg(x1) + 0.7 Seg(x2) + MSE``) and the
     family's own terms are computed on the geometric view ``x1``.
 
     Parameters
@@ -457,18 +446,11 @@ def sqvae_training_loss(
     logs : dict of str to float
         Every term (unweighted), the temperature, variances and the number of codes used.
     """
-    from napari_dgseg.core.predict import normalise_input
-
     spec = state.get("input_spec") or {}
     x, y = batch["image"], batch["target"]
     cfg = model.config
     if state.get("cqg"):
-        from napari_dgseg.core.augment_cqg import cqg_loss, geometric, photometric
-
-        gen = state["generator"]
-        x1, y1 = geometric(x.cpu(), y.cpu(), gen)
-        x2 = photometric(x1, gen)
-        x1, y1, x2 = x1.to(x.device), y1.to(x.device), x2.to(x.device)
+        x1, x2, y1 = cqg_views(x, y, state["generator"])
         own, logs, logits1 = _own_terms(model, normalise_input(x1, spec), y1, state)
         out2 = model.training_outputs(
             normalise_input(x2, spec), int(state.get("iteration", 0)), state.get("generator")
@@ -501,9 +483,6 @@ def sqvae_postprocess(maps: dict[str, np.ndarray], config: dict[str, Any]) -> di
         ``(H, W)`` int32, and extras ``code_usage`` ``(N_alpha,)``, ``domain_code_indices`` and
         ``domain_code_usage`` ``(N_beta,)`` (fractions of pixels, summing to 1).
     """
-    from napari_dgseg.core.codebook import code_usage
-    from napari_dgseg.core.predict import semantic_postprocess
-
     cfg = SQVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     out: dict[str, Any] = dict(semantic_postprocess(maps))
     idx = np.asarray(maps["codebook_indices"], dtype=np.int32)
@@ -516,21 +495,16 @@ def sqvae_postprocess(maps: dict[str, np.ndarray], config: dict[str, Any]) -> di
     return out
 
 
-def _finish_training(bundle: Any, domains: Any, state: dict[str, Any]) -> None:
-    from napari_dgseg.core.codebook import store_training_usage
-
+def finish_training(bundle: Any, domains: Any, state: dict[str, Any]) -> None:
+    """Store the training data's code usage and the shift threshold (``Family.finish_training``)."""
     store_training_usage(bundle, domains)
 
 
-FAMILY = register_family(
-    Family(
-        name="sqvae",
-        config_cls=SQVAEConfig,
-        build=SQVAE,
-        description="U-Net + class-grouped SQ-VAE codebook for domain generalisation (papers/000)",
-        output="semantic",
-        training_loss=sqvae_training_loss,
-        postprocess=sqvae_postprocess,
-        finish_training=_finish_training,
-    )
-)
+def features_and_outputs(
+    model: SQVAE, x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MaNi's features (the last decoder map) and the class logits (``Family.features_and_outputs``).
+
+    Two passes: the class logits come from the quantised ``Z1``, not from a head on the features.
+    """
+    return model.features(x), {"logits": model(x)}

@@ -1,4 +1,4 @@
-"""RAM-DSIR loss terms (papers/001 baseline): consistency and domain-specific restoration.
+"""RAM-DSIR loss terms (Zhou, Qi & Shi, "Generalizable Medical Image Segmentation via Random Amplitude Mixup and Domain-Specific Image Restoration", ECCV 2022; the baseline of SgCG): consistency and domain-specific restoration.
 
 ``L_ram = Seg(x) + Seg(x_RAM) + w_kl * SymKL(p(x), p(x_RAM)) + w_rest * sum_d MSE_d``
 (reference weights ``w_kl = 0.5``, ``w_rest = 0.1``).

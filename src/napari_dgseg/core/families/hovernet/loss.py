@@ -64,7 +64,7 @@ def hovernet_loss(
     np_target : Tensor
         ``(B, H, W)`` long 0/1 with ``255`` = ignore (padding).
     hv_target : Tensor
-        ``(B, 2, H, W)`` from :func:`napari_dgseg.core.hovernet_targets.hv_targets`.
+        ``(B, 2, H, W)`` from :func:`napari_dgseg.core.families.hovernet.targets.hv_targets`.
     tp_target : Tensor, optional
         ``(B, H, W)`` long type ids (255 = ignore); used only when ``outputs`` has ``"tp"``.
     weights : dict

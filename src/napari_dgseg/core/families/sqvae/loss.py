@@ -1,7 +1,7 @@
-"""Loss terms of the SQ-VAE domain-generalisation model (papers/000, eqs. 1-12).
+"""Loss terms of the SQ-VAE domain-generalisation model (Saito & Hotta, "Domain Generalization using Category Information Independent of Domain Differences", 2025, eqs. 1-12).
 
 Each term is a plain typed function on tensors so it can be tested against hand-computed values;
-:func:`napari_dgseg.core.models.sqvae.sqvae_training_loss` combines them with the weights of the
+:func:`napari_dgseg.core.families.sqvae.model.sqvae_training_loss` combines them with the weights of the
 config. Where the paper's formula is unbounded or ambiguous, the docstring says what is done and
 ``docs/sqvae.md`` explains why.
 """

@@ -1,4 +1,4 @@
-"""Random amplitude mixup (RAM, papers/001 and RAM-DSIR) on torch batches.
+"""Random amplitude mixup (RAM; Zhou, Qi & Shi, "Generalizable Medical Image Segmentation via Random Amplitude Mixup and Domain-Specific Image Restoration", ECCV 2022; used by SgCG) on torch batches.
 
 Each image keeps its Fourier *phase* (where the structures are) and takes part of its
 low-frequency *amplitude* (the "style": colour cast, illumination, contrast) from a partner image

@@ -1,4 +1,4 @@
-"""SgCG: semantic-guided contrastive generalisation in closed form (papers/001, eqs. 1-13).
+"""SgCG: semantic-guided contrastive generalisation in closed form ("SgCG: Semantic-Guided Contrastive Generalization for Medical Image Segmentation", anonymous ICLR 2025 submission, 2024, eqs. 1-13).
 
 Per class ``k`` the running mean ``mu_k`` and covariance ``Sigma_k`` of the (projected,
 L2-normalised) pixel features seen so far are kept with the exact pooled update of eqs. 2-3::

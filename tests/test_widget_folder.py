@@ -1,0 +1,63 @@
+"""The Segment widget's folder batch ("Run folder…") under Xvfb: masks on disk, result table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import docked_segment_widget, save_tiny_unet
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = pytest.mark.gui
+
+MODEL = "tiny-unet-folder"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle_dir(tmp_path_factory):
+    return save_tiny_unet(tmp_path_factory.mktemp("models"), MODEL)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
+    w = docked_segment_widget(make_napari_viewer, qtbot, monkeypatch, tiny_bundle_dir, MODEL)
+    w.tile_spin.setValue(128)
+    w.device_combo.setCurrentText("cpu")
+    w.dcin.mode_combo.setCurrentText("none")
+    return w
+
+
+def test_run_folder_writes_masks_and_fills_the_table(widget, tmp_path):
+    from skimage.io import imsave
+
+    from napari_dgseg.core.labels_io import read_labels
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    imsave(src / "a.png", rng.integers(0, 256, (64, 80, 3), np.uint8), check_contrast=False)
+    imsave(src / "b.png", rng.integers(0, 256, (48, 48, 3), np.uint8), check_contrast=False)
+    (src / "broken.png").write_bytes(b"not a png")
+    widget.threshold_spin.setValue(0.6)
+
+    rows = widget.run_folder(src, out, sync=True)
+    assert [r.ok for r in rows] == [True, True, False]
+    assert rows[2].error and "\n" not in rows[2].error
+    labels, record = read_labels(out / "a_labels.tif")
+    assert labels.shape == (64, 80)
+    assert record["mask_controls"] == {"threshold": 0.6, "min_size": 0}
+    assert read_labels(out / "b_labels.tif")[0].shape == (48, 48)
+    assert widget.folder_table.rowCount() == 3
+    assert widget.folder_table.item(0, 0).text() == "a.png"
+    assert widget.folder_table.item(2, 1).text().startswith("failed:")
+    assert "2 mask(s) written" in widget.status and "1 file(s) failed" in widget.status
+    assert not widget.running and widget.run_button.isEnabled() is False  # no image layer open
+
+
+def test_run_folder_refuses_a_file(widget, tmp_path):
+    f = tmp_path / "x.png"
+    f.write_bytes(b"")
+    assert widget.run_folder(f, tmp_path / "out", sync=True) == []
+    assert "not a folder" in widget.status

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Let background jobs that GUI tests started end before the interpreter does.
+
+    A napari/superqt worker still running at exit emits ``finished`` on signal objects Python has
+    already deleted, and PyQt aborts the process (exit 134) although every test passed.
+    """
+    if "qtpy" not in sys.modules:
+        return
+    from qtpy.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(120_000)
 
 
 @pytest.fixture(autouse=True)

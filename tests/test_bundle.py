@@ -445,7 +445,7 @@ def test_user_dir_on_windows_uses_appdata(monkeypatch, tmp_path):
     ``environ`` are read there)."""
     import types
 
-    import napari_dgseg.core.bundle as bundle_mod
+    import napari_dgseg.core.bundle_index as bundle_mod
 
     env = {"APPDATA": str(tmp_path / "roaming")}
     monkeypatch.setattr(bundle_mod, "os", types.SimpleNamespace(name="nt", environ=env))
@@ -568,7 +568,7 @@ def test_read_bundle_bytes_default_source_name(tiny_bundle):
 
 
 def test_list_bundles_without_shipped_folder(tiny_bundle, monkeypatch, tmp_path):
-    import napari_dgseg.core.bundle as bundle_mod
+    import napari_dgseg.core.bundle_index as bundle_mod
 
     monkeypatch.setattr(bundle_mod, "shipped_dir", lambda: tmp_path / "no-shipped-models")
     tiny_bundle.save(bundle_mod.user_dir() / "mine.dgseg")

@@ -108,3 +108,22 @@ def test_help_imports_neither_torch_nor_napari():
         [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True
     )
     assert res.stdout.split() == ["True", "False", "False"]
+
+
+def test_models_lists_bundles_without_importing_torch(tiny_bundle):
+    """`dgseg models` reads manifests only (core/bundle_index.py): no torch, no model code."""
+    from napari_dgseg.core.bundle import user_dir
+
+    tiny_bundle.save(user_dir() / "mine.dgseg")
+    code = (
+        "import sys, contextlib, io, json\n"
+        "from napari_dgseg.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    rc = main(['models'])\n"
+        "names = [m['name'] for m in json.loads(out.getvalue())['models'] if not m.get('broken')]\n"
+        "print(rc, 'mine' in names, 'nuclei-unet' in names, 'torch' in sys.modules)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True
+    )
+    assert res.stdout.split() == ["0", "True", "True", "False"]

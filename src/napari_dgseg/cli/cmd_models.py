@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from napari_dgseg.core.bundle import list_bundles, shipped_dir, user_dir
+    from napari_dgseg.core.bundle_index import list_bundles, shipped_dir, user_dir
 
     print_json({"shipped_dir": str(shipped_dir()), "user_dir": str(user_dir()),
                 "models": list_bundles()})

@@ -78,7 +78,7 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     from qtpy.QtCore import QTimer
 
     timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(1))
+    timer.timeout.connect(lambda: ticks.append(widget.running))
     timer.start(20)
     assert widget.run()
     assert (
@@ -88,7 +88,9 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
     timer.stop()
-    assert len(ticks) > 10  # the event loop kept running during training: the viewer responded
+    # the event loop kept running during training (the timer fired while the job ran); how
+    # often depends on the machine's speed, so no count is asked for beyond "several"
+    assert sum(ticks) >= 2
     assert widget.result is not None and widget.result.provenance["stopped_early"]
     done = widget.result.provenance["iterations"]
     assert 4 <= done < 400

@@ -52,3 +52,18 @@ def test_synthetic_input_is_fixed():
     assert image.shape == (MAKER.SIZE, MAKER.SIZE, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(image, MAKER.synthetic_input())
     assert len(np.unique(image.reshape(-1, 3), axis=0)) > 100  # textured, not a flat colour
+
+
+def test_shipped_descriptions_say_what_each_model_is():
+    """A bundle describes its own family (and CQG training when it had it); no stray paths."""
+    import json
+
+    from napari_dgseg.core.bundle import load_bundle
+    from napari_dgseg.core.bundle_index import shipped_dir
+    from napari_dgseg.core.train.source import CQG_DESCRIPTION
+
+    for path in sorted(shipped_dir().glob("*.dgseg")):
+        bundle = load_bundle(path)
+        want = bundle.family.description + (CQG_DESCRIPTION if bundle.provenance.get("cqg") else "")
+        assert bundle.manifest["description"] == want, path.name
+        assert "papers/" not in json.dumps(bundle.manifest), path.name

@@ -43,6 +43,11 @@ CLASS_NAMES = {
 }
 
 
+#: Added to the family's description of a model trained with ``cqg=True``.
+CQG_DESCRIPTION = (
+    ", with CQG colour-quality invariance training (Shah, Fukuda & Cap 2025)"
+)
+
 def _check_cancel(cancel: Any) -> None:
     check_cancel(cancel, "training cancelled by the user; no model was saved")
 
@@ -182,6 +187,7 @@ def train(
     bundle = Bundle.create(
         model.cpu(), family, cfg, name=name or (Path(out).stem if out else f"{task}-{family}"),
         class_names=names, task=task, input_spec=_input_spec(), provenance=provenance,
+        description=fam.description + (CQG_DESCRIPTION if cqg else ""),
     )
     bundle.set_extra("replay", make_replay_set(domains, size=min(192, max(size, 128)), seed=seed))
     from napari_dgseg.core.color.bank import add_bank_to_bundle

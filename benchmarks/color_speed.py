@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from _report import load_average
 
 from napari_dgseg.core.color.transfer import color_stats, normalize_colors, transfer
 
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--figure", default=None, help="also write the docs figure to this PNG")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
     if args.figure:
         write_figure(args.figure)
     threads = [t or torch.get_num_threads() for t in args.threads]

@@ -10,12 +10,11 @@ labels, median of ``--repeat`` calls (one warm-up call first). Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
-from _report import emit
+from _report import emit, load_average, machine_state
 
 
 def main() -> None:
@@ -25,7 +24,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
 
     from napari_dgseg.core.augment_cqg import cqg_views
 
@@ -47,9 +46,7 @@ def main() -> None:
         "cqg_views_min_s": round(min(times), 4),
         "cqg_views_max_s": round(max(times), 4),
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_1_5_15_before": load_before,
-        "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+        **machine_state(load_before),
     }
     emit(result, args.out)
 

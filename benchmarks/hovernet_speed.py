@@ -12,14 +12,13 @@ batch of four 256 px crops of the same map. Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from _report import emit
+from _report import emit, load_average, machine_state
 
 
 def ellipses(size: int, n: int, seed: int = 0) -> np.ndarray:
@@ -62,7 +61,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
 
     from napari_dgseg.core.families.hovernet.postprocess import hovernet_instances
     from napari_dgseg.core.families.hovernet.targets import hv_targets, hv_targets_numpy
@@ -85,9 +84,7 @@ def main() -> None:
                       "n_pred": scores["n_pred"], "n_gt": scores["n_gt"]},  # fmt: skip
         "hv_targets_batch_4x256": median_time(lambda: hv_targets(crops), args.repeat),
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_1_5_15_before": load_before,
-        "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+        **machine_state(load_before),
     }
     emit(result, args.out)
 

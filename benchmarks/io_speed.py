@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from _report import emit
+from _report import emit, load_average
 
 TILE = 256
 
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--napari", action="store_true", help="also count tiles napari decodes")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
     path = Path(tempfile.mkdtemp(prefix="dgseg-io-")) / "slide.ome.tif"
     write_pyramid(path, args.side)
     counts = count_chunks()

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
 
 import numpy as np
+from _report import load_average, machine_state
 from skimage.draw import ellipse
 
 from napari_dgseg.core.metrics import instance_scores, semantic_scores
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
     pred, gt = make_pair(args.size, args.instances)
     scores = instance_scores(pred, gt)
     result = {
@@ -87,9 +87,7 @@ def main() -> None:
             "python": platform.python_version(),
             "numpy": np.__version__,
             "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "loadavg_1_5_15_before": load_before,
-            "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+            **machine_state(load_before),
         },
     }
     text = json.dumps(result, indent=2)

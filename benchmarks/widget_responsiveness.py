@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _report import emit
+from _report import emit, load_average, machine_state
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--interval", type=int, default=10, help="QTimer interval in ms")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
-    load_before = [round(v, 2) for v in os.getloadavg()]
+    load_before = load_average()
 
     import torch
 
@@ -110,9 +110,7 @@ def main() -> None:
         "p95_gap_during_inference_ms": round(float(np.percentile(during, 95)), 1),
         "max_gap_after_inference_ms": round(float(gaps_ms[len(during):].max()), 1),
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_1_5_15_before": load_before,
-        "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+        **machine_state(load_before),
     }
     viewer.close()
     emit(result, args.out)

@@ -36,7 +36,10 @@ def clean_registry(monkeypatch):
 
 
 # ------------------------------------------------------------------------------ the contract
-@pytest.mark.parametrize("name", registry.BUILTIN_FAMILIES)
+NETWORK_FAMILIES = [n for n in registry.BUILTIN_FAMILIES if not n.startswith("classical-")]
+
+
+@pytest.mark.parametrize("name", NETWORK_FAMILIES)
 def test_declared_infer_outputs_match_the_model(name):
     fam = registry.get_family(name)
     assert fam.name == name and fam.capabilities <= CAPABILITIES
@@ -51,10 +54,20 @@ def test_declared_infer_outputs_match_the_model(name):
 
 def test_capabilities_are_declared_fields():
     assert registry.families_supporting("codebook") == ["sqvae"]
-    assert set(registry.families_supporting("mani")) == set(registry.BUILTIN_FAMILIES)
+    assert set(registry.families_supporting("mani")) == set(NETWORK_FAMILIES)
     assert registry.families_supporting("local_mask") == []
     with pytest.raises(ValueError, match="unknown capability"):
         registry.get_family("unet").supports("codebok")
+
+
+@pytest.mark.parametrize("name", ["classical-he", "classical-fundus"])
+def test_classical_families_have_no_network(name):
+    fam = registry.get_family(name)
+    assert fam.segment_image is not None and not fam.capabilities
+    model = fam.build_model({})
+    assert not list(model.parameters()) and not model.state_dict()
+    with pytest.raises(RuntimeError, match="no network"):
+        model(torch.zeros(1, 3, 8, 8))
 
 
 def test_family_refuses_a_bad_declaration():
@@ -70,7 +83,7 @@ def test_family_refuses_a_bad_declaration():
 
 # ------------------------------------------------------------------------------ the registry
 def test_unknown_family_lists_the_valid_ones(clean_registry):
-    with pytest.raises(InputError, match=r"valid families: \['hovernet', 'ram'"):
+    with pytest.raises(InputError, match=r"valid families: \['classical-fundus', 'classical-he', 'hovernet', 'ram'"):
         registry.get_family("toy")
     assert "toy" not in registry.available_family_names()
 

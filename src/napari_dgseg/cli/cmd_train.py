@@ -30,6 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", metavar="DIR", help="labelled validation folder (Dice in provenance)")
     p.add_argument("--cqg", action="store_true", help="colour-quality generalisation loss (DCIN paper)")
+    p.add_argument("--features", choices=["rgb", "rgb+stain"], default="rgb",
+                   help="network input: RGB, or RGB beside per-image scaled H&E stain densities "
+                        "(default rgb)")
+    p.add_argument("--augment", choices=["none", "camera", "stain"], default="none",
+                   help="training augmentation: camera effects, or H&E stain jitter + camera "
+                        "(default none)")
+    p.add_argument("--scale-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                   help="object-size augmentation: magnify crops by a factor in [LOW, HIGH]")
     p.add_argument("--config", default=None,
                    help='architecture overrides as JSON, e.g. \'{"widths": [16, 32, 64, 128]}\'')
     p.add_argument("--task", choices=["nuclei", "vessels", "binary", "semantic"],
@@ -91,6 +99,9 @@ def _train(args: argparse.Namespace, train: Any, out: Path, config: dict, comman
         val=args.val,
         config=config,
         cqg=args.cqg,
+        features=args.features,
+        augment=args.augment,
+        scale_range=tuple(args.scale_range) if args.scale_range else None,
         task=args.task,
         device=args.device,
         progress=bar,

@@ -153,6 +153,11 @@ class Family:
         adds what it needs to the bundle (extra tensor files, manifest entries).
     trainable_parameters : callable
         ``model -> iterable of parameters`` the optimiser updates (training and adaptation).
+    segment_image : callable, optional
+        ``(rgb_uint8 (H, W, 3), config) -> dict`` for a family without a network (the classical
+        baselines): inference hands it the whole image instead of running tiles, and its dict
+        holds ``labels`` (and optionally ``probabilities``) as :attr:`postprocess` would. Such a
+        family cannot be trained or adapted.
     """
 
     name: str
@@ -173,6 +178,7 @@ class Family:
     trainable_parameters: Callable[[Any], Iterable[torch.nn.Parameter]] = (
         declared_trainable_parameters
     )
+    segment_image: Callable[[Any, Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         problems = []

@@ -12,7 +12,7 @@ from napari_dgseg import __version__
 from napari_dgseg.core.cancel import cancel_hooks, check_cancel
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
-from napari_dgseg.core.errors import NonFiniteOutputError
+from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.imageprep import ImageAdapter, image_channels
 from napari_dgseg.core.limits import check_memory
 from napari_dgseg.core.predict import (
@@ -88,6 +88,8 @@ def predict_bundle(
     needed = estimate_inference_bytes(h, w, len(bundle.class_names), len(family.discrete_outputs))
     check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     adapter = ImageAdapter.from_array(image)
+    if family.segment_image is not None:
+        return _predict_whole_image(bundle, adapter, t0, progress, cancel, memory_budget)
     dev = select_device(device)
     check_cancel(cancel)
     with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
@@ -146,6 +148,54 @@ def predict_bundle(
         class_names=bundle.class_names,
         provenance=provenance,
         extras=extras,
+    )
+
+
+#: Largest image (pixels) a whole-image family (a classical baseline) segments at once.
+MAX_WHOLE_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
+def _predict_whole_image(
+    bundle: Bundle, adapter: ImageAdapter, t0: float, progress: ProgressFn | None, cancel: Any,
+    memory_budget: int | None,
+) -> Prediction:
+    """Segment with a family that has no network: the whole image at once, no colour branches."""
+    h, w = adapter.height, adapter.width
+    if h * w > MAX_WHOLE_IMAGE_PIXELS:
+        raise InputError(
+            f"{bundle.name!r} segments whole images at once and this one has {h * w:,} pixels "
+            f"(at most {MAX_WHOLE_IMAGE_PIXELS:,}); select a region, or use a learned model, "
+            "which streams tiles"
+        )
+    # the uint8 copy, float working copies of the method and the outputs
+    check_memory(h * w * 64, f"segmenting the {h} x {w} image", budget=memory_budget)
+    check_cancel(cancel)
+    if progress is not None:
+        progress(0, 1)
+    rgb8 = adapter.to_rgb_uint8(np.asarray(adapter.image))
+    fields = bundle.family.segment_image(rgb8, bundle.config)
+    check_cancel(cancel)
+    if progress is not None:
+        progress(1, 1)
+    provenance = {
+        "model": bundle.name,
+        "model_path": str(bundle.path) if bundle.path else None,
+        "model_sha256": bundle.sha256,
+        "family": bundle.family_name,
+        "method": "whole image (classical, no network)",
+        "dcin": {"mode": "none", "notice": "a classical baseline takes the image as it is"},
+        "image_shape": [h, w],
+        "intensity_range": [adapter.low, adapter.high],
+        "seconds": elapsed_since(t0),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "napari_dgseg": _version(),
+    }
+    return Prediction(
+        labels=fields["labels"],
+        probabilities=fields.get("probabilities"),
+        class_names=bundle.class_names,
+        provenance=provenance,
+        extras={k: v for k, v in fields.items() if k not in _FIELDS},
     )
 
 

@@ -138,6 +138,7 @@ def run_tiled(
     grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
     discrete_keys = tuple(model.discrete_outputs if discrete is None else discrete)
     model = model.to(dev).eval()
+    stats = _branch_stats(adapter, spec, branches)
 
     acc: dict[str, np.ndarray] = {}
     best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -152,7 +153,7 @@ def run_tiled(
             check_cancel(cancel)
             chunk = positions[start : start + batch]
             x = _read_batch(adapter, grid, chunk).to(dev)
-            outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel)
+            outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel, stats)
             for i, (y0, x0) in enumerate(chunk):
                 _accumulate(grid, y0, x0, outputs, i, acc, best, weight_sum, discrete_keys)
             if progress is not None:
@@ -164,6 +165,29 @@ def run_tiled(
     for key, (values, _) in best.items():
         result[key] = values[:h, :w]
     return result
+
+
+#: Longer side of the thumbnail per-image input statistics are computed on.
+STATS_THUMBNAIL_SIDE = 1024
+
+
+def _branch_stats(
+    adapter: ImageAdapter, spec: dict, branches: Sequence[Branch]
+) -> list[torch.Tensor] | None:
+    """Whole-image input statistics per colour branch, once per image (None: not needed).
+
+    Computed on a strided thumbnail (a slide reads only the strided pixels) after each branch's
+    colour transform, so every tile of a branch is normalised alike and tiles show no seams.
+    """
+    from napari_dgseg.core.input_features import image_stats, needs_image_stats
+
+    if not needs_image_stats(spec):
+        return None
+    step = max(1, int(np.ceil(max(adapter.height, adapter.width) / STATS_THUMBNAIL_SIDE)))
+    thumb = adapter.to_rgb_float(np.asarray(adapter.image[::step, ::step]))
+    x = torch.from_numpy(np.ascontiguousarray(thumb.transpose(2, 0, 1)))[None].float()
+    with torch.inference_mode():
+        return [image_stats(branch(x)) for branch in branches]
 
 
 def _read_batch(adapter: ImageAdapter, grid: TileGrid, chunk: list[tuple[int, int]]) -> torch.Tensor:
@@ -183,13 +207,14 @@ def _infer_branches(
     branches: Sequence[Branch],
     discrete_keys: tuple[str, ...],
     cancel: Any = None,
+    stats: Sequence[torch.Tensor | None] | None = None,
 ) -> dict[str, np.ndarray]:
     summed: dict[str, torch.Tensor] = {}
     probs: list[torch.Tensor] = []
     discrete: dict[str, torch.Tensor] = {}
-    for branch in branches:
+    for b, branch in enumerate(branches):
         check_cancel(cancel)
-        out = model.infer(normalise_input(branch(x), spec))
+        out = model.infer(normalise_input(branch(x), spec, None if stats is None else stats[b]))
         for key, value in out.items():
             if key in discrete_keys:
                 discrete.setdefault(key, value)  # the first branch decides discrete maps

@@ -51,6 +51,8 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "ram": "napari_dgseg.core.families.ram:RAM",
     "ram-sgcg": "napari_dgseg.core.families.ram:RAM_SGCG",
     "hovernet": "napari_dgseg.core.families.hovernet:FAMILY",
+    "classical-he": "napari_dgseg.core.families.classical:HE",
+    "classical-fundus": "napari_dgseg.core.families.classical:FUNDUS",
 }
 #: Entry-point group third-party packages register families under.
 ENTRY_POINT_GROUP = "napari_dgseg.families"

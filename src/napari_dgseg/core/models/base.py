@@ -48,12 +48,16 @@ class SegModel(nn.Module):
         return F.normalize(deepest.mean(dim=(2, 3)), dim=1)
 
 
-def normalise_input(rgb: torch.Tensor, input_spec: Mapping[str, Any]) -> torch.Tensor:
-    """Apply the bundle's input normalisation ``(rgb - mean) / std`` to ``(B, 3, H, W)``.
+def normalise_input(
+    rgb: torch.Tensor, input_spec: Mapping[str, Any], stats: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The network input for ``(B, 3, H, W)`` RGB in [0, 1] under the bundle's ``input_spec``.
 
-    ``rgb`` is in [0, 1]; ``input_spec`` holds ``mean`` and ``std`` (3 values each; defaults
-    0.5 and 0.25). Every network input goes through this, in training and at inference.
+    ``(rgb - mean) / std`` (3 values each; defaults 0.5 and 0.25), plus the per-image scaled stain
+    densities when the spec's ``features`` ask for them (:mod:`napari_dgseg.core.input_features`;
+    ``stats`` are the whole image's statistics, else each item's own). Every network input goes
+    through this, in training and at inference.
     """
-    mean = torch.tensor(input_spec.get("mean", [0.5] * 3), dtype=rgb.dtype, device=rgb.device)
-    std = torch.tensor(input_spec.get("std", [0.25] * 3), dtype=rgb.dtype, device=rgb.device)
-    return (rgb - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    from napari_dgseg.core.input_features import build_input
+
+    return build_input(rgb, input_spec, stats)

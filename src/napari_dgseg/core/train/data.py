@@ -128,6 +128,12 @@ class CropSampler:
     instance : bool
         Labels are instance ids (kept in ``batch["instances"]`` for families that need them).
     seed : int
+    augment : str
+        ``none``, ``camera`` (white balance, gamma, contrast, blur, noise, JPEG) or ``stain``
+        (H&E stain jitter, then camera; :mod:`napari_dgseg.core.train.augment`).
+    scale_range : (float, float), optional
+        Object-size augmentation: each crop is magnified by a factor drawn log-uniformly from
+        this range (objects appear that much larger).
     """
 
     domains: list[tuple[str, list[Sample]]]
@@ -135,6 +141,8 @@ class CropSampler:
     num_classes: int
     instance: bool
     seed: int = 0
+    augment: str = "none"
+    scale_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -145,7 +153,12 @@ class CropSampler:
             lab = lab.copy()
             lab[~sample.mask.astype(bool)] = 0
         h, w = lab.shape
-        s = self.size
+        size = s = self.size
+        factor = 1.0
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            factor = float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
+            s = max(8, min(int(round(size / factor)), max(h, w) * 2))
         if h < s or w < s:
             ph, pw = max(0, s - h), max(0, s - w)
             img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
@@ -154,6 +167,16 @@ class CropSampler:
         y = int(self.rng.integers(0, h - s + 1))
         x = int(self.rng.integers(0, w - s + 1))
         img, lab = img[y : y + s, x : x + s], lab[y : y + s, x : x + s]
+        if s != size:
+            from napari_dgseg.core.train.augment import rescale_crop
+
+            img, lab = rescale_crop(img, lab, size, factor)
+        if self.augment != "none":
+            from napari_dgseg.core.train.augment import camera_jitter, stain_jitter
+
+            if self.augment == "stain":
+                img = stain_jitter(img, self.rng)
+            img = camera_jitter(img, self.rng)
         k = int(self.rng.integers(0, 4))
         img, lab = np.rot90(img, k), np.rot90(lab, k)
         if self.rng.random() < 0.5:

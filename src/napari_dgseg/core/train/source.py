@@ -25,6 +25,7 @@ from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.family import Family, config_to_dict
+from napari_dgseg.core.input_features import FEATURE_CHANNELS, FEATURES, input_channels
 from napari_dgseg.core.registry import get_family
 from napari_dgseg.core.train.data import (
     TASK_IS_INSTANCE,
@@ -35,6 +36,8 @@ from napari_dgseg.core.train.data import (
 )
 
 TrainProgress = Callable[[int, int, dict], Any]
+#: Valid ``augment`` values (see :class:`~napari_dgseg.core.train.data.CropSampler`).
+AUGMENTS = ("none", "camera", "stain")
 
 CLASS_NAMES = {
     "nuclei": ("background", "nucleus"),
@@ -71,6 +74,9 @@ def train(
     val: Source | None = None,
     config: Mapping[str, Any] | None = None,
     cqg: bool = False,
+    features: str = "rgb",
+    augment: str = "none",
+    scale_range: tuple[float, float] | None = None,
     task: str | None = None,
     class_names: Sequence[str] | None = None,
     name: str | None = None,
@@ -99,6 +105,13 @@ def train(
         Architecture overrides for the family's config (``num_classes`` is set from the data).
     cqg : bool
         Colour-quality generalisation loss (Shah et al. 2025).
+    features : str
+        Network input (:data:`napari_dgseg.core.input_features.FEATURES`): ``rgb`` or
+        ``rgb+stain`` (RGB beside per-image scaled H&E optical densities).
+    augment : str
+        ``none``, ``camera`` or ``stain`` (:class:`~napari_dgseg.core.train.data.CropSampler`).
+    scale_range : (float, float), optional
+        Object-size augmentation range (magnification factors; e.g. ``(0.7, 1.4)``).
     progress : callable
         ``progress(iteration, iters, logs)`` after every iteration.
     cancel : threading.Event or callable
@@ -106,9 +119,16 @@ def train(
     """
     if iters < 1:
         raise InputError(f"iters must be >= 1 (got {iters})")
+    if augment not in AUGMENTS:
+        raise InputError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
+    if scale_range is not None and not (0 < scale_range[0] <= scale_range[1]):
+        raise InputError(f"scale range {scale_range} must be two positive factors, low <= high")
+    spec = _input_spec(features)
     if batch < 1 or size < 32:
         raise InputError(f"batch must be >= 1 and size >= 32 (got batch={batch}, size={size})")
     fam = get_family(family)
+    if fam.segment_image is not None:
+        raise InputError(f"{family!r} is a classical method without a network: nothing to train")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     domains = load_sources(sources)
@@ -122,7 +142,8 @@ def train(
     )
     if len(names) != num_classes:
         num_classes = len(names)
-    cfg_values = {**(config or {}), "num_classes": num_classes}
+    cfg_values = {**(config or {}), "num_classes": num_classes,
+                  "in_channels": input_channels(spec)}
     cfg = fam.make_config(cfg_values)
     model = fam.build_model(cfg)
     divisor = int(model.divisor)
@@ -130,12 +151,13 @@ def train(
         raise InputError(f"--size {size} must be a multiple of {divisor} for this model")
     dev = select_device(device)
     model.to(dev).train()
-    sampler = CropSampler(domains, size=size, num_classes=num_classes, instance=instance, seed=seed)
+    sampler = CropSampler(domains, size=size, num_classes=num_classes, instance=instance, seed=seed,
+                          augment=augment, scale_range=scale_range)
     params = list(fam.trainable_parameters(model))
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=1e-5)
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, Any] = {"iters": iters, "generator": generator, "domains": len(domains),
-                             "cqg": cqg, "input_spec": _input_spec()}
+                             "cqg": cqg, "input_spec": spec}
     history: list[dict[str, float]] = []
     for it in range(iters):
         _check_cancel(cancel)
@@ -159,7 +181,8 @@ def train(
     if val is not None:
         val_domains = load_sources([val])
         val_metrics = evaluate_model(model, val_domains, task=task, num_classes=num_classes,
-                                     device=dev, family=fam, config=config_to_dict(cfg))
+                                     device=dev, family=fam, config=config_to_dict(cfg),
+                                     input_spec=spec)
     provenance = {
         "command": command or f"napari_dgseg.train({family!r}, ...)",
         "sources": [
@@ -174,6 +197,9 @@ def train(
         "lr": lr,
         "schedule": "Adam, poly decay power 0.9",
         "cqg": cqg,
+        "features": spec["features"],
+        "augment": augment,
+        "scale_range": list(scale_range) if scale_range else None,
         "final_loss": _mean_tail(history, "loss"),
         "loss_curve": _thin(history, "loss"),
         "val_metrics": val_metrics,
@@ -186,7 +212,7 @@ def train(
     }
     bundle = Bundle.create(
         model.cpu(), family, cfg, name=name or (Path(out).stem if out else f"{task}-{family}"),
-        class_names=names, task=task, input_spec=_input_spec(), provenance=provenance,
+        class_names=names, task=task, input_spec=spec, provenance=provenance,
         description=fam.description + (CQG_DESCRIPTION if cqg else ""),
     )
     bundle.set_extra("replay", make_replay_set(domains, size=min(192, max(size, 128)), seed=seed))
@@ -238,10 +264,12 @@ def make_replay_set(
     }
 
 
-def _input_spec() -> dict[str, Any]:
+def _input_spec(features: str = "rgb") -> dict[str, Any]:
     from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC
 
-    return dict(DEFAULT_INPUT_SPEC)
+    if features not in FEATURES:
+        raise InputError(f"unknown input features {features!r}; valid: {', '.join(FEATURES)}")
+    return {**DEFAULT_INPUT_SPEC, "features": features, "channels": FEATURE_CHANNELS[features]}
 
 
 def evaluate_model(
@@ -254,6 +282,7 @@ def evaluate_model(
     tile: int = 512,
     family: Family,
     config: Mapping[str, Any] | None = None,
+    input_spec: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Dice (and, for nuclei, AJI and PQ) averaged over images.
 
@@ -267,7 +296,8 @@ def evaluate_model(
     rows: list[dict[str, float]] = []
     for _, samples in domains:
         for s in samples:
-            maps = run_tiled(model, s.image, input_spec=_input_spec(), tile=tile, overlap=32,
+            maps = run_tiled(model, s.image, input_spec=dict(input_spec or _input_spec()),
+                             tile=tile, overlap=32,
                              device=device, batch=2, discrete=family.discrete_outputs)
             labels = family.postprocess(maps, dict(config or {}))["labels"]
             if task == "nuclei":

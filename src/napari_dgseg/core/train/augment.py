@@ -1,0 +1,104 @@
+"""Training augmentations for generalization: stain, camera and scale (``train(augment=...)``).
+
+Each function takes and returns uint8 RGB ``(H, W, 3)`` and draws from the given generator, so a
+seed reproduces a run.
+
+* :func:`stain_jitter`: per-stain scale and bias in optical-density space after colour
+  deconvolution, the "HED" augmentation of Tellez et al., "Quantifying the effects of data
+  augmentation and stain color normalization in convolutional neural networks for computational
+  pathology", 2019 (their ``sigma``/``bias`` become :data:`STAIN_SCALE` and :data:`STAIN_BIAS`),
+  plus a small random rotation of the stain vectors (other staining protocols have other hues).
+* :func:`camera_jitter`: white balance, gamma, contrast, blur, sensor noise and a real JPEG round
+  trip (scanner and fundus-camera effects).
+* :func:`rescale_crop`: object-size augmentation (a crop of ``size / factor`` pixels resized to
+  ``size``), labels by nearest neighbour so instance ids survive.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: Per-stain optical-density scale range (log-uniform) and bias range.
+STAIN_SCALE = (0.65, 1.5)
+STAIN_BIAS = 0.04
+#: Standard deviation of the stain-vector perturbation (per RGB component, before re-normalising).
+STAIN_HUE = 0.06
+#: Probabilities of the camera effects.
+P_BLUR, P_NOISE, P_JPEG = 0.3, 0.3, 0.25
+
+_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
+_STAINS = _STAINS / np.linalg.norm(_STAINS, axis=1, keepdims=True)
+
+
+def _od(rgb8: np.ndarray) -> np.ndarray:
+    return -np.log10((rgb8.astype(np.float32) + 1.0) / 256.0)
+
+
+def _from_od(od: np.ndarray) -> np.ndarray:
+    return np.clip(256.0 * np.power(10.0, -od) - 1.0, 0, 255).round().astype(np.uint8)
+
+
+def stain_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scale and shift each stain's concentration and perturb the stain vectors (see module)."""
+    od = _od(rgb8).reshape(-1, 3).astype(np.float64)
+    conc = od @ np.linalg.inv(_STAINS)
+    scale = np.exp(rng.uniform(np.log(STAIN_SCALE[0]), np.log(STAIN_SCALE[1]), size=3))
+    bias = rng.uniform(-STAIN_BIAS, STAIN_BIAS, size=3)
+    conc = conc * scale + bias * (conc.sum(axis=1, keepdims=True) > 0.05)
+    stains = np.abs(_STAINS + rng.normal(0.0, STAIN_HUE, size=_STAINS.shape))
+    stains /= np.linalg.norm(stains, axis=1, keepdims=True)
+    out = np.clip(conc, 0.0, None) @ stains
+    return _from_od(out.reshape(rgb8.shape).astype(np.float32))
+
+
+def camera_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """White balance, gamma, contrast, then maybe blur, noise and JPEG (see module)."""
+    x = rgb8.astype(np.float32) / 255.0
+    x = x * rng.uniform(0.92, 1.06, size=3).astype(np.float32)
+    x = np.clip(x, 0.0, 1.0) ** np.float32(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    mid = np.float32(x.mean())
+    x = (x - mid) * np.float32(rng.uniform(0.8, 1.2)) + mid
+    if rng.random() < P_BLUR:
+        sigma = float(rng.uniform(0.3, 1.5))
+        x = ndi.gaussian_filter(x, sigma=(sigma, sigma, 0))
+    if rng.random() < P_NOISE:
+        x = x + rng.normal(0.0, rng.uniform(1.0, 6.0) / 255.0, size=x.shape).astype(np.float32)
+    out = np.clip(x * 255.0, 0, 255).round().astype(np.uint8)
+    if rng.random() < P_JPEG:
+        out = jpeg_round_trip(out, int(rng.integers(25, 91)))
+    return out
+
+
+def jpeg_round_trip(rgb8: np.ndarray, quality: int) -> np.ndarray:
+    """Encode and decode ``rgb8`` as JPEG at ``quality`` (Pillow)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb8).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def rescale_crop(
+    image: np.ndarray, labels: np.ndarray, size: int, factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a square crop ``(c, c)`` to ``(size, size)``: image linearly, labels nearest.
+
+    ``factor = size / c`` is how much larger objects appear afterwards.
+    """
+    c = image.shape[0]
+    if c == size:
+        return image, labels
+    zoom = size / c
+    img = ndi.zoom(image.astype(np.float32), (zoom, zoom, 1), order=1, grid_mode=True,
+                   mode="nearest")
+    lab = ndi.zoom(labels, (zoom, zoom), order=0, grid_mode=True, mode="nearest")
+    ph, pw = max(0, size - img.shape[0]), max(0, size - img.shape[1])
+    if ph or pw:
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        lab = np.pad(lab, ((0, ph), (0, pw)), mode="edge")
+    img, lab = img[:size, :size], lab[:size, :size]
+    return np.clip(img, 0, 255).round().astype(np.uint8), lab

@@ -18,8 +18,9 @@ from pathlib import Path
 from napari_dgseg.cli._common import add_overwrite, output_folder, print_json
 
 SAMPLES = ("nuclei-slide", "nuclei", "vessels", "retina", "ihc")
-DEFAULT_MODELS = {"nuclei-slide": "nuclei-unet", "nuclei": "nuclei-unet", "ihc": "nuclei-unet",
-                  "vessels": "vessels-sqvae", "retina": "vessels-sqvae"}
+#: The task of each sample: its model is that task's shipped default (bundles/defaults.json).
+SAMPLE_TASKS = {"nuclei-slide": "nuclei", "nuclei": "nuclei", "ihc": "nuclei",
+                "vessels": "vessels", "retina": "vessels"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +47,26 @@ def _sample_layers(sample: str) -> list:
     return fn()
 
 
-def _resolve_model(name: str) -> str:
-    from napari_dgseg.core.bundle import list_bundles
+def _resolve_model(name: str | None, sample: str) -> str:
+    """The model to run: ``name`` when given (a bundle name or file), else the sample's default."""
+    from napari_dgseg.core.bundle_index import default_models, list_bundles
+    from napari_dgseg.core.errors import InputError
 
-    names = [b["name"] for b in list_bundles()]
-    if name in names or Path(name).is_file():
-        return name
-    return "nuclei-unet" if "nuclei-unet" in names else names[0]
+    rows = [b for b in list_bundles() if not b.get("broken")]
+    names = [b["name"] for b in rows]
+    if name is not None:
+        if name in names or Path(name).is_file():
+            return name
+        raise InputError(f"no model named {name!r}; installed: {', '.join(names) or 'none'} "
+                         "(or give a .dgseg file)")
+    task = SAMPLE_TASKS[sample]
+    default = default_models().get(task)
+    if default in names:
+        return default
+    for row in rows:  # no default recorded: the first shipped model of the task
+        if row["task"] == task:
+            return row["name"]
+    raise InputError(f"no {task} model is installed; train one with `dgseg train`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         out = output_folder(args.out)
         overwrite = args.overwrite or _demo_folder(out)
         refuse_existing([out / "screenshot.png", out / "summary.json"], overwrite=overwrite)
-    model = _resolve_model(args.model or DEFAULT_MODELS[args.sample])
+    model = _resolve_model(args.model, args.sample)
     viewer = napari.Viewer(show=not args.headless, title="napari-dgseg demo")
     viewer.window.resize(1500, 950)
     for data, kwargs, kind in _sample_layers(args.sample):

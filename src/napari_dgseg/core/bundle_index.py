@@ -215,13 +215,38 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+#: The shipped file naming each task's default model (chosen by measurement; see its "why").
+DEFAULTS_FILE = "defaults.json"
+
+
+def default_models() -> dict[str, str]:
+    """Task -> name of its default model, from the shipped ``defaults.json`` (empty if absent).
+
+    The defaults are the models that generalise best in ``benchmarks/recipe_selection.py`` /
+    ``docs/generalization.md``; a missing or malformed file means "no default", never an error.
+    """
+    path = shipped_dir() / DEFAULTS_FILE
+    try:
+        data = load_json_bounded(path.read_bytes(), str(path), error=BundleError)
+    except (OSError, BundleError, ValueError):
+        return {}
+    tasks = data.get("tasks") if isinstance(data, Mapping) else None
+    if not isinstance(tasks, Mapping):
+        return {}
+    return {str(t): str(v["model"]) for t, v in tasks.items()
+            if isinstance(v, Mapping) and isinstance(v.get("model"), str)}
+
+
 def list_bundles() -> list[dict[str, Any]]:
     """Shipped and user bundles: name, family, task, where, path, description.
 
     Only manifests are read (no weights). A file that cannot be a valid bundle is listed with
-    ``"broken"``: the reason (one line), so that one bad file never hides the others. A user bundle with the same name as a shipped one
-    shadows it (it is what :func:`load_bundle` returns for that name).
+    ``"broken"``: the reason (one line), so that one bad file never hides the others. A user
+    bundle with the same name as a shipped one shadows it (it is what :func:`load_bundle` returns
+    for that name). ``default`` marks each task's default model (:func:`default_models`); the
+    defaults come first, then the other shipped models, then the user's.
     """
+    defaults = set(default_models().values())
     rows: dict[str, dict[str, Any]] = {}
     for where, folder in (("shipped", shipped_dir()), ("user", user_dir())):
         if not folder.is_dir():
@@ -244,5 +269,9 @@ def list_bundles() -> list[dict[str, Any]]:
                 "path": str(path),
                 "description": manifest.get("description", ""),
                 "val_metrics": manifest.get("provenance", {}).get("val_metrics", {}),
+                "heldout_metrics": manifest.get("evaluation", {}).get("heldout", {}),
             }
-    return sorted(rows.values(), key=lambda r: (r["where"] != "shipped", r["name"]))
+    for row in rows.values():
+        row["default"] = row["where"] == "shipped" and row["name"] in defaults
+    return sorted(rows.values(),
+                  key=lambda r: (r["where"] != "shipped", not r["default"], r["name"]))

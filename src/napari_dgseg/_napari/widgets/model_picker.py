@@ -183,6 +183,8 @@ class ModelPicker(QWidget):
                 and family_supports(r.get("family"), self.capability)]
         for row in rows:
             label = f"{row['name']} ({row['family']}{', yours' if row['where'] == 'user' else ''})"
+            if row.get("default"):
+                label += " - default"
             self.combo.addItem(label, str(row["path"]))
             self.combo.setItemData(
                 self.combo.count() - 1, row.get("description", ""), Qt.ItemDataRole.ToolTipRole

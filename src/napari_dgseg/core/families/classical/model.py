@@ -19,12 +19,12 @@ class ClassicalHEConfig:
     ----------
     num_classes : int
         Background + nucleus (2).
-    min_size : int
-        Nuclei smaller than this many pixels are dropped.
+    min_size : int, optional
+        Nuclei smaller than this many pixels are dropped (None: the method's default).
     """
 
     num_classes: int = 2
-    min_size: int = 10
+    min_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,13 @@ class ClassicalFundusConfig:
     ----------
     num_classes : int
         Background + vessel (2).
-    min_size : int
-        Vessel fragments smaller than this many pixels are dropped.
+    min_size : int, optional
+        Vessel fragments smaller than this many pixels are dropped (None: the method's default,
+        which follows the image size).
     """
 
     num_classes: int = 2
-    min_size: int = 30
+    min_size: int | None = None
 
 
 class NoNetwork(SegModel):
@@ -68,7 +69,7 @@ def segment_he(rgb8: np.ndarray, config: Any) -> dict[str, np.ndarray]:
     """Nuclei instances and a foreground probability-like map of a uint8 RGB image."""
     from napari_dgseg.core.classical import classical_nuclei
 
-    mask, instances = classical_nuclei(rgb8, min_size=_param(config, "min_size"))
+    mask, instances = classical_nuclei(rgb8, **_given(config, "min_size"))
     return {"labels": np.asarray(instances, dtype=np.int32),
             "probabilities": _two_class(np.asarray(mask, bool))}
 
@@ -77,13 +78,18 @@ def segment_fundus(rgb8: np.ndarray, config: Any) -> dict[str, np.ndarray]:
     """Vessel class map (0/1) of a uint8 RGB fundus image."""
     from napari_dgseg.core.classical import classical_vessels
 
-    mask = np.asarray(classical_vessels(rgb8, min_size=_param(config, "min_size")), bool)
+    mask = np.asarray(classical_vessels(rgb8, **_given(config, "min_size")), bool)
     return {"labels": mask.astype(np.int32), "probabilities": _two_class(mask)}
 
 
-def _param(config: Any, key: str) -> int:
-    """A parameter from the bundle's config (a mapping) or a config object."""
-    return int(config[key] if isinstance(config, dict) else getattr(config, key))
+def _given(config: Any, *keys: str) -> dict[str, int]:
+    """The parameters ``keys`` the bundle's config (a mapping or config object) sets (not None)."""
+    out = {}
+    for key in keys:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        if value is not None:
+            out[key] = int(value)
+    return out
 
 
 def _two_class(mask: np.ndarray) -> np.ndarray:

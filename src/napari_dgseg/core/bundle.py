@@ -57,6 +57,7 @@ from napari_dgseg.core.limits import (
     unsafe_member_reason,
 )
 from napari_dgseg.core.registry import get_family
+from napari_dgseg.core.scale import SCALE_KEY, bundle_scale, normalize_scale
 
 #: Suffixes of files that are (or usually hold) pickles; never accepted inside a bundle.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".joblib")
@@ -141,8 +142,14 @@ class Bundle:
         provenance: Mapping[str, Any] | None = None,
         extras: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
         description: str = "",
+        scale: Mapping[str, Any] | None = None,
     ) -> Bundle:
-        """Bundle a trained ``model`` of ``family`` with its config and metadata (not saved yet)."""
+        """Bundle a trained ``model`` of ``family`` with its config and metadata (not saved yet).
+
+        ``scale`` is the training scale recorded under the manifest key ``"scale"``
+        (``pixel_size_um``, ``object_size_px``, ``train_range``; see
+        :mod:`napari_dgseg.core.scale`); without it the task's default applies.
+        """
         fam = get_family(family)
         cfg = config if not isinstance(config, Mapping) else fam.make_config(config)
         colors = list(class_colors or DEFAULT_COLORS[: len(class_names)])
@@ -162,6 +169,8 @@ class Bundle:
             "files": {},
             "provenance": dict(provenance or {}),
         }
+        if scale is not None:
+            manifest[SCALE_KEY] = normalize_scale(scale, f"bundle {name!r}")
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         tensors = {WEIGHTS: state}
         for fname, tdict in (extras or {}).items():
@@ -199,6 +208,13 @@ class Bundle:
     @property
     def input_spec(self) -> dict[str, Any]:
         return dict(self.manifest.get("input", DEFAULT_INPUT_SPEC))
+
+    @property
+    def scale(self) -> dict[str, Any]:
+        """Training scale: ``pixel_size_um``, ``object_size_px``, ``train_range`` (the manifest's
+        ``"scale"``, else the task's default, see :func:`napari_dgseg.core.scale.bundle_scale`)."""
+        rec = bundle_scale(self.manifest)
+        return {k: rec[k] for k in ("pixel_size_um", "object_size_px", "train_range")}
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -161,7 +161,7 @@ def _check_manifest_types(manifest: Mapping[str, Any], source: str) -> None:
     """Refuse manifest fields of the wrong type (they would fail later with a traceback)."""
     expected = {"name": str, "family": str, "config": dict, "files": dict,
                 "classes": list, "input": dict, "provenance": dict, "task": str,
-                "description": str}
+                "description": str, "scale": dict}
     for key, typ in expected.items():
         if key in manifest and not isinstance(manifest[key], typ):
             raise BundleError(f"{source}: {MANIFEST} field {key!r} is a "

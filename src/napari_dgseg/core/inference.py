@@ -13,6 +13,7 @@ from napari_dgseg.core.cancel import cancel_hooks, check_cancel
 from napari_dgseg.core.color.dcin import normalized_image, plan_dcin
 from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import InputError, NonFiniteOutputError
+from napari_dgseg.core.fov import apply_field_of_view
 from napari_dgseg.core.imageprep import ImageAdapter, image_channels
 from napari_dgseg.core.limits import check_memory
 from napari_dgseg.core.predict import (
@@ -23,6 +24,7 @@ from napari_dgseg.core.predict import (
     elapsed_since,
     run_tiled,
 )
+from napari_dgseg.core.scale_inference import back_to_image, fundus_mask, plan_scale
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_dgseg.core.bundle import Bundle
@@ -42,6 +44,12 @@ def predict_bundle(
     progress: ProgressFn | None = None,
     cancel: Any = None,
     memory_budget: int | None = None,
+    rescale: str = "auto",
+    scale: float | None = None,
+    mpp: float | None = None,
+    object_size: float | None = None,
+    pixel_size_um: Any = None,
+    fov: str = "auto",
 ) -> Prediction:
     """Segment ``image`` with ``bundle``.
 
@@ -74,6 +82,15 @@ def predict_bundle(
         Bytes inference may plan to use; default ``DGSEG_MEMORY_BUDGET`` or 80 % of the
         available memory (``0``: no check). A larger image is refused before anything is
         allocated (:func:`estimate_inference_bytes`), with one line saying what to do.
+    rescale, scale, mpp, object_size, pixel_size_um : optional
+        The model's scale (:mod:`napari_dgseg.core.scale`): ``rescale`` ``auto`` (the file's
+        pixel size ``pixel_size_um``, else an estimate from the image), ``metadata`` or ``off``;
+        the user's ``scale`` (resize factor), ``mpp`` (image pixel size, micrometres) or
+        ``object_size`` (typical object diameter in the image, pixels) override them. Tiles are
+        resampled to the model's scale and the outputs back (``provenance["scale"]``).
+    fov : str
+        ``auto``: vessel models mark nothing in a fundus photograph's dark surround and rim;
+        ``off``.
 
     Returns
     -------
@@ -85,11 +102,17 @@ def predict_bundle(
         image = np.asarray(image)
     h, w, _ = image_channels(image)
     family = bundle.family
-    needed = estimate_inference_bytes(h, w, len(bundle.class_names), len(family.discrete_outputs))
-    check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     adapter = ImageAdapter.from_array(image)
     if family.segment_image is not None:
         return _predict_whole_image(bundle, adapter, t0, progress, cancel, memory_budget)
+    decision, model_input = plan_scale(bundle.manifest, adapter, rescale=rescale, scale=scale,
+                                       mpp=mpp, object_size=object_size,
+                                       pixel_size_um=pixel_size_um)
+    gh, gw = model_input.height, model_input.width
+    needed = estimate_inference_bytes(gh, gw, len(bundle.class_names), len(family.discrete_outputs))
+    if (gh, gw) != (h, w):
+        needed += estimate_inference_bytes(h, w, len(bundle.class_names), 0)
+    check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     dev = select_device(device)
     check_cancel(cancel)
     with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
@@ -97,7 +120,7 @@ def predict_bundle(
     try:
         maps = run_tiled(
             bundle.model,
-            adapter,
+            model_input,
             input_spec=bundle.input_spec,
             tile=tile,
             overlap=overlap,
@@ -116,7 +139,13 @@ def predict_bundle(
         ) from None
     check_cancel(cancel)
     fields = family.postprocess(maps, bundle.config)
-    uncertainty = maps.get("uncertainty")
+    if "uncertainty" in maps:
+        fields = {**fields, "uncertainty": maps["uncertainty"]}
+    fields = back_to_image(fields, (gh, gw), (h, w), family.output == "semantic")
+    fov_mask, fov_info = fundus_mask(bundle.manifest, adapter, fov)
+    if fov_mask is not None:
+        fields = apply_field_of_view(fields, fov_mask)
+    uncertainty = fields.pop("uncertainty", None)
     provenance = {
         "model": bundle.name,
         "model_path": str(bundle.path) if bundle.path else None,
@@ -128,6 +157,8 @@ def predict_bundle(
         "batch": batch,
         "dcin": plan.provenance(),
         "image_shape": [adapter.height, adapter.width],
+        "scale": decision.as_dict() | {"model_grid_shape": [gh, gw]},
+        "fov": fov_info,
         "intensity_range": [adapter.low, adapter.high],
         "seconds": elapsed_since(t0),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,364 @@
+"""The pixel scale a model was trained at, and the factor that brings an image to it.
+
+Every bundle records its training scale in the manifest key ``"scale"``::
+
+    {"pixel_size_um": float | None, "object_size_px": float | None, "train_range": [lo, hi] | None}
+
+* ``pixel_size_um``: micrometres per pixel of the training images where the task has a physical
+  scale (H&E nuclei); None for fundus photographs (no physical pixel size).
+* ``object_size_px``: the median object diameter in the training images at training resolution,
+  measured from the labels by :func:`measure_object_size` (nuclei: equivalent diameter
+  ``sqrt(4 area / pi)`` of each instance; vessels: twice the median distance-transform value on
+  the vessel centreline, i.e. the calibre along the skeleton).
+* ``train_range``: the range of scale factors seen by scale augmentation, None without it.
+
+Bundles made before the key existed get :data:`TASK_DEFAULTS` for their task: the sizes the
+synthetic training renderers draw (measured by :func:`measure_object_size` on their labels; a test
+re-measures them), and 0.25 um/px for H&E nuclei (the renderer draws ~40x tissue, nucleus radius
+5-18 px).
+
+A *factor* is how much an image is resized before the network sees it (``new side = factor x
+side``): ``image pixel size / model pixel size`` when both are known, or
+``model object size / image object size``. :func:`resolve_scale` decides it from, in this order,
+the user's factor, the user's pixel size or object size, the file's pixel size, and the image
+itself (:mod:`napari_dgseg.core.scale_estimate`). Within :data:`DEFAULT_TOLERANCE` the image is
+not resampled (the models tolerate that much; a user's explicit factor is always applied).
+
+This module imports neither torch nor napari.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_dgseg.core.errors import InputError
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "FACTOR_LIMITS",
+    "RESCALE_MODES",
+    "SCALE_KEY",
+    "TASK_DEFAULTS",
+    "ScaleDecision",
+    "bundle_scale",
+    "measure_object_size",
+    "normalize_scale",
+    "resolve_scale",
+]
+
+#: Manifest key holding the training scale.
+SCALE_KEY = "scale"
+
+#: Factors inside this range are not applied unless the user asked for them: the shipped models
+#: tolerate that much (measured in docs/scale.md), and resampling costs time and sharpness.
+DEFAULT_TOLERANCE = (0.8, 1.25)
+
+#: Factors outside this range are refused (a wrong pixel size, not a real scale difference).
+FACTOR_LIMITS = (0.05, 8.0)
+
+#: ``auto``: the file's pixel size, else an estimate from the image; ``metadata``: the file's
+#: pixel size only; ``off``: never resample (the behaviour before scales existed).
+RESCALE_MODES = ("auto", "metadata", "off")
+
+#: Training scale of bundles without a ``"scale"`` key, by task. Object sizes are the synthetic
+#: renderers' (``measure_object_size`` over ``make_nuclei(256, "clean", seed)`` and
+#: ``make_vessels(256, "camera-a", seed)``, seeds 0-7, the size the shipped models were trained
+#: at; tests/test_scale.py re-measures them).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "nuclei": {"pixel_size_um": 0.25, "object_size_px": 17.1, "train_range": None},
+    "vessels": {"pixel_size_um": None, "object_size_px": 2.0, "train_range": None},
+}
+
+_EMPTY = {"pixel_size_um": None, "object_size_px": None, "train_range": None}
+
+
+def measure_object_size(labels: np.ndarray | Sequence[np.ndarray], kind: str) -> float:
+    """Median object diameter in pixels, by the definition bundles record.
+
+    Parameters
+    ----------
+    labels : np.ndarray or sequence of np.ndarray
+        ``(H, W)`` label images: instance ids (nuclei; a 0/1 mask is split into connected
+        components first) or a vessel mask (anything > 0). Several images pool their objects.
+    kind : {"nuclei", "vessels"}
+        ``nuclei``: median of ``sqrt(4 area / pi)`` over instances. ``vessels``: twice the median
+        Euclidean distance-transform value over the skeleton pixels of the vessel mask.
+
+    Returns
+    -------
+    float
+        The median diameter; NaN when there is no object.
+    """
+    arrays = [labels] if isinstance(labels, np.ndarray) else list(labels)
+    values: list[np.ndarray] = []
+    for lab in arrays:
+        lab = np.asarray(lab)
+        if lab.ndim != 2:
+            raise InputError(f"labels must be 2-D (H, W), got shape {lab.shape}")
+        if kind == "nuclei":
+            values.append(_equivalent_diameters(lab))
+        elif kind == "vessels":
+            values.append(_centreline_calibres(lab > 0))
+        else:
+            raise InputError(f"unknown object kind {kind!r}; use 'nuclei' or 'vessels'")
+    pooled = np.concatenate(values) if values else np.zeros(0)
+    return float(np.median(pooled)) if pooled.size else float("nan")
+
+
+def _equivalent_diameters(lab: np.ndarray) -> np.ndarray:
+    if lab.dtype == bool or (lab.size and int(lab.max()) <= 1):
+        lab, _ = ndi.label(lab > 0)
+    areas = np.bincount(lab.astype(np.int64, copy=False).ravel())[1:]
+    areas = areas[areas > 0]
+    return np.sqrt(4.0 * areas / np.pi)
+
+
+def _centreline_calibres(mask: np.ndarray) -> np.ndarray:
+    from skimage.morphology import skeletonize
+
+    if not mask.any():
+        return np.zeros(0)
+    skeleton = skeletonize(mask)
+    dist = ndi.distance_transform_edt(mask)
+    return 2.0 * dist[skeleton]
+
+
+def normalize_scale(value: Any, source: str = "scale") -> dict[str, Any]:
+    """Check a ``"scale"`` record and return it with all three keys.
+
+    Raises :class:`InputError` naming the bad field (sizes must be positive finite numbers,
+    ``train_range`` two increasing positive numbers).
+    """
+    if not isinstance(value, Mapping):
+        raise InputError(f"{source}: 'scale' must be an object with pixel_size_um, object_size_px "
+                         f"and train_range, got {type(value).__name__}")
+    out = dict(_EMPTY)
+    unknown = sorted(set(value) - set(_EMPTY))
+    if unknown:
+        raise InputError(f"{source}: unknown 'scale' fields {unknown}; the known ones are "
+                         f"{sorted(_EMPTY)}")
+    for key in ("pixel_size_um", "object_size_px"):
+        v = value.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise InputError(f"{source}: scale {key} must be a positive number or null, got {v!r}")
+        out[key] = float(v)
+    rng = value.get("train_range")
+    if rng is not None:
+        ok = (isinstance(rng, (list, tuple)) and len(rng) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and math.isfinite(v) and v > 0 for v in rng) and rng[0] <= rng[1])
+        if not ok:
+            raise InputError(f"{source}: scale train_range must be [lo, hi] with 0 < lo <= hi, "
+                             f"got {rng!r}")
+        out["train_range"] = [float(rng[0]), float(rng[1])]
+    return out
+
+
+def bundle_scale(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The training scale of a bundle: its ``"scale"`` record, else its task's default.
+
+    Returns a dict with ``pixel_size_um``, ``object_size_px``, ``train_range`` and ``source``
+    (``"manifest"``, ``"default:<task>"`` or ``"unknown"`` when the task has no default).
+    """
+    if manifest.get(SCALE_KEY) is not None:
+        rec = normalize_scale(manifest[SCALE_KEY], f"bundle {manifest.get('name', '')!r}")
+        return {**rec, "source": "manifest"}
+    task = str(manifest.get("task", ""))
+    if task in TASK_DEFAULTS:
+        return {**TASK_DEFAULTS[task], "source": f"default:{task}"}
+    return {**_EMPTY, "source": "unknown"}
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    """The factor inference uses and why.
+
+    Attributes
+    ----------
+    factor : float
+        Resize factor applied to the image (1.0 when not applied).
+    proposed : float
+        The factor found before the tolerance was checked.
+    source : str
+        ``user``, ``metadata``, ``estimated`` or ``none`` (nothing known, or rescaling off).
+    applied : bool
+        Whether the image is resampled.
+    reason : str
+        One line for people: where the factor came from and why it is (not) applied.
+    image_pixel_size_um, model_pixel_size_um : float or None
+    image_object_size_px, model_object_size_px : float or None
+        The sizes the factor came from (the image's object size is the estimate or the user's).
+    estimate : dict or None
+        What the estimator reported (:func:`napari_dgseg.core.scale_estimate.estimate_object_size`).
+    """
+
+    factor: float
+    proposed: float
+    source: str
+    applied: bool
+    reason: str
+    image_pixel_size_um: float | None = None
+    model_pixel_size_um: float | None = None
+    image_object_size_px: float | None = None
+    model_object_size_px: float | None = None
+    estimate: dict | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly record for provenance."""
+        out = {
+            "factor": round(self.factor, 4),
+            "proposed": round(self.proposed, 4),
+            "source": self.source,
+            "applied": self.applied,
+            "reason": self.reason,
+            "image_pixel_size_um": _round(self.image_pixel_size_um, 6),
+            "model_pixel_size_um": _round(self.model_pixel_size_um, 6),
+            "image_object_size_px": _round(self.image_object_size_px),
+            "model_object_size_px": _round(self.model_object_size_px),
+        }
+        if self.estimate is not None:
+            out["estimate"] = self.estimate
+        return out
+
+
+def _round(v: float | None, digits: int = 3) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def _mean_pixel(value: Any) -> float | None:
+    """One pixel size from a number or a ``(y, x)`` pair (their geometric mean)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        sizes = [float(value)]
+    else:
+        sizes = [float(v) for v in value][-2:]
+    if not sizes or not all(math.isfinite(s) and s > 0 for s in sizes):
+        return None
+    return float(math.exp(sum(math.log(s) for s in sizes) / len(sizes)))
+
+
+def _positive(value: float | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(f"{flag} must be a positive number, got {value!r}")
+    return v
+
+
+def resolve_scale(
+    model_scale: Mapping[str, Any],
+    *,
+    rescale: str = "auto",
+    scale: float | None = None,
+    mpp: float | None = None,
+    object_size: float | None = None,
+    pixel_size_um: Any = None,
+    estimate: Any = None,
+    tolerance: tuple[float, float] = DEFAULT_TOLERANCE,
+) -> ScaleDecision:
+    """Decide the resize factor for one image.
+
+    Parameters
+    ----------
+    model_scale : mapping
+        The bundle's training scale (:func:`bundle_scale`).
+    rescale : {"auto", "metadata", "off"}
+        See :data:`RESCALE_MODES`. The user's ``scale``/``mpp``/``object_size`` apply in every
+        mode but ``off`` refuses them (say one thing).
+    scale : float, optional
+        The user's factor (applied as given).
+    mpp : float, optional
+        The user's pixel size of the image (micrometres), overriding the file's.
+    object_size : float, optional
+        The user's typical object diameter in the image (pixels).
+    pixel_size_um : float or (y, x), optional
+        The file's pixel size (metadata).
+    estimate : callable, optional
+        ``estimate() -> dict`` with ``"object_size_px"`` (float or None): called only when the
+        image's scale must be estimated.
+    tolerance : (lo, hi)
+        Factors inside are not applied unless the user gave them.
+
+    Returns
+    -------
+    ScaleDecision
+    """
+    if rescale not in RESCALE_MODES:
+        raise InputError(f"unknown rescale mode {rescale!r}; use one of {list(RESCALE_MODES)}")
+    scale, mpp, object_size = (_positive(scale, "--scale"), _positive(mpp, "--mpp"),
+                               _positive(object_size, "--object-size"))
+    given = [n for n, v in (("--scale", scale), ("--mpp", mpp), ("--object-size", object_size))
+             if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give one of --scale, --mpp and --object-size, not {' and '.join(given)}")
+    if rescale == "off" and given:
+        raise InputError(f"{given[0]} asks for rescaling but rescaling is off; drop one of them")
+    model_px = model_scale.get("pixel_size_um")
+    model_obj = model_scale.get("object_size_px")
+    common = {"model_pixel_size_um": model_px, "model_object_size_px": model_obj}
+    if rescale == "off":
+        return ScaleDecision(1.0, 1.0, "none", False, "rescaling off", **common)
+    if scale is not None:
+        return _decide(scale, "user", f"factor {scale:g} given by the user", (1.0, 1.0), common)
+    if mpp is not None:
+        if model_px is None:
+            raise InputError("this model records no pixel size (its images have none, e.g. "
+                             "fundus photographs); give --object-size or --scale instead of --mpp")
+        return _decide(mpp / model_px, "user",
+                       f"image {mpp:g} um/px (user) / model {model_px:g} um/px", (1.0, 1.0),
+                       common | {"image_pixel_size_um": mpp})
+    if object_size is not None:
+        if model_obj is None:
+            raise InputError("this model records no object size; give --scale instead of "
+                             "--object-size")
+        return _decide(model_obj / object_size, "user",
+                       f"model objects {model_obj:g} px / image objects {object_size:g} px (user)",
+                       (1.0, 1.0), common | {"image_object_size_px": object_size})
+    file_px = _mean_pixel(pixel_size_um)
+    if file_px is not None and model_px is not None:
+        return _decide(file_px / model_px, "metadata",
+                       f"image {file_px:.4g} um/px (file) / model {model_px:g} um/px", tolerance,
+                       common | {"image_pixel_size_um": file_px})
+    if rescale == "metadata" or model_obj is None or estimate is None:
+        why = ("no pixel size in the file" if rescale == "metadata" else
+               "the model records no object size" if model_obj is None else "no estimator")
+        return ScaleDecision(1.0, 1.0, "none", False, f"not resampled: {why}", **common)
+    found = dict(estimate())
+    size = found.get("object_size_px")
+    if size is None or not math.isfinite(size) or size <= 0:
+        return ScaleDecision(1.0, 1.0, "none", False,
+                             "not resampled: the image's object size could not be estimated",
+                             estimate=found, **common)
+    return _decide(model_obj / size, "estimated",
+                   f"model objects {model_obj:g} px / estimated image objects {size:.3g} px",
+                   tolerance, common | {"image_object_size_px": float(size), "estimate": found})
+
+
+def _decide(factor: float, source: str, why: str, tolerance: tuple[float, float],
+            fields: dict[str, Any]) -> ScaleDecision:
+    lo, hi = FACTOR_LIMITS
+    if not lo <= factor <= hi:
+        if source == "estimated":
+            return ScaleDecision(1.0, factor, "none", False,
+                                 f"not resampled: estimated factor {factor:.3g} is outside "
+                                 f"[{lo:g}, {hi:g}] ({why})", **fields)
+        raise InputError(f"scale factor {factor:.3g} ({why}) is outside [{lo:g}, {hi:g}]; check "
+                         "the pixel size or object size, or give --scale")
+    inside = tolerance[0] <= factor <= tolerance[1] and source != "user"
+    if source == "user" and abs(factor - 1.0) < 1e-3:
+        inside = True
+    if inside:
+        return ScaleDecision(1.0, factor, source, False,
+                             f"not resampled: factor {factor:.3g} is within "
+                             f"[{tolerance[0]:g}, {tolerance[1]:g}] ({why})", **fields)
+    return ScaleDecision(factor, factor, source, True, f"resampled x{factor:.3g} ({why})", **fields)

@@ -1,0 +1,295 @@
+"""Estimate the typical object size of an image from its pixels (no metadata, no network).
+
+Three estimators, chosen per kind (``method="auto"``) by the measurement in docs/scale.md:
+
+* ``log-blobs`` (nuclei). Scale-space selection (Lindeberg, "Feature detection with automatic
+  scale selection", 1998): a blob of diameter ``d`` gives its largest scale-normalised Laplacian
+  response ``-sigma^2 LoG`` at ``sigma`` proportional to ``d``. The signal is the haematoxylin
+  optical density (colour deconvolution, Ruifrok & Johnston, "Quantification of histochemical
+  staining by color deconvolution", 2001); for each scale the 99.5th percentile of the response
+  is taken, and the scale where that curve peaks (interpolated between quarter octaves) is the raw
+  size. The strongest responses come from whole nuclei, not chromatin texture.
+* ``fov`` (vessels, fundus photographs). Vessel calibre scales with the eye's image, so the radius
+  of the field of view (the bright disc inside the dark surround) is the ruler. Used when the
+  image has a dark surround around a field of view.
+* ``hessian-ridges`` (vessels without a visible field of view). The inverted green channel is
+  filtered with Lindeberg's scale-normalised ridge strength ``sigma^2 (lambda_max - lambda_min)``
+  (where ``lambda_min < 0``); along the skeleton of the strongest ridges the median best scale is
+  the raw size. Blur and JPEG make vessels look wider to it (see docs/scale.md).
+
+A raw size times :data:`CALIBRATION` gives the object size in the definition of
+:func:`napari_dgseg.core.scale.measure_object_size`; the constants were fitted on synthetic images
+at the shipped models' training scale (``python benchmarks/scale.py --calibrate``, seeds
+1000-1007: nuclei ``clean`` 256 px, vessels ``camera-a`` 256 px), so the estimated factor is 1 on
+the training distribution.
+
+Large images are sampled: at most :data:`MAX_CROPS` crops of :data:`CROP` pixels, read one at a
+time from the (possibly lazy) image and chosen on a thumbnail for their content; the field of
+view is found on a thumbnail.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_dgseg.core.errors import InputError
+
+__all__ = [
+    "CALIBRATION",
+    "CROP",
+    "MAX_CROPS",
+    "METHODS",
+    "estimate_object_size",
+    "fov_radius",
+    "raw_object_size",
+]
+
+#: Side of the crops the estimate is computed on (pixels).
+CROP = 512
+#: Largest number of crops per image.
+MAX_CROPS = 4
+#: Raw size -> object size (measure_object_size's definition), per method.
+CALIBRATION = {"log-blobs": 4.029, "fov": 0.01653, "hessian-ridges": 1.0}
+#: Methods per kind; ``auto`` picks the first that applies.
+METHODS = {"nuclei": ("log-blobs",), "vessels": ("fov", "hessian-ridges")}
+
+#: Scales searched (Gaussian sigma, pixels): quarter-octave steps.
+_SIGMAS = {"log-blobs": 2.0 ** np.arange(0.0, 5.51, 0.25),
+           "hessian-ridges": 2.0 ** np.arange(-1.0, 4.51, 0.25)}
+#: Ridge pixels: responses above this percentile inside the field of view.
+_RIDGE_PERCENTILE = 90.0
+#: Blob curve: the percentile of the response taken at each scale.
+_BLOB_PERCENTILE = 99.5
+#: Inside the field of view: brightest channel above this (RGB in [0, 1]).
+_FOV_LEVEL = 0.1
+
+
+def estimate_object_size(image: Any, kind: str, method: str = "auto") -> dict[str, Any]:
+    """Estimate the typical object diameter of ``image`` in pixels.
+
+    Parameters
+    ----------
+    image : ImageAdapter or array-like
+        ``(H, W)`` or ``(H, W, C)`` image (numpy, dask or zarr), or an
+        :class:`~napari_dgseg.core.imageprep.ImageAdapter`.
+    kind : {"nuclei", "vessels"}
+    method : str
+        ``auto`` or one of :data:`METHODS` for the kind.
+
+    Returns
+    -------
+    dict
+        ``object_size_px`` (float, or None when nothing was found), ``method``, ``raw`` (the
+        uncalibrated size) and ``crops`` (regions read; 0 for ``fov``).
+    """
+    from napari_dgseg.core.imageprep import ImageAdapter
+
+    if kind not in METHODS:
+        raise InputError(f"no object size estimator for {kind!r}; use 'nuclei' or 'vessels'")
+    if method != "auto" and method not in METHODS[kind]:
+        raise InputError(f"unknown estimator {method!r} for {kind}; use 'auto' or one of "
+                         f"{list(METHODS[kind])}")
+    adapter = image if isinstance(image, ImageAdapter) else ImageAdapter.from_array(image)
+    raw, crops, used = None, 0, method
+    if kind == "vessels" and method in ("auto", "fov"):
+        raw, used = fov_radius(adapter), "fov"
+        if raw is None and method == "auto":
+            used = "hessian-ridges"
+    elif method == "auto":
+        used = METHODS[kind][0]
+    if used in ("log-blobs", "hessian-ridges"):
+        boxes = _crop_boxes(adapter, kind)
+        values = [raw_object_size(adapter.region(*box), used) for box in boxes]
+        values = [v for v in values if math.isfinite(v)]
+        crops = len(boxes)
+        raw = float(np.median(values)) if values else None
+    size = None if raw is None else CALIBRATION[used] * raw
+    return {
+        "object_size_px": None if size is None else round(size, 3),
+        "method": used,
+        "raw": None if raw is None else round(raw, 4),
+        "crops": crops,
+    }
+
+
+def raw_object_size(rgb: np.ndarray, method: str) -> float:
+    """Uncalibrated size of one float RGB ``(H, W, 3)`` image in [0, 1] (NaN if none found)."""
+    rgb = np.asarray(rgb, np.float32)
+    if method == "log-blobs":
+        return _blob_scale(_haematoxylin(rgb))
+    if method == "hessian-ridges":
+        signal, valid = _vessel_signal(rgb)
+        return _ridge_scale(signal, valid)
+    if method == "fov":
+        r = _fov_radius_of(rgb)
+        return float("nan") if r is None else r
+    raise InputError(f"unknown estimator {method!r}; use one of {sorted(CALIBRATION)}")
+
+
+def fov_radius(adapter: Any) -> float | None:
+    """Radius (pixels) of a fundus field of view, found on a thumbnail; None without one."""
+    h, w = adapter.height, adapter.width
+    step = max(1, int(math.ceil(max(h, w) / 512)))
+    thumb = adapter.to_rgb_float(np.asarray(adapter.image[::step, ::step]))
+    r = _fov_radius_of(thumb)
+    return None if r is None else r * step
+
+
+def _fov_radius_of(rgb: np.ndarray) -> float | None:
+    bright = rgb.max(axis=2) > _FOV_LEVEL
+    lab, n = ndi.label(bright)
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    fov = lab == int(np.argmax(sizes))
+    fraction = float(fov.mean())
+    dark_outside = float((~bright).mean())
+    if not 0.3 <= fraction <= 0.97 or dark_outside < 0.03:
+        return None  # no dark surround: not a fundus photograph's field of view
+    rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
+    # the larger extent: a field of view cut by the image's top and bottom keeps its width
+    extent = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+    return float(extent) / 2.0
+
+
+# ------------------------------------------------------------------------------ crops
+
+
+def _crop_boxes(adapter: Any, kind: str) -> list[tuple[int, int, int, int]]:
+    """Up to :data:`MAX_CROPS` ``CROP``-sided boxes with the most content (whole image if small)."""
+    h, w = adapter.height, adapter.width
+    if h <= CROP * 1.5 and w <= CROP * 1.5:
+        return [(0, h, 0, w)]
+    ch, cw = min(CROP, h), min(CROP, w)
+    step = max(1, int(math.ceil(max(h, w) / 256)))
+    thumb = adapter.to_rgb_float(np.asarray(adapter.image[::step, ::step])).mean(axis=2)
+    ny, nx = max(1, int(round(h / ch))), max(1, int(round(w / cw)))
+    boxes = []
+    for i in range(ny):
+        for j in range(nx):
+            y0 = int(round(i * (h - ch) / max(ny - 1, 1)))
+            x0 = int(round(j * (w - cw) / max(nx - 1, 1)))
+            t = thumb[y0 // step : (y0 + ch) // step + 1, x0 // step : (x0 + cw) // step + 1]
+            if kind == "nuclei":  # dark, varied tissue (not glass)
+                score = float(t.std() + (1.0 - t.mean()))
+            else:  # inside the field of view: bright enough, varied
+                score = float(t.std()) if float((t > 0.1).mean()) > 0.6 else -1.0
+            boxes.append((score, (y0, y0 + ch, x0, x0 + cw)))
+    boxes.sort(key=lambda b: -b[0])
+    return [b for _, b in boxes[:MAX_CROPS]]
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+def _haematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """Haematoxylin optical density (grey images: plain optical density)."""
+    from skimage.color import rgb2hed
+
+    if np.allclose(rgb[..., 0], rgb[..., 1]) and np.allclose(rgb[..., 1], rgb[..., 2]):
+        return -np.log(np.clip(rgb[..., 0], 1.0 / 255.0, 1.0))
+    return rgb2hed(np.clip(rgb, 0.0, 1.0))[..., 0].astype(np.float32)
+
+
+def _vessel_signal(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted green channel with the dark surround filled, and the (eroded) field of view."""
+    fov = rgb.max(axis=2) > _FOV_LEVEL
+    g = 1.0 - rgb[..., 1].astype(np.float32)
+    if fov.all() or not fov.any():
+        return g, np.ones(g.shape, bool)
+    idx = ndi.distance_transform_edt(~fov, return_distances=False, return_indices=True)
+    filled = g[idx[0], idx[1]]
+    return filled, ndi.binary_erosion(fov, iterations=3)
+
+
+def _pyramid_filter(signal: np.ndarray, sigma: float, kind: str) -> np.ndarray:
+    """Scale-normalised response at ``sigma``, computed on a block-averaged copy for large
+    sigmas and brought back to full size."""
+    d = 1
+    while sigma / (2 * d) >= 2.0:
+        d *= 2
+    if d > 1:
+        h, w = signal.shape
+        hh, ww = (h // d) * d, (w // d) * d
+        small = signal[:hh, :ww].reshape(hh // d, d, ww // d, d).mean(axis=(1, 3))
+        s = math.sqrt(max(sigma**2 - (d * d - 1) / 12.0, 0.25)) / d
+    else:
+        small, s = signal, sigma
+    if kind == "blob":
+        resp = -(sigma**2) * ndi.gaussian_laplace(small, s) / (d * d)
+    else:
+        hrr = ndi.gaussian_filter(small, s, order=(2, 0))
+        hcc = ndi.gaussian_filter(small, s, order=(0, 2))
+        hrc = ndi.gaussian_filter(small, s, order=(1, 1))
+        # Lindeberg's ridge strength: eigenvalue difference (zero for isotropic noise blobs),
+        # counted only where the cross-section is a bright ridge (lambda_min < 0)
+        half = np.sqrt(0.25 * (hrr - hcc) ** 2 + hrc**2)
+        lam_min = 0.5 * (hrr + hcc) - half
+        resp = (sigma**2) * np.where(lam_min < 0, 2.0 * half, 0.0) / (d * d)
+    if d > 1:
+        resp = ndi.zoom(resp, d, order=1, grid_mode=True, mode="nearest")
+        out = np.zeros(signal.shape, np.float32)
+        out[: resp.shape[0], : resp.shape[1]] = resp[: signal.shape[0], : signal.shape[1]]
+        return out
+    return resp.astype(np.float32)
+
+
+def _normalise(signal: np.ndarray) -> np.ndarray | None:
+    signal = signal.astype(np.float32)
+    spread = float(np.percentile(signal, 99) - np.percentile(signal, 1))
+    if spread <= 1e-6:
+        return None
+    return (signal - float(np.median(signal))) / spread
+
+
+def _blob_scale(signal: np.ndarray) -> float:
+    """Scale where the ``_BLOB_PERCENTILE`` of ``-sigma^2 LoG`` peaks (log-interpolated)."""
+    norm = _normalise(signal)
+    if norm is None:
+        return float("nan")
+    sigmas = _SIGMAS["log-blobs"]
+    curve = np.array([np.percentile(_pyramid_filter(norm, float(s), "blob"), _BLOB_PERCENTILE)
+                      for s in sigmas])
+    return _peak(sigmas, curve)
+
+
+def _peak(sigmas: np.ndarray, curve: np.ndarray) -> float:
+    i = int(np.argmax(curve))
+    if i == 0 or i == len(curve) - 1:
+        return float("nan")  # no maximum inside the range searched
+    a, b, c = curve[i - 1], curve[i], curve[i + 1]
+    den = a - 2.0 * b + c
+    offset = 0.5 * (a - c) / den if den != 0 else 0.0
+    step = math.log2(sigmas[1] / sigmas[0])
+    return float(2.0 ** (math.log2(sigmas[i]) + step * offset))
+
+
+def _ridge_scale(signal: np.ndarray, valid: np.ndarray) -> float:
+    """Median best scale along the skeleton of the strongest ridges."""
+    from skimage.morphology import skeletonize
+
+    norm = _normalise(signal)
+    if norm is None:
+        return float("nan")
+    sigmas = _SIGMAS["hessian-ridges"]
+    best = np.full(norm.shape, -np.inf, np.float32)
+    arg = np.zeros(norm.shape, np.int16)
+    for i, sigma in enumerate(sigmas):
+        resp = _pyramid_filter(norm, float(sigma), "ridge")
+        better = resp > best
+        best[better] = resp[better]
+        arg[better] = i
+    inside = best[valid]
+    inside = inside[inside > 0]
+    if inside.size < 10:
+        return float("nan")
+    ridges = (best > np.percentile(inside, _RIDGE_PERCENTILE)) & valid
+    skeleton = skeletonize(ridges) & (arg < len(sigmas) - 1)
+    if skeleton.sum() < 5:
+        return float("nan")
+    return float(np.median(sigmas[arg[skeleton]]))

@@ -162,6 +162,6 @@ def test_write_dataset_and_cli(tmp_path, capsys):
     assert a == b
     capsys.readouterr()
     assert main(["synth", "--list-domains"]) == 0
-    assert json.loads(capsys.readouterr().out) == list_domains()
+    assert json.loads(capsys.readouterr().out) == list_domains(include_heldout=True)
     assert main(["synth", "nuclei", "--domain", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "valid domains" in capsys.readouterr().err

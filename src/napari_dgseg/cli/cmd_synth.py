@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("kind", nargs="?", choices=["nuclei", "vessels"])
     p.add_argument("--domain", help="domain name (see --list-domains); default: the first")
+    p.add_argument("--renderer", choices=["training", "heldout"],
+                   help="training renderer, or the independent held-out one (evaluation-only "
+                   "styles ho-*/hv-*); default: inferred from --domain")  # fmt: skip
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     p.add_argument("--seed", type=int, default=0)
@@ -30,15 +33,21 @@ def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.data.synthetic import list_domains, write_dataset
 
     if args.list_domains:
-        print_json(list_domains())
+        print_json(list_domains(include_heldout=True))
         return 0
     if not args.kind or not args.out:
         raise InputError("give KIND (nuclei or vessels) and --out DIR, or --list-domains")
-    domain = args.domain or list_domains()[args.kind][0]
+    if args.domain:
+        domain = args.domain
+    elif args.renderer == "heldout":
+        domain = list_domains(include_heldout=True)["evaluation_only"][args.kind][0]
+    else:
+        domain = list_domains()[args.kind][0]
     out = output_folder(args.out)
     print_json(
         write_dataset(
-            args.kind, domain, args.n, args.size, args.seed, out, overwrite=args.overwrite
+            args.kind, domain, args.n, args.size, args.seed, out, overwrite=args.overwrite,
+            renderer=args.renderer,
         )
     )
     return 0

@@ -4,7 +4,9 @@ Every claim the project makes about generalisation ("trained on one scanner, wor
 needs labelled data from several domains; none can be downloaded here, so the generator makes it.
 This module is the public facade; the renderers live in :mod:`.synthetic_nuclei` (Beer-Lambert
 H&E tiles with instance labels) and :mod:`.synthetic_vessels` (fundus photographs with vessel
-labels and a field-of-view mask).
+labels and a field-of-view mask). A second, independently written *held-out* renderer
+(:mod:`.heldout_nuclei`, :mod:`.heldout_vessels`; ``renderer="heldout"``) makes evaluation-only
+styles (``ho-*``, ``hv-*``) that no model or parameter is trained or tuned on.
 
 For a given seed the *geometry* (tissue, nuclei, vessel trees) is the same in every domain and
 only the appearance changes, so domain statistics compare like with like. Everything is
@@ -21,6 +23,16 @@ import numpy as np
 
 from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.data._synth_common import as_shape, check_seed, derive_seed
+from napari_dgseg.core.data.heldout_nuclei import (
+    HELDOUT_NUCLEI_STYLES,
+    get_heldout_nuclei_style,
+    make_heldout_nuclei,
+)
+from napari_dgseg.core.data.heldout_vessels import (
+    HELDOUT_VESSEL_STYLES,
+    get_heldout_vessel_style,
+    make_heldout_vessels,
+)
 from napari_dgseg.core.data.sample import Sample
 from napari_dgseg.core.data.synthetic_nuclei import (
     DEFAULT_NUCLEI_DOMAIN,
@@ -56,18 +68,44 @@ __all__ = [
 ]
 
 KINDS = ("nuclei", "vessels")
+RENDERERS = ("training", "heldout")
 Size = int | tuple[int, int]
 
 
-def list_domains() -> dict[str, list[str]]:
+def list_domains(*, include_heldout: bool = False) -> dict:
     """Names of the domains per kind; the first of each is the default training domain.
+
+    Parameters
+    ----------
+    include_heldout : bool
+        Also list the held-out renderer's styles under ``"evaluation_only"``.
 
     Returns
     -------
     dict
-        ``{"nuclei": [...], "vessels": [...]}``.
+        ``{"nuclei": [...], "vessels": [...]}``, plus with ``include_heldout``
+        ``"evaluation_only": {"renderer": "heldout", "nuclei": [...], "vessels": [...], "note"}``.
     """
-    return {"nuclei": list(NUCLEI_DOMAINS), "vessels": list(VESSEL_DOMAINS)}
+    out: dict = {"nuclei": list(NUCLEI_DOMAINS), "vessels": list(VESSEL_DOMAINS)}
+    if include_heldout:
+        out["evaluation_only"] = {
+            "renderer": "heldout",
+            "nuclei": list(HELDOUT_NUCLEI_STYLES),
+            "vessels": list(HELDOUT_VESSEL_STYLES),
+            "note": "independent renderer for evaluation only: never train or tune on these "
+            "(dgseg synth KIND --renderer heldout --domain NAME ...)",
+        }
+    return out
+
+
+def resolve_renderer(kind: str, domain: str | None, renderer: str | None) -> str:
+    """``renderer`` checked, or inferred from the domain name when None (``ho-*``/``hv-*``)."""
+    if renderer is None:
+        heldout = HELDOUT_NUCLEI_STYLES if kind == "nuclei" else HELDOUT_VESSEL_STYLES
+        return "heldout" if domain in heldout else "training"
+    if renderer not in RENDERERS:
+        raise InputError(f"unknown renderer {renderer!r}; valid renderers: {list(RENDERERS)}")
+    return renderer
 
 
 def _check_kind(kind: str) -> str:
@@ -78,7 +116,14 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def make_sample(kind: str, size: Size = 256, domain: str | None = None, seed: int = 0) -> Sample:
+def make_sample(
+    kind: str,
+    size: Size = 256,
+    domain: str | None = None,
+    seed: int = 0,
+    *,
+    renderer: str | None = None,
+) -> Sample:
     """One synthetic :class:`Sample` of ``kind``.
 
     Parameters
@@ -91,6 +136,8 @@ def make_sample(kind: str, size: Size = 256, domain: str | None = None, seed: in
         Domain name; None takes the kind's default (``clean`` / ``camera-a``).
     seed : int
         Non-negative seed.
+    renderer : str or None
+        ``"training"`` or ``"heldout"`` (evaluation-only styles); None infers it from ``domain``.
 
     Returns
     -------
@@ -99,15 +146,21 @@ def make_sample(kind: str, size: Size = 256, domain: str | None = None, seed: in
         for vessels); ``mask`` the field of view for vessels (None for nuclei); ``domain`` set.
     """
     _check_kind(kind)
-    meta = {"synthetic": True, "kind": kind, "seed": seed, "size": list(as_shape(size))}
+    renderer = resolve_renderer(kind, domain, renderer)
+    meta = {"synthetic": True, "kind": kind, "seed": seed, "size": list(as_shape(size)),
+            "renderer": renderer}  # fmt: skip
+    heldout = renderer == "heldout"
     if kind == "nuclei":
-        domain = DEFAULT_NUCLEI_DOMAIN if domain is None else domain
-        image, labels = make_nuclei(size, domain, seed)
+        if domain is None:
+            domain = next(iter(HELDOUT_NUCLEI_STYLES)) if heldout else DEFAULT_NUCLEI_DOMAIN
+        make = make_heldout_nuclei if heldout else make_nuclei
+        image, labels = make(size, domain, seed)
         return Sample(
             image=image, labels=labels, name=f"nuclei_{domain}_{seed}", domain=domain, meta=meta
         )
-    domain = DEFAULT_VESSEL_DOMAIN if domain is None else domain
-    image, labels, fov = make_vessels(size, domain, seed)
+    if domain is None:
+        domain = next(iter(HELDOUT_VESSEL_STYLES)) if heldout else DEFAULT_VESSEL_DOMAIN
+    image, labels, fov = (make_heldout_vessels if heldout else make_vessels)(size, domain, seed)
     return Sample(
         image=image,
         labels=labels.astype(np.int32),
@@ -132,6 +185,7 @@ def write_dataset(
     out: str | Path,
     *,
     overwrite: bool = True,
+    renderer: str | None = None,
 ) -> dict:
     """Write ``n`` images of one domain as ``out/images/*.png`` + ``out/labels/*.tif``.
 
@@ -154,6 +208,9 @@ def write_dataset(
         Replace existing files (the API default, kept for scripts that regenerate a dataset).
         ``dgseg synth`` passes False unless ``--overwrite``: then, when any of the files exists,
         nothing is written and :class:`~napari_dgseg.core.errors.OutputExistsError` names it.
+    renderer : str or None
+        ``"training"`` or ``"heldout"``; None infers it from ``domain``. Held-out datasets say
+        ``"evaluation_only": true`` in their summary.
 
     Returns
     -------
@@ -167,7 +224,12 @@ def write_dataset(
     from PIL import Image
 
     _check_kind(kind)
-    params = get_nuclei_domain(domain) if kind == "nuclei" else get_vessel_domain(domain)
+    renderer = resolve_renderer(kind, domain, renderer)
+    if renderer == "heldout":
+        get = get_heldout_nuclei_style if kind == "nuclei" else get_heldout_vessel_style
+    else:
+        get = get_nuclei_domain if kind == "nuclei" else get_vessel_domain
+    params = get(domain)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"--n must be a whole number >= 1 (got {n!r})")
     as_shape(size)
@@ -189,7 +251,7 @@ def write_dataset(
         ) from None
     files = []
     for i in range(n):
-        sample = make_sample(kind, size, domain, item_seed(seed, i))
+        sample = make_sample(kind, size, domain, item_seed(seed, i), renderer=renderer)
         stem = f"{kind}_{domain}_{i:04d}"
         atomic_write(
             out / "images" / f"{stem}.png",
@@ -215,6 +277,8 @@ def write_dataset(
         "seed": seed,
         "out": str(out),
         "domain_params": asdict(params),
+        "renderer": renderer,
+        "evaluation_only": renderer == "heldout",
         "files": files,
     }
     atomic_write(out / "synth.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2)))

@@ -1,0 +1,51 @@
+"""Smoke test of ``benchmarks/generalization.py --quick`` (one task, one model, tiny tiles)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from test_records import result_tables_without_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "generalization_bench", ROOT / "benchmarks" / "generalization.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_json_and_a_valid_doc_block(tmp_path, capsys):
+    bench = _load_benchmark()
+    doc, out = tmp_path / "g.md", tmp_path / "g.json"
+    doc.write_text("# Generalisation\n\nProse that must survive.\n", encoding="utf-8")
+    argv = ["--quick", "--task", "vessels", "--models", "vessels-ram-sgcg", "--label", "smoke",
+            "--doc", str(doc), "--out", str(out)]  # fmt: skip
+    result = bench.main(argv)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["label"] == "smoke" and printed["quick"] is True
+    task = result["tasks"]["vessels"]
+    assert task["methods"] == ["vessels-ram-sgcg", "classical"]
+    renderers = {c["renderer"] for c in task["columns"].values()}
+    assert renderers == {"training", "heldout", "real"}
+    for method in task["methods"]:
+        for cell in task["cells"][method].values():
+            assert set(cell) == {"dice", "cldice"}
+            assert all(0.0 <= v["mean"] <= 1.0 for v in cell.values())
+    # the classical row is the weak reference on the real fundus: 1 by construction
+    assert task["cells"]["classical"]["real:retina-half"]["dice"]["mean"] == 1.0
+    assert "camera-a" in task["trained_on"]["vessels-ram-sgcg"]
+    # the doc keeps its prose, gets one block with Reproduce lines; a rerun replaces the block
+    text = doc.read_text(encoding="utf-8")
+    assert "Prose that must survive." in text and text.count("generalization:smoke:begin") == 1
+    assert result_tables_without_command(text, ROOT) == []
+    assert "| `classical` |" in text and "| ref |" in text
+    bench.write_doc(doc, result)
+    assert doc.read_text(encoding="utf-8").count("generalization:smoke:begin") == 1
+    record = json.loads(out.read_text(encoding="utf-8"))
+    assert list(record["runs"]) == ["smoke"]

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default none)")
     p.add_argument("--scale-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="object-size augmentation: magnify crops by a factor in [LOW, HIGH]")
+    p.add_argument("--pixel-size", type=float, metavar="UM",
+                   help="pixel size of the training images in micrometres (recorded in the "
+                        "bundle; inference resamples images to it)")
     p.add_argument("--config", default=None,
                    help='architecture overrides as JSON, e.g. \'{"widths": [16, 32, 64, 128]}\'')
     p.add_argument("--task", choices=["nuclei", "vessels", "binary", "semantic"],
@@ -102,6 +105,7 @@ def _train(args: argparse.Namespace, train: Any, out: Path, config: dict, comman
         features=args.features,
         augment=args.augment,
         scale_range=tuple(args.scale_range) if args.scale_range else None,
+        pixel_size_um=args.pixel_size,
         task=args.task,
         device=args.device,
         progress=bar,

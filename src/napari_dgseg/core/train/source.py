@@ -77,6 +77,7 @@ def train(
     features: str = "rgb",
     augment: str = "none",
     scale_range: tuple[float, float] | None = None,
+    pixel_size_um: float | None = None,
     task: str | None = None,
     class_names: Sequence[str] | None = None,
     name: str | None = None,
@@ -112,6 +113,9 @@ def train(
         ``none``, ``camera`` or ``stain`` (:class:`~napari_dgseg.core.train.data.CropSampler`).
     scale_range : (float, float), optional
         Object-size augmentation range (magnification factors; e.g. ``(0.7, 1.4)``).
+    pixel_size_um : float, optional
+        Pixel size of the training images in micrometres; recorded with the median object size
+        measured on the training labels (the bundle's ``scale``, which inference resamples to).
     progress : callable
         ``progress(iteration, iters, logs)`` after every iteration.
     cancel : threading.Event or callable
@@ -214,6 +218,7 @@ def train(
         model.cpu(), family, cfg, name=name or (Path(out).stem if out else f"{task}-{family}"),
         class_names=names, task=task, input_spec=spec, provenance=provenance,
         description=fam.description + (CQG_DESCRIPTION if cqg else ""),
+        scale=training_scale(domains, task, pixel_size_um, scale_range),
     )
     bundle.set_extra("replay", make_replay_set(domains, size=min(192, max(size, 128)), seed=seed))
     from napari_dgseg.core.color.bank import add_bank_to_bundle
@@ -226,8 +231,30 @@ def train(
     return bundle
 
 
+def training_scale(
+    domains: Sequence[tuple[str, list[Sample]]], task: str, pixel_size_um: float | None,
+    scale_range: tuple[float, float] | None,
+) -> dict[str, Any] | None:
+    """The ``scale`` record of a trained bundle: pixel size, median object size, augmentation.
+
+    Object sizes are measured on the training labels (:func:`~napari_dgseg.core.scale.
+    measure_object_size`); tasks without a notion of object size record nothing (their
+    default applies).
+    """
+    from napari_dgseg.core.scale import measure_object_size
+
+    if task not in ("nuclei", "vessels"):
+        return None
+    labels = [s.labels for _, samples in domains for s in samples]
+    size = measure_object_size(labels, task)
+    if not np.isfinite(size):
+        return None
+    return {"pixel_size_um": pixel_size_um, "object_size_px": round(float(size), 2),
+            "train_range": list(scale_range) if scale_range else None}
+
+
 #: Crops kept in every bundle for label-free adaptation (MaNi needs labelled source batches).
-REPLAY_CROPS = 24
+REPLAY_CROPS = 32
 
 
 def make_replay_set(

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Retrain every shipped model with the generalization recipe (docs/generalization.md).
+# Usage: bash scripts/train_shipped.sh [nuclei|vessels|all] [DATA_DIR]   (CPU: about 1 h in all)
+# The recipe was chosen by benchmarks/recipe_selection.py on the training renderer only.
+set -euo pipefail
+what="${1:-all}"
+data="${2:-out/ship-data}"
+dgseg="${DGSEG:-dgseg}"
+out="src/napari_dgseg/bundles"
+threads="${THREADS:-1}"
+export OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads"
+
+make_data() {
+  local i=0
+  for d in clean pale-scanner dark-stain blurry-jpeg warm-scanner; do
+    i=$((i + 1))
+    [ -d "$data/nuclei/$d" ] || "$dgseg" synth nuclei --domain "$d" --n 32 --size 256 --seed $((1000 * i)) --out "$data/nuclei/$d" >/dev/null
+  done
+  i=0
+  for d in camera-a camera-b camera-c handheld; do
+    i=$((i + 1))
+    [ -d "$data/vessels/$d" ] || "$dgseg" synth vessels --domain "$d" --n 12 --size 384 --seed $((1000 * i)) --out "$data/vessels/$d" >/dev/null
+  done
+  [ -d "$data/val-nuclei" ] || "$dgseg" synth nuclei --domain clean --n 8 --seed 777 --out "$data/val-nuclei" >/dev/null
+  [ -d "$data/val-vessels" ] || "$dgseg" synth vessels --domain camera-a --n 4 --size 384 --seed 777 --out "$data/val-vessels" >/dev/null
+}
+
+vessels() {
+  "$dgseg" train ram-sgcg --source "$data"/vessels/* --val "$data/val-vessels" \
+    --out "$out/vessels-ram-sgcg.dgseg" --overwrite --quiet --iters 700 --size 128 --batch 4 --seed 0 \
+    --augment camera --scale-range 0.7 1.4 --config '{"widths": [8, 16, 32, 64]}' &
+  "$dgseg" train sqvae --source "$data"/vessels/* --val "$data/val-vessels" \
+    --out "$out/vessels-sqvae.dgseg" --overwrite --quiet --iters 500 --size 128 --batch 4 --lr 2e-3 --seed 0 \
+    --augment camera --scale-range 0.7 1.4 \
+    --config '{"widths": [16, 32, 64, 128], "latent_channels": 16, "codebook_size": 64}' &
+  wait
+}
+
+make_data
+case "$what" in
+  vessels) vessels ;;
+  nuclei) nuclei ;;
+  all) vessels; nuclei ;;
+  *) echo "usage: bash scripts/train_shipped.sh [nuclei|vessels|all] [DATA_DIR]" >&2; exit 2 ;;
+esac

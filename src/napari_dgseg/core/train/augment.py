@@ -31,10 +31,8 @@ P_BLUR, P_NOISE, P_JPEG = 0.3, 0.3, 0.25
 
 _STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
 _STAINS = _STAINS / np.linalg.norm(_STAINS, axis=1, keepdims=True)
-
-
-def _od(rgb8: np.ndarray) -> np.ndarray:
-    return -np.log10((rgb8.astype(np.float32) + 1.0) / 256.0)
+_INV_STAINS = np.linalg.inv(_STAINS).astype(np.float32)
+_OD_LUT = (-np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
 
 
 def _from_od(od: np.ndarray) -> np.ndarray:
@@ -43,15 +41,16 @@ def _from_od(od: np.ndarray) -> np.ndarray:
 
 def stain_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Scale and shift each stain's concentration and perturb the stain vectors (see module)."""
-    od = _od(rgb8).reshape(-1, 3).astype(np.float64)
-    conc = od @ np.linalg.inv(_STAINS)
+    od = _OD_LUT[rgb8].reshape(-1, 3)
+    conc = od @ _INV_STAINS
     scale = np.exp(rng.uniform(np.log(STAIN_SCALE[0]), np.log(STAIN_SCALE[1]), size=3))
     bias = rng.uniform(-STAIN_BIAS, STAIN_BIAS, size=3)
-    conc = conc * scale + bias * (conc.sum(axis=1, keepdims=True) > 0.05)
+    conc = conc * scale.astype(np.float32) + (bias.astype(np.float32)
+                                              * (conc.sum(axis=1, keepdims=True) > 0.05))
     stains = np.abs(_STAINS + rng.normal(0.0, STAIN_HUE, size=_STAINS.shape))
     stains /= np.linalg.norm(stains, axis=1, keepdims=True)
-    out = np.clip(conc, 0.0, None) @ stains
-    return _from_od(out.reshape(rgb8.shape).astype(np.float32))
+    out = np.clip(conc, 0.0, None) @ stains.astype(np.float32)
+    return _from_od(out.reshape(rgb8.shape))
 
 
 def camera_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -85,20 +84,20 @@ def jpeg_round_trip(rgb8: np.ndarray, quality: int) -> np.ndarray:
 def rescale_crop(
     image: np.ndarray, labels: np.ndarray, size: int, factor: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a square crop ``(c, c)`` to ``(size, size)``: image linearly, labels nearest.
+    """Resize a square crop ``(c, c)`` to ``(size, size)``: image bilinearly, labels nearest.
 
-    ``factor = size / c`` is how much larger objects appear afterwards.
+    ``factor = size / c`` is how much larger objects appear afterwards. Pixel centres are
+    aligned (``align_corners=False`` / nearest source pixel of each output centre).
     """
+    import torch
+    import torch.nn.functional as F
+
     c = image.shape[0]
     if c == size:
         return image, labels
-    zoom = size / c
-    img = ndi.zoom(image.astype(np.float32), (zoom, zoom, 1), order=1, grid_mode=True,
-                   mode="nearest")
-    lab = ndi.zoom(labels, (zoom, zoom), order=0, grid_mode=True, mode="nearest")
-    ph, pw = max(0, size - img.shape[0]), max(0, size - img.shape[1])
-    if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
-        lab = np.pad(lab, ((0, ph), (0, pw)), mode="edge")
-    img, lab = img[:size, :size], lab[:size, :size]
-    return np.clip(img, 0, 255).round().astype(np.uint8), lab
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    img = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                        antialias=c > size)
+    img = img[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    src = np.minimum(((np.arange(size) + 0.5) * (c / size)).astype(np.int64), c - 1)
+    return np.ascontiguousarray(img), labels[np.ix_(src, src)]

@@ -36,6 +36,21 @@ vessels() {
   wait
 }
 
+nuclei() {
+  local common=(--val "$data/val-nuclei" --overwrite --quiet --batch 4 --seed 0
+                --features "${FEATURES:-rgb+stain}" --augment stain --scale-range 0.7 1.4 --pixel-size 0.25)
+  "$dgseg" train hovernet --source "$data"/nuclei/* --out "$out/nuclei-hovernet.dgseg" "${common[@]}" \
+    --iters 900 --size 160 --lr 1e-3 --config '{"widths": [16, 32, 64, 128]}' &
+  "$dgseg" train unet --source "$data"/nuclei/* --out "$out/nuclei-unet.dgseg" "${common[@]}" \
+    --iters 900 --size 192 --lr 2e-3 --config '{"widths": [16, 32, 64, 128]}' &
+  "$dgseg" train unet --cqg --source "$data"/nuclei/* --out "$out/nuclei-unet-cqg.dgseg" "${common[@]}" \
+    --iters 600 --size 192 --lr 2e-3 --config '{"widths": [16, 32, 64, 128]}' &
+  "$dgseg" train sqvae --source "$data"/nuclei/* --out "$out/nuclei-sqvae.dgseg" "${common[@]}" \
+    --iters 500 --size 160 --lr 2e-3 \
+    --config '{"widths": [16, 32, 64, 128], "latent_channels": 16, "codebook_size": 64}' &
+  wait
+}
+
 make_data
 case "$what" in
   vessels) vessels ;;

@@ -21,7 +21,11 @@ from napari_dgseg.core.data.heldout_nuclei import (
     confounder_masks,
     make_heldout_nuclei,
 )
-from napari_dgseg.core.data.heldout_vessels import HELDOUT_VESSEL_STYLES, make_heldout_vessels
+from napari_dgseg.core.data.heldout_vessels import (
+    HELDOUT_VESSEL_STYLES,
+    lesion_masks,
+    make_heldout_vessels,
+)
 from napari_dgseg.core.data.synthetic import list_domains, make_sample
 from napari_dgseg.core.errors import InputError
 
@@ -104,6 +108,19 @@ def test_vessel_lesions_and_looks_are_not_labels():
     assert np.array_equal(fa, fb) and np.array_equal(a, b)
     img_a = make_heldout_vessels(192, "hv-dim-vignette", 4)[0]
     assert np.abs(img_a.astype(int) - img_b.astype(int)).mean() > 5
+
+
+def test_lesion_masks_match_the_image():
+    """hv-lesions has haemorrhages and exudates where the image is darker / brighter."""
+    img, lab, fov = make_heldout_vessels(256, "hv-lesions", 0)
+    masks = lesion_masks(256, "hv-lesions", 0)
+    grey = img.astype(float).mean(-1)
+    background = fov & (lab == 0)
+    haem = masks["haemorrhage"] & background
+    exud = masks["exudate"] & background
+    assert haem.sum() > 20 and exud.sum() > 5
+    assert grey[haem].mean() < grey[background].mean() < grey[exud].mean()
+    assert not any(m[~fov].any() for m in masks.values())
 
 
 def test_vessels_render_at_other_sizes_with_the_same_eye():

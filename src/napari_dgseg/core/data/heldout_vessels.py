@@ -472,6 +472,29 @@ def make_heldout_vessels(
     InputError
         For an unknown style, a bad size or a negative seed.
     """
+    image, labels, fov, _ = _render(size, style, seed)
+    return image, labels, fov
+
+
+def lesion_masks(
+    size: int | tuple[int, int] = DEFAULT_SIZE,
+    style: str = DEFAULT_HELDOUT_VESSEL_STYLE,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Where the lesions of a photograph are (same image as :func:`make_heldout_vessels`).
+
+    Returns
+    -------
+    dict
+        ``{"haemorrhage", "exudate", "drusen", "cotton_wool"}`` -> ``(H, W)`` bool masks inside
+        the field of view (a lesion may lie under a vessel; its vessel pixels stay vessel).
+    """
+    return _render(size, style, seed)[3]
+
+
+def _render(
+    size: int | tuple[int, int], style: str, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     sty = get_heldout_vessel_style(style)
     shape = as_shape(size)
     seed = check_seed(seed)
@@ -569,16 +592,6 @@ def make_heldout_vessels(
     out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
     if sty.jpeg_quality is not None:
         out = jpeg_codec(out, sty.jpeg_quality, 2)
-    return out, labels, fov
-
-
-def lesion_free_background(
-    size: int | tuple[int, int] = DEFAULT_SIZE,
-    style: str = DEFAULT_HELDOUT_VESSEL_STYLE,
-    seed: int = 0,
-) -> np.ndarray:
-    """Where the vessel labels are 0 inside the field of view: the pixels a classical or learned
-    method must call background (lesions and choroid included). Convenience for tests.
-    """
-    _, labels, fov = make_heldout_vessels(size, style, seed)
-    return fov & (labels == 0)
+    lesions = {"haemorrhage": np.maximum(haem, micro) > 0.5, "exudate": exud > 0.5,
+               "drusen": drus > 0.5, "cotton_wool": cws > 0.5}  # fmt: skip
+    return out, labels, fov, {k: v & fov for k, v in lesions.items()}

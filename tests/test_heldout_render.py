@@ -180,3 +180,19 @@ def test_facade_and_cli(tmp_path, capsys):
     assert main(bad) != 0
     err = capsys.readouterr().err
     assert "ho-pale" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("style", ["ho-pale", "ho-dark-blue", "ho-lymphoid"])
+def test_nucleus_attributes_follow_their_instance(style):
+    """After occlusion drops some nuclei, nucleus k still describes instance k + 1 (its texture
+    and darkness are applied to the right region): each instance lies around its own centre."""
+    from napari_dgseg.core.data._synth_common import generators
+
+    shape = (192, 192)
+    tissue = heldout_nuclei._make_tissue(generators(7, 3)[0], shape, HELDOUT_NUCLEI_STYLES[style])
+    assert len(tissue.nuclei) == tissue.labels.max()
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for k, nuc in enumerate(tissue.nuclei):
+        region = tissue.labels == k + 1
+        reach = nuc.radius * nuc.aspect * 1.6 + 2
+        assert np.hypot(yy[region] - nuc.cy, xx[region] - nuc.cx).max() <= reach

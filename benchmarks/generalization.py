@@ -70,9 +70,13 @@ def task_of(model: str) -> str:
     """Task of a bundle given by name (shipped or user) or by path; "" when unknown."""
     from napari_dgseg import list_bundles
     from napari_dgseg.core.bundle_index import inspect_bundle
+    from napari_dgseg.core.errors import BundleError
 
     if Path(model).suffix == ".dgseg" and Path(model).is_file():
-        return str(inspect_bundle(model).get("task", ""))
+        try:
+            return str(inspect_bundle(model).get("task", ""))
+        except BundleError:
+            return ""
     return next((b["task"] for b in list_bundles() if b["name"] == model), "")
 
 
@@ -366,6 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
         args.seeds, args.n, args.size = args.seeds[:1], 1, 128
     if args.n < 1 or not args.seeds:
         ap.error("--n must be >= 1 and --seeds non-empty")
+    unknown = [m for m in args.models or [] if m != CLASSICAL and not task_of(m)]
+    if unknown:
+        from napari_dgseg import list_bundles
+
+        ap.error(f"unknown model(s) {unknown}; known: {[b['name'] for b in list_bundles()]}, "
+                 f"'{CLASSICAL}' or a path to a .dgseg file")  # fmt: skip
     load_before = load_average()
     t0 = time.perf_counter()
     kinds = ["nuclei", "vessels"] if args.task == "both" else [args.task]

@@ -70,9 +70,13 @@ def task_of(model: str) -> str:
     """Task of a bundle given by name (shipped or user) or by path; "" when unknown."""
     from napari_dgseg import list_bundles
     from napari_dgseg.core.bundle_index import inspect_bundle
+    from napari_dgseg.core.errors import BundleError
 
     if Path(model).suffix == ".dgseg" and Path(model).is_file():
-        return str(inspect_bundle(model).get("task", ""))
+        try:
+            return str(inspect_bundle(model).get("task", ""))
+        except BundleError:
+            return ""
     return next((b["task"] for b in list_bundles() if b["name"] == model), "")
 
 
@@ -154,6 +158,24 @@ def score(kind: str, pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None, r
     return {"dice": dice(p, g), "cldice": cldice(p, g)}
 
 
+def confounders(kind: str, size: int, style: str, seed: int, gt: np.ndarray) -> dict:
+    """Background structures of a held-out tile that a method might mistake for the target.
+
+    Nuclei: keratin, fat, red cells, dense collagen and tissue folds (fold and collagen pixels
+    that are not nuclei); vessels: haemorrhages, exudates, drusen and cotton-wool spots (lesion
+    pixels that are not vessels). ``{name: bool mask}``, empty masks left out.
+    """
+    if kind == "nuclei":
+        from napari_dgseg.core.data.heldout_nuclei import confounder_masks
+
+        masks = confounder_masks(size, style, seed)
+    else:
+        from napari_dgseg.core.data.heldout_vessels import lesion_masks
+
+        masks = lesion_masks(size, style, seed)
+    return {k: v & (gt == 0) for k, v in masks.items() if np.any(v & (gt == 0))}
+
+
 def haematoxylin_reference(rgb: np.ndarray) -> np.ndarray:
     """Weak nuclei reference on real H&E: rgb2hed, global Otsu, objects < 20 px removed."""
     from skimage.color import rgb2hed
@@ -189,16 +211,26 @@ def run_task(kind: str, args: argparse.Namespace) -> dict:
     seen[CLASSICAL] = []
     columns: dict[str, dict] = {}
     cells: dict[str, dict[str, dict]] = {m: {} for m in methods}
+    fp_counts: dict[str, dict[str, list[int]]] = {}
     for renderer, domain in synthetic_columns(kind):
         columns[domain] = {"renderer": renderer}
         per_method_seed: dict[str, list[dict]] = {m: [] for m in methods}
         for s in args.seeds:
-            samples = [make_sample(kind, args.size, domain, item_seed(SEED_BASE + s, i),
-                                   renderer=renderer) for i in range(args.n)]  # fmt: skip
+            seeds = [item_seed(SEED_BASE + s, i) for i in range(args.n)]
+            samples = [make_sample(kind, args.size, domain, t, renderer=renderer) for t in seeds]
+            distractors = ([confounders(kind, args.size, domain, t, smp.labels)
+                            for t, smp in zip(seeds, samples, strict=True)]
+                           if renderer == "heldout" else [])  # fmt: skip
             for m in methods:
                 t0 = time.perf_counter()
-                scores = [score(kind, predict(m, bundles.get(m), smp.image, kind, args.dcin),
-                                smp.labels, smp.mask, real=False) for smp in samples]  # fmt: skip
+                preds = [predict(m, bundles.get(m), smp.image, kind, args.dcin) for smp in samples]
+                scores = [score(kind, p, smp.labels, smp.mask, real=False)
+                          for p, smp in zip(preds, samples, strict=True)]  # fmt: skip
+                for p, masks in zip(preds, distractors, strict=False):
+                    for name, mask in masks.items():
+                        hit = fp_counts.setdefault(m, {}).setdefault(name, [0, 0])
+                        hit[0] += int(np.count_nonzero((p > 0) & mask))
+                        hit[1] += int(np.count_nonzero(mask))
                 per_method_seed[m].append({k: float(np.mean([x[k] for x in scores]))
                                            for k in scores[0]})  # fmt: skip
                 log(f"{kind} {domain} seed={s} {m}: "
@@ -218,7 +250,14 @@ def run_task(kind: str, args: argparse.Namespace) -> dict:
             cells[m][col] = summarise([s])
             log(f"{kind} {col} {m}: " + " ".join(f"{k}={v:.3f}" for k, v in s.items())
                 + f" ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
-    return {"methods": methods, "trained_on": seen, "columns": columns, "cells": cells}
+    false_positives = {
+        m: {name: {"called_foreground": c[0], "pixels": c[1],
+                   "fraction": round(c[0] / c[1], 4) if c[1] else None}
+            for name, c in per.items()}
+        for m, per in fp_counts.items()
+    }  # fmt: skip
+    return {"methods": methods, "trained_on": seen, "columns": columns, "cells": cells,
+            "confounder_false_positives": false_positives}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ report
@@ -263,6 +302,24 @@ def markdown(result: dict) -> str:
                         held.append(cell["mean"])
                 hm = f"{np.mean(held):.3f}" if held else "-"
                 lines.append(f"| `{m}` | " + " | ".join(row) + f" | {hm} |")
+            lines.append("")
+        fps = task.get("confounder_false_positives") or {}
+        names = sorted({n for per in fps.values() for n in per})
+        if names:
+            what = "confounders" if kind == "nuclei" else "lesions"
+            lines += [f"**{kind}, share of {what} called {kind[:-1] if kind == 'vessels' else 'nucleus'}** "
+                      "(held-out renderer, all styles and tiles pooled; ground truth: background; "
+                      "lower is better)", "",
+                      f"Reproduce: `{REPRODUCE.format(label=label)}`", "",
+                      "| model | " + " | ".join(f"{n} (px)" for n in names) + " |",
+                      "|---|" + "---|" * len(names)]  # fmt: skip
+            for m in task["methods"]:
+                row = []
+                for n in names:
+                    c = fps.get(m, {}).get(n)
+                    row.append("-" if not c or c["fraction"] is None
+                               else f"{c['fraction']:.3f} ({c['pixels']})")  # fmt: skip
+                lines.append(f"| `{m}` | " + " | ".join(row) + " |")
             lines.append("")
     lines.append(f"<!-- generalization:{label}:end -->")
     return "\n".join(lines)
@@ -313,6 +370,12 @@ def main(argv: list[str] | None = None) -> dict:
         args.seeds, args.n, args.size = args.seeds[:1], 1, 128
     if args.n < 1 or not args.seeds:
         ap.error("--n must be >= 1 and --seeds non-empty")
+    unknown = [m for m in args.models or [] if m != CLASSICAL and not task_of(m)]
+    if unknown:
+        from napari_dgseg import list_bundles
+
+        ap.error(f"unknown model(s) {unknown}; known: {[b['name'] for b in list_bundles()]}, "
+                 f"'{CLASSICAL}' or a path to a .dgseg file")  # fmt: skip
     load_before = load_average()
     t0 = time.perf_counter()
     kinds = ["nuclei", "vessels"] if args.task == "both" else [args.task]

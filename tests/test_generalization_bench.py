@@ -40,6 +40,9 @@ def test_quick_run_writes_json_and_a_valid_doc_block(tmp_path, capsys):
     # the classical row is the weak reference on the real fundus: 1 by construction
     assert task["cells"]["classical"]["real:retina-half"]["dice"]["mean"] == 1.0
     assert "camera-a" in task["trained_on"]["vessels-ram-sgcg"]
+    lesions = task["confounder_false_positives"]["classical"]
+    assert lesions and set(lesions) <= {"haemorrhage", "exudate", "drusen", "cotton_wool"}
+    assert all(0.0 <= c["fraction"] <= 1.0 and c["pixels"] > 0 for c in lesions.values())
     # the doc keeps its prose, gets one block with Reproduce lines; a rerun replaces the block
     text = doc.read_text(encoding="utf-8")
     assert "Prose that must survive." in text and text.count("generalization:smoke:begin") == 1

@@ -21,7 +21,11 @@ from napari_dgseg.core.data.heldout_nuclei import (
     confounder_masks,
     make_heldout_nuclei,
 )
-from napari_dgseg.core.data.heldout_vessels import HELDOUT_VESSEL_STYLES, make_heldout_vessels
+from napari_dgseg.core.data.heldout_vessels import (
+    HELDOUT_VESSEL_STYLES,
+    lesion_masks,
+    make_heldout_vessels,
+)
 from napari_dgseg.core.data.synthetic import list_domains, make_sample
 from napari_dgseg.core.errors import InputError
 
@@ -106,6 +110,19 @@ def test_vessel_lesions_and_looks_are_not_labels():
     assert np.abs(img_a.astype(int) - img_b.astype(int)).mean() > 5
 
 
+def test_lesion_masks_match_the_image():
+    """hv-lesions has haemorrhages and exudates where the image is darker / brighter."""
+    img, lab, fov = make_heldout_vessels(256, "hv-lesions", 0)
+    masks = lesion_masks(256, "hv-lesions", 0)
+    grey = img.astype(float).mean(-1)
+    background = fov & (lab == 0)
+    haem = masks["haemorrhage"] & background
+    exud = masks["exudate"] & background
+    assert haem.sum() > 20 and exud.sum() > 5
+    assert grey[haem].mean() < grey[background].mean() < grey[exud].mean()
+    assert not any(m[~fov].any() for m in masks.values())
+
+
 def test_vessels_render_at_other_sizes_with_the_same_eye():
     small = make_heldout_vessels(128, "hv-lesions", 1)[1]
     big = make_heldout_vessels((384, 384), "hv-lesions", 1)[1]
@@ -163,3 +180,19 @@ def test_facade_and_cli(tmp_path, capsys):
     assert main(bad) != 0
     err = capsys.readouterr().err
     assert "ho-pale" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("style", ["ho-pale", "ho-dark-blue", "ho-lymphoid"])
+def test_nucleus_attributes_follow_their_instance(style):
+    """After occlusion drops some nuclei, nucleus k still describes instance k + 1 (its texture
+    and darkness are applied to the right region): each instance lies around its own centre."""
+    from napari_dgseg.core.data._synth_common import generators
+
+    shape = (192, 192)
+    tissue = heldout_nuclei._make_tissue(generators(7, 3)[0], shape, HELDOUT_NUCLEI_STYLES[style])
+    assert len(tissue.nuclei) == tissue.labels.max()
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for k, nuc in enumerate(tissue.nuclei):
+        region = tissue.labels == k + 1
+        reach = nuc.radius * nuc.aspect * 1.6 + 2
+        assert np.hypot(yy[region] - nuc.cy, xx[region] - nuc.cx).max() <= reach

@@ -299,12 +299,15 @@ def _paint_nuclei(
     return labels, kept
 
 
-def _one_piece_per_instance(labels: np.ndarray, n: int) -> np.ndarray:
-    """Keep each id's largest 4-connected piece (>= MIN_INSTANCE_AREA px); relabel 1..m."""
+def _one_piece_per_instance(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each id's largest 4-connected piece (>= MIN_INSTANCE_AREA px); relabel 1..m.
+
+    Returns the new labels and the old ids (1-based) that survived, in new-id order.
+    """
     pieces = cc_label(labels, background=0, connectivity=1)
     n_pieces = int(pieces.max())
     if n_pieces == 0:
-        return labels
+        return labels, np.zeros(0, np.int64)
     owner = np.zeros(n_pieces + 1, np.int64)
     owner[pieces.ravel()] = labels.ravel()
     area = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
@@ -317,7 +320,7 @@ def _one_piece_per_instance(labels: np.ndarray, n: int) -> np.ndarray:
     keep = np.zeros(n_pieces + 1, np.int32)
     ids = np.flatnonzero(best[1:]) + 1
     keep[best[ids]] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return keep[pieces]
+    return keep[pieces], ids
 
 
 def _lattice(
@@ -492,7 +495,8 @@ def _make_tissue(
         glass = np.maximum(glass, (dist > 0).astype(np.float32))
     blocked = blocked | (glass > 0.5)
     labels, kept = _paint_nuclei(nuclei, shape, blocked, rng)
-    labels = _one_piece_per_instance(labels, len(kept))
+    labels, survivors = _one_piece_per_instance(labels, len(kept))
+    kept = [kept[i - 1] for i in survivors]  # nucleus k describes instance k + 1
     halo = np.zeros(shape, np.float32)
     if style.layout == "sheets":
         grown = ndi.grey_dilation(labels, size=5)

@@ -4,12 +4,13 @@ Written without the training renderer's code (:mod:`.synthetic_vessels`), it dif
 stage, so a score here measures generalisation to an image generator nobody tuned to:
 
 * **Vessel trees by space colonisation** (Runions, Lane & Prusinkiewicz 2007, "Modeling trees
-  with a space colonization algorithm"): attraction points scattered over the retina (none in
-  the foveal avascular zone) pull the growing trees; six roots leave the optic disc (an artery
-  and a vein towards the superior and inferior temporal arcades, two nasal trunks); branches
-  compete for the same points, so the trees fill the retina without crossing much. Widths follow
-  a pipe model with exponent 2.7 on the number of tips a segment feeds (the training renderer
-  splits widths by Murray's cube law along random walks).
+  with a space colonization algorithm"): the four temporal trunks (a vein and an artery above and
+  below the macula) follow jittered elliptic arcs that leave the disc vertically and arch round
+  the macula, two nasal trunks wander off the other side; from these, attraction points scattered
+  over the retina (none in the foveal avascular zone) pull the trees outwards, tips always grow
+  and side branches sprout rarely, so branches are few and long. Widths follow a pipe model with
+  exponent 2.7 on the number of tips a segment feeds (the training renderer splits widths by
+  Murray's cube law along random walks).
 * **Illumination**: strong, off-centre vignetting, a low-frequency uneven field, an optional dark
   crescent (eyelash or pupil shadow) and a bright glare crescent along the field-of-view rim.
 * **Anatomy**: optic disc with a cup (cup-to-disc ratio per eye) and a pale peripapillary crescent;
@@ -17,8 +18,8 @@ stage, so a score here measures generalisation to an image generator nobody tune
   through and are *not* retinal vessels.
 * **Lesions** (ground truth = background): dot and flame haemorrhages, microaneurysms, hard
   exudates, cotton-wool spots and drusen.
-* **Field of view**: circular, optionally cut flat at the top and bottom (as some cameras do),
-  returned as a mask; outside it is near black.
+* **Field of view**: circular, optionally cut flat at the top and bottom or with a square
+  orientation notch in the rim (as some cameras do), returned as a mask; outside it is near black.
 * **Camera**: gamma, colour-correlated noise, blur, unsharp masking and JPEG with its own codec
   settings.
 
@@ -74,6 +75,9 @@ class HeldoutVesselStyle:
         Expected counts per eye of each lesion kind (scaled by the field-of-view area).
     flat_cut : float
         Fraction of the field-of-view radius cut off at top and bottom (0 = full circle).
+    notch : float
+        Side of a square orientation notch cut into the rim at the upper right, in radii
+        (0 = none; some cameras mark the field of view this way).
     fov_fraction : float
         Field-of-view radius as a fraction of half the shorter image side.
     gamma : float
@@ -102,6 +106,7 @@ class HeldoutVesselStyle:
     drusen: float = 0.0
     cotton_wool: float = 0.0
     flat_cut: float = 0.0
+    notch: float = 0.0
     fov_fraction: float = 0.92
     gamma: float = 1.0
     blur: float = 0.5
@@ -165,6 +170,7 @@ HELDOUT_VESSEL_STYLES: dict[str, HeldoutVesselStyle] = {
             uneven=0.1,
             haemorrhages=3.0,
             drusen=6.0,
+            notch=0.09,
             fov_fraction=0.8,
             gamma=1.1,
             blur=0.4,
@@ -232,7 +238,7 @@ def grow_trees(rng: np.random.Generator, *, n_points: int = 1400) -> VesselTree:
     """
     side = 1.0 if rng.random() < 0.5 else -1.0  # right or left eye: disc on the nasal side
     disc = (side * rng.uniform(0.45, 0.6), rng.uniform(-0.08, 0.08))
-    disc_r = rng.uniform(0.085, 0.11)
+    disc_r = rng.uniform(0.1, 0.13)
     fovea = (disc[0] - side * rng.uniform(0.6, 0.72), disc[1] + rng.uniform(0.0, 0.08))
     # attraction points: uniform in the disc of radius 1.05, none in the foveal avascular zone
     pts = rng.uniform(-1.05, 1.05, (n_points * 2, 2))
@@ -240,35 +246,55 @@ def grow_trees(rng: np.random.Generator, *, n_points: int = 1400) -> VesselTree:
     faz = np.hypot(pts[:, 0] - fovea[0], pts[:, 1] - fovea[1]) < 0.1
     in_disc = np.hypot(pts[:, 0] - disc[0], pts[:, 1] - disc[1]) < disc_r * 1.3
     pts = pts[r_ok & ~faz & ~in_disc][:n_points]
-    # extra points along two arcs round the macula guide the temporal arcades
-    ax, ay = abs(disc[0] - fovea[0]), rng.uniform(0.38, 0.5)
-    theta = rng.uniform(0.15, 2.6, (2, 90))
-    arcs = [np.stack([fovea[0] + side * ax * np.cos(t), disc[1] + sgn * ay * np.sin(t)], -1)
-            for t, sgn in zip(theta, (-1.0, 1.0), strict=True)]
-    pts = np.vstack([pts, *arcs]) + np.r_[np.zeros((len(pts), 2)), rng.normal(0, 0.02, (180, 2))]
-
     temporal = np.pi if side > 0 else 0.0  # direction from disc towards the macula
-    roots = []
-    for sup in (-1.0, 1.0):  # superior / inferior arcades: vein and artery side by side
-        for kind, off in ((0, 0.0), (1, 0.22)):
-            roots.append((temporal - side * sup * (0.75 + off + rng.normal(0, 0.08)), kind))
-        roots.append((temporal - side * sup * (2.2 + rng.normal(0, 0.1)), int(rng.integers(0, 2))))
-    pos, parent, kind, heading = [], [], [], []
-    for ang, k in roots:
-        start = (disc[0] + 0.3 * disc_r * np.cos(ang), disc[1] + 0.3 * disc_r * np.sin(ang))
-        pos.append(start)
-        parent.append(-1)
-        kind.append(k)
-        heading.append((np.cos(ang), np.sin(ang)))
-        # a straight-ish trunk first, so that the arcades leave the disc before branching
-        for _ in range(5):
-            last = len(pos) - 1
-            step = 0.03
-            pos.append((pos[last][0] + step * np.cos(ang), pos[last][1] + step * np.sin(ang)))
-            parent.append(last)
+    pos: list[tuple[float, float]] = []
+    parent: list[int] = []
+    kind: list[int] = []
+    heading: list[tuple[float, float]] = []
+
+    def add_chain(points: np.ndarray, k: int) -> None:
+        """Append a chain of nodes (each the parent of the next) as one vessel trunk."""
+        for j, (x, y) in enumerate(points):
+            parent.append(-1 if j == 0 else len(pos) - 1)
+            nxt = points[min(j + 1, len(points) - 1)] - points[max(j - 1, 0)]
+            heading.append(tuple(nxt / max(np.linalg.norm(nxt), 1e-9)))
+            pos.append((float(x), float(y)))
             kind.append(k)
-            heading.append((np.cos(ang), np.sin(ang)))
-            ang += rng.normal(0, 0.05)
+
+    # temporal arcades: a vein and an artery above and below the macula, on elliptic arcs that
+    # leave the disc vertically, arch over the macula and end temporal of it
+    ax = abs(disc[0] - fovea[0])
+    ay = rng.uniform(0.36, 0.48)
+    theta = np.linspace(0.0, 3.0, 600)
+    for sup in (-1.0, 1.0):
+        for k, inset in ((0, 1.0), (1, rng.uniform(0.7, 0.8))):
+            a_x, a_y = ax * rng.uniform(0.97, 1.03), ay * inset * rng.uniform(0.92, 1.08)
+            x = disc[0] - side * a_x * (1.0 - np.cos(theta))
+            y = disc[1] + sup * a_y * np.sin(theta)
+            y = y + 0.015 * np.sin(theta * rng.uniform(3, 6) + rng.uniform(0, 6))
+            arc = np.cumsum(np.r_[0, np.hypot(np.diff(x), np.diff(y))])
+            end = rng.uniform(1.7, 2.4) * (ax + ay) / 2
+            picks = np.searchsorted(arc, np.arange(0.3 * disc_r, min(end, arc[-1]), 0.025))
+            add_chain(np.stack([x[picks], y[picks]], -1), k)
+    # nasal trunks: straight-ish, slightly wandering
+    for sup in (-1.0, 1.0):
+        ang = temporal + np.pi - side * sup * rng.uniform(0.5, 0.9)
+        steps = np.cumsum(rng.normal(0, 0.06, 8)) + ang
+        start = np.array(disc) + 0.3 * disc_r * np.array([np.cos(ang), np.sin(ang)])
+        chain = start + np.cumsum(0.03 * np.stack([np.cos(steps), np.sin(steps)], -1), axis=0)
+        add_chain(np.vstack([start, chain]), int(rng.integers(0, 2)))
+    inside = np.hypot(np.asarray(pos)[:, 0], np.asarray(pos)[:, 1]) < 1.05
+    if not inside.all():  # a trunk that leaves the field of view ends there
+        keep = inside.copy()
+        for i in range(len(pos)):  # a node whose parent was dropped is dropped too
+            if parent[i] >= 0 and not keep[parent[i]]:
+                keep[i] = False
+        remap = np.cumsum(keep) - 1
+        pos = [p for p, ok in zip(pos, keep, strict=True) if ok]
+        heading = [h for h, ok in zip(heading, keep, strict=True) if ok]
+        kind = [k for k, ok in zip(kind, keep, strict=True) if ok]
+        parent = [int(remap[q]) if q >= 0 else -1
+                  for q, ok in zip(parent, keep, strict=True) if ok]  # fmt: skip
     pos_a = np.asarray(pos, float)
     parent_l, kind_l = list(parent), list(kind)
     head_a = np.asarray(heading, float)
@@ -289,6 +315,12 @@ def grow_trees(rng: np.random.Generator, *, n_points: int = 1400) -> VesselTree:
         pull = np.zeros_like(pos_a)
         np.add.at(pull, near, vec)
         growing = np.flatnonzero(np.linalg.norm(pull, axis=1) > 0)
+        # tips always grow; a node that already has a child sprouts a side branch only rarely,
+        # so that branches are few and long rather than a comb along every trunk
+        n_child = np.bincount(np.asarray(parent_l)[np.asarray(parent_l) >= 0], minlength=len(pos_a))
+        growing = growing[(n_child[growing] == 0) | (rng.random(growing.size) < 0.06)]
+        if growing.size == 0:
+            break
         d = pull[growing] / np.linalg.norm(pull[growing], axis=1, keepdims=True)
         d = 0.55 * d + 0.45 * head_a[growing] + rng.normal(0, 0.08, d.shape)  # inertia: smooth arcs
         d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
@@ -440,6 +472,29 @@ def make_heldout_vessels(
     InputError
         For an unknown style, a bad size or a negative seed.
     """
+    image, labels, fov, _ = _render(size, style, seed)
+    return image, labels, fov
+
+
+def lesion_masks(
+    size: int | tuple[int, int] = DEFAULT_SIZE,
+    style: str = DEFAULT_HELDOUT_VESSEL_STYLE,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Where the lesions of a photograph are (same image as :func:`make_heldout_vessels`).
+
+    Returns
+    -------
+    dict
+        ``{"haemorrhage", "exudate", "drusen", "cotton_wool"}`` -> ``(H, W)`` bool masks inside
+        the field of view (a lesion may lie under a vessel; its vessel pixels stay vessel).
+    """
+    return _render(size, style, seed)[3]
+
+
+def _render(
+    size: int | tuple[int, int], style: str, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     sty = get_heldout_vessel_style(style)
     shape = as_shape(size)
     seed = check_seed(seed)
@@ -455,6 +510,9 @@ def make_heldout_vessels(
     fov = rr <= 1.0
     if sty.flat_cut > 0:
         fov &= np.abs(ny) <= 1.0 - sty.flat_cut
+    if sty.notch > 0:  # square notch centred on the rim at 45 degrees, upper right
+        c = np.sqrt(0.5)
+        fov &= ~((np.abs(nx - c) < sty.notch) & (np.abs(ny + c) < sty.notch))
     labels = ((cov >= 0.5) & fov).astype(np.uint8)
     scale = min(h, w) / 256.0
 
@@ -534,16 +592,6 @@ def make_heldout_vessels(
     out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
     if sty.jpeg_quality is not None:
         out = jpeg_codec(out, sty.jpeg_quality, 2)
-    return out, labels, fov
-
-
-def lesion_free_background(
-    size: int | tuple[int, int] = DEFAULT_SIZE,
-    style: str = DEFAULT_HELDOUT_VESSEL_STYLE,
-    seed: int = 0,
-) -> np.ndarray:
-    """Where the vessel labels are 0 inside the field of view: the pixels a classical or learned
-    method must call background (lesions and choroid included). Convenience for tests.
-    """
-    _, labels, fov = make_heldout_vessels(size, style, seed)
-    return fov & (labels == 0)
+    lesions = {"haemorrhage": np.maximum(haem, micro) > 0.5, "exudate": exud > 0.5,
+               "drusen": drus > 0.5, "cotton_wool": cws > 0.5}  # fmt: skip
+    return out, labels, fov, {k: v & fov for k, v in lesions.items()}

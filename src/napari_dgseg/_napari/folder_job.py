@@ -88,7 +88,7 @@ class FolderJob:
                 opened = open_image(path)
                 pred = self.bundle.predict(
                     opened.full, tile=self.tile, overlap=self.overlap, device=self.device,
-                    dcin=self.dcin, cancel=cancel,
+                    dcin=self.dcin, cancel=cancel, pixel_size_um=opened.pixel_size_um,
                 )
                 labels = pred.labels
                 provenance = {

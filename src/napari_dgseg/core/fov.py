@@ -65,7 +65,7 @@ def field_of_view(adapter: Any) -> tuple[np.ndarray | None, dict[str, Any]]:
     ys = np.minimum(np.arange(h) // step, inside.shape[0] - 1)
     xs = np.minimum(np.arange(w) // step, inside.shape[1] - 1)
     mask = inside[ys[:, None], xs[None, :]]
-    info = {"found": True, "fraction": round(fraction, 4), "radius_px": round(radius, 1),
+    info = {"found": True, "fraction": round(fraction, 4), "radius_px": round(float(radius), 1),
             "rim_px": rim}
     return mask, info
 

@@ -1,0 +1,310 @@
+"""Real images at their own scale: the shipped models on rescaled synthetic and real images.
+
+Synthetic part: images of the shipped models' training scale (nuclei ``clean`` and
+``dark-stain`` 256 px; vessels ``camera-a`` and ``camera-c`` 256 px; seeds 100-102) are resized by
+0.33, 0.5, 1, 2 and 3 (anti-aliased bilinear, labels by nearest neighbour). Each is segmented
+three ways: ``none`` (no resampling: the behaviour before scales existed), ``true`` (the true
+factor ``1 / s`` given, as ``--scale``), ``estimated`` (the default: the factor estimated from the
+image). Scores: Dice of the foreground (vessels inside the field of view) and, for instance
+models, AJI. The estimator's error is ``estimated factor / true factor - 1`` for every method.
+
+Real part (weak references, no ground truth): the real H&E tiles in ``../shared/data/real-he``
+at 1x and 2x (nucleus count and Dice with a haematoxylin reference made at the same scale), and
+scikit-image's real fundus photograph ``retina.jpg`` at native size and half size (vessel
+fraction inside the field of view and Dice with a green-channel black top-hat reference whose
+structuring element follows the field of view), with a figure.
+
+``--calibrate`` prints the estimator's calibration constants and the synthetic object sizes
+(:data:`napari_dgseg.core.scale_estimate.CALIBRATION`, :data:`napari_dgseg.core.scale.
+TASK_DEFAULTS`) from seeds 1000-1007 instead.
+
+Stdout is one JSON object; progress goes to stderr. Usage::
+
+    nice -n 10 python benchmarks/scale.py --out benchmarks/results/scale.json \\
+        --figure docs/images/scale_retina.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, load_average, machine_state  # noqa: E402
+
+SCALES = (0.33, 0.5, 1.0, 2.0, 3.0)
+NUCLEI_DOMAINS = ("clean", "dark-stain")
+VESSEL_DOMAINS = ("camera-a", "camera-c")
+NUCLEI_MODELS = ("nuclei-hovernet", "nuclei-unet")
+VESSEL_MODELS = ("vessels-ram-sgcg", "vessels-sqvae")
+
+
+def log(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def rescaled(image: np.ndarray, labels: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Image resized by ``s`` like inference resizes; labels by nearest neighbour."""
+    from napari_dgseg.core.resample import _nearest, resampled_shape, zoom_image
+
+    shape = resampled_shape(*labels.shape, s)
+    return to_uint8(zoom_image(image, s)), _nearest(np.asarray(labels), shape)
+
+
+def calibrate() -> dict[str, Any]:
+    from napari_dgseg.core.data.synthetic import make_nuclei, make_vessels
+    from napari_dgseg.core.scale import measure_object_size
+    from napari_dgseg.core.scale_estimate import raw_object_size
+
+    seeds = range(1000, 1008)
+    nuc = [make_nuclei(256, "clean", seed=s) for s in seeds]
+    ves = [make_vessels(256, "camera-a", seed=s) for s in seeds]
+    # the shipped models' training sets: seeds 0-7 of the same renderers and sizes
+    nuc_size = measure_object_size([make_nuclei(256, "clean", seed=s)[1] for s in range(8)], "nuclei")
+    ves_size = measure_object_size([make_vessels(256, "camera-a", seed=s)[1] for s in range(8)],
+                                   "vessels")
+    raw = {
+        "log-blobs": [raw_object_size(im / 255.0, "log-blobs") for im, _ in nuc],
+        "fov": [raw_object_size(im / 255.0, "fov") for im, _, _ in ves],
+        "hessian-ridges": [raw_object_size(im / 255.0, "hessian-ridges") for im, _, _ in ves],
+    }
+    target = {"log-blobs": nuc_size, "fov": ves_size, "hessian-ridges": ves_size}
+    return {
+        "benchmark": "scale_calibration",
+        "object_size_px": {"nuclei": round(nuc_size, 2), "vessels": round(ves_size, 2)},
+        "calibration": {m: round(target[m] / float(np.median(v)), 5) for m, v in raw.items()},
+        "raw": {m: [round(x, 4) for x in v] for m, v in raw.items()},
+    }
+
+
+def synthetic(n: int) -> tuple[list[dict], list[dict]]:
+    from napari_dgseg import load_bundle
+    from napari_dgseg.core.data.synthetic import make_nuclei, make_vessels
+    from napari_dgseg.core.imageprep import ImageAdapter
+    from napari_dgseg.core.metrics import dice, instance_scores
+    from napari_dgseg.core.scale import bundle_scale
+    from napari_dgseg.core.scale_estimate import METHODS, estimate_object_size
+
+    rows, errors = [], []
+    for kind, domains, models in (("nuclei", NUCLEI_DOMAINS, NUCLEI_MODELS),
+                                  ("vessels", VESSEL_DOMAINS, VESSEL_MODELS)):
+        bundles = [load_bundle(m) for m in models]
+        for domain in domains:
+            for seed in range(100, 100 + n):
+                if kind == "nuclei":
+                    image, labels = make_nuclei(256, domain, seed=seed)
+                    fov = np.ones(labels.shape, bool)
+                else:
+                    image, labels, fov = make_vessels(256, domain, seed=seed)
+                for s in SCALES:
+                    img, lab = rescaled(image, labels, s)
+                    _, fov_s = rescaled(image, fov.astype(np.uint8), s)
+                    fov_s = fov_s > 0
+                    true = 1.0 / s
+                    adapter = ImageAdapter.from_array(img)
+                    model_obj = bundle_scale({"task": kind})["object_size_px"]
+                    for method in METHODS[kind]:
+                        est = estimate_object_size(adapter, kind, method)
+                        size = est["object_size_px"]
+                        factor = None if size is None else model_obj / size
+                        errors.append({
+                            "kind": kind, "domain": domain, "seed": seed, "scale": s,
+                            "method": method, "true_factor": round(true, 4),
+                            "estimated_factor": None if factor is None else round(factor, 4),
+                            "relative_error": None if factor is None else round(factor / true - 1, 4),
+                        })
+                    for bundle in bundles:
+                        for mode, kw in (("none", {"rescale": "off"}), ("true", {"scale": true}),
+                                         ("estimated", {})):
+                            t0 = time.perf_counter()
+                            pred = bundle.predict(img, device="cpu", **kw)
+                            fg = pred.labels > 0
+                            row = {
+                                "kind": kind, "domain": domain, "seed": seed, "scale": s,
+                                "model": bundle.name, "mode": mode,
+                                "factor": pred.provenance["scale"]["factor"],
+                                "dice": round(float(dice(fg & fov_s, (lab > 0) & fov_s)), 4),
+                                "seconds": round(time.perf_counter() - t0, 2),
+                            }
+                            if bundle.family.output == "instances":
+                                row["aji"] = round(float(instance_scores(pred.labels, lab)["aji"]), 4)
+                            rows.append(row)
+                            log(row)
+    return rows, errors
+
+
+def summarise(rows: list[dict], errors: list[dict]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for r in rows:
+        key = f"{r['model']}|{r['scale']}|{r['mode']}"
+        table.setdefault(key, {"dice": [], "aji": []})
+        table[key]["dice"].append(r["dice"])
+        if "aji" in r:
+            table[key]["aji"].append(r["aji"])
+    scores = {k: {m: round(float(np.mean(v)), 4) if v else None for m, v in d.items()}
+              for k, d in table.items()}
+    err: dict[str, Any] = {}
+    for e in errors:
+        key = f"{e['kind']}|{e['method']}|{e['scale']}"
+        err.setdefault(key, [])
+        err[key].append(math.inf if e["relative_error"] is None else abs(e["relative_error"]))
+    err_summary = {k: {"median_abs_error": round(float(np.median(v)), 4),
+                       "max_abs_error": round(float(np.max(v)), 4) if np.isfinite(v).all() else None,
+                       "within_25pct": round(float(np.mean(np.asarray(v) <= 0.25)), 3)}
+                   for k, v in err.items()}
+    return {"scores": scores, "estimator": err_summary}
+
+
+def haematoxylin_reference(rgb: np.ndarray, min_size: int) -> np.ndarray:
+    from skimage.color import rgb2hed
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_objects
+
+    h = rgb2hed(rgb)[..., 0]
+    return remove_small_objects(h > threshold_otsu(h), min_size)
+
+
+def tophat_reference(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vessels of a fundus photograph: black top-hat of the green channel inside the field of
+    view, disk radius 1.5 % of the field-of-view radius, Otsu threshold, small bits removed."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import black_tophat, disk, remove_small_objects
+
+    from napari_dgseg.core.fov import field_of_view
+    from napari_dgseg.core.imageprep import ImageAdapter
+
+    fov, info = field_of_view(ImageAdapter.from_array(rgb))
+    radius = info["radius_px"]
+    g = ndi.gaussian_filter(rgb[..., 1].astype(np.float32), 0.002 * radius + 0.5)
+    top = black_tophat(g, disk(max(2, int(round(0.015 * radius)))))
+    vessels = top > threshold_otsu(top[fov])
+    vessels = remove_small_objects(vessels & fov, max(8, int(round((0.02 * radius) ** 2))))
+    return vessels, fov
+
+
+def real_images(shared: Path, figure: str | None) -> list[dict]:
+    from skimage import data as skdata
+    from skimage.io import imread
+
+    from napari_dgseg import load_bundle
+    from napari_dgseg.core.metrics import dice
+
+    rows: list[dict] = []
+    folder = shared / "data" / "real-he"
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".png", ".jpg"))
+    if not files:
+        log(f"no real H&E images in {folder}: skipped")
+    for path in files:
+        base = imread(path)[..., :3]
+        for s in (1.0, 2.0):
+            rgb = base if s == 1.0 else rescaled(base, np.zeros(base.shape[:2], np.int32), s)[0]
+            ref = haematoxylin_reference(rgb, int(20 * s * s))
+            for model in NUCLEI_MODELS:
+                bundle = load_bundle(model)
+                for mode, kw in (("none", {"rescale": "off"}), ("estimated", {})):
+                    pred = bundle.predict(rgb, device="cpu", **kw)
+                    fg = pred.labels > 0
+                    from napari_dgseg.core.postprocess import semantic_to_instances
+
+                    inst = (pred.labels if bundle.family.output == "instances"
+                            else semantic_to_instances(pred.labels, min_size=int(10 * s * s)))
+                    rows.append({"image": path.name, "scale": s, "model": model, "mode": mode,
+                                 "factor": pred.provenance["scale"]["factor"],
+                                 "nuclei": int(len(np.unique(inst)) - 1),
+                                 "nucleus_fraction": round(float(fg.mean()), 4),
+                                 "reference_fraction": round(float(ref.mean()), 4),
+                                 "dice_vs_haematoxylin": round(float(dice(fg, ref)), 4)})
+                    log(rows[-1])
+    retina = skdata.retina()[..., :3]
+    panels = {}
+    for s in (1.0, 0.5):
+        rgb = retina if s == 1.0 else rescaled(retina, np.zeros(retina.shape[:2], np.int32), s)[0]
+        ref, fov = tophat_reference(rgb)
+        for model in VESSEL_MODELS:
+            bundle = load_bundle(model)
+            for mode, kw in (("none", {"rescale": "off", "fov": "off"}),
+                             ("none+fov", {"rescale": "off"}), ("estimated", {})):
+                pred = bundle.predict(rgb, device="cpu", **kw)
+                fg = pred.labels > 0
+                rows.append({"image": "skimage retina.jpg", "scale": s, "model": model,
+                             "mode": mode, "factor": pred.provenance["scale"]["factor"],
+                             "estimate": pred.provenance["scale"].get("estimate"),
+                             "vessel_fraction_in_fov": round(float(fg[fov].mean()), 4),
+                             "reference_fraction_in_fov": round(float(ref[fov].mean()), 4),
+                             "dice_vs_tophat": round(float(dice(fg & fov, ref)), 4)})
+                log(rows[-1])
+                if model == VESSEL_MODELS[0]:
+                    panels[(s, mode)] = fg
+        panels[(s, "reference")] = ref
+        panels[(s, "image")] = rgb
+    if figure:
+        save_figure(panels, figure)
+    return rows
+
+
+def save_figure(panels: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [("image", "image"), ("reference", "top-hat reference"),
+            ("none", "no rescaling, no FOV (before)"), ("estimated", "scale estimated + FOV")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8.4))
+    for i, s in enumerate((1.0, 0.5)):
+        for j, (key, title) in enumerate(cols):
+            ax = axes[i, j]
+            img = panels[(s, key)]
+            ax.imshow(img, cmap=None if key == "image" else "gray", interpolation="nearest")
+            side = img.shape[0]
+            ax.set_title(f"{title}\n({side} px)" if key == "image" else title, fontsize=11)
+            ax.axis("off")
+    fig.suptitle("vessels-ram-sgcg on scikit-image's real fundus photograph, native and half size",
+                 fontsize=13)
+    fig.tight_layout()
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    ap.add_argument("--n", type=int, default=3, help="synthetic images per domain")
+    ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--figure", help="write the retina figure here (PNG)")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--skip-real", action="store_true")
+    args = ap.parse_args()
+    if args.calibrate:
+        emit(calibrate(), args.out)
+        return
+    load = load_average()
+    t0 = time.perf_counter()
+    rows, errors = synthetic(args.n)
+    real = [] if args.skip_real else real_images(Path(args.shared), args.figure)
+    emit({
+        "benchmark": "scale",
+        "scales": list(SCALES),
+        "synthetic_images_per_domain": args.n,
+        "summary": summarise(rows, errors),
+        "real": real,
+        "synthetic": rows,
+        "estimator_errors": errors,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **machine_state(load),
+    }, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Real images at their own scale: the shipped models on rescaled synthetic and real images.
 
 Synthetic part: images of the shipped models' training scale (nuclei ``clean`` and
-``dark-stain`` 256 px; vessels ``camera-a`` and ``camera-c`` 256 px; seeds 100-102) are resized by
+``dark-stain`` 256 px; vessels ``camera-a`` and ``camera-c`` 256 px; seeds 100-101) are resized by
 0.33, 0.5, 1, 2 and 3 (anti-aliased bilinear, labels by nearest neighbour). Each is segmented
 three ways: ``none`` (no resampling: the behaviour before scales existed), ``true`` (the true
 factor ``1 / s`` given, as ``--scale``), ``estimated`` (the default: the factor estimated from the
@@ -233,8 +233,10 @@ def real_images(shared: Path, figure: str | None) -> list[dict]:
         ref, fov = tophat_reference(rgb)
         for model in VESSEL_MODELS:
             bundle = load_bundle(model)
-            for mode, kw in (("none", {"rescale": "off", "fov": "off"}),
-                             ("none+fov", {"rescale": "off"}), ("estimated", {})):
+            modes = [("none", {"rescale": "off", "fov": "off"}), ("estimated", {})]
+            if model == VESSEL_MODELS[0]:
+                modes.append(("estimated, no FOV", {"fov": "off"}))
+            for mode, kw in modes:
                 pred = bundle.predict(rgb, device="cpu", **kw)
                 fg = pred.labels > 0
                 rows.append({"image": "skimage retina.jpg", "scale": s, "model": model,
@@ -253,39 +255,94 @@ def real_images(shared: Path, figure: str | None) -> list[dict]:
     return rows
 
 
-def save_figure(panels: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def save_figure(panels: dict, path: str, side: int = 300) -> None:
+    """A 2 x 4 grid (native, half size) x (image, reference, before, after) as a PNG (Pillow)."""
+    from PIL import Image, ImageDraw
 
     cols = [("image", "image"), ("reference", "top-hat reference"),
-            ("none", "no rescaling, no FOV (before)"), ("estimated", "scale estimated + FOV")]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 8.4))
+            ("none", "before: no rescaling"), ("estimated", "scale estimated + FOV")]
+    pad, head = 6, 34
+    canvas = Image.new("RGB", (4 * side + 5 * pad, 2 * (side + head) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
     for i, s in enumerate((1.0, 0.5)):
         for j, (key, title) in enumerate(cols):
-            ax = axes[i, j]
-            img = panels[(s, key)]
-            ax.imshow(img, cmap=None if key == "image" else "gray", interpolation="nearest")
-            side = img.shape[0]
-            ax.set_title(f"{title}\n({side} px)" if key == "image" else title, fontsize=11)
-            ax.axis("off")
-    fig.suptitle("vessels-ram-sgcg on scikit-image's real fundus photograph, native and half size",
-                 fontsize=13)
-    fig.tight_layout()
-    fig.savefig(path, dpi=60)
-    plt.close(fig)
+            img = np.asarray(panels[(s, key)])
+            if img.dtype == bool:
+                img = np.where(img, 255, 0).astype(np.uint8)
+            tile = Image.fromarray(img).convert("RGB").resize((side, side), Image.Resampling.BOX)
+            x, y = pad + j * (side + pad), i * (side + head) + head
+            canvas.paste(tile, (x, y))
+            label = f"{title} ({img.shape[0]} px)" if key == "image" else title
+            draw.text((x, y - head + 8), label, fill="black")
+    canvas.save(path, optimize=True)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The tables of docs/scale.md from a result JSON."""
+    scores = result["summary"]["scores"]
+    scales = result["scales"]
+    lines = []
+    models = sorted({k.split("|")[0] for k in scores}, key=lambda m: (m.startswith("v"), m))
+    lines.append("| model | metric | mode | " + " | ".join(f"{s:g}x" for s in scales) + " |")
+    lines.append("|---|---|---|" + "---|" * len(scales))
+    for model in models:
+        for metric in ("dice", "aji"):
+            if scores.get(f"{model}|1.0|none", {}).get(metric) is None:
+                continue
+            for mode in ("none", "true", "estimated"):
+                vals = [scores.get(f"{model}|{s}|{mode}", {}).get(metric) for s in scales]
+                lines.append(f"| {model} | {metric} | {mode} | "
+                             + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+    lines.append("")
+    est = result["summary"]["estimator"]
+    lines.append("| objects | estimator | " + " | ".join(f"{s:g}x" for s in scales) + " |")
+    lines.append("|---|---|" + "---|" * len(scales))
+    for key in sorted({k.rsplit("|", 1)[0] for k in est}):
+        cells = []
+        for s in scales:
+            e = est.get(f"{key}|{s}")
+            cells.append("-" if e is None else
+                         f"{100 * e['median_abs_error']:.0f} % ({100 * e['within_25pct']:.0f} %)")
+        kind, method = key.split("|")
+        lines.append(f"| {kind} | {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    he = [r for r in result["real"] if "nuclei" in r]
+    if he:
+        lines.append("| image | model | mode | scale | factor | nuclei | fraction | reference | "
+                     "Dice vs H |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for r in he:
+            lines.append(f"| {r['image']} | {r['model']} | {r['mode']} | {r['scale']:g}x | "
+                         f"{r['factor']:.3g} | {r['nuclei']} | {r['nucleus_fraction']:.3f} | "
+                         f"{r['reference_fraction']:.3f} | {r['dice_vs_haematoxylin']:.3f} |")
+        lines.append("")
+    ret = [r for r in result["real"] if "vessel_fraction_in_fov" in r]
+    if ret:
+        lines.append("| model | mode | size | factor | vessel fraction | reference | Dice vs top-hat |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in ret:
+            size = "native 1411 px" if r["scale"] == 1.0 else "half 706 px"
+            lines.append(f"| {r['model']} | {r['mode']} | {size} | {r['factor']:.3g} | "
+                         f"{r['vessel_fraction_in_fov']:.3f} | {r['reference_fraction_in_fov']:.3f} "
+                         f"| {r['dice_vs_tophat']:.3f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
-    ap.add_argument("--n", type=int, default=3, help="synthetic images per domain")
+    ap.add_argument("--n", type=int, default=2, help="synthetic images per domain")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--figure", help="write the retina figure here (PNG)")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--markdown", metavar="JSON", help="print the docs tables of a result file")
     args = ap.parse_args()
+    if args.markdown:
+        import json
+
+        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        return
     if args.calibrate:
         emit(calibrate(), args.out)
         return

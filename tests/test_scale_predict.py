@@ -136,3 +136,17 @@ def test_tiff_resolution_reaches_inference(tiny_bundle, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc != 0 and "give one of --scale, --mpp and --object-size" in captured.err + captured.out
     assert "Traceback" not in captured.err
+
+
+def test_png_pixel_density_is_read_and_desktop_dpi_ignored(tmp_path):
+    from PIL import Image
+
+    from napari_dgseg.core.slide import open_image
+
+    image = make_nuclei(64, "clean", seed=1)[0]
+    Image.fromarray(image).save(tmp_path / "scan.png", dpi=(25400 / 0.5, 25400 / 0.5))
+    Image.fromarray(image).save(tmp_path / "desk.png", dpi=(72, 72))
+    with open_image(tmp_path / "scan.png") as opened:
+        assert opened.pixel_size_um == pytest.approx((0.5, 0.5), rel=1e-3)
+    with open_image(tmp_path / "desk.png") as opened:
+        assert opened.pixel_size_um is None

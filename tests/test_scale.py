@@ -93,6 +93,10 @@ def test_bundle_create_stores_scale_and_old_bundles_get_the_default(tmp_path, ti
     path = made.save(tmp_path / "scaled.dgseg")
     assert load_bundle(path).scale == rec
     assert load_bundle(path).manifest["scale"] == rec
+    # `dgseg info` shows the scale inference uses, and where it comes from
+    assert load_bundle(path).info()["scale"]["source"] == "manifest"
+    assert tiny_bundle.info()["scale"] == {"pixel_size_um": 0.25, "object_size_px": 17.1,
+                                           "train_range": None, "source": "default:nuclei"}
     with pytest.raises(InputError, match="object_size_px"):
         Bundle.create(tiny_bundle.model, "unet", tiny_bundle.config, name="bad",
                       class_names=["a", "b"], scale={"object_size_px": 0})

@@ -274,7 +274,7 @@ def save_figure(panels: dict, path: str, side: int = 300) -> None:
             canvas.paste(tile, (x, y))
             label = f"{title} ({img.shape[0]} px)" if key == "image" else title
             draw.text((x, y - head + 8), label, fill="black")
-    canvas.save(path, optimize=True)
+    canvas.quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def markdown(result: dict[str, Any]) -> str:

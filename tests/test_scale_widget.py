@@ -37,7 +37,7 @@ def test_scale_field_shows_the_model_and_the_estimate(widget):
     from napari_dgseg.core.resample import zoom_image
 
     controls = widget.scale_controls
-    assert controls.model_label.text() == "model: 0.25 µm/px, objects 17.1 px"
+    assert controls.model_label.text() == "model: 0.25 µm/px, nuclei 17.1 px"
     assert not controls.value_spin.isEnabled()  # auto: nothing to type
     image = np.clip(np.round(zoom_image(make_nuclei(160, "clean", seed=3)[0], 2.0)), 0, 255)
     widget.viewer.add_image(image.astype(np.uint8), name="he2x", rgb=True)
@@ -47,7 +47,7 @@ def test_scale_field_shows_the_model_and_the_estimate(widget):
     assert 0.4 <= scale["factor"] <= 0.6
     assert _labels(layers).data.shape == (320, 320)
     text = controls.result_label.text()
-    assert text.startswith("last run: factor") and "estimated" in text and "objects" in text
+    assert text.startswith("last run: factor 0.") and "(estimated: objects" in text
     # the estimate is in the value field, ready to adjust
     assert controls.value_spin.value() == pytest.approx(scale["proposed"], abs=1e-3)
 
@@ -61,12 +61,13 @@ def test_user_factor_and_pixel_size_reach_the_model(widget):
     assert controls.value_spin.isEnabled()
     scale = _labels(widget.run(sync=True)).metadata["provenance"]["scale"]
     assert (scale["source"], scale["factor"], scale["model_grid_shape"]) == ("user", 1.5, [135, 180])
-    assert controls.result_label.text().startswith("last run: factor 1.5 (user)")
+    assert controls.result_label.text() == "last run: factor 1.5 (user)"
     controls.set_mode("from file")  # the reader's pixel size in the layer metadata
     scale = _labels(widget.run(sync=True)).metadata["provenance"]["scale"]
     assert (scale["source"], scale["factor"]) == ("metadata", 2.0)
     controls.set_mode("off")
     scale = _labels(widget.run(sync=True)).metadata["provenance"]["scale"]
     assert (scale["source"], scale["applied"]) == ("none", False)
+    assert controls.result_label.text() == "last run: not resampled"
     with pytest.raises(ValueError, match="unknown scale mode"):
         controls.set_mode("huge")

@@ -41,13 +41,14 @@ def describe_scale(scale: dict[str, Any] | None) -> str:
     if not scale:
         return ""
     est = (scale.get("estimate") or {}).get("object_size_px")
-    parts = [f"factor {scale.get('factor', 1.0):g} ({scale.get('source', 'none')})"]
-    if scale.get("source") == "estimated" or est is not None:
-        parts.append(f"estimated {scale.get('proposed', 1.0):.3g}"
-                     + (f", objects {est:.3g} px" if est is not None else ""))
-    elif scale.get("proposed") not in (None, scale.get("factor")):
-        parts.append(f"proposed {scale['proposed']:.3g}, within tolerance")
-    return "; ".join(parts)
+    source = scale.get("source", "none")
+    seen = f": objects {est:.3g} px" if est is not None else ""
+    if scale.get("applied"):
+        return f"factor {scale.get('factor', 1.0):.3g} ({source}{seen})"
+    proposed = scale.get("proposed", 1.0)
+    if source != "none" and proposed is not None and abs(proposed - 1.0) > 1e-3:
+        return f"not resampled: {source} factor {proposed:.3g} is close to 1{seen}"
+    return "not resampled" + (f" ({source}{seen})" if source != "none" else "")
 
 
 class ScaleControls(QWidget):
@@ -122,11 +123,13 @@ class ScaleControls(QWidget):
             self.model_label.setText("")
             return
         s = bundle.scale
+        what = {"nuclei": "nuclei", "vessels": "vessel calibre"}.get(
+            str(bundle.manifest.get("task", "")), "objects")
         parts = []
         if s.get("pixel_size_um"):
             parts.append(f"{s['pixel_size_um']:g} µm/px")
         if s.get("object_size_px"):
-            parts.append(f"objects {s['object_size_px']:g} px")
+            parts.append(f"{what} {s['object_size_px']:g} px")
         self.model_label.setText("model: " + (", ".join(parts) if parts else "scale unknown"))
 
     def show_result(self, scale: dict[str, Any] | None) -> None:

@@ -294,15 +294,19 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {model} | {metric} | {mode} | "
                              + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
     lines.append("")
-    est = result["summary"]["estimator"]
+    groups: dict[str, list] = {}
+    for e in result["estimator_errors"]:
+        groups.setdefault(f"{e['kind']}|{e['method']}|{e['scale']}", []).append(e["relative_error"])
     lines.append("| objects | estimator | " + " | ".join(f"{s:g}x" for s in scales) + " |")
     lines.append("|---|---|" + "---|" * len(scales))
-    for key in sorted({k.rsplit("|", 1)[0] for k in est}):
+    for key in sorted({k.rsplit("|", 1)[0] for k in groups}, key=lambda k: (k[0], "ridge" in k)):
         cells = []
         for s in scales:
-            e = est.get(f"{key}|{s}")
-            cells.append("-" if e is None else
-                         f"{100 * e['median_abs_error']:.0f} % ({100 * e['within_25pct']:.0f} %)")
+            errs = groups.get(f"{key}|{s}", [])
+            found = [abs(v) for v in errs if v is not None]
+            cell = f"{100 * float(np.median(found)):.0f} %" if found else "none found"
+            missing = len(errs) - len(found)
+            cells.append(cell + (f", {missing}/{len(errs)} none" if missing and found else ""))
         kind, method = key.split("|")
         lines.append(f"| {kind} | {method} | " + " | ".join(cells) + " |")
     lines.append("")

@@ -130,6 +130,12 @@ def test_factor_sources_in_order_and_tolerance():
     # fundus: no pixel size, so the file's is not used; the object size is
     d = resolve_scale(VESSELS, pixel_size_um=3.0, estimate=lambda: {"object_size_px": 5.0})
     assert (d.source, d.factor) == ("estimated", pytest.approx(0.4))
+    # models that are not upsampled: only the user's factor makes an image larger
+    d = resolve_scale(VESSELS, estimate=lambda: {"object_size_px": 1.0}, upsample=False)
+    assert (d.source, d.applied, d.proposed) == ("estimated", False, 2.0)
+    assert "upsample" in d.reason
+    assert resolve_scale(VESSELS, scale=2.0, upsample=False).applied
+    assert resolve_scale(VESSELS, estimate=lambda: {"object_size_px": 5.0}, upsample=False).applied
 
 
 def test_factor_errors_say_what_to_do():

@@ -29,6 +29,9 @@ __all__ = ["FOV_MODES", "back_to_image", "fundus_mask", "plan_scale", "task_kind
 #: ``auto``: vessel models ignore the dark surround of a fundus photograph and its rim;
 #: ``off``: the whole image counts.
 FOV_MODES = ("auto", "off")
+#: Tasks whose models are not upsampled unless the user asks: on fundus images taken smaller
+#: than the training scale, upsampling lost Dice for both vessel models (docs/scale.md).
+NO_UPSAMPLE = frozenset({"vessels"})
 #: Smallest side of a resized image (the network's tiling needs this much).
 MIN_RESIZED_SIDE = 16
 #: Images with a shorter side hold too few objects to estimate a scale from.
@@ -68,7 +71,8 @@ def plan_scale(
 
     decision = resolve_scale(model_scale, rescale=rescale, scale=scale, mpp=mpp,
                              object_size=object_size, pixel_size_um=pixel_size_um,
-                             estimate=estimate if kind is not None else None)
+                             estimate=estimate if kind is not None else None,
+                             upsample=kind not in NO_UPSAMPLE)
     if not decision.applied:
         return decision, adapter
     resized = ResampledImage.of(adapter, decision.factor)

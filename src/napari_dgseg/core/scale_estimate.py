@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.fov import FOV_LEVEL
 
 __all__ = [
     "CALIBRATION",
@@ -67,8 +68,6 @@ _BLOB_PERCENTILE = 99.5
 #: Blob curve: its peak must exceed the finest scale's value by this factor (noise has no peak;
 #: synthetic nuclei at 0.33x, 5.6 px across, give 1.11, white and pixel noise 1.00-1.03).
 _BLOB_PROMINENCE = 1.08
-#: Inside the field of view: brightest channel above this (RGB in [0, 1]).
-_FOV_LEVEL = 0.1
 
 
 def estimate_object_size(image: Any, kind: str, method: str = "auto") -> dict[str, Any]:
@@ -143,21 +142,10 @@ def fov_radius(adapter: Any) -> float | None:
 
 
 def _fov_radius_of(rgb: np.ndarray) -> float | None:
-    bright = rgb.max(axis=2) > _FOV_LEVEL
-    lab, n = ndi.label(bright)
-    if n == 0:
-        return None
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    fov = lab == int(np.argmax(sizes))
-    fraction = float(fov.mean())
-    dark_outside = float((~bright).mean())
-    if not 0.3 <= fraction <= 0.97 or dark_outside < 0.03:
-        return None  # no dark surround: not a fundus photograph's field of view
-    rows, cols = np.flatnonzero(fov.any(axis=1)), np.flatnonzero(fov.any(axis=0))
-    # the larger extent: a field of view cut by the image's top and bottom keeps its width
-    extent = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
-    return float(extent) / 2.0
+    from napari_dgseg.core.fov import find_disc
+
+    disc, extent, _ = find_disc(rgb)
+    return None if disc is None else extent / 2.0
 
 
 # ------------------------------------------------------------------------------ crops
@@ -201,7 +189,7 @@ def _haematoxylin(rgb: np.ndarray) -> np.ndarray:
 
 def _vessel_signal(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverted green channel with the dark surround filled, and the (eroded) field of view."""
-    fov = rgb.max(axis=2) > _FOV_LEVEL
+    fov = rgb.max(axis=2) > FOV_LEVEL
     g = 1.0 - rgb[..., 1].astype(np.float32)
     if fov.all() or not fov.any():
         return g, np.ones(g.shape, bool)

@@ -35,6 +35,9 @@ _TIPS = {
     "off": "Feed the image as it is (no resampling)",
 }
 
+_VALUE_TIP = ("The value for 'factor', 'pixel size' or 'object size'; after a run it shows the "
+              "factor found, ready to adjust")
+
 
 def describe_scale(scale: dict[str, Any] | None) -> str:
     """One line about a run's ``provenance["scale"]``."""
@@ -101,7 +104,7 @@ class ScaleControls(QWidget):
         self.value_spin.setEnabled(key is not None)
         self.value_spin.setSuffix(suffix)
         self.mode_combo.setToolTip(_TIPS[mode])
-        self.value_spin.setToolTip(_TIPS[mode] if key else "")
+        self.value_spin.setToolTip(_TIPS[mode] if key else _VALUE_TIP)
         if key == "scale" and self._last:  # the estimate, ready to adjust
             self.value_spin.setValue(float(self._last.get("proposed") or 1.0))
         elif key == "object_size" and self._last:

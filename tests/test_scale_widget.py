@@ -71,3 +71,25 @@ def test_user_factor_and_pixel_size_reach_the_model(widget):
     assert controls.result_label.text() == "last run: not resampled"
     with pytest.raises(ValueError, match="unknown scale mode"):
         controls.set_mode("huge")
+
+
+def test_folder_run_uses_the_scale_field_and_each_file_s_pixel_size(widget, tmp_path):
+    import tifffile
+
+    from napari_dgseg.core.labels_io import read_labels
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    tifffile.imwrite(src / "a.tif", image, photometric="rgb",
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    widget.scale_controls.set_mode("from file")
+    widget.run_folder(src, out / "1", sync=True)
+    labels, record = read_labels(out / "1" / "a_labels.tif")
+    assert labels.shape == (64, 80)
+    assert (record["scale"]["source"], record["scale"]["factor"]) == ("metadata", 2.0)
+    widget.scale_controls.set_mode("factor", 1.5)
+    widget.run_folder(src, out / "2", sync=True)
+    record = read_labels(out / "2" / "a_labels.tif")[1]
+    assert (record["scale"]["source"], record["scale"]["factor"]) == ("user", 1.5)

@@ -538,6 +538,7 @@ class SegmentWidget(QWidget):
             dcin=mode,
             threshold=float(self.threshold_spin.value()),
             min_size=int(self.min_size_spin.value()),
+            scale_kwargs=self.scale_controls.predict_kwargs(),
         )
         self._folder_rows = []
         self.folder_table.setRowCount(0)

@@ -35,3 +35,12 @@ def scale_kwargs(args: argparse.Namespace, pixel_size_um: Any = None) -> dict[st
     """Keyword arguments of :meth:`Bundle.predict` from the parsed options."""
     return {"rescale": args.rescale, "scale": args.scale, "mpp": args.mpp,
             "object_size": args.object_size, "pixel_size_um": pixel_size_um, "fov": args.fov}
+
+
+def check_scale_args(args: argparse.Namespace, bundle: Any) -> None:
+    """Refuse contradictory or impossible scale options once, before any file is read
+    (raises :class:`~napari_dgseg.core.errors.InputError` with what to do)."""
+    from napari_dgseg.core.scale import resolve_scale
+
+    resolve_scale(bundle.scale, rescale=args.rescale, scale=args.scale, mpp=args.mpp,
+                  object_size=args.object_size)

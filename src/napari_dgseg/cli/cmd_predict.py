@@ -19,7 +19,7 @@ from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
-from napari_dgseg.cli._scale import add_scale_args, scale_kwargs
+from napari_dgseg.cli._scale import add_scale_args, check_scale_args, scale_kwargs
 from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
 
@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dcin == "reference" and not args.reference:
         raise InputError("--dcin reference needs --reference IMAGE")
     bundle = load_bundle(args.model)
+    check_scale_args(args, bundle)
     paths = expand_inputs(args.inputs)
     with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
         out = output_folder(args.out)

@@ -27,7 +27,6 @@ Stdout is one JSON object; progress goes to stderr. Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -153,15 +152,19 @@ def summarise(rows: list[dict], errors: list[dict]) -> dict[str, Any]:
             table[key]["aji"].append(r["aji"])
     scores = {k: {m: round(float(np.mean(v)), 4) if v else None for m, v in d.items()}
               for k, d in table.items()}
-    err: dict[str, Any] = {}
+    err: dict[str, list] = {}
     for e in errors:
-        key = f"{e['kind']}|{e['method']}|{e['scale']}"
-        err.setdefault(key, [])
-        err[key].append(math.inf if e["relative_error"] is None else abs(e["relative_error"]))
-    err_summary = {k: {"median_abs_error": round(float(np.median(v)), 4),
-                       "max_abs_error": round(float(np.max(v)), 4) if np.isfinite(v).all() else None,
-                       "within_25pct": round(float(np.mean(np.asarray(v) <= 0.25)), 3)}
-                   for k, v in err.items()}
+        err.setdefault(f"{e['kind']}|{e['method']}|{e['scale']}", []).append(e["relative_error"])
+    err_summary = {}
+    for k, v in err.items():
+        found = [abs(x) for x in v if x is not None]
+        err_summary[k] = {
+            "median_abs_error": round(float(np.median(found)), 4) if found else None,
+            "max_abs_error": round(float(np.max(found)), 4) if found else None,
+            "within_25pct": round(sum(x <= 0.25 for x in found) / len(v), 3),
+            "no_estimate": len(v) - len(found),
+            "images": len(v),
+        }
     return {"scores": scores, "estimator": err_summary}
 
 

@@ -150,3 +150,28 @@ def test_png_pixel_density_is_read_and_desktop_dpi_ignored(tmp_path):
         assert opened.pixel_size_um == pytest.approx((0.5, 0.5), rel=1e-3)
     with open_image(tmp_path / "desk.png") as opened:
         assert opened.pixel_size_um is None
+
+
+def test_lazy_image_is_resampled_tile_by_tile(tiny_bundle, monkeypatch):
+    """A dask image (a slide level) gives what the same numpy image gives, read in tiles."""
+    import dask.array as da
+
+    image, _ = make_nuclei(192, "clean", seed=6)
+    lazy = da.from_array(image, chunks=(64, 64, 3))
+    lazy_pred = tiny_bundle.predict(lazy, device="cpu", scale=2.0, tile=128, overlap=32)
+    eager = tiny_bundle.predict(image, device="cpu", scale=2.0, tile=128, overlap=32)
+    np.testing.assert_array_equal(lazy_pred.labels, eager.labels)
+    np.testing.assert_allclose(lazy_pred.probabilities, eager.probabilities, atol=1e-6)
+    assert lazy_pred.provenance["scale"]["model_grid_shape"] == [384, 384]
+    # a 128 px tile on the model grid reads only the 64 px of source under it (plus a margin)
+    resized = ResampledImage.of(ImageAdapter.from_array(lazy), 2.0)
+    seen: list[tuple[int, int]] = []
+    original = ImageAdapter.region
+
+    def spy(self, y0, y1, x0, x1):
+        seen.append((y1 - y0, x1 - x0))
+        return original(self, y0, y1, x0, x1)
+
+    monkeypatch.setattr(ImageAdapter, "region", spy)
+    resized.region(0, 128, 0, 128)
+    assert seen and max(max(s) for s in seen) <= 64 + 4

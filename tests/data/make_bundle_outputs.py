@@ -52,7 +52,10 @@ def bundle_outputs(bundle) -> dict[str, np.ndarray]:
     image = synthetic_input()
     out: dict[str, np.ndarray] = {}
     for mode in DCIN_MODES:
-        pred = bundle.predict(image, device="cpu", dcin=mode, tile=128, overlap=32, batch=1)
+        # at the image's own scale: this checks the models and the pipeline; the scale decision
+        # (which would resample these disks) has its own tests (tests/test_scale*.py)
+        pred = bundle.predict(image, device="cpu", dcin=mode, tile=128, overlap=32, batch=1,
+                              rescale="off")
         out[f"{mode}_labels"] = np.asarray(pred.labels, dtype=np.int32)
         for field in FIELDS:
             value = getattr(pred, field)

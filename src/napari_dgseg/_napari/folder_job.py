@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,9 @@ class FolderJob:
     dcin: str = "auto"
     threshold: float = 0.5
     min_size: int = 0
+    #: The Scale field's choice (``rescale``, ``scale``, ``mpp``, ``object_size``); each file's
+    #: own pixel size is added per file.
+    scale_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __call__(
         self, progress: ProgressFn, cancel: threading.Event
@@ -89,6 +92,7 @@ class FolderJob:
                 pred = self.bundle.predict(
                     opened.full, tile=self.tile, overlap=self.overlap, device=self.device,
                     dcin=self.dcin, cancel=cancel,
+                    **{**self.scale_kwargs, "pixel_size_um": opened.pixel_size_um},
                 )
                 labels = pred.labels
                 provenance = {

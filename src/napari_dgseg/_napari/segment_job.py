@@ -10,7 +10,7 @@ the GUI thread only has to add to the viewer. No Qt and no viewer access here.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "REFERENCE_MAX_SIDE",
     "SegmentJob",
     "SegmentResult",
+    "layer_pixel_size",
     "layer_source_path",
     "read_reference",
 ]
@@ -45,6 +46,8 @@ class SegmentResult:
     probabilities: np.ndarray | None = None
     #: The model's own instance ids ``(H, W)`` (instance families), trimmed by those controls.
     instances: np.ndarray | None = None
+    #: The run's ``provenance["scale"]``: factor used, where it came from, the estimate.
+    scale: dict[str, Any] | None = None
 
 
 @dataclass
@@ -68,6 +71,8 @@ class SegmentJob:
     reference_label: str | None = None
     normalized: bool = False
     uncertainty: bool = False
+    #: Keyword arguments for the model's scale (``rescale``, ``scale``, ``mpp``, ...).
+    scale_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, progress: ProgressFn, cancel: threading.Event) -> SegmentResult:
         reference = read_reference(self.reference) if self.dcin == "reference" else None
@@ -81,6 +86,7 @@ class SegmentJob:
             return_normalized=self.normalized,
             progress=progress,
             cancel=cancel,
+            **self.scale_kwargs,
         )
         provenance = dict(pred.provenance)
         dcin = provenance.get("dcin")
@@ -125,6 +131,7 @@ class SegmentJob:
             reference_label=self.reference_label,
             probabilities=pred.probabilities,
             instances=np.asarray(pred.labels, np.int32) if output == "instances" else None,
+            scale=provenance.get("scale"),
         )
 
 
@@ -144,6 +151,22 @@ def read_reference(reference: Any) -> Any:
     if hasattr(small, "compute"):
         small = small.compute()
     return np.asarray(small)
+
+
+def layer_pixel_size(layer: Any) -> tuple[float, float] | None:
+    """The pixel size (micrometres) our reader stored in an image layer's metadata, or None.
+
+    The layer's ``scale`` alone is not used: without units it may be anything the user set.
+    """
+    meta = layer.metadata if isinstance(getattr(layer, "metadata", None), dict) else {}
+    size = meta.get("pixel_size_um")
+    if size is None:
+        return None
+    try:
+        values = tuple(float(v) for v in (size if isinstance(size, (list, tuple)) else (size, size)))
+    except (TypeError, ValueError):
+        return None
+    return (values[-2], values[-1]) if len(values) >= 2 and min(values) > 0 else None
 
 
 def layer_source_path(layer: Any) -> str | None:

@@ -19,6 +19,7 @@ from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
+from napari_dgseg.cli._scale import add_scale_args, check_scale_args, scale_kwargs
 from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
 
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebook", action="store_true",
                    help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_scale_args(p)
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dcin == "reference" and not args.reference:
         raise InputError("--dcin reference needs --reference IMAGE")
     bundle = load_bundle(args.model)
+    check_scale_args(args, bundle)
     paths = expand_inputs(args.inputs)
     with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
         out = output_folder(args.out)
@@ -91,7 +94,8 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
     pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
                           device=args.device, batch=args.batch, progress=bar,
                           dcin=args.dcin, reference=args.reference,
-                          return_normalized=args.normalized)
+                          return_normalized=args.normalized,
+                          **scale_kwargs(args, opened.pixel_size_um))
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
     # every output sits on the image: its micrometre pixel size (origin: the image's own)
@@ -120,6 +124,7 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
             _write_png(dest, img, overwrite)
             row["normalized"][branch] = str(dest)
     row["dcin"] = pred.provenance["dcin"]["mode"]
+    row["scale"] = {k: pred.provenance["scale"][k] for k in ("factor", "source", "proposed")}
     if args.probabilities and pred.probabilities is not None:
         row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
                                                     pred.probabilities, provenance, overwrite,

@@ -315,6 +315,7 @@ class Bundle:
         out = dict(self.manifest)
         out["path"] = str(self.path) if self.path else None
         out["sha256"] = self.sha256
+        out["scale"] = bundle_scale(self.manifest)  # the record, or the task's default (source)
         out["parameters"] = int(sum(v.numel() for v in self.state_dict().values()))
         return out
 

@@ -139,13 +139,13 @@ def predict_bundle(
         ) from None
     check_cancel(cancel)
     fields = family.postprocess(maps, bundle.config)
-    if "uncertainty" in maps:
-        fields = {**fields, "uncertainty": maps["uncertainty"]}
     fields = back_to_image(fields, (gh, gw), (h, w), family.output == "semantic")
+    uncertainty = maps.get("uncertainty")  # from the branches only, never the postprocess
+    if uncertainty is not None:
+        uncertainty = back_to_image({"u": uncertainty}, (gh, gw), (h, w), False)["u"]
     fov_mask, fov_info = fundus_mask(bundle.manifest, adapter, fov)
     if fov_mask is not None:
         fields = apply_field_of_view(fields, fov_mask)
-    uncertainty = fields.pop("uncertainty", None)
     provenance = {
         "model": bundle.name,
         "model_path": str(bundle.path) if bundle.path else None,

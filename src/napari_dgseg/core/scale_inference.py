@@ -14,6 +14,7 @@ For vessel models :func:`fundus_mask` finds the field of view (:mod:`napari_dgse
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,13 @@ __all__ = ["FOV_MODES", "back_to_image", "fundus_mask", "plan_scale", "task_kind
 #: ``auto``: vessel models ignore the dark surround of a fundus photograph and its rim;
 #: ``off``: the whole image counts.
 FOV_MODES = ("auto", "off")
+#: Tasks whose models are not upsampled unless the user asks: on fundus images taken smaller
+#: than the training scale, upsampling lost Dice for both vessel models (docs/scale.md).
+NO_UPSAMPLE = frozenset({"vessels"})
+#: Smallest side of a resized image (the network's tiling needs this much).
+MIN_RESIZED_SIDE = 16
+#: Images with a shorter side hold too few objects to estimate a scale from.
+MIN_ESTIMATE_SIDE = 48
 
 
 def task_kind(manifest: dict[str, Any]) -> str | None:
@@ -57,15 +65,22 @@ def plan_scale(
     model_scale = bundle_scale(manifest)
 
     def estimate() -> dict[str, Any]:
+        if min(adapter.height, adapter.width) < MIN_ESTIMATE_SIDE:
+            return {"object_size_px": None, "why": f"image under {MIN_ESTIMATE_SIDE} px a side"}
         return estimate_object_size(adapter, kind)
 
     decision = resolve_scale(model_scale, rescale=rescale, scale=scale, mpp=mpp,
                              object_size=object_size, pixel_size_um=pixel_size_um,
-                             estimate=estimate if kind is not None else None)
+                             estimate=estimate if kind is not None else None,
+                             upsample=kind not in NO_UPSAMPLE)
     if not decision.applied:
         return decision, adapter
     resized = ResampledImage.of(adapter, decision.factor)
-    if min(resized.height, resized.width) < 16:
+    if min(resized.height, resized.width) < MIN_RESIZED_SIDE and decision.source == "estimated":
+        return replace(decision, factor=1.0, applied=False,
+                       reason=f"not resampled: the estimated factor {decision.factor:.3g} would "
+                              "leave too few pixels"), adapter
+    if min(resized.height, resized.width) < MIN_RESIZED_SIDE:
         raise InputError(f"resized by {decision.factor:.3g} the image would be {resized.height} x "
                          f"{resized.width} pixels, too small to segment; give a larger --scale or "
                          "check the pixel size")

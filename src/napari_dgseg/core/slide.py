@@ -713,6 +713,7 @@ def _open_pil(p: Path) -> OpenedImage:
             im.load()
             fmt = (im.format or p.suffix.lstrip(".")).lower()
             mode = im.mode
+            pixel_size = _pil_pixel_size(im.info)
             array = _pil_to_array(im)
     except DgsegError:
         raise
@@ -734,7 +735,22 @@ def _open_pil(p: Path) -> OpenedImage:
             "truncated; copy it again from its source."
         ) from exc
     meta = {"format": fmt, "pil_mode": mode}
-    return OpenedImage(levels=[array], path=str(p), rgb=False, pixel_size_um=None, metadata=meta)
+    return OpenedImage(levels=[array], path=str(p), rgb=False, pixel_size_um=pixel_size,
+                       metadata=meta)
+
+
+def _pil_pixel_size(info: dict) -> tuple[float, float] | None:
+    """``(y, x)`` micrometres from a PNG pHYs / JPEG JFIF density (Pillow's ``dpi``); the
+    desktop densities (72-600 dpi, hundreds of micrometres) say nothing and are ignored."""
+    dpi = info.get("dpi")
+    try:
+        dx, dy = (float(v) for v in dpi)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if dx <= 0 or dy <= 0:
+        return None
+    size = (25400.0 / dy, 25400.0 / dx)
+    return size if max(size) <= MAX_RESOLUTION_PIXEL_UM else None
 
 
 def _pil_to_array(im: Any) -> np.ndarray:

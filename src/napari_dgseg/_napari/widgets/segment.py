@@ -57,11 +57,17 @@ from napari_dgseg._napari.geometry import (
 from napari_dgseg._napari.layers import add_or_replace
 from napari_dgseg._napari.notify import notify
 from napari_dgseg._napari.runner import TaskRunner
-from napari_dgseg._napari.segment_job import SegmentJob, SegmentResult, layer_source_path
+from napari_dgseg._napari.segment_job import (
+    SegmentJob,
+    SegmentResult,
+    layer_pixel_size,
+    layer_source_path,
+)
 from napari_dgseg._napari.widgets._common import disable_unavailable
 from napari_dgseg._napari.widgets.dcin_controls import DcinControls
 from napari_dgseg._napari.widgets.layer_picker import LayerPicker
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
+from napari_dgseg._napari.widgets.scale_controls import ScaleControls
 from napari_dgseg.core.device import DEVICES
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.predict import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -164,6 +170,8 @@ class SegmentWidget(QWidget):
         sform.addRow("Tile size", self.tile_spin)
         sform.addRow("Overlap", self.overlap_spin)
         sform.addRow("Device", self.device_combo)
+        self.scale_controls = ScaleControls(self)
+        sform.addRow("Scale", self.scale_controls)
         sform.addRow("", self.probabilities_check)
 
         # masks: re-derived from the last run's probabilities, no new forward pass
@@ -361,6 +369,7 @@ class SegmentWidget(QWidget):
             self.region_combo,
             self.shapes_picker,
             self.dcin,
+            self.scale_controls,
         ):
             w.setEnabled(not self.running)
 
@@ -460,6 +469,7 @@ class SegmentWidget(QWidget):
             reference_label=reference_label,
             normalized=effective != "none" and self.dcin.normalized_check.isChecked(),
             uncertainty=effective == "full" and self.dcin.uncertainty_check.isChecked(),
+            scale_kwargs=self.scale_controls.predict_kwargs(layer_pixel_size(layer)),
         )
         self._last_result = []
         self.progress_bar.setFormat("%v / %m tiles")
@@ -528,6 +538,7 @@ class SegmentWidget(QWidget):
             dcin=mode,
             threshold=float(self.threshold_spin.value()),
             min_size=int(self.min_size_spin.value()),
+            scale_kwargs=self.scale_controls.predict_kwargs(),
         )
         self._folder_rows = []
         self.folder_table.setRowCount(0)
@@ -610,6 +621,7 @@ class SegmentWidget(QWidget):
         self._model_labels = None if self._kept_layer is None else self._kept_layer.data
         self._style_labels(recolour=True)
         self.dcin.show_result(result.dcin, result.reference_label)
+        self.scale_controls.show_result(result.scale)
         dcin = result.dcin or {}
         notice = dcin.get("notice")
         if notice:
@@ -626,6 +638,7 @@ class SegmentWidget(QWidget):
 
     def _on_model_changed(self, bundle: Any) -> None:
         """A new model: outline instances, fill classes (the user may change it)."""
+        self.scale_controls.show_model(bundle)
         if bundle is not None:
             self.contour_spin.setValue(default_contour(bundle.family.output))
 

@@ -68,6 +68,9 @@ class SegmentJob:
     reference_label: str | None = None
     normalized: bool = False
     uncertainty: bool = False
+    #: The whole image (lazy; a slide's smallest pyramid level) whose tissue gives DCIN's target
+    #: colour statistics when only a region is segmented; None: the region itself.
+    dcin_source: Any = None
 
     def __call__(self, progress: ProgressFn, cancel: threading.Event) -> SegmentResult:
         reference = read_reference(self.reference) if self.dcin == "reference" else None
@@ -78,6 +81,7 @@ class SegmentJob:
             device=self.device,
             dcin=self.dcin,
             reference=reference,
+            dcin_source=self.dcin_source if self.dcin != "none" else None,
             return_normalized=self.normalized,
             progress=progress,
             cancel=cancel,

@@ -167,3 +167,26 @@ def test_pilot_windows_prefer_tissue_and_cover_small_images():
     wins = pilot_windows(1000, 1000, mask, side=256, count=2)
     assert len(wins) == 2 and wins[0] == (744, 1000, 744, 1000)
     assert all(y1 - y0 == 256 and x1 - x0 == 256 for y0, y1, x0, x1 in wins)
+
+
+@pytest.mark.slow  # a few seconds: the shipped nuclei U-Net on four 256 px crops
+@pytest.mark.parametrize("domain", ["clean", "warm-scanner"])
+def test_shipped_model_keeps_a_sparse_synthetic_crop_sparse_with_auto(domain):
+    """Whatever weights are shipped: auto may not turn a few nuclei into many."""
+    from napari_dgseg import list_bundles, load_bundle
+    from napari_dgseg.core.data.synthetic import make_nuclei
+
+    if "nuclei-unet" not in {b["name"] for b in list_bundles()}:
+        pytest.skip("the shipped nuclei-unet bundle is not installed")
+    bundle = load_bundle("nuclei-unet")
+    img, gt = make_nuclei(1024, domain=domain, seed=70_001)
+    truth = gt > 0
+    # the 256 px crop with the fewest nuclear pixels (but some)
+    best = min(((truth[y:y + 256, x:x + 256].mean(), y, x) for y in range(0, 769, 32)
+                for x in range(0, 769, 32) if truth[y:y + 256, x:x + 256].any()))
+    _, y, x = best
+    crop, t = img[y:y + 256, x:x + 256], truth[y:y + 256, x:x + 256]
+    assert t.mean() < 0.1  # a sparse crop indeed
+    pred = bundle.predict(crop, dcin="auto", device="cpu")
+    frac = float((pred.labels > 0).mean())
+    assert t.mean() / 1.5 <= frac <= 1.5 * t.mean(), (frac, t.mean(), pred.provenance["dcin"]["guard"])

@@ -23,16 +23,17 @@ colour branches, and compares what the model says (signals available at inferenc
 
 Decision (:func:`decide`), in this order:
 
-1. the two masks agree (``agreement >= AGREE``): normalization only refines; **keep** it;
-2. the normalized mask is more than ``MAX_GROWTH`` times the original one (and at least
+1. the normalized mask is more than ``MAX_GROWTH`` times the original one (and at least
    ``MIN_GROWTH_POINTS`` of the pixels more), the failure normalization of a sparse image
-   produces (stroma made nucleus-dark): when the colours are already close to the training
-   colours (``colour_shift < COLOUR_SHIFT``) there is nothing for normalization to correct, so
-   **fall back** to ``none``; when they are far (a different scanner or stain), the original
-   prediction is the untrustworthy one and normalization is **kept**;
-3. the normalized branches disagree with each other (``branch_disagreement >
+   produces (stroma made nucleus-dark), while the colours are already close to the training
+   colours (``colour_shift < COLOUR_SHIFT``): there is nothing for normalization to correct,
+   so **fall back** to ``none``;
+2. the two masks agree (``agreement >= AGREE``): normalization only refines; **keep** it;
+3. the mask grows but the colours are far from the training colours (a different scanner or
+   stain): the original prediction is the untrustworthy one; **keep** normalization;
+4. the normalized branches disagree with each other (``branch_disagreement >
    MAX_BRANCH_DISAGREEMENT``): the references do not even agree on the answer; **fall back**;
-4. otherwise **keep** it (normalization changes the mask, within limits, in the direction of
+5. otherwise **keep** it (normalization changes the mask, within limits, in the direction of
    fewer false nuclei or towards a consistent answer).
 
 The thresholds are named constants, set on the training renderer's domains (see docs/dcin.md),
@@ -63,8 +64,8 @@ __all__ = [
 
 #: Dice between the original and the normalized pilot masks above which normalization is kept.
 AGREE: float = 0.8
-#: Largest factor by which normalization may grow the foreground before the guard falls back.
-MAX_GROWTH: float = 1.5
+#: Largest factor by which normalization may grow the foreground of an in-domain image.
+MAX_GROWTH: float = 1.2
 #: ... and only when it grows it by at least this share of the pixels (tiny masks are noisy).
 MIN_GROWTH_POINTS: float = 0.02
 #: Colour distance (reference standard deviations) from which an image counts as out of domain.
@@ -107,16 +108,17 @@ class GuardDecision:
 def decide(s: GuardSignals) -> GuardDecision:
     """The rule of the module docstring, on measured signals."""
     pct = f"{100 * s.fraction_none:.1f} % -> {100 * s.fraction_normalized:.1f} %"
+    grows = (s.fraction_normalized - s.fraction_none >= MIN_GROWTH_POINTS
+             and s.fraction_normalized > MAX_GROWTH * s.fraction_none)
+    if grows and s.colour_shift < COLOUR_SHIFT:
+        return GuardDecision(
+            "fallback", f"normalization would grow the foreground {pct} (Dice "
+            f"{s.agreement:.2f} with the original) although the colours are close to the "
+            f"training colours (shift {s.colour_shift:.2f}): not applied", s)
     if s.agreement >= AGREE:
         return GuardDecision("keep", f"normalized and original masks agree (Dice "
                                      f"{s.agreement:.2f}; foreground {pct})", s)
-    grows = s.fraction_normalized - s.fraction_none
-    if grows >= MIN_GROWTH_POINTS and s.fraction_normalized > MAX_GROWTH * s.fraction_none:
-        if s.colour_shift < COLOUR_SHIFT:
-            return GuardDecision(
-                "fallback", f"normalization would grow the foreground {pct} (Dice "
-                f"{s.agreement:.2f} with the original) although the colours are close to the "
-                f"training colours (shift {s.colour_shift:.2f}): not applied", s)
+    if grows:
         return GuardDecision(
             "keep", f"colours far from the training colours (shift {s.colour_shift:.2f}); "
             f"normalization grows the foreground {pct}", s)

@@ -69,7 +69,7 @@ Branch = Callable[[Tensor], Tensor]
 METHODS: tuple[str, ...] = ("reinhard", "reinhard-bounded", "balanced", "macenko")
 
 #: The method ``auto`` uses (chosen on the training renderer's domains, see docs/dcin.md).
-DEFAULT_METHOD: str = "balanced"
+DEFAULT_METHOD: str = "reinhard"
 
 #: ``reinhard-bounded``: largest std ratio (and its inverse) a transfer may apply per channel.
 STD_RATIO_BOUND: float = 1.25

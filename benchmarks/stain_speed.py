@@ -142,8 +142,8 @@ def main() -> None:
         sys.path.append(args.anchors)
 
     import torch
-
     from _report import load_average, machine_state
+
     from napari_dgseg.core.color.normalizers import METHODS
     from napari_dgseg.core.data.synthetic import make_nuclei
 

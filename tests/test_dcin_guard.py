@@ -182,8 +182,8 @@ def test_shipped_model_keeps_a_sparse_synthetic_crop_sparse_with_auto(domain):
     img, gt = make_nuclei(1024, domain=domain, seed=70_001)
     truth = gt > 0
     # the 256 px crop with the fewest nuclear pixels (but some)
-    best = min(((truth[y:y + 256, x:x + 256].mean(), y, x) for y in range(0, 769, 32)
-                for x in range(0, 769, 32) if truth[y:y + 256, x:x + 256].any()))
+    best = min((truth[y:y + 256, x:x + 256].mean(), y, x) for y in range(0, 769, 32)
+                for x in range(0, 769, 32) if truth[y:y + 256, x:x + 256].any())
     _, y, x = best
     crop, t = img[y:y + 256, x:x + 256], truth[y:y + 256, x:x + 256]
     assert t.mean() < 0.1  # a sparse crop indeed

@@ -136,3 +136,19 @@ def test_branches_run_on_cuda(method):
     gpu = norm.branch(s, s * 1.01)(x.cuda())
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+def test_normalize_colors_honours_tissue_only_for_the_reference():
+    """Regression: the reference's statistics were always taken from tissue pixels only."""
+    from napari_dgseg.core.color.transfer import normalize_colors
+
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal([200, 120, 170], 20, (64, 64, 3)), 0, 255).astype(np.uint8)
+    reference = np.full((64, 64, 3), 250, np.uint8)  # white glass ...
+    reference[16:48, 16:48] = np.clip(rng.normal([120, 60, 150], 15, (32, 32, 3)), 0, 255)
+    tissue = normalize_colors(image, reference, tissue_only=True).astype(float)
+    every = normalize_colors(image, reference, tissue_only=False).astype(float)
+    # with the glass counted, the reference is much lighter on average
+    assert every.mean() > tissue.mean() + 20
+    inner = reference[16:48, 16:48].astype(float)
+    assert abs(tissue.mean() - inner.mean()) < 15

@@ -39,6 +39,7 @@ from napari_dgseg.core.color.bank import (
 from napari_dgseg.core.color.normalizers import (
     DEFAULT_METHOD,
     get_normalizer,
+    identity,
     tissue_samples,
 )
 from napari_dgseg.core.color.tissue import has_tissue, image_color_stats
@@ -93,8 +94,7 @@ class DcinPlan:
                 "guard": self.guard, "notice": self.notice}
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+_identity = identity  # the branch of mode none
 
 
 def target_sample(adapter: Any, max_side: int = 1024) -> np.ndarray:

@@ -212,10 +212,12 @@ def apply_guard(bundle: Any, adapter: Any, plan: Any, *, device: Any = "cpu",
     statistics (:func:`~napari_dgseg.core.color.dcin.plan_dcin` passes the composition-balanced
     one).
     """
-    from napari_dgseg.core.color.dcin import _identity, target_sample
+    from napari_dgseg.core.color.normalizers import identity
     from napari_dgseg.core.color.tissue import tissue_mask
 
-    tissue = tissue_mask(target_sample(adapter, 256), fallback=False)
+    step = max(1, int(np.ceil(max(adapter.height, adapter.width) / 256)))
+    small = adapter.to_rgb_uint8(np.asarray(adapter.image[::step, ::step]))
+    tissue = tissue_mask(small, fallback=False)
     with torch.inference_mode():
         if shift is None:
             shift = colour_shift(plan.target_stats, plan.references) if plan.target_stats else 0.0
@@ -230,6 +232,6 @@ def apply_guard(bundle: Any, adapter: Any, plan: Any, *, device: Any = "cpu",
     if decision.action == "fallback":
         plan.guard["not_applied"] = {"mode": plan.mode, "references": plan.references}
         plan.mode = "none"
-        plan.branches = [_identity]
+        plan.branches = [identity]
         plan.references = []
     return decision

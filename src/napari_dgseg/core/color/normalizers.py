@@ -59,6 +59,7 @@ __all__ = [
     "Normalizer",
     "get_normalizer",
     "histogram_samples",
+    "identity",
     "lab_samples",
     "tissue_samples",
 ]
@@ -311,6 +312,11 @@ def _lab_affine_branch(k: np.ndarray, shift: np.ndarray) -> Branch:
         return _apply(_MATS["lms_to_rgb"], torch.exp(mixed)).clamp(0.0, 1.0)
 
     return branch
+
+
+def identity(x: Tensor) -> Tensor:
+    """The branch of DCIN ``none``: the batch as it is."""
+    return x
 
 
 def get_normalizer(name: str) -> Normalizer:

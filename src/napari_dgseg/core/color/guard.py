@@ -64,8 +64,10 @@ __all__ = [
 
 #: Dice between the original and the normalized pilot masks above which normalization is kept.
 AGREE: float = 0.8
-#: Largest factor by which normalization may grow the foreground of an in-domain image.
-MAX_GROWTH: float = 1.2
+#: Largest factor by which normalization may grow the foreground of an image whose colours are
+#: already close to the training colours (with at least MIN_GROWTH_POINTS more pixels): such an
+#: image has nothing for normalization to correct, so visible growth comes from its composition.
+MAX_GROWTH: float = 1.05
 #: ... and only when it grows it by at least this share of the pixels (tiny masks are noisy).
 MIN_GROWTH_POINTS: float = 0.02
 #: Colour distance (reference standard deviations) from which an image counts as out of domain.

@@ -60,9 +60,12 @@ def test_bank_gris_lris_full(tiny_bundle, tmp_path):
         plan = plan_dcin(b, ImageAdapter.from_array(images[i]), "lris")
         assert plan.references[0]["index"] == i
         assert plan.references[0]["reference"] == f"img{i}"
-    full = plan_dcin(b, ImageAdapter.from_array(images[1]), "auto")
+    full = plan_dcin(b, ImageAdapter.from_array(images[1]), "auto", guard=False)
     assert full.mode == "full" and [r["branch"] for r in full.references] == ["gris", "lris"]
-    pred = b.predict(images[2], tile=64, overlap=16, return_normalized=True)
+    guarded = plan_dcin(b, ImageAdapter.from_array(images[1]), "auto")
+    assert guarded.requested == "auto" and guarded.guard["action"] in ("keep", "fallback")
+    assert guarded.mode == ("full" if guarded.guard["action"] == "keep" else "none")
+    pred = b.predict(images[2], tile=64, overlap=16, dcin="full", return_normalized=True)
     assert pred.provenance["dcin"]["mode"] == "full"
     assert pred.uncertainty.shape == images[2].shape[:2]
     assert 0 <= pred.uncertainty.min() and pred.uncertainty.max() <= 1
@@ -109,12 +112,17 @@ def test_whole_slide_no_seam():
     img, _ = make_nuclei((3000, 3000), domain=_other_nuclei_domain(), seed=5)
     adapter = ImageAdapter.from_array(img)
     ref_mean, ref_std = np.array([-0.4, 0.05, 0.01]), np.array([0.25, 0.04, 0.02])
-    from napari_dgseg.core.color.dcin import _make_branch
+    from napari_dgseg.core.color.dcin import target_sample
+    from napari_dgseg.core.color.normalizers import METHODS, get_normalizer, tissue_samples
 
-    t_mean, t_std = image_color_stats(img)
-    branch = _make_branch(t_mean, t_std, ref_mean, ref_std, "lab-reinhard")
-    slide_norm = normalized_image(adapter, branch, block=512)
-    assert _seam_ratio(slide_norm, 512) < 1.5
+    reference, _ = make_nuclei(512, domain="clean", seed=6)
+    sample = target_sample(adapter)  # once per slide, as plan_dcin does
+    for method in METHODS:  # every method: one set of statistics for the slide, no seams
+        norm = get_normalizer(method)
+        branch = norm.branch(norm.fit(*tissue_samples(sample)), norm.fit(*tissue_samples(reference)))
+        slide_norm = normalized_image(adapter, branch, block=512)
+        assert _seam_ratio(slide_norm, 512) < 1.5, method
+        assert np.abs(slide_norm.astype(int) - img).mean() > 1.0, method  # it did change colours
     # negative control: statistics per tile (what DCIN must not do) do leave seams
     per_tile = np.zeros_like(img)
     for y in range(0, 3000, 512):

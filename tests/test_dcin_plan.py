@@ -24,9 +24,9 @@ from napari_dgseg.core.color.bank import BANK_FILE, downsample, image_embedding
 from napari_dgseg.core.color.dcin import (
     DCIN_MODES,
     normalized_image,
-    plan_dcin,
     target_sample,
 )
+from napari_dgseg.core.color.dcin import plan_dcin as _plan_dcin
 from napari_dgseg.core.color.tissue import image_color_stats
 from napari_dgseg.core.color.transfer import transfer
 from napari_dgseg.core.errors import InputError
@@ -42,6 +42,15 @@ BANK_MEAN = np.array(
 BANK_STD = np.array(
     [[0.10, 0.02, 0.01], [0.20, 0.03, 0.02], [0.15, 0.05, 0.03], [0.25, 0.04, 0.015]], np.float32
 )
+
+
+def plan_dcin(*args, **kwargs):
+    """These tests pin the Reinhard method (every branch must equal ``transfer``) and leave the
+    guard of ``auto`` out (tests/test_dcin_guard.py checks it); other methods:
+    tests/test_normalizers.py."""
+    kwargs.setdefault("method", "reinhard")
+    kwargs.setdefault("guard", False)
+    return _plan_dcin(*args, **kwargs)
 
 
 def _target() -> np.ndarray:
@@ -244,9 +253,12 @@ def test_provenance_records_the_plan(setup):
     bundle, target = setup
     plan = plan_dcin(bundle, ImageAdapter.from_array(target), "full")
     prov = plan.provenance()
-    assert prov == {"mode": "full", "space": "lab-reinhard", "references": plan.references,
+    assert prov == {"mode": "full", "requested": "full", "method": "reinhard",
+                    "space": "lab-reinhard", "references": plan.references,
                     "target_mean": plan.target_mean, "target_std": plan.target_std,
+                    "target_stats": plan.target_stats, "stats_from": "image", "guard": None,
                     "notice": None}  # fmt: skip
+    np.testing.assert_allclose(plan.target_stats, plan.target_mean + plan.target_std, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["gris", "lris", "full", "reference", "auto"])

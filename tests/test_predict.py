@@ -643,8 +643,8 @@ def test_predict_bundle_with_two_branches_returns_uncertainty_and_normalized_ima
     from napari_dgseg.core import inference
     from napari_dgseg.core.color import dcin
 
-    def plan(bundle, adapter, mode, reference):
-        assert mode == "full" and reference == "ref"
+    def plan(bundle, adapter, mode, reference, **options):  # method, stats_source, device, ...
+        assert mode == "full" and reference == "ref" and options["method"] is None
         return dcin.DcinPlan(
             mode="full",
             branches=[lambda t: t, lambda t: 1.0 - t],
@@ -676,7 +676,7 @@ def test_predict_bundle_refuses_a_plan_whose_references_do_not_match_its_branche
     from napari_dgseg.core import inference
     from napari_dgseg.core.color import dcin
 
-    monkeypatch.setattr(inference, "plan_dcin", lambda *a: dcin.DcinPlan(
+    monkeypatch.setattr(inference, "plan_dcin", lambda *a, **k: dcin.DcinPlan(
         mode="full", branches=[lambda t: t, lambda t: t], references=[{"branch": "gris"}]))
     with pytest.raises(ValueError, match="zip"):
         toy_bundle().predict(np.zeros((16, 16, 3), np.uint8), tile=32, overlap=8, device="cpu",

@@ -280,3 +280,50 @@ def test_rgba_and_16bit_images(banked, kind):
         norm = viewer.layers[f"img normalized ({branch})"]
         assert norm.data.shape == (128, 128, 3) and norm.data.dtype == np.uint8
     assert viewer.layers[f"img uncertainty ({BANKED})"].data.shape == (128, 128)
+
+
+@pytest.mark.slow
+def test_region_takes_colour_statistics_from_the_whole_image(banked):
+    """A drawn region is normalised by the statistics of the whole image, not of the region:
+    a region of plain stroma must not be stretched as if it were the whole tissue."""
+    from napari_dgseg.core.color.tissue import image_color_stats
+
+    w, viewer = banked, banked.viewer
+    image = _shifted(size=192, seed=3)
+    image[:, 96:] = np.clip(image[:, 96:].astype(int) + 25, 0, 255).astype(np.uint8)  # 2 halves
+    viewer.add_image(image, name="img", rgb=True)
+    rect = np.array([[0.0, 96.0], [0.0, 191.0], [95.0, 191.0], [95.0, 96.0]])
+    viewer.add_shapes([rect], shape_type="rectangle", name="roi")
+    w.image_picker.set_layer(viewer.layers["img"])
+    w.region_combo.setCurrentText("drawn rectangle")
+    w.dcin.mode_combo.setCurrentText("auto")
+    w.run(sync=True)
+    labels = viewer.layers[f"img labels ({BANKED})"]
+    dcin = labels.metadata["provenance"]["dcin"]
+    assert labels.data.shape[0] < 100 and labels.data.shape[1] < 100  # the region only
+    assert dcin["stats_from"] == "whole image 192 x 192"
+    whole, _ = image_color_stats(image)
+    region, _ = image_color_stats(image[:96, 96:])
+    np.testing.assert_allclose(dcin["target_mean"], whole, atol=1e-9)
+    assert np.abs(np.asarray(dcin["target_mean"]) - region).max() > 0.01
+    # auto ran the guard; the panel and the status line say what it decided
+    assert dcin["requested"] == "auto" and dcin["guard"]["action"] in ("keep", "fallback")
+    assert "Guard:" in w.dcin.references_line.toolTip()
+    if dcin["guard"]["action"] == "fallback":
+        assert "not applied" in w.dcin.references_line.text()
+        assert "guard" in w.status_label.text()
+    else:
+        assert "guard: kept" in w.dcin.references_line.text()
+
+
+def test_panel_words_for_a_guard_fall_back():
+    from napari_dgseg._napari.dcin_info import describe_references
+
+    dcin = {"mode": "none", "requested": "auto", "references": [], "notice": None,
+            "guard": {"action": "fallback", "reason": "normalization would grow the foreground "
+                      "5.0 % -> 40.0 %", "signals": {"fraction_none": 0.05,
+                      "fraction_normalized": 0.4, "agreement": 0.2, "colour_shift": 0.3,
+                      "pilot_pixels": 65536}}}
+    line, tip = describe_references(dcin)
+    assert line == "not applied (guard): image as it is"
+    assert "NOT applied" in tip and "5.0 % -> 40.0 %" in tip and "colour shift 0.30" in tip

@@ -17,6 +17,7 @@ __all__ = [
     "BANK_MODES",
     "BRANCH_LABELS",
     "DCIN_TIPS",
+    "describe_guard",
     "describe_references",
     "swatch_colors",
 ]
@@ -25,7 +26,10 @@ __all__ = [
 DCIN_TIPS: dict[str, str] = {
     "auto": (
         "Automatic: 'full' when the model carries a reference bank of its training colours, "
-        "otherwise no normalisation"
+        "otherwise no normalisation; a quick check on a few crops first, and when "
+        "normalising would change the mask in a way nothing in the image supports (e.g. a "
+        "sparse image whose pink tissue would turn nucleus-dark), the image is segmented as it "
+        "is and the panel says why"
     ),
     "none": "No colour normalisation: the image goes to the model as it is",
     "gris": (
@@ -81,8 +85,12 @@ def describe_references(
         return "no colour normalisation", ""
     notice = dcin.get("notice")
     refs = list(dcin.get("references") or [])
+    guard = dcin.get("guard") or {}
     if notice:
         return f"skipped: {notice}", "The image went to the model as it is."
+    if guard.get("action") == "fallback":
+        tip = describe_guard(guard)
+        return "not applied (guard): image as it is", tip
     if not refs:
         return "none (the image went to the model as it is)", ""
     parts = []
@@ -100,7 +108,27 @@ def describe_references(
         )
     for ref, part in zip(refs, parts, strict=True):
         tips.append(f"{part}: {_fmt3(ref.get('mean', []))}, {_fmt3(ref.get('std', []))}")
+    if dcin.get("method"):
+        tips.append(f"method: {dcin['method']}; target statistics from the "
+                    f"{dcin.get('stats_from', 'image')}")
+    if guard:
+        tips.append(describe_guard(guard))
+        parts.append("guard: kept")
     return "\n".join(parts), "\n".join(tips)
+
+
+def describe_guard(guard: dict[str, Any]) -> str:
+    """The guard's decision for ``auto`` in words, with the signals it measured."""
+    action = {"keep": "normalisation kept", "fallback": "normalisation NOT applied"}.get(
+        str(guard.get("action")), str(guard.get("action")))
+    text = f"Guard: {action}: {guard.get('reason', '')}"
+    sig = guard.get("signals") or {}
+    if sig:
+        text += (f"\n(pilot on {sig.get('pilot_pixels', 0)} px: foreground "
+                 f"{100 * sig.get('fraction_none', 0):.1f} % as is, "
+                 f"{100 * sig.get('fraction_normalized', 0):.1f} % normalised, agreement "
+                 f"{sig.get('agreement', 0):.2f}, colour shift {sig.get('colour_shift', 0):.2f})")
+    return text
 
 
 def swatch_colors(dcin: dict[str, Any] | None) -> np.ndarray | None:

@@ -73,6 +73,9 @@ class SegmentJob:
     uncertainty: bool = False
     #: Keyword arguments for the model's scale (``rescale``, ``scale``, ``mpp``, ...).
     scale_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: The whole image (lazy; a slide's smallest pyramid level) whose tissue gives DCIN's target
+    #: colour statistics when only a region is segmented; None: the region itself.
+    dcin_source: Any = None
 
     def __call__(self, progress: ProgressFn, cancel: threading.Event) -> SegmentResult:
         reference = read_reference(self.reference) if self.dcin == "reference" else None
@@ -83,6 +86,7 @@ class SegmentJob:
             device=self.device,
             dcin=self.dcin,
             reference=reference,
+            dcin_source=self.dcin_source if self.dcin != "none" else None,
             return_normalized=self.normalized,
             progress=progress,
             cancel=cancel,

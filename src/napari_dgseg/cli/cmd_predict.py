@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=2, help="tiles per forward pass (default 2)")
     p.add_argument("--dcin", default="auto",
                    choices=["auto", "none", "gris", "lris", "full", "reference"],
-                   help="colour normalisation (default auto: full when the model has a bank)")
+                   help="colour normalisation (default auto: full when the model has a bank, "
+                        "behind a guard that falls back to none when it would change the mask "
+                        "unseen)")
+    p.add_argument("--dcin-method", default=None,
+                   choices=["reinhard", "reinhard-bounded", "balanced", "macenko"],
+                   help="colour statistics DCIN matches (default reinhard; see docs/dcin.md)")
     p.add_argument("--reference", help="reference image for --dcin reference")
     p.add_argument("--normalized", action="store_true",
                    help="also write the colour-normalised image(s) <stem>_normalized_<branch>.png")
@@ -94,7 +99,7 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
     pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
                           device=args.device, batch=args.batch, progress=bar,
                           dcin=args.dcin, reference=args.reference,
-                          return_normalized=args.normalized,
+                          dcin_method=args.dcin_method, return_normalized=args.normalized,
                           **scale_kwargs(args, opened.pixel_size_um))
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
@@ -125,6 +130,8 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
             row["normalized"][branch] = str(dest)
     row["dcin"] = pred.provenance["dcin"]["mode"]
     row["scale"] = {k: pred.provenance["scale"][k] for k in ("factor", "source", "proposed")}
+    if pred.provenance["dcin"].get("guard"):
+        row["dcin_guard"] = pred.provenance["dcin"]["guard"]["reason"]
     if args.probabilities and pred.probabilities is not None:
         row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
                                                     pred.probabilities, provenance, overwrite,

@@ -40,6 +40,8 @@ def predict_bundle(
     batch: int = 2,
     dcin: str = "auto",
     reference: Any = None,
+    dcin_method: str | None = None,
+    dcin_source: Any = None,
     return_normalized: bool = False,
     progress: ProgressFn | None = None,
     cancel: Any = None,
@@ -68,10 +70,17 @@ def predict_bundle(
     batch : int
         Tiles per forward pass.
     dcin : str
-        Colour normalisation (DCIN of Shah et al. 2025): ``auto`` (``full`` when the bundle has a reference
-        bank, else ``none``), ``none``, ``gris``, ``lris``, ``full`` or ``reference``.
+        Colour normalisation (DCIN of Shah et al. 2025): ``auto`` (``full`` behind a guard that
+        falls back to ``none`` when normalization would change the mask unseen, when the bundle
+        has a reference bank, else ``none``), ``none``, ``gris``, ``lris``, ``full`` or ``reference``.
     reference : array, path or (mean, std), optional
         The user's reference for ``dcin="reference"``.
+    dcin_method : str, optional
+        Normalization method (``reinhard``, ``reinhard-bounded``, ``balanced``, ``macenko``);
+        default the project's default (:data:`napari_dgseg.core.color.normalizers.DEFAULT_METHOD`).
+    dcin_source : array-like, optional
+        The image whose tissue gives the target colour statistics when ``image`` is only a
+        region of it (the whole image, or a low pyramid level of a slide); default ``image``.
     return_normalized : bool
         Also return the colour-normalised image of each branch in ``extras["normalized"]``.
     progress : callable
@@ -116,7 +125,8 @@ def predict_bundle(
     dev = select_device(device)
     check_cancel(cancel)
     with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
-        plan = plan_dcin(bundle, adapter, dcin, reference)
+        plan = plan_dcin(bundle, adapter, dcin, reference, method=dcin_method,
+                         stats_source=dcin_source, device=dev, cancel=cancel)
     try:
         maps = run_tiled(
             bundle.model,

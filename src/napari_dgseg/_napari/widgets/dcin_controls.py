@@ -30,6 +30,7 @@ from napari_dgseg._napari.dcin_info import (
     BANK_HINT,
     BANK_MODES,
     DCIN_TIPS,
+    describe_guard,
     describe_references,
     swatch_colors,
 )
@@ -78,6 +79,8 @@ class DcinControls(QGroupBox):
         Read-only (selectable): the references chosen by the last run (colour statistics in its tooltip).
     swatch : QLabel
         Mean tissue colour of the target and of each reference after a run.
+    guard_label : QLabel
+        After an ``auto`` run: the guard's decision and its reason (signals in the tooltip).
     """
 
     def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
@@ -136,6 +139,11 @@ class DcinControls(QGroupBox):
         self.references_line.setToolTip("The references chosen by the last run appear here")
         self.swatch = QLabel()
         self.swatch.setToolTip("Mean tissue colour: the image, then each reference")
+        # What the guard of 'auto' decided and why (hidden until an auto run has a decision)
+        self.guard_label = QLabel("")
+        self.guard_label.setWordWrap(True)
+        self.guard_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.guard_label.setVisible(False)
         form = QFormLayout(self)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Mode", self.mode_combo)
@@ -145,6 +153,7 @@ class DcinControls(QGroupBox):
         form.addRow("", self.uncertainty_check)
         form.addRow("Used", self.references_line)
         form.addRow("", self.swatch)
+        form.addRow("", self.guard_label)
 
         self.mode_combo.currentIndexChanged.connect(self.update_controls)
         self.file_button.clicked.connect(lambda: self.choose_file())
@@ -244,6 +253,14 @@ class DcinControls(QGroupBox):
         line, tip = describe_references(dcin, reference_label)
         self.references_line.setText(line)
         self.references_line.setToolTip(tip or line)
+        guard = (dcin or {}).get("guard") or {}
+        self.guard_label.setVisible(bool(guard))
+        if guard:
+            kept = guard.get("action") == "keep"
+            self.guard_label.setText(
+                f"{'✓' if kept else '⚠'} Guard: {'normalised' if kept else 'not normalised'}: "
+                f"{guard.get('reason', '')}")
+            self.guard_label.setToolTip(describe_guard(guard))
         pixmap = colour_swatch(dcin)
         self.swatch.setVisible(pixmap is not None)
         if pixmap is not None:

@@ -470,6 +470,7 @@ class SegmentWidget(QWidget):
             normalized=effective != "none" and self.dcin.normalized_check.isChecked(),
             uncertainty=effective == "full" and self.dcin.uncertainty_check.isChecked(),
             scale_kwargs=self.scale_controls.predict_kwargs(layer_pixel_size(layer)),
+            dcin_source=self._dcin_source(layer, plane, region),
         )
         self._last_result = []
         self.progress_bar.setFormat("%v / %m tiles")
@@ -483,6 +484,21 @@ class SegmentWidget(QWidget):
         outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result
+
+    def _dcin_source(self, layer: Any, plane: Any, region: Any) -> Any:
+        """The whole plane whose colours DCIN normalises a region by (lazy, nothing read here).
+
+        The smallest pyramid level of a multiscale layer, else the whole level-0 plane (DCIN
+        reads a strided copy of it in the worker). None when the region is the whole image.
+        """
+        if region.shape == tuple(plane.shape[:2]) and (region.y0, region.x0) == (0, 0):
+            return None
+        if layer.multiscale:
+            try:
+                return layer_plane(layer, self.viewer, level=-1)[0]
+            except InputError:
+                return plane
+        return plane
 
     def choose_folder(self) -> None:
         """Ask for a folder of images and an output folder, then :meth:`run_folder`."""
@@ -633,7 +649,10 @@ class SegmentWidget(QWidget):
             if chosen == "none":
                 self.status_label.setText(result.summary)
             else:
-                self.status_label.setText(f"{result.summary} · DCIN {dcin_label(chosen, ran)}")
+                guard = (dcin.get("guard") or {}).get("action")
+                held = " (guard: not applied, see DCIN panel)" if guard == "fallback" else ""
+                self.status_label.setText(
+                    f"{result.summary} · DCIN {dcin_label(chosen, ran)}{held}")
         self._apply_mask_controls()  # after the status line: it adds what the controls left
 
     def _on_model_changed(self, bundle: Any) -> None:

@@ -8,7 +8,10 @@ itself (methods.md section 3):
   an ImageNet Swin-V2, which cannot be downloaded here; the segmentation encoder is the stand-in);
 * ``mean`` / ``std``: its colour statistics (tissue pixels) in the bank's colour space;
 * ``gris``: the index of the GRIS reference, the histogram medoid (the image with the smallest
-  mean Euclidean distance to all others).
+  mean Euclidean distance to all others);
+* ``ref_<method>``: its statistics for every normalization method of
+  :mod:`napari_dgseg.core.color.normalizers` (``(N, D)``). Banks made before these existed are
+  still valid: :func:`reference_stats` then estimates them from the histogram.
 """
 
 from __future__ import annotations
@@ -87,7 +90,10 @@ def build_reference_bank(
     order = np.arange(len(images))
     if len(order) > max_images:
         order = np.sort(np.random.default_rng(seed).choice(order, max_images, replace=False))
+    from napari_dgseg.core.color.normalizers import METHODS, get_normalizer, tissue_samples
+
     hists, embs, means, stds = [], [], [], []
+    method_stats: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     for i in order:
         rgb8 = downsample(np.asarray(images[i]), 512)
         hists.append(rgb_histogram(rgb8))
@@ -95,8 +101,13 @@ def build_reference_bank(
         m, s = image_color_stats(rgb8, space=space)
         means.append(m)
         stds.append(s)
+        samples = tissue_samples(np.ascontiguousarray(downsample(np.asarray(images[i]), 1024)))
+        for name in METHODS:
+            method_stats[name].append(get_normalizer(name).fit(*samples))
     hist = np.stack(hists)
+    extra = {f"ref_{name}": torch.from_numpy(np.stack(v)).double() for name, v in method_stats.items()}
     return {
+        **extra,
         "hist": torch.from_numpy(hist),
         "embedding": torch.from_numpy(np.stack(embs)),
         "mean": torch.from_numpy(np.stack(means)).float(),
@@ -121,6 +132,41 @@ def add_bank_to_bundle(bundle: Any, images: Sequence[np.ndarray], names: Sequenc
         "names": [names[i] for i in idx] if names else None,
     }
     return bank
+
+
+def reference_stats(bank: dict[str, torch.Tensor], index: int, normalizer: Any) -> tuple[np.ndarray, str]:
+    """Statistics of bank image ``index`` for ``normalizer`` and where they came from.
+
+    Returns
+    -------
+    stats : ndarray, shape (D,)
+    origin : str
+        ``"bank"`` (stored when the bank was built, or the stored Reinhard mean and std) or
+        ``"histogram"`` (estimated from the stored colour histogram of an older bank).
+    """
+    from napari_dgseg.core.color.normalizers import get_normalizer, histogram_samples
+
+    key = f"ref_{normalizer.name}"
+    if key in bank and tuple(bank[key].shape) == (bank["hist"].shape[0], normalizer.size):
+        return bank[key][index].double().numpy(), "bank"
+    plain = np.concatenate([bank["mean"][index].double().numpy(), bank["std"][index].double().numpy()])
+    if normalizer.name in ("reinhard", "reinhard-bounded"):
+        return plain, "bank"
+    if normalizer.name == "macenko":
+        # stain vectors from 32-level bins are too coarse (measured: eosin vector off by ~15
+        # degrees); without stored statistics macenko falls back to Reinhard
+        return np.concatenate([plain, np.full(8, np.nan)]), "histogram: no stain statistics"
+    samples = histogram_samples(bank["hist"][index].double().numpy())
+    if len(samples[0]) == 0:
+        return plain, "bank (no histogram: Reinhard statistics)"
+    stats = normalizer.fit(*samples)
+    # Bins are 32 grey levels wide: their centres shift the mean a little and inflate the std.
+    # Use the histogram only for what the method changes relative to plain Reinhard, anchored on
+    # the exact stored Reinhard statistics.
+    coarse = get_normalizer("reinhard").fit(*samples)
+    stats[:3] = plain[:3] + (stats[:3] - coarse[:3])
+    stats[3:6] = plain[3:6] * (stats[3:6] / coarse[3:6])
+    return stats, "histogram"
 
 
 def validate_bank(bank: dict[str, torch.Tensor], model_name: str) -> None:

@@ -7,10 +7,17 @@ Modes (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Se
 ``lris``       transfer to the training image whose embedding is cosine-nearest to the target's;
 ``full``       both branches, raw logits averaged; their disagreement is the uncertainty map;
 ``reference``  transfer to a reference the user chooses (an image or its (mean, std));
-``auto``       ``full`` when the bundle has a reference bank, else ``none``.
+``auto``       ``full`` behind a guard (:mod:`napari_dgseg.core.color.guard`) when the bundle
+               has a reference bank, else ``none``: a pilot pass on a few crops compares the
+               normalized prediction with the original one and falls back to ``none`` when
+               normalization would change the mask in a way the user cannot see.
+
+Every mode works with every normalization method of :mod:`napari_dgseg.core.color.normalizers`
+(``method=``; default :data:`~napari_dgseg.core.color.normalizers.DEFAULT_METHOD`).
 
 The target's colour statistics come from its tissue pixels on a downsampled copy, computed once
-per image or slide and applied identically to every tile, so a slide has no seams.
+per image or slide (or of ``stats_source``, e.g. the whole slide when a region is segmented) and
+applied identically to every tile, so a slide has no seams.
 """
 
 from __future__ import annotations
@@ -22,9 +29,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_dgseg.core.color.bank import BANK_FILE, downsample, image_embedding, validate_bank
+from napari_dgseg.core.color.bank import (
+    BANK_FILE,
+    downsample,
+    image_embedding,
+    reference_stats,
+    validate_bank,
+)
+from napari_dgseg.core.color.normalizers import (
+    DEFAULT_METHOD,
+    get_normalizer,
+    identity,
+    tissue_samples,
+)
 from napari_dgseg.core.color.tissue import has_tissue, image_color_stats
-from napari_dgseg.core.color.transfer import FLAT_STD, _reference_stats, transfer
+from napari_dgseg.core.color.transfer import FLAT_STD, _reference_stats
 from napari_dgseg.core.errors import BundleError, InputError
 
 DCIN_MODES = ("auto", "none", "gris", "lris", "full", "reference")
@@ -57,27 +76,25 @@ class DcinPlan:
     target_std: list[float] | None = None
     space: str = "lab-reinhard"
     notice: str | None = None
+    method: str = DEFAULT_METHOD
+    #: The statistics the chosen method uses for the target (a flat vector, see Normalizer.fit).
+    target_stats: list[float] | None = None
+    #: Where the target statistics came from (``"image"``, or a description of ``stats_source``).
+    stats_from: str = "image"
+    #: The guard's record for ``auto`` (:class:`napari_dgseg.core.color.guard.GuardDecision`).
+    guard: dict[str, Any] | None = None
+    #: The mode asked for (``auto`` before it was resolved).
+    requested: str = "auto"
 
     def provenance(self) -> dict[str, Any]:
-        return {"mode": self.mode, "space": self.space, "references": self.references,
+        return {"mode": self.mode, "requested": self.requested, "method": self.method,
+                "space": self.space, "references": self.references,
                 "target_mean": self.target_mean, "target_std": self.target_std,
-                "notice": self.notice}
+                "target_stats": self.target_stats, "stats_from": self.stats_from,
+                "guard": self.guard, "notice": self.notice}
 
 
-def _make_branch(t_mean: np.ndarray, t_std: np.ndarray, r_mean: np.ndarray, r_std: np.ndarray,
-                 space: str) -> Branch:
-    tm, ts = torch.tensor(t_mean, dtype=torch.float32), torch.tensor(t_std, dtype=torch.float32)
-    rm, rs = torch.tensor(r_mean, dtype=torch.float32), torch.tensor(r_std, dtype=torch.float32)
-
-    def branch(x: torch.Tensor) -> torch.Tensor:
-        return transfer(x, tm.to(x.device), ts.to(x.device), rm.to(x.device), rs.to(x.device),
-                        space=space)
-
-    return branch
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+_identity = identity  # the branch of mode none
 
 
 def target_sample(adapter: Any, max_side: int = 1024) -> np.ndarray:
@@ -86,16 +103,48 @@ def target_sample(adapter: Any, max_side: int = 1024) -> np.ndarray:
     return adapter.to_rgb_uint8(np.asarray(adapter.image[::step, ::step]))
 
 
-def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = None) -> DcinPlan:
-    """Resolve ``mode`` for ``bundle`` and the image behind ``adapter`` into colour branches."""
+def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = None, *,
+              method: str | None = None, stats_source: Any = None, guard: bool | None = None,
+              device: Any = "cpu", cancel: Any = None) -> DcinPlan:
+    """Resolve ``mode`` for ``bundle`` and the image behind ``adapter`` into colour branches.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        The model (its reference bank, colour space and network).
+    adapter : ImageAdapter
+        The image to segment.
+    mode : str
+        One of :data:`DCIN_MODES`.
+    reference : array, path or (mean, std), optional
+        The user's reference for ``mode="reference"``.
+    method : str, optional
+        Normalization method (:data:`~napari_dgseg.core.color.normalizers.METHODS`); default
+        :data:`~napari_dgseg.core.color.normalizers.DEFAULT_METHOD`. A ``(mean, std)``
+        reference only has Reinhard statistics, so it uses ``reinhard``.
+    stats_source : array or ImageAdapter, optional
+        The image whose tissue gives the target statistics (the whole image or slide, e.g. its
+        lowest pyramid level, when only a region of it is segmented). Default: ``adapter``.
+    guard : bool, optional
+        Run the guard (:mod:`napari_dgseg.core.color.guard`); default: only for ``auto``.
+    device, cancel
+        Where the guard's pilot pass runs, and its cancel event.
+    """
+    from napari_dgseg.core.imageprep import ImageAdapter
+
     if mode not in DCIN_MODES:
         raise InputError(f"unknown DCIN mode {mode!r}; choose one of {list(DCIN_MODES)}")
+    requested = mode
+    normalizer = get_normalizer(method or DEFAULT_METHOD)
     bank = bundle.extra(BANK_FILE)
     space = (bundle.manifest.get("dcin") or {}).get("space", "lab-reinhard")
+    if guard is None:
+        guard = mode == "auto"
     if mode == "auto":
         mode = "full" if bank is not None else "none"
     if mode == "none":
-        return DcinPlan(mode="none", branches=[_identity], space=space)
+        return DcinPlan(mode="none", branches=[_identity], space=space, method=normalizer.name,
+                        requested=requested)
     if mode in ("gris", "lris", "full") and bank is None:
         raise InputError(
             f"model {bundle.name!r} has no DCIN reference bank, needed for mode {mode!r}; add one "
@@ -103,26 +152,51 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
         )
     if mode in ("gris", "lris", "full"):
         validate_bank(bank, bundle.name)
-    sample = target_sample(adapter)
+    stats_from = "image"
+    if stats_source is not None:
+        src = stats_source if isinstance(stats_source, ImageAdapter) else ImageAdapter.from_array(
+            stats_source)
+        stats_from = f"whole image {src.height} x {src.width}"
+    else:
+        src = adapter
+    sample = target_sample(src)
     if not has_tissue(sample):
         # White background only: statistics of glass would turn it into tissue colours.
-        return DcinPlan(mode="none", branches=[_identity], space=space,
+        return DcinPlan(mode="none", branches=[_identity], space=space, method=normalizer.name,
+                        requested=requested,
                         notice=f"DCIN {mode} skipped: no tissue found (blank or white image)")
     t_mean, t_std = image_color_stats(sample, space=space)
     if (t_std < FLAT_STD).all():
         # A flat image: nothing to normalise (transfer would amplify noise).
-        return DcinPlan(mode="none", branches=[_identity], space=space,
+        return DcinPlan(mode="none", branches=[_identity], space=space, method=normalizer.name,
+                        requested=requested,
                         notice=f"DCIN {mode} skipped: the image is a single flat colour")
+    if mode == "reference" and isinstance(reference, (tuple, list)):
+        normalizer = get_normalizer("reinhard")  # only (mean, std) is known of the reference
+    if space != "lab-reinhard":
+        normalizer = get_normalizer("reinhard")  # the other methods work in l-alpha-beta / OD
+    t_stats = normalizer.fit(*tissue_samples(sample))
     plan = DcinPlan(mode=mode, branches=[], target_mean=t_mean.tolist(), target_std=t_std.tolist(),
-                    space=space)
+                    space=space, method=normalizer.name, target_stats=t_stats.tolist(),
+                    stats_from=stats_from, requested=requested)
     names = (bundle.manifest.get("dcin") or {}).get("names") or []
     if mode == "reference":
         if reference is None:
             raise InputError("DCIN mode 'reference' needs a reference image (or its mean and std)")
-        r_mean, r_std = _reference_stats(_as_reference(reference), space)
-        plan.branches.append(_make_branch(t_mean, t_std, r_mean, r_std, space))
+        ref = _as_reference(reference)
+        r_mean, r_std = _reference_stats(ref, space)
+        if normalizer.name == "reinhard" and space != "lab-reinhard":
+            plan.branches.append(_space_branch(t_mean, t_std, r_mean, r_std, space))
+            r_stats = np.concatenate([r_mean, r_std])
+        elif isinstance(ref, (tuple, list)):
+            r_stats = np.concatenate([r_mean, r_std])
+            plan.branches.append(normalizer.branch(np.concatenate([t_mean, t_std]), r_stats))
+        else:
+            r_stats = normalizer.fit(*tissue_samples(_uint8_sample(ref)))
+            plan.branches.append(normalizer.branch(t_stats, r_stats))
         plan.references.append({"branch": "reference", "reference": _describe(reference),
-                                "mean": r_mean.tolist(), "std": r_std.tolist()})
+                                "mean": r_mean.tolist(), "std": r_std.tolist(),
+                                "stats": r_stats.tolist()})
         return plan
     picks: list[tuple[str, int]] = []
     if mode in ("gris", "full"):
@@ -140,15 +214,50 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
     for branch_name, i in picks:
         r_mean = bank["mean"][i].double().numpy()
         r_std = bank["std"][i].double().numpy()
-        plan.branches.append(_make_branch(t_mean, t_std, r_mean, r_std, space))
+        if space != "lab-reinhard":
+            plan.branches.append(_space_branch(t_mean, t_std, r_mean, r_std, space))
+            r_stats, origin = np.concatenate([r_mean, r_std]), "bank"
+        else:
+            r_stats, origin = reference_stats(bank, i, normalizer)
+            plan.branches.append(normalizer.branch(t_stats, r_stats))
         plan.references.append({
             "branch": branch_name,
             "reference": names[i] if i < len(names) else f"training image #{i}",
             "index": i,
             "mean": r_mean.tolist(),
             "std": r_std.tolist(),
+            "stats": r_stats.tolist(),
+            "stats_origin": origin,
         })
+    if guard:
+        from napari_dgseg.core.color.guard import apply_guard, colour_shift
+
+        # how far the colours are, measured without the composition: balanced statistics
+        balanced = get_normalizer("balanced")
+        t_bal = t_stats if normalizer.name == "balanced" else balanced.fit(*tissue_samples(sample))
+        refs = [{"stats": reference_stats(bank, r["index"], balanced)[0].tolist()}
+                for r in plan.references]
+        apply_guard(bundle, adapter, plan, device=device, cancel=cancel,
+                    shift=colour_shift(t_bal, refs))
     return plan
+
+
+def _space_branch(t_mean: np.ndarray, t_std: np.ndarray, r_mean: np.ndarray, r_std: np.ndarray,
+                  space: str) -> Branch:
+    """Reinhard transfer in a colour space other than l-alpha-beta (CIELAB banks)."""
+    from napari_dgseg.core.color.transfer import transfer
+
+    def branch(x: torch.Tensor) -> torch.Tensor:
+        return transfer(x, t_mean, t_std, r_mean, r_std, space=space)
+
+    return branch
+
+
+def _uint8_sample(image: Any, max_side: int = 1024) -> np.ndarray:
+    """A strided uint8 RGB copy of a reference image of any dtype."""
+    from napari_dgseg.core.color.tissue import _as_uint8_rgb, _strided
+
+    return np.ascontiguousarray(_as_uint8_rgb(np.asarray(_strided(image, max_side, "reference"))))
 
 
 def _as_reference(reference: Any) -> Any:

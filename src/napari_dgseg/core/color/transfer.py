@@ -143,8 +143,11 @@ def transfer(
     return from_space(scaled * sd_r[..., None, None] + mu_r[..., None, None], space)
 
 
-def _reference_stats(reference: Any, space: str) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of ``reference``: an image array, or a ``(mean, std)`` pair of 3 values each."""
+def _reference_stats(
+    reference: Any, space: str, tissue_only: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of ``reference``: an image array (tissue pixels only when ``tissue_only``), or
+    a ``(mean, std)`` pair of 3 values each."""
     if isinstance(reference, (tuple, list)) and len(reference) == 2:
         try:
             mean = np.asarray(reference[0], dtype=np.float64)
@@ -163,7 +166,7 @@ def _reference_stats(reference: Any, space: str) -> tuple[np.ndarray, np.ndarray
             raise InputError("reference (mean, std) must be finite with std > 0.")
         return mean, std
     if isinstance(reference, np.ndarray) or hasattr(reference, "__array__"):
-        return image_color_stats(reference, space=space, name="reference")
+        return image_color_stats(reference, space=space, tissue_only=tissue_only, name="reference")
     raise InputError(
         f"reference must be an image array (H, W, 3) or a (mean, std) pair, got "
         f"{type(reference).__name__}; read the file first (e.g. skimage.io.imread) or use "
@@ -204,7 +207,7 @@ def normalize_colors(
         The normalized image, same dtype and value range as ``image``.
     """
     _check_space(space)
-    ref_mean, ref_std = _reference_stats(reference, space)
+    ref_mean, ref_std = _reference_stats(reference, space, tissue_only)
     colour, alpha = prepare_image(image, name="image")
     h, w = colour.shape[:2]
     skip = None

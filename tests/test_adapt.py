@@ -64,6 +64,7 @@ def test_adapt_makes_new_bundle_with_provenance_and_leaves_parent(parent_file, t
         seed=1,
         out=out,
         progress=lambda i, n, logs: seen.append((i, n, logs)),
+        select=False,  # the last iterate: its weights must differ from the parent's
     )
     assert [s[0] for s in seen] == [1, 2, 3, 4, 5] and seen[0][2]["mi"] == 0.0  # warm-up first
     assert all(s[2]["mi"] > 0 for s in seen[1:])
@@ -79,6 +80,10 @@ def test_adapt_makes_new_bundle_with_provenance_and_leaves_parent(parent_file, t
     assert loaded.extra("replay") is not None and loaded.extra("mani") is not None
     changed = any(not torch.equal(v, w0[k]) for k, v in loaded.model.state_dict().items())
     assert changed
+    sel = prov["selection"]  # two targets: too few to hold out, both are scored
+    assert sel["held_out"] is False and sel["selected"] is False
+    assert [c["iteration"] for c in sel["checkpoints"]] == [0, 1, 2, 3, 4, 5]
+    assert sel["chosen_iteration"] == 5
     pred = loaded.predict(_targets(1)[0], device="cpu")
     assert pred.labels.shape == (96, 96) and pred.labels.dtype == np.int32
 

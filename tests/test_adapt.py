@@ -256,3 +256,28 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "never overwritten" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_adapt_is_never_worse_than_its_parent_on_held_out_target_tiles():
+    """Issue 11 acceptance, small case: default settings, 16 unlabelled tiles of a shifted stain.
+
+    The shipped nuclei-hovernet, ``adapt`` with no tuning arguments (what ``dgseg adapt`` does),
+    scored against labels on held-out tiles of the same domain.
+    """
+    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.metrics import instance_scores
+
+    parent = load_bundle("nuclei-hovernet")
+    tiles = [make_nuclei(128, "pale-scanner", 300 + i)[0] for i in range(16)]
+    test = [make_nuclei(128, "pale-scanner", 400 + i) for i in range(4)]
+    torch.set_num_threads(1)
+    adapted = adapt(parent, tiles, device="cpu")
+
+    def dice(b):
+        return np.mean([instance_scores(b.predict(im, device="cpu").labels, lab)["dice"]
+                        for im, lab in test])
+
+    sel = adapted.provenance["selection"]
+    assert sel["held_out"] and sel["held_out_images"] == 4 and sel["selected"]
+    assert dice(adapted) >= dice(parent)

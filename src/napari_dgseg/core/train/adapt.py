@@ -7,6 +7,22 @@ pooled foreground/background features of source (ground truth masks) and target 
 prediction, threshold 0.5). The first ``warmup`` fraction of the iterations uses the source
 segmentation loss only. Adam, constant learning rate (1e-4 by default, as in the paper).
 
+BatchNorm (issue 11): by default the network's BatchNorm layers stay in eval mode while MaNi
+trains (``norm="frozen"``): every batch is normalised by the parent's running statistics, which
+never move, and source and target go through the network in separate passes. Training mode on
+the concatenated source + target batch (``norm="mixed"``, the behaviour before) normalised the
+supervised loss with mixed-domain batch statistics and dragged the running statistics towards a
+mixture that fits neither domain; ``benchmarks/norm_ablation.py`` measures the difference.
+
+``method="stats"`` is the fast alternative without training: the BatchNorm running statistics
+are re-estimated on the target images (:mod:`napari_dgseg.core.train.norm_stats`).
+
+Unlabelled model selection: a quarter of the unlabelled targets (at most 4) is held out; the
+parent and a checkpoint every ``iters // 5`` iterations are scored on them with the label-free
+signals of :mod:`napari_dgseg.core.train.selection`, and (``select=True``, the default) the
+best-scoring checkpoint is returned, which is the parent's weights when nothing beat it. The
+signals of every checkpoint, the verdict and a warning go into ``provenance["selection"]``.
+
 Source data: a labelled folder when given, otherwise the replay set every trained bundle
 carries (``bundle.extra("replay")``). Target images may come with corrected labels, which then
 join the segmentation loss (as an extra labelled domain) and replace the pseudo-labels.
@@ -550,6 +566,8 @@ def _stats_steps(
 METHODS = ("mani", "stats")
 #: Checkpoints scored by the label-free signals per run (besides the parent).
 SELECT_CHECKPOINTS = 5
+#: Most target images the signals read when none are held out.
+MAX_SCORED = 4
 #: Largest side of a held-out image the selection signals read (centre crop).
 SCORE_SIDE = 384
 
@@ -560,8 +578,8 @@ def split_holdout(
     """Split targets into training images and held-out images for the selection signals.
 
     ``holdout=None`` holds out a quarter of the unlabelled targets (at most 4) when there are at
-    least 4; with fewer the signals read every target (``held_out`` False: they were also trained
-    on, which the provenance says). ``holdout=0`` scores on every target as well.
+    least 4; with fewer the signals read the targets (at most :data:`MAX_SCORED`; ``held_out``
+    False: they were also trained on, which the provenance says). ``holdout=0`` does the same.
     """
     samples = list(samples)
     unlabelled = [i for i, s in enumerate(samples) if s.labels is None]
@@ -569,7 +587,7 @@ def split_holdout(
     if n < 0:
         raise InputError(f"holdout must be >= 0 (got {holdout})")
     if n == 0 or len(samples) - n < 1 or n > len(unlabelled):
-        return samples, samples, False
+        return samples, samples[-MAX_SCORED:], False
     held_idx = set(unlabelled[-n:])
     train = [s for i, s in enumerate(samples) if i not in held_idx]
     held = [s for i, s in enumerate(samples) if i in held_idx]

@@ -12,6 +12,9 @@ Part 2, MaNi runs (``--iters``, default 60, one seed) of nuclei-hovernet with Ba
 the learning rate (1e-3) and a smaller replay set (8 crops instead of 24) on one domain. The last
 iterate is scored (no selection), on held-out target tiles and on source tiles.
 
+Part 3 (``--part augment``): MaNi on ``pale-scanner`` with the source batches as stored and with
+stain jitter (``source_augment=True``), target Dice at every scored checkpoint.
+
     python benchmarks/norm_ablation.py                 # both parts (~15 min CPU)
     python benchmarks/norm_ablation.py --part reestimate
 
@@ -113,6 +116,33 @@ def part_modes(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def part_augment(args: argparse.Namespace) -> list[dict]:
+    """MaNi on pale-scanner with and without stain jitter of the source batches, per checkpoint."""
+    from napari_dgseg import load_bundle
+    from napari_dgseg.core.train.adapt import adapt
+
+    b = load_bundle("nuclei-hovernet")
+    base = 20_000  # the tiles of seed 1 in benchmarks/mani_adaptation.py
+    targets = [make_tile("pale-scanner", base + i)[0] for i in range(16)]
+    score_t = scorer(b, [make_tile("pale-scanner", base + 500 + i) for i in range(4)])
+    rows = []
+
+    def recorder(store: dict[int, float]):
+        return lambda it, m: store.__setitem__(it, score_t(m)["dice"])
+
+    for aug in (False, True):
+        dice: dict[int, float] = {}
+        a = adapt(b, targets, iters=args.iters, seed=1, device="cpu", select=False,
+                  source_augment=aug, select_every=max(1, args.iters // 5),
+                  checkpoint_hook=recorder(dice))
+        cps = a.provenance["selection"]["checkpoints"]
+        row = {"domain": "pale-scanner", "source_augment": aug,
+               "checkpoints": [dict(c, target_dice=dice[c["iteration"]]) for c in cps]}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
 def tables(result: dict) -> str:
     out = []
     if result.get("reestimate"):
@@ -128,12 +158,21 @@ def tables(result: dict) -> str:
         for r in result["modes"]:
             out.append(f"| {r['domain']} | {r['variant']} | {r['target']['dice']:.3f} | "
                        f"{r['target']['aji']:.3f} | {r['source']['dice']:.3f} |")
+        out.append("")
+    if result.get("augment"):
+        its = [c["iteration"] for c in result["augment"][0]["checkpoints"]]
+        out += ["| source batches | " + " | ".join(f"Dice @ {i}" for i in its) + " |",
+                "|---" * (len(its) + 1) + "|"]
+        for r in result["augment"]:
+            name = "stain jitter" if r["source_augment"] else "as stored"
+            out.append(f"| {name} | " + " | ".join(f"{c['target_dice']:.3f}"
+                                                    for c in r["checkpoints"]) + " |")
     return "\n".join(out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("all", "reestimate", "modes"), default="all")
+    p.add_argument("--part", choices=("all", "reestimate", "modes", "augment"), default="all")
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--n-target", type=int, default=16)
     p.add_argument("--n-test", type=int, default=5)
@@ -152,6 +191,8 @@ def main() -> None:
         result["reestimate"] = part_reestimate(args)
     if args.part in ("all", "modes"):
         result["modes"] = part_modes(args)
+    if args.part in ("all", "augment"):
+        result["augment"] = part_augment(args)
     result["machine"] = machine_state(load0) | {"torch_threads": torch.get_num_threads()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

@@ -18,7 +18,7 @@ mixture that fits neither domain; ``benchmarks/norm_ablation.py`` measures the d
 are re-estimated on the target images (:mod:`napari_dgseg.core.train.norm_stats`).
 
 Unlabelled model selection: a quarter of the unlabelled targets (at most 4) is held out; the
-parent and a checkpoint every ``iters // 5`` iterations are scored on them with the label-free
+parent and a checkpoint every ``min(20, iters // 5)`` iterations are scored on them with the label-free
 signals of :mod:`napari_dgseg.core.train.selection`, and (``select=True``, the default) the
 best-scoring checkpoint is returned, which is the parent's weights when nothing beat it. The
 signals of every checkpoint, the verdict and a warning go into ``provenance["selection"]``.
@@ -270,6 +270,39 @@ def _train_mode(model: torch.nn.Module, norm: str) -> None:
         freeze_batchnorm(model)
 
 
+def stain_jitter(rgb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random stain strength, tint and brightness of ``(B, 3, H, W)`` RGB in [0, 1] (per image).
+
+    In optical density ``OD = -ln(rgb)`` (Beer-Lambert), every image's OD is scaled by a global
+    stain strength in [0.5, 1.6] and a per-channel factor in [0.85, 1.15] (tint), then its
+    brightness by [0.9, 1.1]: the pale, dark and tinted versions of the source a new scanner or
+    stain batch produces. Applied to the labelled source batches during adaptation, so that the
+    continued supervised training does not specialise the model on the source's one stain.
+    """
+    b = rgb.shape[0]
+
+    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        r = torch.rand(b, *shape, generator=generator)
+        return (lo + (hi - lo) * r).to(rgb.device, rgb.dtype)
+
+    od = -torch.log(rgb.clamp_min(1.0 / 255.0))
+    od = od * u(0.5, 1.6, 1, 1, 1) * u(0.85, 1.15, 3, 1, 1)
+    return (torch.exp(-od) * u(0.9, 1.1, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+def _supervised_loss(fam: Family, model: torch.nn.Module, outputs: dict, batch: dict,
+                     state: dict) -> tuple[torch.Tensor, dict]:
+    """The family's supervised loss; a family that cannot train from its saved form says so."""
+    try:
+        return fam.loss_from_outputs(model, outputs, batch, state)
+    except InputError as exc:
+        raise InputError(
+            f"the {fam.name!r} family cannot be adapted with MaNi from a saved model ({exc}); "
+            "use the statistics method instead (dgseg adapt --method stats; widget: "
+            "'Statistics only')"
+        ) from exc
+
+
 def _is_set(cancel: Any) -> bool:
     return is_cancelled(cancel)
 
@@ -316,6 +349,7 @@ def adapt_steps(
     holdout: int | None = None,
     select_every: int | None = None,
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
+    source_augment: bool = False,
 ) -> Generator[AdaptStep, None, Bundle]:
     """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
 
@@ -391,7 +425,7 @@ def adapt_steps(
         "input_spec": spec,
     }
     n_warm = int(np.ceil(warmup * iters))
-    every = select_every if select_every else max(1, iters // SELECT_CHECKPOINTS)
+    every = select_every if select_every else max(1, min(SELECT_EVERY, iters // 5))
     judge = _Judge(bundle, [_score_view(s.image) for s in held], dev, held_out, checkpoint_hook)
     judge.score(model, 0)
     _train_mode(model, norm)
@@ -405,10 +439,12 @@ def adapt_steps(
             break
         state["iteration"] = it
         sb = {k: v.to(dev) for k, v in src_sampler.batch(batch).items()}
+        if source_augment:
+            sb["image"] = stain_jitter(sb["image"], state["generator"])
         xs = normalise_input(sb["image"], spec)
         if it < n_warm:
             _, out_s = fam.features_and_outputs(model, xs)
-            seg, _ = fam.loss_from_outputs(model, out_s, sb, state)
+            seg, _ = _supervised_loss(fam, model, out_s, sb, state)
             mi = torch.zeros((), device=dev)
             mi_logs = {"mi": 0.0}
         else:
@@ -422,7 +458,7 @@ def adapt_steps(
                 f_s, out_s = fam.features_and_outputs(model, xs)
                 f_t, out_t = fam.features_and_outputs(model, xt)
                 logit_t = out_t["logits"]
-            seg, _ = fam.loss_from_outputs(model, out_s, sb, state)
+            seg, _ = _supervised_loss(fam, model, out_s, sb, state)
             mi, mi_logs = mani(f_s, sb["target"], f_t, logit_t, tb["target"])
         loss = seg + mi_weight * mi
         optimizer.zero_grad(set_to_none=True)
@@ -481,6 +517,8 @@ def adapt_steps(
         "crop_size": crop,
         "seed": seed,
         "optimizer": "Adam, constant learning rate",
+        "source_augment": "stain jitter (OD strength 0.5-1.6, tint 0.85-1.15, brightness 0.9-1.1)"
+        if source_augment else None,
         "final_seg": _mean_tail(history, "seg"),
         "final_mi": _mean_tail([h for h in history if not h["warmup"]], "mi"),
         "losses": {"seg": _thin(history, "seg"), "mi": _thin(history, "mi")},
@@ -564,8 +602,9 @@ def _stats_steps(
 
 #: Adaptation methods: MaNi (default) and target statistics.
 METHODS = ("mani", "stats")
-#: Checkpoints scored by the label-free signals per run (besides the parent).
-SELECT_CHECKPOINTS = 5
+#: Most iterations between two scored checkpoints (fewer when ``iters // 5`` is smaller): MaNi
+#: can peak early and drift after (benchmarks/mani_adaptation.py), so checkpoints stay dense.
+SELECT_EVERY = 20
 #: Most target images the signals read when none are held out.
 MAX_SCORED = 4
 #: Largest side of a held-out image the selection signals read (centre crop).
@@ -621,6 +660,11 @@ class _Judge:
                                  discrete=self.bundle.family.discrete_outputs)
         parent = self.checkpoints[0] if self.checkpoints else sig
         row = {"iteration": iteration, **sig, "degenerate": bool(is_degenerate(sig, parent))}
+        if self.bundle.family.supports("codebook"):  # reported beside the score, not used in it
+            from napari_dgseg.core.train.selection import codebook_shift
+
+            row["codebook_shift"] = codebook_shift(self.bundle, model, self.images,
+                                                   device=self.device)
         self.checkpoints.append(row)
         if not row["degenerate"] and (self.best is None or row["score"] > self.best["score"]):
             self.best = row
@@ -684,6 +728,7 @@ def adapt(
     holdout: int | None = None,
     select_every: int | None = None,
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
+    source_augment: bool = False,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -725,7 +770,9 @@ def adapt(
     holdout : int, optional
         Target images held out for the signal (default: a quarter, at most 4, when >= 4).
     select_every : int, optional
-        Iterations between scored checkpoints (default ``iters // 5``).
+        Iterations between scored checkpoints (default ``min(20, iters // 5)``, at least 1).
+    source_augment : bool
+        Stain jitter (:func:`stain_jitter`) on the labelled source batches (default False).
 
     Returns
     -------
@@ -754,6 +801,7 @@ def adapt(
         holdout=holdout,
         select_every=select_every,
         checkpoint_hook=checkpoint_hook,
+        source_augment=source_augment,
     )
     while True:
         try:

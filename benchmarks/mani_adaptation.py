@@ -236,14 +236,20 @@ def main() -> None:
             "source_domain": SOURCE,
             "seeds": args.seeds,
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table", "models")},
-            "runs": [one_run(bundle, d, s, args) for d in args.domains for s in args.seeds],
-            "machine": machine_state(load0) | {"torch_threads": torch.get_num_threads()},
+            "runs": [],
             "command": "python benchmarks/mani_adaptation.py " + " ".join(sys.argv[1:]),
         }
-        result = summarise(result)
         out = Path(args.out) if args.out else RESULTS / f"mani_adaptation_{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial.json")
+        for d in args.domains:
+            for s in args.seeds:
+                result["runs"].append(one_run(bundle, d, s, args))
+                partial.write_text(json.dumps(result, indent=1) + "\n")  # survives a kill
+        result["machine"] = machine_state(load0) | {"torch_threads": torch.get_num_threads()}
+        result = summarise(result)
         out.write_text(json.dumps(result, indent=1) + "\n")
+        partial.unlink(missing_ok=True)
         print(table(result))
 
 

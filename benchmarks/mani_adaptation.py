@@ -14,8 +14,8 @@ checkpoint 0) is measured against the labels, so the table gives
 * MaNi (last): the last iterate (``select=False``);
 * MaNi + selection: the checkpoint the label-free signal picks (what ``dgseg adapt`` returns);
 
-and the Spearman correlation between each label-free signal and target Dice over the
-checkpoints of a run. Domains: ``pale-scanner`` (stain/colour), ``blurry-jpeg`` (blur and JPEG
+and the Spearman correlation between each label-free signal and target Dice over the MaNi
+checkpoints of a run (the parent included). Domains: ``pale-scanner`` (stain/colour), ``blurry-jpeg`` (blur and JPEG
 compression), ``lymphoid-dense`` (morphology: small, round, packed nuclei in the training stain;
 :mod:`napari_dgseg.core.data.synthetic_lymphoid`). The parents are the bundles as shipped; seeds
 vary the target and test tiles and the adaptation's random stream.
@@ -24,7 +24,8 @@ vary the target and test tiles and the adaptation's random stream.
     python benchmarks/mani_adaptation.py --quick            # 1 seed, 40 iterations, 2 domains
 
 Writes ``benchmarks/results/mani_adaptation_<model>.json`` (``--out`` to change) and prints a
-Markdown table; ``--table FILE.json`` re-prints the table of a stored result.
+Markdown table; ``--table FILE.json`` re-prints the table of a stored result, re-applying the
+current selection rule to its stored checkpoints (``--write`` stores that summary).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("dice", "aji", "pq")
 SOURCE = "clean"
 DOMAINS = ("pale-scanner", "blurry-jpeg", "lymphoid-dense")
-SIGNALS = ("agreement", "certainty", "agreement_x_certainty")
+SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty")
 
 
 def make_tile(domain: str, seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +136,13 @@ def summarise(result: dict) -> dict:
 
     summary: dict = {}
     for run in result["runs"]:  # re-apply the current selection rule to the stored checkpoints
+        ref = run["stats_checkpoints"][1]["foreground"]
+        for c in run["checkpoints"]:
+            # Runs recorded before prior_match existed: its reference, the foreground fraction of
+            # the target-statistics copy on the same held-out images (statistics re-estimated on
+            # the same training targets, 256 px crops), is the stats run's checkpoint 1.
+            c.setdefault("foreground_reference", ref)
+            c.setdefault("prior_match", round(-abs(c["foreground"] - ref) / max(ref, 1e-3), 4))
         chosen = choose(run["checkpoints"])
         run["mani_selected"] = {k: run["checkpoints"][chosen][k] for k in ("target", "source")}
         run["chosen_iteration"] = run["checkpoints"][chosen]["iteration"]
@@ -154,7 +162,7 @@ def summarise(result: dict) -> dict:
 
         per_run = []
         for r in result["runs"]:
-            cps = r["checkpoints"] + r["stats_checkpoints"][1:]
+            cps = r["checkpoints"]  # MaNi checkpoints (the parent is the first)
             per_run.append(spearman([SCORES[sig](c) for c in cps],
                                     [c["target"]["dice"] for c in cps]))
         vals = np.array(per_run, float)
@@ -188,6 +196,17 @@ def table(result: dict) -> str:
                 cells += [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
             lines.append(f"| {domain} | {label} | " + " | ".join(cells) + " |")
     lines.append("")
+    gains = []
+    for domain in result["domains"]:
+        runs = [r for r in result["runs"] if r["domain"] == domain]
+        for method in ("stats", "mani_selected"):
+            d = np.array([[r[method]["target"][k] - r["parent"]["target"][k] for k in METRICS]
+                          for r in runs])
+            gains.append(f"{domain} {'MaNi + selection' if method != 'stats' else 'stats'}: "
+                         + ", ".join(f"{k} {d[:, i].mean():+.3f} ± {d[:, i].std():.3f}"
+                                     for i, k in enumerate(METRICS)))
+    lines.append("Paired gain over the parent on the target domain (same seed, mean ± std): "
+                 + "; ".join(gains) + ".")
     corr = result["spearman_signal_vs_target_dice"]
     lines.append("Spearman (label-free signal vs target Dice over the checkpoints of a run, "
                  "mean ± std over runs): " + ", ".join(
@@ -215,9 +234,14 @@ def main() -> None:
                    help="1 seed, 40 iterations, 8 targets, 3 test tiles, two domains")
     p.add_argument("--out", default=None, help="JSON path (default results/mani_adaptation_<model>.json)")
     p.add_argument("--table", default=None, metavar="JSON", help="only print the table of a result")
+    p.add_argument("--write", action="store_true",
+                   help="with --table: store the re-computed summary in that JSON")
     args = p.parse_args()
     if args.table:
-        print(table(summarise(json.loads(Path(args.table).read_text()))))
+        result = summarise(json.loads(Path(args.table).read_text()))
+        if args.write:  # keep the summary of the current selection rule with the runs
+            Path(args.table).write_text(json.dumps(result, indent=1) + "\n")
+        print(table(result))
         return
     if args.quick:
         args.seeds, args.iters, args.n_target, args.n_test = [0], 40, 8, 3
@@ -235,7 +259,8 @@ def main() -> None:
             "domains": args.domains,
             "source_domain": SOURCE,
             "seeds": args.seeds,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "table", "models")},
+            "settings": {k: v for k, v in vars(args).items()
+                         if k not in ("out", "table", "models", "write")},
             "runs": [],
             "command": "python benchmarks/mani_adaptation.py " + " ".join(sys.argv[1:]),
         }

@@ -51,8 +51,20 @@ def test_a_confident_consistent_model_scores_higher_than_an_unsure_one():
     spec = dict(DEFAULT_INPUT_SPEC)
     sharp = label_free_signals(_Threshold(0.0, 20.0), [_image()], spec)
     soft = label_free_signals(_Threshold(0.0, 0.3), [_image()], spec)
-    assert sharp["certainty"] > soft["certainty"] and sharp["score"] > soft["score"]
+    assert sharp["certainty"] > soft["certainty"]
     assert 0.0 < sharp["foreground"] < 0.3 and sharp["agreement"] > 0.9
+
+
+def test_prior_match_prefers_the_foreground_fraction_of_the_reference():
+    """The selection score: closeness of the nucleus fraction to the target-statistics estimate."""
+    spec = dict(DEFAULT_INPUT_SPEC)
+    img = [_image()]
+    disk = float((_image()[..., 0] < 128).mean())  # the true foreground fraction
+    right = label_free_signals(_Threshold(0.0, 20.0), img, spec, reference_foreground=disk)
+    too_much = label_free_signals(_Threshold(2.0, 20.0), img, spec, reference_foreground=disk)
+    assert too_much["foreground"] > 2 * right["foreground"]
+    assert right["score"] == right["prior_match"] > too_much["score"]
+    assert right["prior_match"] > -0.1 and right["foreground_reference"] == pytest.approx(disk, abs=1e-4)
 
 
 def test_degenerate_checkpoints_are_never_chosen():
@@ -61,8 +73,13 @@ def test_degenerate_checkpoints_are_never_chosen():
     assert is_degenerate(everything, parent) and not is_degenerate(parent, parent)
     better = {"agreement": 0.85, "certainty": 0.8, "foreground": 0.28}
     rows = [parent, everything | {"degenerate": True}, better | {"degenerate": False}]
-    assert choose(rows) == 2
-    assert choose([parent, {"agreement": 0.5, "certainty": 0.5, "foreground": 0.3}]) == 0
+    assert choose(rows, "certainty") == 2
+    assert choose([parent, {"agreement": 0.5, "certainty": 0.5, "foreground": 0.3}],
+                  "certainty") == 0
+    pm = [parent | {"prior_match": -0.5}, better | {"prior_match": -0.1},
+          everything | {"prior_match": 0.0, "degenerate": True}]
+    assert choose(pm) == 1  # the default score, prior_match; ties keep the parent
+    assert choose([parent | {"prior_match": -0.1}, better | {"prior_match": -0.1}]) == 0
 
 
 def test_spearman():

@@ -66,9 +66,11 @@ def signal_text(selection: dict | None) -> str:
     p, a = selection["parent"], selection["adapted"]
     where = (f"{selection['held_out_images']} held-out target(s)" if selection.get("held_out")
              else "the targets (too few to hold any out)")
-    head = (f"Label-free check on {where}: parent {p['score']:.3f} → adapted {a['score']:.3f} "
-            f"(agreement {p['agreement']:.2f} → {a['agreement']:.2f}, certainty "
-            f"{p['certainty']:.2f} → {a['certainty']:.2f}). ")
+    ref = selection.get("reference_foreground")
+    ref_txt = f", target-statistics estimate {ref:.2f}" if ref is not None else ""
+    head = (f"Label-free check on {where}: nucleus fraction parent {p['foreground']:.2f} → "
+            f"adapted {a['foreground']:.2f}{ref_txt}; score {p['score']:.3f} → {a['score']:.3f} "
+            f"(certainty {p['certainty']:.2f} → {a['certainty']:.2f}). ")
     if selection.get("verdict") == "better":
         return head + "Looks better than the parent."
     if selection.get("returned_parent_weights"):
@@ -157,8 +159,9 @@ class AdaptWidget(QWidget):
              "background; the loaded model is untouched"),
             (self.stats_button, "Re-estimate the model's normalisation statistics on the target "
              "layers: seconds, no training (best for stain, scanner and focus changes)"),
-            (self.signal_label, "Label-free check on held-out target layers: agreement of the "
-             "masks under colour/blur changes x prediction certainty (higher is better)"),
+            (self.signal_label, "Label-free check on held-out target layers: how far the "
+             "predicted nucleus fraction is from that of the model with target statistics "
+             "(closer is better)"),
             (self.cancel_button, "Stop after the current step; what was adapted so far can "
              "still be saved"),
             (self.save_edit, "Where to save the adapted model (.dgseg); empty: the next "

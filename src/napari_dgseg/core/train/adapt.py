@@ -426,7 +426,8 @@ def adapt_steps(
     }
     n_warm = int(np.ceil(warmup * iters))
     every = select_every if select_every else max(1, min(SELECT_EVERY, iters // 5))
-    judge = _Judge(bundle, [_score_view(s.image) for s in held], dev, held_out, checkpoint_hook)
+    judge = _Judge(bundle, [_score_view(s.image) for s in held], dev, held_out, checkpoint_hook,
+                   [s.image for s in train_targets])
     judge.score(model, 0)
     _train_mode(model, norm)
     history: list[dict[str, float]] = []
@@ -561,7 +562,8 @@ def _stats_steps(
     if side % divisor:
         raise InputError(f"crop size {side} must be a multiple of {divisor} for this model")
     model = copy.deepcopy(bundle.model).to(device).eval()
-    judge = _Judge(bundle, [_score_view(s.image) for s in held], device, held_out, hook)
+    judge = _Judge(bundle, [_score_view(s.image) for s in held], device, held_out, hook,
+                   [s.image for s in train_targets])
     judge.score(model, 0)
     report = reestimate_batchnorm(model, [s.image for s in train_targets], bundle.input_spec,
                                   size=side, device=device, cancel=cancel)
@@ -646,9 +648,15 @@ class _Judge:
     """Scores checkpoints with the label-free signals and keeps the best one's weights."""
 
     def __init__(self, bundle: Bundle, images: list[np.ndarray], device: Any, held_out: bool,
-                 hook: Callable[[int, torch.nn.Module], Any] | None = None):
+                 hook: Callable[[int, torch.nn.Module], Any] | None = None,
+                 train_images: Sequence[np.ndarray] = ()):
+        from napari_dgseg.core.train.selection import reference_foreground
+
         self.bundle, self.images, self.device, self.held_out = bundle, images, device, held_out
         self.hook = hook
+        self.reference = reference_foreground(
+            bundle.model, list(train_images) or images, images, bundle.input_spec,
+            device=device, discrete=bundle.family.discrete_outputs)
         self.checkpoints: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best: dict[str, Any] | None = None
@@ -657,7 +665,8 @@ class _Judge:
         from napari_dgseg.core.train.selection import is_degenerate, label_free_signals
 
         sig = label_free_signals(model, self.images, self.bundle.input_spec, device=self.device,
-                                 discrete=self.bundle.family.discrete_outputs)
+                                 discrete=self.bundle.family.discrete_outputs,
+                                 reference_foreground=self.reference)
         parent = self.checkpoints[0] if self.checkpoints else sig
         row = {"iteration": iteration, **sig, "degenerate": bool(is_degenerate(sig, parent))}
         if self.bundle.family.supports("codebook"):  # reported beside the score, not used in it
@@ -686,6 +695,7 @@ class _Judge:
             "signal": SIGNAL_DOC,
             "held_out_images": len(self.images),
             "held_out": self.held_out,
+            "reference_foreground": round(self.reference, 4),
             "parent": {k: parent[k] for k in ("score", "agreement", "certainty", "foreground")},
             "adapted": {k: chosen[k] for k in ("score", "agreement", "certainty", "foreground")},
             "chosen_iteration": chosen["iteration"],

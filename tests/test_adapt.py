@@ -256,6 +256,21 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "never overwritten" in capsys.readouterr().err
+    # the fast method, judged like MaNi: the JSON carries the label-free check
+    stats_out = tmp_path / "stats.dgseg"
+    rc = main(["adapt", "--model", str(parent_file), "--target", str(tdir), "--out",
+               str(stats_out), "--method", "stats", "--size", "64", "--quiet"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    info = json.loads(captured.out)
+    sel = info["selection"]
+    assert info["method"] == "stats" and "checkpoints" not in sel
+    assert {"parent", "adapted", "verdict", "reference_foreground", "held_out"} <= set(sel)
+    assert sel["held_out"] is False  # two targets: too few to hold any out
+    assert (sel["warning"] is None) == (sel["verdict"] == "better")
+    if sel["warning"]:
+        assert "warning:" in captured.err
+    assert load_bundle(stats_out).provenance["statistics"]["layers"] > 0
 
 
 @pytest.mark.slow

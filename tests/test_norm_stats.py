@@ -95,3 +95,9 @@ def test_frozen_batchnorm_keeps_statistics_during_training_passes():
     for s, m in zip(stats, batchnorm_layers(model), strict=True):
         assert torch.equal(s, m.running_mean)
     assert batchnorm_layers(model)[0].weight.grad is not None  # affine still learns
+
+
+def test_images_smaller_than_the_crop_are_used_whole_at_the_divisor():
+    model = _model("unet")  # divisor 4
+    report = reestimate_batchnorm(model, _images(3, side=70), SPEC, size=256)
+    assert report["crops"] == 3 and report["untouched"] == 0

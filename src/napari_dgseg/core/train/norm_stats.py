@@ -111,7 +111,8 @@ def reestimate_batchnorm(
         A :class:`~napari_dgseg.core.models.base.SegModel` (its ``infer`` runs every branch).
     images : sequence of (H, W, 3) uint8
         Target images; cut into non-overlapping ``size`` crops (images smaller than ``size`` are
-        skipped unless every image is: then they are used whole, one per batch).
+        skipped unless every image is: then they are used whole, cut to a multiple of the
+        model's divisor, one per batch).
     input_spec : mapping
         The bundle's input normalisation.
     size : int or None
@@ -138,8 +139,11 @@ def reestimate_batchnorm(
         report["note"] = "no BatchNorm running statistics to re-estimate (GroupNorm or no norm)"
         return report
     crops = _tiles(images, size)
-    if not crops:
-        crops, batch = list(images), 1
+    if not crops:  # every image smaller than ``size``: whole images, cut to the model's divisor
+        d = int(getattr(model, "divisor", 1))
+        crops = [im[: im.shape[0] - im.shape[0] % d, : im.shape[1] - im.shape[1] % d]
+                 for im in images if min(im.shape[:2]) >= d]
+        batch = 1
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
               m.momentum) for m in layers]
     was_training = model.training

@@ -1,293 +1,281 @@
-"""MaNi adaptation benchmark (Sharma et al. 2023, Table 1/2 form): source-only vs MaNi-adapted HoVer-Net.
+"""Adaptation benchmark: parent vs target statistics vs MaNi vs MaNi with label-free selection.
 
-For each seed: train a light HoVer-Net on the labelled source domain with the project's trainer,
-adapt it with MaNi to unlabelled images of a target domain it never saw (the bundle's replay set
-is the labelled source data, as in the viewer), then score both models on held-out labelled
-target images (Dice, AJI, DQ, SQ, PQ of the reference post-processing) and on source images.
+For every shipped bundle given (``--models``), every unseen synthetic domain (``--domains``) and
+every seed: draw ``--n-target`` unlabelled target tiles (256 px) of the domain, adapt the bundle
+with the default settings of ``dgseg adapt`` (MaNi: Sharma, Syed & Brown, "MaNi: Maximizing
+Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023; BatchNorm
+frozen; the bundle's replay set as labelled source) and with ``--method stats`` (target
+BatchNorm statistics, Li et al. 2016), then score on held-out labelled tiles of the domain and of
+the source domain (``clean``): Dice, AJI, PQ. Every scored MaNi checkpoint (the parent is
+checkpoint 0) is measured against the labels, so the table gives
 
-Data: the project's synthetic nuclei generator (``napari_dgseg.core.data.synthetic``) when it is
-installed, with its first domain as source and another as target; otherwise the small generator
-below (H&E-like tiles: "clean" and a "new cancer type" with larger, crowded nuclei and another
-stain). The JSON records which one ran.
+* parent: the shipped model;
+* stats: target statistics;
+* MaNi (last): the last iterate (``select=False``);
+* MaNi + selection: the checkpoint the label-free signal picks (what ``dgseg adapt`` returns);
 
-    .venv/bin/python benchmarks/mani_adaptation.py --seeds 0 1 --train-iters 300 --adapt-iters 150
-    .venv/bin/python benchmarks/mani_adaptation.py --write-source /tmp/nuclei-clean   # training folder
+and the Spearman correlation between each label-free signal and target Dice over the MaNi
+checkpoints of a run (the parent included). Domains: ``pale-scanner`` (stain/colour), ``blurry-jpeg`` (blur and JPEG
+compression), ``lymphoid-dense`` (morphology: small, round, packed nuclei in the training stain;
+:mod:`napari_dgseg.core.data.synthetic_lymphoid`). The parents are the bundles as shipped; seeds
+vary the target and test tiles and the adaptation's random stream.
 
-Writes ``benchmarks/results/mani_adaptation.json`` and prints a Markdown table.
+    python benchmarks/mani_adaptation.py --models nuclei-hovernet --seeds 0 1 2
+    python benchmarks/mani_adaptation.py --quick            # 1 seed, 40 iterations, 2 domains
+
+Writes ``benchmarks/results/mani_adaptation_<model>.json`` (``--out`` to change) and prints a
+Markdown table; ``--table FILE.json`` re-prints the table of a stored result, re-applying the
+current selection rule to its stored checkpoints (``--write`` stores that summary).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_dgseg.core.data.sample import Sample
+sys.path.insert(0, str(Path(__file__).parent))
+from _report import load_average, machine_state  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "mani_adaptation.json"
-METRICS = ("dice", "aji", "dq", "sq", "pq")
-
-# ------------------------------------------------------------------------ fallback generator
-#: Stain colours (RGB of full hematoxylin, full eosin, background) and nucleus geometry per domain.
-DOMAINS = {
-    "clean": {
-        "hema": (80, 40, 140),
-        "eosin": (235, 160, 200),
-        "bg": (245, 230, 240),
-        "radius": (5.0, 9.0),
-        "count": 28,
-        "blur": 0.0,
-        "noise": 8.0,
-    },
-    "new-cancer": {
-        "hema": (40, 60, 120),
-        "eosin": (200, 120, 150),
-        "bg": (225, 205, 210),
-        "radius": (7.0, 12.0),
-        "count": 40,
-        "blur": 1.2,
-        "noise": 14.0,
-    },
-}
+RESULTS = Path(__file__).parent / "results"
+METRICS = ("dice", "aji", "pq")
+SOURCE = "clean"
+DOMAINS = ("pale-scanner", "blurry-jpeg", "lymphoid-dense")
+SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty")
 
 
-def _instances(
-    size: int, n: int, radius: tuple[float, float], rng: np.random.Generator
-) -> np.ndarray:
-    lab = np.zeros((size, size), np.int32)
-    yy, xx = np.mgrid[:size, :size]
-    k = 0
-    r_hi = int(radius[1]) + 3
-    for _ in range(30 * n):
-        if k == n:
-            break
-        cy, cx = rng.uniform(4, size - 4, 2)
-        a, b = rng.uniform(*radius, 2)
-        t = rng.uniform(0, np.pi)
-        c, s = np.cos(t), np.sin(t)
-        y0, y1 = int(max(0, cy - r_hi)), int(min(size, cy + r_hi + 1))
-        x0, x1 = int(max(0, cx - r_hi)), int(min(size, cx + r_hi + 1))
-        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
-        inside = ((dx * c + dy * s) / a) ** 2 + ((-dx * s + dy * c) / b) ** 2 <= 1
-        sub = lab[y0:y1, x0:x1]
-        if np.count_nonzero(inside & (sub > 0)) > 0.15 * max(1, np.count_nonzero(inside)):
-            continue
-        k += 1
-        sub[inside & (sub == 0)] = k
-    return lab
+def make_tile(domain: str, seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """One labelled tile of ``domain`` (a stain domain of the renderer, or ``lymphoid-dense``)."""
+    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.data.synthetic_lymphoid import LYMPHOID, make_lymphoid_nuclei
+
+    if domain == LYMPHOID:
+        return make_lymphoid_nuclei(size, "clean", seed)
+    return make_nuclei(size, domain, seed)
 
 
-def make_tile(size: int, domain: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """An H&E-like RGB uint8 tile and its instance labels for a fallback ``domain``."""
-    from scipy import ndimage as ndi
+def scorer(bundle, tiles: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[torch.nn.Module], dict]:
+    """``model -> {dice, aji, pq}`` averaged over labelled ``tiles`` with the bundle's post-processing."""
+    from napari_dgseg.core.metrics import instance_scores
+    from napari_dgseg.core.postprocess import semantic_to_instances
+    from napari_dgseg.core.train.adapt import predict_labels
 
-    d = DOMAINS[domain]
-    rng = np.random.default_rng(seed)
-    lab = _instances(size, d["count"], d["radius"], rng)
-    stroma = ndi.gaussian_filter(rng.random((size, size)), 6)
-    stroma = (stroma - stroma.min()) / (np.ptp(stroma) + 1e-9)
-    bg, eo, he = (np.array(d[k], np.float32) for k in ("bg", "eosin", "hema"))
-    img = bg[None, None] * (1 - stroma[..., None] * 0.8) + eo[None, None] * (
-        stroma[..., None] * 0.8
-    )
-    chrom = ndi.gaussian_filter(rng.random((size, size)), 1.0)
-    chrom = 0.75 + 0.5 * (chrom - chrom.mean()) / (chrom.std() + 1e-9) * 0.3
-    nuc = (lab > 0)[..., None]
-    img = np.where(nuc, he[None, None] * chrom[..., None], img)
-    if d["blur"]:
-        img = ndi.gaussian_filter(img, (d["blur"], d["blur"], 0))
-    img = img + rng.normal(0, d["noise"], img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), lab
+    semantic = bundle.family.output != "instances"
+
+    def score(model: torch.nn.Module) -> dict[str, float]:
+        rows = []
+        for img, lab in tiles:
+            pred = predict_labels(model, bundle, img, device="cpu")
+            if semantic:
+                pred = semantic_to_instances(pred)
+            sc = instance_scores(pred, lab)
+            rows.append([sc[k] for k in METRICS])
+        return dict(zip(METRICS, np.round(np.mean(rows, axis=0), 4).tolist(), strict=True))
+
+    return score
 
 
-# ------------------------------------------------------------------------ data
-def domain_samples(domain: str, n: int, size: int, seed0: int, generator: str) -> list[Sample]:
-    """``n`` labelled samples of ``domain`` from the chosen generator."""
-    out = []
-    for i in range(n):
-        if generator == "synthetic":
-            from napari_dgseg.core.data.synthetic import make_nuclei
+def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
+    """Stats and MaNi on one domain and seed; every checkpoint measured against labels."""
+    from napari_dgseg.core.train.adapt import adapt
+    from napari_dgseg.core.train.selection import choose
 
-            img, lab = make_nuclei((size, size), domain=domain, seed=seed0 + i)
-        else:
-            img, lab = make_tile(size, domain, seed0 + i)
-        out.append(Sample(img, lab.astype(np.int32), f"{domain}/{seed0 + i}", domain=domain))
+    base = 10_000 * (seed + 1)
+    targets = [make_tile(domain, base + i)[0] for i in range(args.n_target)]
+    test_t = [make_tile(domain, base + 500 + i) for i in range(args.n_test)]
+    test_s = [make_tile(SOURCE, base + 900 + i) for i in range(args.n_source_test)]
+    score_t, score_s = scorer(bundle, test_t), scorer(bundle, test_s)
+    measured: dict[int, dict] = {}
+
+    def hook(iteration: int, model: torch.nn.Module) -> None:
+        measured[iteration] = {"target": score_t(model), "source": score_s(model)}
+
+    t0 = time.perf_counter()
+    st = adapt(bundle, targets, method="stats", seed=seed, device="cpu", checkpoint_hook=hook,
+               select=False)
+    stats_s = time.perf_counter() - t0
+    stats_rows = [dict(c, **measured[c["iteration"]]) for c in st.provenance["selection"]["checkpoints"]]
+    measured.clear()
+    c0, t0 = time.process_time(), time.perf_counter()
+    ad = adapt(bundle, targets, iters=args.iters, seed=seed, device="cpu", checkpoint_hook=hook,
+               select=False)
+    cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
+    rows = [dict(c, **measured[c["iteration"]]) for c in ad.provenance["selection"]["checkpoints"]]
+    chosen = choose(rows)
+    out = {
+        "domain": domain,
+        "seed": seed,
+        "parent": {k: rows[0][k] for k in ("target", "source")},
+        "stats": {k: stats_rows[1][k] for k in ("target", "source")},
+        "mani": {k: rows[-1][k] for k in ("target", "source")},
+        "mani_selected": {k: rows[chosen][k] for k in ("target", "source")},
+        "chosen_iteration": rows[chosen]["iteration"],
+        "checkpoints": rows,
+        "stats_checkpoints": stats_rows,
+        "stats_seconds": round(stats_s, 1),
+        "adapt_cpu_seconds": round(cpu_s, 1),
+        "adapt_wall_seconds": round(wall_s, 1),
+        "iterations": args.iters,
+        "seconds_per_iteration_cpu": round(cpu_s / args.iters, 3),
+    }
+    print(json.dumps({k: out[k] for k in ("domain", "seed", "parent", "stats", "mani",
+                                          "mani_selected", "chosen_iteration")}),
+          file=sys.stderr, flush=True)
     return out
 
 
-def pick_generator(source: str | None, target: str | None) -> tuple[str, str, str]:
-    try:
-        from napari_dgseg.core.data.synthetic import list_domains
+def summarise(result: dict) -> dict:
+    """Mean ± std over seeds per (domain, method, eval domain, metric), and signal correlations."""
+    from napari_dgseg.core.train.selection import choose, spearman
 
-        doms = list_domains()
-        nuclei = doms.get("nuclei", doms) if isinstance(doms, dict) else doms
-        nuclei = list(nuclei)
-        return "synthetic", source or nuclei[0], target or nuclei[-1]
-    except ImportError:
-        return "fallback", source or "clean", target or "new-cancer"
-
-
-def score(bundle, samples: list[Sample]) -> dict[str, float]:
-    from napari_dgseg.core.metrics import instance_scores
-
-    rows = []
-    for s in samples:
-        pred = bundle.predict(s.image, device="cpu", tile=512, overlap=32)
-        sc = instance_scores(pred.labels, s.labels)
-        rows.append([sc[k] for k in METRICS])
-    return dict(zip(METRICS, np.round(np.mean(rows, axis=0), 4).tolist(), strict=True))
-
-
-def run(args: argparse.Namespace) -> dict:
-    from napari_dgseg.core.train.adapt import adapt
-    from napari_dgseg.core.train.source import train
-
-    torch.set_num_threads(args.threads)
-    generator, src_dom, tgt_dom = pick_generator(args.source_domain, args.target_domain)
-    rows = []
-    for seed in args.seeds:
-        base = 1000 * (seed + 1)
-        source = domain_samples(src_dom, args.n_source, args.size, base, generator)
-        targets = domain_samples(tgt_dom, args.n_target, args.size, base + 100, generator)
-        test_t = domain_samples(tgt_dom, args.n_test, args.size, base + 200, generator)
-        test_s = domain_samples(src_dom, args.n_test, args.size, base + 300, generator)
-        t0 = time.perf_counter()
-        parent = train(
-            "hovernet",
-            [source],
-            iters=args.train_iters,
-            size=args.crop,
-            batch=4,
-            lr=1e-3,
-            seed=seed,
-            config={"widths": list(args.widths)},
-            device="cpu",
-        )
-        train_s = time.perf_counter() - t0
-        c0, w0 = time.process_time(), time.perf_counter()
-        adapted = adapt(
-            parent,
-            [s.image for s in targets],
-            iters=args.adapt_iters,
-            lr=args.lr,
-            seed=seed,
-            batch=4,
-            size=args.crop,
-            mi_weight=args.mi_weight,
-            device="cpu",
-        )
-        cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - w0
-        row = {
-            "seed": seed,
-            "source_only": {"target": score(parent, test_t), "source": score(parent, test_s)},
-            "mani": {"target": score(adapted, test_t), "source": score(adapted, test_s)},
-            "train_seconds": round(train_s, 1),
-            "adapt_cpu_seconds": round(cpu_s, 1),
-            "adapt_wall_seconds": round(wall_s, 1),
-            "final_seg": adapted.provenance["final_seg"],
-            "final_mi": adapted.provenance["final_mi"],
-        }
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        rows.append(row)
-    summary = {}
-    for method in ("source_only", "mani"):
-        for where in ("target", "source"):
-            vals = np.array([[r[method][where][k] for k in METRICS] for r in rows])
-            summary[f"{method}/{where}"] = {
-                k: {
-                    "mean": round(float(vals[:, i].mean()), 4),
-                    "std": round(float(vals[:, i].std()), 4),
+    summary: dict = {}
+    for run in result["runs"]:  # re-apply the current selection rule to the stored checkpoints
+        ref = run["stats_checkpoints"][1]["foreground"]
+        for c in run["checkpoints"]:
+            # Runs recorded before prior_match existed: its reference, the foreground fraction of
+            # the target-statistics copy on the same held-out images (statistics re-estimated on
+            # the same training targets, 256 px crops), is the stats run's checkpoint 1.
+            c.setdefault("foreground_reference", ref)
+            c.setdefault("prior_match", round(-abs(c["foreground"] - ref) / max(ref, 1e-3), 4))
+        chosen = choose(run["checkpoints"])
+        run["mani_selected"] = {k: run["checkpoints"][chosen][k] for k in ("target", "source")}
+        run["chosen_iteration"] = run["checkpoints"][chosen]["iteration"]
+    for domain in result["domains"]:
+        runs = [r for r in result["runs"] if r["domain"] == domain]
+        for method in ("parent", "stats", "mani", "mani_selected"):
+            for where in ("target", "source"):
+                vals = np.array([[r[method][where][k] for k in METRICS] for r in runs])
+                summary[f"{domain}/{method}/{where}"] = {
+                    k: {"mean": round(float(vals[:, i].mean()), 4),
+                        "std": round(float(vals[:, i].std()), 4)}
+                    for i, k in enumerate(METRICS)
                 }
-                for i, k in enumerate(METRICS)
-            }
-    return {
-        "generator": generator,
-        "source_domain": src_dom,
-        "target_domain": tgt_dom,
-        "settings": {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in vars(args).items()
-            if k not in ("write_source", "out", "first_seed")
-        },
-        "rows": rows,
-        "summary": summary,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-    }
+    corr = {}
+    for sig in SIGNALS:
+        from napari_dgseg.core.train.selection import SCORES
+
+        per_run = []
+        for r in result["runs"]:
+            cps = r["checkpoints"]  # MaNi checkpoints (the parent is the first)
+            per_run.append(spearman([SCORES[sig](c) for c in cps],
+                                    [c["target"]["dice"] for c in cps]))
+        vals = np.array(per_run, float)
+        ok = vals[np.isfinite(vals)]
+        corr[sig] = {"mean": round(float(ok.mean()), 3) if ok.size else None,
+                     "std": round(float(ok.std()), 3) if ok.size else None,
+                     "runs": [None if not np.isfinite(v) else round(float(v), 3) for v in vals]}
+    never_worse = [r["mani_selected"]["target"]["dice"] >= r["parent"]["target"]["dice"]
+                   for r in result["runs"]]
+    result["summary"] = summary
+    result["spearman_signal_vs_target_dice"] = corr
+    result["selected_not_worse_than_parent"] = f"{sum(never_worse)}/{len(never_worse)} runs"
+    return result
 
 
 def table(result: dict) -> str:
     """The Markdown table (mean ± std over seeds) of a result."""
-    lines = ["| model | eval domain | Dice | AJI | DQ | SQ | PQ |", "|---|---|---|---|---|---|---|"]
-    for method, label in (("source_only", "source only"), ("mani", "MaNi-adapted")):
-        for where in ("target", "source"):
-            s = result["summary"][f"{method}/{where}"]
-            dom = result["target_domain"] if where == "target" else result["source_domain"]
-            cells = " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in METRICS)
-            lines.append(f"| {label} | {dom} ({where}) | {cells} |")
-    cpu = [r["adapt_cpu_seconds"] for r in result["rows"]]
-    wall = [r["adapt_wall_seconds"] for r in result["rows"]]
+    s = result["summary"]
+    lines = [f"Model `{result['model']}` (sha256 {result['model_sha256'][:12]}), "
+             f"{len(result['seeds'])} seeds, {result['settings']['iters']} MaNi iterations, "
+             f"{result['settings']['n_target']} unlabelled target tiles.", "",
+             "| domain | method | target Dice | target AJI | target PQ | source Dice | source AJI | source PQ |",
+             "|---|---|---|---|---|---|---|---|"]
+    names = {"parent": "parent", "stats": "stats", "mani": "MaNi (last)",
+             "mani_selected": "MaNi + selection"}
+    for domain in result["domains"]:
+        for method, label in names.items():
+            cells = []
+            for where in ("target", "source"):
+                m = s[f"{domain}/{method}/{where}"]
+                cells += [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
+            lines.append(f"| {domain} | {label} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(
-        f"Adaptation time per run: {np.mean(cpu):.0f} s CPU ({np.mean(wall):.0f} s wall), "
-        f"seeds {[r['seed'] for r in result['rows']]}."
-    )
+    gains = []
+    for domain in result["domains"]:
+        runs = [r for r in result["runs"] if r["domain"] == domain]
+        for method in ("stats", "mani_selected"):
+            d = np.array([[r[method]["target"][k] - r["parent"]["target"][k] for k in METRICS]
+                          for r in runs])
+            gains.append(f"{domain} {'MaNi + selection' if method != 'stats' else 'stats'}: "
+                         + ", ".join(f"{k} {d[:, i].mean():+.3f} ± {d[:, i].std():.3f}"
+                                     for i, k in enumerate(METRICS)))
+    lines.append("Paired gain over the parent on the target domain (same seed, mean ± std): "
+                 + "; ".join(gains) + ".")
+    corr = result["spearman_signal_vs_target_dice"]
+    lines.append("Spearman (label-free signal vs target Dice over the checkpoints of a run, "
+                 "mean ± std over runs): " + ", ".join(
+                     f"{k} {v['mean']:+.2f} ± {v['std']:.2f}" for k, v in corr.items()
+                     if v["mean"] is not None) + ".")
+    lines.append(f"MaNi + selection not worse than the parent on target Dice: "
+                 f"{result['selected_not_worse_than_parent']}.")
+    cpu = [r["seconds_per_iteration_cpu"] for r in result["runs"]]
+    lines.append(f"CPU time per MaNi iteration: {np.mean(cpu):.2f} s "
+                 f"(batch 4 + 4 crops, {result['machine'].get('torch_threads')} torch thread(s)).")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--train-iters", type=int, default=300)
-    p.add_argument("--adapt-iters", type=int, default=150)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--size", type=int, default=256, help="side of the generated images")
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128])
-    p.add_argument("--n-source", type=int, default=12)
-    p.add_argument("--n-target", type=int, default=8)
+    p.add_argument("--models", nargs="+", default=["nuclei-hovernet"])
+    p.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iters", type=int, default=200, help="MaNi iterations (dgseg adapt default)")
+    p.add_argument("--n-target", type=int, default=16)
     p.add_argument("--n-test", type=int, default=6)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--source-domain", default=None)
-    p.add_argument("--target-domain", default=None)
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument(
-        "--write-source",
-        metavar="DIR",
-        default=None,
-        help="only write a labelled folder of the source domain (images/ + labels/) and exit",
-    )
-    p.add_argument("--first-seed", type=int, default=0, help="first image seed of --write-source")
-    p.add_argument("--mi-weight", type=float, default=1.0,
-                   help="weight of the MI term (0: the same schedule with source supervision only, "
-                   "the ablation that separates MaNi from continued source training)")
+    p.add_argument("--n-source-test", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true",
+                   help="1 seed, 40 iterations, 8 targets, 3 test tiles, two domains")
+    p.add_argument("--out", default=None, help="JSON path (default results/mani_adaptation_<model>.json)")
+    p.add_argument("--table", default=None, metavar="JSON", help="only print the table of a result")
+    p.add_argument("--write", action="store_true",
+                   help="with --table: store the re-computed summary in that JSON")
     args = p.parse_args()
-    if args.write_source:
-        from napari_dgseg.core.data.datasets import save_folder
-
-        generator, src_dom, _ = pick_generator(args.source_domain, args.target_domain)
-        save_folder(
-            domain_samples(src_dom, args.n_source, args.size, args.first_seed, generator),
-            args.write_source,
-        )
-        print(f"wrote {args.n_source} {generator} {src_dom!r} images to {args.write_source}")
+    if args.table:
+        result = summarise(json.loads(Path(args.table).read_text()))
+        if args.write:  # keep the summary of the current selection rule with the runs
+            Path(args.table).write_text(json.dumps(result, indent=1) + "\n")
+        print(table(result))
         return
-    result = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
+    if args.quick:
+        args.seeds, args.iters, args.n_target, args.n_test = [0], 40, 8, 3
+        args.n_source_test, args.domains = 2, args.domains[1:]
+    torch.set_num_threads(args.threads)
+    from napari_dgseg import load_bundle
+
+    for name in args.models:
+        load0 = load_average()
+        bundle = load_bundle(name)
+        result = {
+            "model": name,
+            "model_sha256": bundle.sha256,
+            "model_training": bundle.provenance.get("command"),
+            "domains": args.domains,
+            "source_domain": SOURCE,
+            "seeds": args.seeds,
+            "settings": {k: v for k, v in vars(args).items()
+                         if k not in ("out", "table", "models", "write")},
+            "runs": [],
+            "command": "python benchmarks/mani_adaptation.py " + " ".join(sys.argv[1:]),
+        }
+        out = Path(args.out) if args.out else RESULTS / f"mani_adaptation_{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_suffix(".partial.json")
+        for d in args.domains:
+            for s in args.seeds:
+                result["runs"].append(one_run(bundle, d, s, args))
+                partial.write_text(json.dumps(result, indent=1) + "\n")  # survives a kill
+        result["machine"] = machine_state(load0) | {"torch_threads": torch.get_num_threads()}
+        result = summarise(result)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        partial.unlink(missing_ok=True)
+        print(table(result))
 
 
 if __name__ == "__main__":

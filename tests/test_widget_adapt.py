@@ -98,6 +98,11 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     # the loaded model is unchanged
     for k, v in widget.model_picker.bundle.model.state_dict().items():
         assert np.array_equal(v.numpy(), w0[k].numpy())
+    sel = widget.result.provenance["selection"]  # the run judged itself without labels
+    assert widget.signal_label.text().startswith("Label-free check")
+    assert widget.looks_worse == (sel["verdict"] != "better")
+    if widget.looks_worse:  # Save asks for a second click first
+        assert widget.save(sync=True) is None and widget.save_button.text() == "Save anyway"
     saved = widget.save(sync=True)
     assert saved is not None and saved.name == f"{MODEL}-adapted-1.dgseg"
     assert parent_path.read_bytes() == parent_bytes
@@ -122,6 +127,33 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
         np.testing.assert_allclose(layer.extent.world, src.extent.world[:, :2])
     # second save: next version number
     assert widget.save(sync=True).name == f"{MODEL}-adapted-2.dgseg"
+    # a result that looks worse than its parent: warned, saved only on the second click
+    widget.result.provenance["selection"] |= {
+        "verdict": "not better", "warning": "worse", "returned_parent_weights": False
+    }
+    widget._save_confirmed = False
+    from napari_dgseg._napari.widgets.adapt import signal_text
+
+    assert "Looks worse" in signal_text(widget.result.provenance["selection"])
+    assert widget.save(sync=True) is None and widget.save_button.text() == "Save anyway"
+    assert "does not look better" in widget.status.text()
+    assert widget.save(sync=True).name == f"{MODEL}-adapted-3.dgseg"
+    # and one that looks better saves at once
+    widget.result.provenance["selection"] |= {"verdict": "better", "warning": None}
+    widget._save_confirmed = False
+    assert widget.save(sync=True).name == f"{MODEL}-adapted-4.dgseg"
+
+
+def test_statistics_only_button(widget):
+    """The fast method: target statistics in the worker, judged like MaNi, nothing trained."""
+    widget.select_targets(["target0", "target1"])
+    assert widget.stats_button.isEnabled()
+    assert widget.run(method="stats", sync=True)
+    prov = widget.result.provenance
+    assert prov["statistics"]["layers"] > 0 and prov["statistics"]["crops"] >= 1
+    assert prov["method"].startswith("target statistics")
+    assert widget.signal_label.text().startswith("Label-free check on the targets")
+    assert "re-estimated" in widget.status.text()
 
 
 @pytest.mark.slow
@@ -135,11 +167,12 @@ def test_cancel_during_save_leaves_files(widget, model_dir):
     ev = threading.Event()
     ev.set()
     out = model_dir / "cancelled.dgseg"
-    assert widget.save(out, sync=True, cancel=ev) is None
+    assert widget.save(out, sync=True, cancel=ev, force=True) is None
     assert not out.exists() and parent_path.read_bytes() == before
     assert "cancelled" in widget.status.text()
     # saving onto the parent is refused
-    assert widget.save(parent_path, sync=True) is None and parent_path.read_bytes() == before
+    assert widget.save(parent_path, sync=True, force=True) is None
+    assert parent_path.read_bytes() == before
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
 """``dgseg adapt --model M --target DIR_OR_FILES... [--source DIR] --out NEW.dgseg [--iters N]``
 
 MaNi label-free adaptation (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023): a new bundle adapted to the target images; the parent
-model file is never modified.
+model file is never modified. ``--method stats`` re-estimates the BatchNorm statistics on the
+targets instead. Either way the run judges itself on held-out target images with label-free
+signals (``selection`` in the JSON) and, unless ``--no-select``, keeps the best checkpoint,
+which may be the parent's weights.
 """
 
 from __future__ import annotations
@@ -54,6 +57,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--warmup", type=float, default=0.1, help="fraction of iterations on source only (0.1)"
     )
     p.add_argument("--mi-weight", type=float, default=1.0, help="weight of the MI loss (1)")
+    p.add_argument(
+        "--method",
+        choices=("mani", "stats"),
+        default="mani",
+        help="mani (default): MaNi training; stats: re-estimate the BatchNorm statistics on the "
+        "targets (seconds, no training)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=("frozen", "split", "mixed"),
+        default="frozen",
+        help="BatchNorm during MaNi: frozen (default, parent statistics kept), split (training "
+        "mode, separate source/target passes), mixed (training mode on source+target batches)",
+    )
+    p.add_argument(
+        "--no-select",
+        action="store_true",
+        help="keep the last iterate instead of the checkpoint (parent included) with the best "
+        "label-free signal on held-out targets",
+    )
+    p.add_argument(
+        "--holdout",
+        type=int,
+        default=None,
+        help="target images held out for the label-free signal (default: a quarter, at most 4)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overwrite(p)
@@ -93,9 +122,16 @@ def run(args: argparse.Namespace) -> int:
             "iterations": prov["iterations"],
             "final_seg": prov["final_seg"],
             "final_mi": prov["final_mi"],
+            "method": args.method,
+            "selection": {k: v for k, v in prov["selection"].items() if k != "checkpoints"},
             "seconds": prov["seconds"],
         }
     )
+    warning = prov["selection"].get("warning")
+    if warning:
+        import sys
+
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -118,4 +154,8 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         out=out,
         overwrite=args.overwrite,
         command=command,
+        method=args.method,
+        norm=args.norm,
+        select=not args.no_select,
+        holdout=args.holdout,
     )

@@ -14,7 +14,10 @@ still be saved or dropped. Save writes a new versioned bundle (``<parent>-adapte
 user model folder. Compare shows the parent's and the adapted model's labels over the image
 they came from (its scale, translate and units).
 Labels layers with the shape of a target image (corrected masks) can join the run as labelled
-target data.
+target data. *Statistics only* is the fast alternative: it re-estimates the BatchNorm statistics
+on the targets (seconds, no training). Every run judges itself on held-out targets with the
+label-free signal of :mod:`napari_dgseg.core.train.selection`; the widget shows parent vs
+adapted, and Save asks for a second click when the adapted model looks worse.
 """
 
 from __future__ import annotations
@@ -51,9 +54,28 @@ from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg._napari.writer import prefer_own_writers
 from napari_dgseg.core.errors import DgsegError, InputError
 
-__all__ = ["PREVIEW_NAME", "AdaptWidget"]
+__all__ = ["PREVIEW_NAME", "AdaptWidget", "signal_text"]
 
 PREVIEW_NAME = "adapt preview"
+
+
+def signal_text(selection: dict | None) -> str:
+    """One line: parent vs adapted on the label-free signal, and what that means."""
+    if not selection:
+        return ""
+    p, a = selection["parent"], selection["adapted"]
+    where = (f"{selection['held_out_images']} held-out target(s)" if selection.get("held_out")
+             else "the targets (too few to hold any out)")
+    ref = selection.get("reference_foreground")
+    ref_txt = f", target-statistics estimate {ref:.2f}" if ref is not None else ""
+    head = (f"Label-free check on {where}: nucleus fraction parent {p['foreground']:.2f} → "
+            f"adapted {a['foreground']:.2f}{ref_txt}; score {p['score']:.3f} → {a['score']:.3f} "
+            f"(certainty {p['certainty']:.2f} → {a['certainty']:.2f}). ")
+    if selection.get("verdict") == "better":
+        return head + "Looks better than the parent."
+    if selection.get("returned_parent_weights"):
+        return head + "No checkpoint beat the parent: the parent's weights were kept."
+    return head + "⚠ Looks worse than the parent."
 
 
 class AdaptWidget(QWidget):
@@ -112,6 +134,10 @@ class AdaptWidget(QWidget):
         self.preview_spin.setRange(1, 10000)
         self.preview_spin.setValue(20)
         self.run_button = QPushButton("Run")
+        self.stats_button = QPushButton("Statistics only (fast)")
+        self.signal_label = QLabel("")
+        self.signal_label.setWordWrap(True)
+        self._save_confirmed = False
         self.cancel_button = QPushButton("Cancel")
         self.save_button = QPushButton("Save as new version")
         self.compare_button = QPushButton("Compare before / after")
@@ -129,8 +155,13 @@ class AdaptWidget(QWidget):
             (self.iters_spin, "Optimisation steps; more adapts further and takes longer"),
             (self.lr_spin, "Learning rate of the adaptation steps; lower is safer"),
             (self.preview_spin, "Update the preview mask and loss plot every this many steps"),
-            (self.run_button, "Adapt a copy of the model to the target layers in the "
+            (self.run_button, "Adapt a copy of the model to the target layers with MaNi in the "
              "background; the loaded model is untouched"),
+            (self.stats_button, "Re-estimate the model's normalisation statistics on the target "
+             "layers: seconds, no training (best for stain, scanner and focus changes)"),
+            (self.signal_label, "Label-free check on held-out target layers: how far the "
+             "predicted nucleus fraction is from that of the model with target statistics "
+             "(closer is better)"),
             (self.cancel_button, "Stop after the current step; what was adapted so far can "
              "still be saved"),
             (self.save_edit, "Where to save the adapted model (.dgseg); empty: the next "
@@ -156,6 +187,7 @@ class AdaptWidget(QWidget):
         form.addRow("Preview every", self.preview_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stats_button)
         buttons.addWidget(self.cancel_button)
         after = QHBoxLayout()
         after.addWidget(self.save_button)
@@ -165,11 +197,13 @@ class AdaptWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
+        layout.addWidget(self.signal_label)
         layout.addWidget(self.save_edit)
         layout.addLayout(after)
         layout.addStretch(1)
 
         self.run_button.clicked.connect(lambda: self.run())
+        self.stats_button.clicked.connect(lambda: self.run(method="stats"))
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save())
         self.compare_button.clicked.connect(lambda: self.compare())
@@ -238,6 +272,7 @@ class AdaptWidget(QWidget):
             ", ".join(f"{t} ← {lab.name}" for t, lab in matches.items()) if matches else ""
         )
         self.run_button.setEnabled(not self.running)
+        self.stats_button.setEnabled(not self.running)
         self.cancel_button.setEnabled(self.running)
         self.save_button.setEnabled(self.result is not None and not self.running)
         self.compare_button.setEnabled(self.result is not None and not self.running)
@@ -255,7 +290,9 @@ class AdaptWidget(QWidget):
         """True while a job (adaptation, comparison or saving) runs."""
         return self.runner.running
 
-    def run(self, targets: list[Any] | None = None, *, sync: bool = False) -> bool:
+    def run(
+        self, targets: list[Any] | None = None, *, sync: bool = False, method: str = "mani"
+    ) -> bool:
         """Start adapting; returns False (with a notification) on bad input.
 
         The targets are only checked here (type and shape); they are read, the parent's
@@ -267,6 +304,8 @@ class AdaptWidget(QWidget):
             Target layers (default: the selected ones).
         sync : bool
             Run in the calling thread (tests; also with ``$DGSEG_SYNC_WORKERS=1``).
+        method : str
+            ``mani`` (Run) or ``stats`` (Statistics only).
         """
         from napari.layers import Image, Labels
 
@@ -305,6 +344,9 @@ class AdaptWidget(QWidget):
         self._preview_source = layers[0].name
         self._before = None
         self.result = None
+        self._save_confirmed = False
+        self.save_button.setText("Save as new version")
+        self.signal_label.setText("")
         self.plot.clear()
         params = {
             "source": source,
@@ -313,9 +355,11 @@ class AdaptWidget(QWidget):
             "size": int(self.size_spin.value()),
             "preview_every": int(self.preview_spin.value()),
             "name": None,
-            "command": f"napari AdaptWidget on layers {[lay.name for lay in layers]}",
+            "command": f"napari AdaptWidget ({method}) on layers {[lay.name for lay in layers]}",
+            "method": method,
         }
-        self.status.setText(f"Adapting {bundle.name} to {len(layers)} target layer(s)…")
+        how = "Re-estimating the statistics of" if method == "stats" else "Adapting"
+        self.status.setText(f"{how} {bundle.name} to {len(layers)} target layer(s)…")
         self._job = "adapt"
         self.runner.start(
             AdaptJob(bundle, planes, labels, params),
@@ -340,6 +384,13 @@ class AdaptWidget(QWidget):
             return
         step = value
         self.plot.add(step.iteration, step.logs)
+        if "signal" in step.logs:
+            self.signal_label.setText(
+                f"label-free signal at iteration {step.iteration}: {step.logs['signal']:.3f}"
+            )
+        if step.logs.get("stats"):
+            self.status.setText("Normalisation statistics re-estimated on the targets.")
+            return
         self.status.setText(
             f"iteration {step.iteration}/{step.iters}: seg {step.logs['seg']:.3f}"
             + ("" if step.logs.get("warmup") else f", MI {step.logs['mi']:.3f}")
@@ -356,10 +407,24 @@ class AdaptWidget(QWidget):
         prov = bundle.provenance
         self.save_edit.setText(str(next_version_path(self.model_picker.bundle.name, user_dir())))
         stopped = " (stopped early)" if prov.get("stopped_early") else ""
+        what = ("Statistics re-estimated" if "statistics" in prov
+                else f"Adapted for {prov['iterations']} iterations{stopped}")
         self.status.setText(
-            f"Adapted for {prov['iterations']} iterations{stopped} in {prov['seconds']} s. "
+            f"{what} in {prov['seconds']} s. "
             "Save keeps it as a new model; Compare shows before / after."
         )
+        self.signal_label.setText(signal_text(prov.get("selection")))
+        if self.looks_worse:
+            self.signal_label.setStyleSheet("color: #e8a33d;")
+            notify(prov["selection"]["warning"], "warning")
+        else:
+            self.signal_label.setStyleSheet("")
+
+    @property
+    def looks_worse(self) -> bool:
+        """True when the last result does not beat its parent on the label-free signal."""
+        sel = (self.result.provenance.get("selection") or {}) if self.result is not None else {}
+        return bool(sel) and sel.get("verdict") != "better"
 
     def _on_failed(self, message: str) -> None:  # the runner has shown the notification
         self.status.setText(message)
@@ -470,6 +535,7 @@ class AdaptWidget(QWidget):
         *,
         sync: bool = False,
         cancel: threading.Event | None = None,
+        force: bool = False,
     ) -> Path | None:
         """Save the adapted model as a new bundle (never over the parent), in the worker.
 
@@ -482,6 +548,9 @@ class AdaptWidget(QWidget):
             Write in the calling thread and return the path (None if nothing was written).
         cancel : threading.Event, optional
             A cancel token for the write (a set token leaves every file unchanged).
+        force : bool
+            Save even when the adapted model looks worse than its parent (otherwise the first
+            call only warns and the next one saves).
 
         Returns
         -------
@@ -496,6 +565,16 @@ class AdaptWidget(QWidget):
             return None
         if self.running:
             notify("wait for the running job to finish (or cancel it)", "warning")
+            return None
+        if self.looks_worse and not (self._save_confirmed or force):
+            self._save_confirmed = True
+            self.save_button.setText("Save anyway")
+            msg = (
+                "The adapted model does not look better than its parent on the held-out targets "
+                "(label-free signal). Press 'Save anyway' to keep it."
+            )
+            self.status.setText(msg)
+            notify(msg, "warning")
             return None
         parent = self.model_picker.bundle
         text = str(path) if path is not None else self.save_edit.text().strip()

@@ -7,6 +7,22 @@ pooled foreground/background features of source (ground truth masks) and target 
 prediction, threshold 0.5). The first ``warmup`` fraction of the iterations uses the source
 segmentation loss only. Adam, constant learning rate (1e-4 by default, as in the paper).
 
+BatchNorm (issue 11): by default the network's BatchNorm layers stay in eval mode while MaNi
+trains (``norm="frozen"``): every batch is normalised by the parent's running statistics, which
+never move, and source and target go through the network in separate passes. Training mode on
+the concatenated source + target batch (``norm="mixed"``, the behaviour before) normalised the
+supervised loss with mixed-domain batch statistics and dragged the running statistics towards a
+mixture that fits neither domain; ``benchmarks/norm_ablation.py`` measures the difference.
+
+``method="stats"`` is the fast alternative without training: the BatchNorm running statistics
+are re-estimated on the target images (:mod:`napari_dgseg.core.train.norm_stats`).
+
+Unlabelled model selection: a quarter of the unlabelled targets (at most 4) is held out; the
+parent and a checkpoint every ``min(20, iters // 5)`` iterations are scored on them with the label-free
+signals of :mod:`napari_dgseg.core.train.selection`, and (``select=True``, the default) the
+best-scoring checkpoint is returned, which is the parent's weights when nothing beat it. The
+signals of every checkpoint, the verdict and a warning go into ``provenance["selection"]``.
+
 Source data: a labelled folder when given, otherwise the replay set every trained bundle
 carries (``bundle.extra("replay")``). Target images may come with corrected labels, which then
 join the segmentation loss (as an extra labelled domain) and replace the pseudo-labels.
@@ -233,6 +249,60 @@ def check_adaptable(family: Family) -> None:
         )
 
 
+#: How BatchNorm behaves while MaNi trains: ``frozen`` (eval mode: the parent's running
+#: statistics normalise every batch and are never updated), ``split`` (training mode, source and
+#: target batches in separate passes so each is normalised by its own domain's batch statistics,
+#: as domain-specific BatchNorm does; the running statistics drift towards both) or ``mixed``
+#: (training mode on the concatenated source + target batch: the behaviour before issue 11).
+NORM_MODES = ("frozen", "split", "mixed")
+NORM_DOC = {
+    "frozen": "BatchNorm in eval mode, the parent's running statistics kept",
+    "split": "BatchNorm in training mode, separate source and target passes",
+    "mixed": "BatchNorm in training mode on the concatenated source + target batch",
+}
+
+
+def _train_mode(model: torch.nn.Module, norm: str) -> None:
+    from napari_dgseg.core.train.norm_stats import freeze_batchnorm
+
+    model.train()
+    if norm == "frozen":
+        freeze_batchnorm(model)
+
+
+def stain_jitter(rgb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random stain strength, tint and brightness of ``(B, 3, H, W)`` RGB in [0, 1] (per image).
+
+    In optical density ``OD = -ln(rgb)`` (Beer-Lambert), every image's OD is scaled by a global
+    stain strength in [0.5, 1.6] and a per-channel factor in [0.85, 1.15] (tint), then its
+    brightness by [0.9, 1.1]: the pale, dark and tinted versions of the source a new scanner or
+    stain batch produces. Applied to the labelled source batches during adaptation, so that the
+    continued supervised training does not specialise the model on the source's one stain.
+    """
+    b = rgb.shape[0]
+
+    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        r = torch.rand(b, *shape, generator=generator)
+        return (lo + (hi - lo) * r).to(rgb.device, rgb.dtype)
+
+    od = -torch.log(rgb.clamp_min(1.0 / 255.0))
+    od = od * u(0.5, 1.6, 1, 1, 1) * u(0.85, 1.15, 3, 1, 1)
+    return (torch.exp(-od) * u(0.9, 1.1, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+def _supervised_loss(fam: Family, model: torch.nn.Module, outputs: dict, batch: dict,
+                     state: dict) -> tuple[torch.Tensor, dict]:
+    """The family's supervised loss; a family that cannot train from its saved form says so."""
+    try:
+        return fam.loss_from_outputs(model, outputs, batch, state)
+    except InputError as exc:
+        raise InputError(
+            f"the {fam.name!r} family cannot be adapted with MaNi from a saved model ({exc}); "
+            "use the statistics method instead (dgseg adapt --method stats; widget: "
+            "'Statistics only')"
+        ) from exc
+
+
 def _is_set(cancel: Any) -> bool:
     return is_cancelled(cancel)
 
@@ -273,13 +343,30 @@ def adapt_steps(
     preview_every: int = 0,
     name: str | None = None,
     command: str | None = None,
+    method: str = "mani",
+    norm: str = "frozen",
+    select: bool = True,
+    holdout: int | None = None,
+    select_every: int | None = None,
+    checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
+    source_augment: bool = False,
 ) -> Generator[AdaptStep, None, Bundle]:
     """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
 
     With ``stop_on_cancel`` a set ``cancel`` ends the run early and the bundle of the iterations
     done so far is returned (its provenance says so); otherwise :class:`CancelledError` is raised.
     ``preview`` ``(H, W, 3)`` uint8 is segmented every ``preview_every`` iterations (and at the end).
+    ``method="stats"`` re-estimates the BatchNorm statistics on the target images instead (one
+    step, no training). The label-free selection signals of :mod:`napari_dgseg.core.train.selection`
+    are computed on held-out target images for the parent and every ``select_every`` iterations;
+    steps where they were computed carry them in ``logs`` (``signal``, ``agreement``,
+    ``certainty``). ``checkpoint_hook(iteration, model)`` is called (model in eval mode) after
+    every scoring, e.g. by the benchmark to measure each checkpoint against labels.
     """
+    if method not in METHODS:
+        raise InputError(f"unknown adaptation method {method!r}; valid: {', '.join(METHODS)}")
+    if norm not in NORM_MODES:
+        raise InputError(f"unknown norm mode {norm!r}; valid: {', '.join(NORM_MODES)}")
     if iters < 1:
         raise InputError(f"iters must be >= 1 (got {iters})")
     if batch < 1:
@@ -289,19 +376,25 @@ def adapt_steps(
     if not 0.0 <= warmup < 1.0:
         raise InputError(f"warmup must be a fraction in [0, 1) (got {warmup})")
     fam = bundle.family
-    check_adaptable(fam)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
+    dev = select_device(device)
+    spec = bundle.input_spec
+    if method == "stats":
+        return (yield from _stats_steps(bundle, targets, holdout=holdout, select=select,
+                                        device=dev, cancel=cancel, name=name, command=command,
+                                        t0=t0, size=size, hook=checkpoint_hook))
+    check_adaptable(fam)
     crop = default_crop_size(bundle, source is not None, size)
     data = prepare_data(bundle, targets, source=source, target_labels=target_labels, size=crop)
-    dev = select_device(device)
-    model = copy.deepcopy(bundle.model).to(dev).train()
-    spec = bundle.input_spec
+    train_targets, held, held_out = split_holdout(data.targets, holdout)
+    model = copy.deepcopy(bundle.model).to(dev)
+    _train_mode(model, norm)
     probe = torch.zeros(1, 3, crop, crop, device=dev)
     with torch.no_grad():
         model.eval()
         feats, _ = fam.features_and_outputs(model, probe)
-        model.train()
+        _train_mode(model, norm)
     mani = ManiModule(int(feats.shape[1])).to(dev).train()
     params = list(fam.trainable_parameters(model))
     optimizer = torch.optim.Adam([*params, *mani.parameters()], lr=lr)
@@ -315,7 +408,7 @@ def adapt_steps(
             s.name,
             domain="target",
         )
-        for s in data.targets
+        for s in train_targets
     ]
     tgt_sampler = CropSampler(
         [("target", tgt_pool)],
@@ -332,6 +425,11 @@ def adapt_steps(
         "input_spec": spec,
     }
     n_warm = int(np.ceil(warmup * iters))
+    every = select_every if select_every else max(1, min(SELECT_EVERY, iters // 5))
+    judge = _Judge(bundle, [_score_view(s.image) for s in held], dev, held_out, checkpoint_hook,
+                   [s.image for s in train_targets])
+    judge.score(model, 0)
+    _train_mode(model, norm)
     history: list[dict[str, float]] = []
     stopped = False
     for it in range(iters):
@@ -342,21 +440,27 @@ def adapt_steps(
             break
         state["iteration"] = it
         sb = {k: v.to(dev) for k, v in src_sampler.batch(batch).items()}
+        if source_augment:
+            sb["image"] = stain_jitter(sb["image"], state["generator"])
         xs = normalise_input(sb["image"], spec)
         if it < n_warm:
             _, out_s = fam.features_and_outputs(model, xs)
-            seg, _ = fam.loss_from_outputs(model, out_s, sb, state)
+            seg, _ = _supervised_loss(fam, model, out_s, sb, state)
             mi = torch.zeros((), device=dev)
             mi_logs = {"mi": 0.0}
         else:
             tb = {k: v.to(dev) for k, v in tgt_sampler.batch(batch).items()}
             xt = normalise_input(tb["image"], spec)
-            feats, out = fam.features_and_outputs(model, torch.cat([xs, xt]))
-            out_s = {k: v[:batch] for k, v in out.items()}
-            seg, _ = fam.loss_from_outputs(model, out_s, sb, state)
-            mi, mi_logs = mani(
-                feats[:batch], sb["target"], feats[batch:], out["logits"][batch:], tb["target"]
-            )
+            if norm == "mixed":
+                feats, out = fam.features_and_outputs(model, torch.cat([xs, xt]))
+                out_s = {k: v[:batch] for k, v in out.items()}
+                f_s, f_t, logit_t = feats[:batch], feats[batch:], out["logits"][batch:]
+            else:
+                f_s, out_s = fam.features_and_outputs(model, xs)
+                f_t, out_t = fam.features_and_outputs(model, xt)
+                logit_t = out_t["logits"]
+            seg, _ = _supervised_loss(fam, model, out_s, sb, state)
+            mi, mi_logs = mani(f_s, sb["target"], f_t, logit_t, tb["target"])
         loss = seg + mi_weight * mi
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -372,16 +476,27 @@ def adapt_steps(
                 f"adaptation diverged at iteration {it + 1} (loss {logs['loss']}); lower the learning rate"
             )
         history.append(logs)
-        shot = None
         last = it + 1 == iters
+        if (it + 1) % every == 0 or last:
+            sig = judge.score(model, it + 1)
+            logs.update({"signal": sig["score"], "agreement": sig["agreement"],
+                         "certainty": sig["certainty"]})
+            _train_mode(model, norm)
+        shot = None
         if preview is not None and ((preview_every > 0 and (it + 1) % preview_every == 0) or last):
             shot = predict_labels(model, bundle, preview, device=dev)
-            model.train()
+            _train_mode(model, norm)
         yield AdaptStep(it + 1, iters, logs, shot)
+    if stopped and history and judge.checkpoints[-1]["iteration"] != len(history):
+        judge.score(model, len(history))
     model.eval()
+    selection = judge.summary(select)
+    if select:
+        model.load_state_dict(judge.best_state)
     provenance = {
         "command": command or "napari_dgseg.adapt(...)",
         "method": "MaNi (Sharma, Syed & Brown, MICCAI 2023): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
+        "norm": f"{norm}: {NORM_DOC[norm]}",
         "parent": {
             "name": bundle.name,
             "sha256": parent_sha256(bundle),
@@ -403,15 +518,198 @@ def adapt_steps(
         "crop_size": crop,
         "seed": seed,
         "optimizer": "Adam, constant learning rate",
+        "source_augment": "stain jitter (OD strength 0.5-1.6, tint 0.85-1.15, brightness 0.9-1.1)"
+        if source_augment else None,
         "final_seg": _mean_tail(history, "seg"),
         "final_mi": _mean_tail([h for h in history if not h["warmup"]], "mi"),
         "losses": {"seg": _thin(history, "seg"), "mi": _thin(history, "mi")},
+        "selection": selection,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 1),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
     return make_adapted_bundle(bundle, model.cpu(), mani.cpu(), provenance, name=name)
+
+
+def _stats_steps(
+    bundle: Bundle,
+    targets: Sequence[Target],
+    *,
+    holdout: int | None,
+    select: bool,
+    device: Any,
+    cancel: Any,
+    name: str | None,
+    command: str | None,
+    t0: float,
+    size: int | None,
+    hook: Callable[[int, torch.nn.Module], Any] | None = None,
+) -> Generator[AdaptStep, None, Bundle]:
+    """``method="stats"``: target BatchNorm statistics (one step), judged like MaNi checkpoints."""
+    from napari_dgseg.core.train.norm_stats import batchnorm_layers, norm_kind, reestimate_batchnorm
+
+    if not batchnorm_layers(bundle.model):
+        raise InputError(
+            f"model {bundle.name!r} has no BatchNorm running statistics (its normalisation is "
+            f"{norm_kind(bundle.model)!r}), so target-statistics adaptation cannot change it; "
+            "use the MaNi method instead (--method mani)"
+        )
+    samples = read_targets(targets)
+    train_targets, held, held_out = split_holdout(samples, holdout)
+    divisor = int(bundle.model.divisor)
+    side = size or 256
+    if side % divisor:
+        raise InputError(f"crop size {side} must be a multiple of {divisor} for this model")
+    model = copy.deepcopy(bundle.model).to(device).eval()
+    judge = _Judge(bundle, [_score_view(s.image) for s in held], device, held_out, hook,
+                   [s.image for s in train_targets])
+    judge.score(model, 0)
+    report = reestimate_batchnorm(model, [s.image for s in train_targets], bundle.input_spec,
+                                  size=side, device=device, cancel=cancel)
+    sig = judge.score(model, 1)
+    logs = {"loss": 0.0, "seg": 0.0, "mi": 0.0, "warmup": 0.0, "stats": 1.0, "signal": sig["score"],
+            "agreement": sig["agreement"], "certainty": sig["certainty"]}
+    yield AdaptStep(1, 1, logs, None)
+    selection = judge.summary(select)
+    if select:
+        model.load_state_dict(judge.best_state)
+    provenance = {
+        "command": command or "napari_dgseg.adapt(..., method='stats')",
+        "method": "target statistics: BatchNorm running mean/var re-estimated on the target images "
+        "(Li et al., 'Revisiting Batch Normalization For Practical Domain Adaptation', 2016)",
+        "parent": {"name": bundle.name, "sha256": parent_sha256(bundle),
+                   "path": str(bundle.path) if bundle.path else None},
+        "parent_training": {
+            k: bundle.provenance.get(k) for k in ("command", "sources", "val_metrics")
+        },
+        "targets": [s.meta.get("image_path", s.name) for s in samples],
+        "labelled_targets": [],
+        "source": "none (no training)",
+        "iterations": 1,
+        "iters_planned": 1,
+        "stopped_early": False,
+        "statistics": report,
+        "crop_size": side,
+        "final_seg": None,
+        "final_mi": None,
+        "selection": selection,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    return make_adapted_bundle(bundle, model.cpu(), None, provenance, name=name)
+
+
+#: Adaptation methods: MaNi (default) and target statistics.
+METHODS = ("mani", "stats")
+#: Most iterations between two scored checkpoints (fewer when ``iters // 5`` is smaller): MaNi
+#: can peak early and drift after (benchmarks/mani_adaptation.py), so checkpoints stay dense.
+SELECT_EVERY = 20
+#: Most target images the signals read when none are held out.
+MAX_SCORED = 4
+#: Largest side of a held-out image the selection signals read (centre crop).
+SCORE_SIDE = 384
+
+
+def split_holdout(
+    samples: Sequence[Sample], holdout: int | None
+) -> tuple[list[Sample], list[Sample], bool]:
+    """Split targets into training images and held-out images for the selection signals.
+
+    ``holdout=None`` holds out a quarter of the unlabelled targets (at most 4) when there are at
+    least 4; with fewer the signals read the targets (at most :data:`MAX_SCORED`; ``held_out``
+    False: they were also trained on, which the provenance says). ``holdout=0`` does the same.
+    """
+    samples = list(samples)
+    unlabelled = [i for i, s in enumerate(samples) if s.labels is None]
+    n = min(4, len(unlabelled) // 4) if holdout is None else int(holdout)
+    if n < 0:
+        raise InputError(f"holdout must be >= 0 (got {holdout})")
+    if n == 0 or len(samples) - n < 1 or n > len(unlabelled):
+        return samples, samples[-MAX_SCORED:], False
+    held_idx = set(unlabelled[-n:])
+    train = [s for i, s in enumerate(samples) if i not in held_idx]
+    held = [s for i, s in enumerate(samples) if i in held_idx]
+    return train, held, True
+
+
+def _score_view(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape[:2]
+    s = SCORE_SIDE
+    if h <= s and w <= s:
+        return image
+    y, x = max(0, (h - s) // 2), max(0, (w - s) // 2)
+    return image[y : y + s, x : x + s]
+
+
+class _Judge:
+    """Scores checkpoints with the label-free signals and keeps the best one's weights."""
+
+    def __init__(self, bundle: Bundle, images: list[np.ndarray], device: Any, held_out: bool,
+                 hook: Callable[[int, torch.nn.Module], Any] | None = None,
+                 train_images: Sequence[np.ndarray] = ()):
+        from napari_dgseg.core.train.selection import reference_foreground
+
+        self.bundle, self.images, self.device, self.held_out = bundle, images, device, held_out
+        self.hook = hook
+        self.reference = reference_foreground(
+            bundle.model, list(train_images) or images, images, bundle.input_spec,
+            device=device, discrete=bundle.family.discrete_outputs)
+        self.checkpoints: list[dict[str, Any]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best: dict[str, Any] | None = None
+
+    def score(self, model: torch.nn.Module, iteration: int) -> dict[str, Any]:
+        from napari_dgseg.core.train.selection import is_degenerate, label_free_signals
+
+        sig = label_free_signals(model, self.images, self.bundle.input_spec, device=self.device,
+                                 discrete=self.bundle.family.discrete_outputs,
+                                 reference_foreground=self.reference)
+        parent = self.checkpoints[0] if self.checkpoints else sig
+        row = {"iteration": iteration, **sig, "degenerate": bool(is_degenerate(sig, parent))}
+        if self.bundle.family.supports("codebook"):  # reported beside the score, not used in it
+            from napari_dgseg.core.train.selection import codebook_shift
+
+            row["codebook_shift"] = codebook_shift(self.bundle, model, self.images,
+                                                   device=self.device)
+        self.checkpoints.append(row)
+        if not row["degenerate"] and (self.best is None or row["score"] > self.best["score"]):
+            self.best = row
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.hook is not None:
+            was = model.training
+            model.eval()
+            self.hook(iteration, model)
+            model.train(was)
+        return row
+
+    def summary(self, select: bool) -> dict[str, Any]:
+        from napari_dgseg.core.train.selection import SIGNAL_DOC
+
+        parent, last = self.checkpoints[0], self.checkpoints[-1]
+        chosen = self.best if select and self.best is not None else last
+        verdict = "better" if chosen["score"] > parent["score"] else "not better"
+        return {
+            "signal": SIGNAL_DOC,
+            "held_out_images": len(self.images),
+            "held_out": self.held_out,
+            "reference_foreground": round(self.reference, 4),
+            "parent": {k: parent[k] for k in ("score", "agreement", "certainty", "foreground")},
+            "adapted": {k: chosen[k] for k in ("score", "agreement", "certainty", "foreground")},
+            "chosen_iteration": chosen["iteration"],
+            "selected": select,
+            "returned_parent_weights": bool(select and chosen["iteration"] == 0),
+            "verdict": verdict,
+            "warning": None if verdict == "better" else (
+                "the adapted model does not look better than its parent on held-out target "
+                "images by the label-free signal; "
+                + ("the parent's weights were kept" if select and chosen["iteration"] == 0
+                   else "check before using it")
+            ),
+            "checkpoints": self.checkpoints,
+        }
 
 
 def adapt(
@@ -434,6 +732,13 @@ def adapt(
     out: str | Path | None = None,
     command: str | None = None,
     overwrite: bool = False,
+    method: str = "mani",
+    norm: str = "frozen",
+    select: bool = True,
+    holdout: int | None = None,
+    select_every: int | None = None,
+    checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
+    source_augment: bool = False,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -464,6 +769,20 @@ def adapt(
     out : path, optional
         Save the new bundle there (atomically); an existing file is kept (an error) unless
         ``overwrite``.
+    method : str
+        ``mani`` (default) or ``stats`` (target BatchNorm statistics only, no training).
+    norm : str
+        BatchNorm during MaNi (:data:`NORM_MODES`): ``frozen`` (default), ``split``, ``mixed``.
+    select : bool
+        Keep the checkpoint (the parent included) with the best label-free signal on held-out
+        target images (default); False keeps the last iterate. Either way
+        ``provenance["selection"]`` holds the signals of the parent and of every checkpoint.
+    holdout : int, optional
+        Target images held out for the signal (default: a quarter, at most 4, when >= 4).
+    select_every : int, optional
+        Iterations between scored checkpoints (default ``min(20, iters // 5)``, at least 1).
+    source_augment : bool
+        Stain jitter (:func:`stain_jitter`) on the labelled source batches (default False).
 
     Returns
     -------
@@ -486,6 +805,13 @@ def adapt(
         cancel=cancel,
         name=name,
         command=command,
+        method=method,
+        norm=norm,
+        select=select,
+        holdout=holdout,
+        select_every=select_every,
+        checkpoint_hook=checkpoint_hook,
+        source_augment=source_augment,
     )
     while True:
         try:
@@ -526,7 +852,7 @@ def parent_sha256(bundle: Bundle) -> str:
 def make_adapted_bundle(
     parent: Bundle,
     model: torch.nn.Module,
-    mani: ManiModule,
+    mani: ManiModule | None,
     provenance: dict,
     *,
     name: str | None = None,
@@ -536,7 +862,9 @@ def make_adapted_bundle(
     for fname in parent.tensor_files:
         if fname != WEIGHTS:
             extras[fname] = parent.extra(fname)
-    extras["mani"] = {k: v.detach().cpu().contiguous() for k, v in mani.state_dict().items()}
+    if mani is not None:
+        extras["mani"] = {k: v.detach().cpu().contiguous() for k, v in mani.state_dict().items()}
+    how = "MaNi-adapted" if mani is not None else "target-statistics-adapted"
     fam = parent.family
     return Bundle.create(
         model,
@@ -549,7 +877,7 @@ def make_adapted_bundle(
         input_spec=parent.input_spec,
         provenance=provenance,
         extras=extras,
-        description=f"{parent.manifest.get('description', '')} (MaNi-adapted from {parent.name})",
+        description=f"{parent.manifest.get('description', '')} ({how} from {parent.name})",
     )
 
 

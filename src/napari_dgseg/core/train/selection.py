@@ -1,0 +1,264 @@
+"""Label-free model selection on a target domain: how much a model can be trusted there without labels.
+
+An adapted model can only be judged on the target domain without labels, so adaptation scores
+every checkpoint (the parent included) on a few held-out, unlabelled target tiles with signals
+that need no ground truth:
+
+``agreement``
+    Mean Dice between the foreground predicted on a tile and on photometrically perturbed copies
+    of it (brightness/contrast, haematoxylin/eosin strength, blur, noise). A model that has
+    learned the target domain gives the same masks under changes that do not move a nucleus;
+    test-time-augmentation consistency has been used this way for unsupervised model and
+    checkpoint selection (e.g. Wang et al., "Tent: Fully Test-Time Adaptation by Entropy
+    Minimization", 2021, for entropy; Saito et al., "Tune it the Right Way: Unsupervised
+    Validation of Domain Adaptation via Soft Neighborhood Density", 2021, for the principle).
+``certainty``
+    ``1 -`` the mean binary entropy (in bits) of the foreground probability.
+``prior_match``
+    How close the checkpoint's predicted foreground fraction is to that of a *target-statistics*
+    copy of the parent (its BatchNorm statistics re-estimated on the training targets; Li et al.,
+    "Revisiting Batch Normalization For Practical Domain Adaptation", 2016):
+    ``-|f - f_ref| / f_ref``. Target statistics estimate the target's nucleus fraction well (their
+    Dice is high in the benchmark) while MaNi checkpoints that drift into over- or
+    under-segmentation move their fraction away from it; a class-prior check.
+``score``
+    The selection signal: ``prior_match`` (:data:`SCORE`). Chosen on the benchmark
+    (``benchmarks/mani_adaptation.py``, Spearman with target Dice over all checkpoints): agreement
+    and certainty were *not* usable there (Spearman -0.29 and -0.37 for hovernet): a model that
+    drifts into over-segmentation (pale stroma called nuclei) is stable under perturbations and
+    confident. They are still recorded. A degenerate model (everything background or everything
+    foreground) is never selected: a checkpoint whose foreground fraction leaves ``[1/3, 3]``
+    times the parent's is marked ``degenerate``.
+``codebook_shift``
+    For families with a codebook (SQ-VAE), the mean JS divergence of the tiles' code usage from
+    the training usage; reported, not used in ``score`` (it measures the input, not the model).
+
+The benchmark (``benchmarks/mani_adaptation.py``) reports the Spearman correlation between
+``score`` and target Dice over the checkpoints of every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Fractions of the parent's foreground area outside of which a checkpoint is degenerate.
+DEGENERATE_RATIO = 3.0
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One photometric change: multiply H and E optical density, gamma, blur sigma, noise sigma."""
+
+    h_gain: float
+    e_gain: float
+    gamma: float
+    blur: float
+    noise: float
+
+
+#: The fixed perturbations every checkpoint is scored under (the same for all, so scores compare).
+PERTURBATIONS: tuple[Perturbation, ...] = (
+    Perturbation(h_gain=0.75, e_gain=1.2, gamma=1.15, blur=0.0, noise=3.0),
+    Perturbation(h_gain=1.25, e_gain=0.85, gamma=0.87, blur=0.8, noise=0.0),
+    Perturbation(h_gain=1.0, e_gain=1.0, gamma=1.0, blur=1.3, noise=5.0),
+)
+
+
+def perturb(image: np.ndarray, p: Perturbation, seed: int = 0) -> np.ndarray:
+    """Apply ``p`` to an ``(H, W, 3)`` uint8 RGB H&E image; returns uint8.
+
+    The stain change scales the colour deconvolution of Ruifrok & Johnston ("Quantification of
+    histochemical staining by color deconvolution", 2001): optical density is split into
+    haematoxylin and eosin with :func:`skimage.color.rgb2hed`, scaled, and mixed back.
+    """
+    from scipy import ndimage as ndi
+    from skimage.color import hed2rgb, rgb2hed
+
+    img = image.astype(np.float32) / 255.0
+    if p.h_gain != 1.0 or p.e_gain != 1.0:
+        hed = rgb2hed(img)
+        hed[..., 0] *= p.h_gain
+        hed[..., 1] *= p.e_gain
+        img = np.clip(hed2rgb(hed), 0.0, 1.0).astype(np.float32)
+    if p.gamma != 1.0:
+        img = img**p.gamma
+    if p.blur > 0:
+        img = ndi.gaussian_filter(img, (p.blur, p.blur, 0))
+    if p.noise > 0:
+        img = img + np.random.default_rng(seed).normal(0.0, p.noise / 255.0, img.shape)
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def foreground_probability(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    input_spec: Mapping[str, Any],
+    *,
+    device: Any = "cpu",
+    discrete: Sequence[str] | None = None,
+) -> np.ndarray:
+    """``(H, W)`` float32 probability of "not background" from the model's blended logits."""
+    from napari_dgseg.core.predict import run_tiled
+
+    maps = run_tiled(
+        model, image, input_spec=dict(input_spec), tile=512, overlap=32, device=device, batch=1,
+        discrete=discrete,
+    )
+    logits = torch.from_numpy(np.asarray(maps["logits"], dtype=np.float32))
+    return (1.0 - torch.softmax(logits, dim=0)[0]).numpy()
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
+
+
+def _entropy_bits(p: np.ndarray) -> float:
+    p = np.clip(p.astype(np.float64), 1e-6, 1 - 1e-6)
+    return float(np.mean(-(p * np.log2(p) + (1 - p) * np.log2(1 - p))))
+
+
+def label_free_signals(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    input_spec: Mapping[str, Any],
+    *,
+    device: Any = "cpu",
+    threshold: float = 0.5,
+    discrete: Sequence[str] | None = None,
+    reference_foreground: float | None = None,
+) -> dict[str, float]:
+    """Label-free signals of ``model`` on unlabelled ``images`` (see the module docstring).
+
+    Returns
+    -------
+    dict
+        ``agreement``, ``certainty``, ``score`` (``agreement * certainty``) in [0, 1] and
+        ``foreground`` (mean predicted foreground fraction).
+    """
+    was_training = model.training
+    model.eval()
+    agree, cert, fg = [], [], []
+    try:
+        for i, img in enumerate(images):
+            p0 = foreground_probability(model, img, input_spec, device=device, discrete=discrete)
+            m0 = p0 >= threshold
+            cert.append(1.0 - _entropy_bits(p0))
+            fg.append(float(m0.mean()))
+            for j, pert in enumerate(PERTURBATIONS):
+                pj = foreground_probability(model, perturb(img, pert, seed=97 * i + j),
+                                            input_spec, device=device, discrete=discrete)
+                agree.append(_dice(m0, pj >= threshold))
+    finally:
+        model.train(was_training)
+    a, c = float(np.mean(agree)), float(np.mean(cert))
+    f = float(np.mean(fg))
+    sig = {"agreement": round(a, 4), "certainty": round(c, 4), "foreground": round(f, 4)}
+    if reference_foreground is not None:
+        ref = float(reference_foreground)
+        sig["foreground_reference"] = round(ref, 4)
+        sig["prior_match"] = round(-abs(f - ref) / max(ref, 1e-3), 4)
+    return {**sig, "score": round(SCORES[SCORE](sig), 4)}
+
+
+def reference_foreground(
+    model: torch.nn.Module,
+    train_images: Sequence[np.ndarray],
+    images: Sequence[np.ndarray],
+    input_spec: Mapping[str, Any],
+    *,
+    device: Any = "cpu",
+    threshold: float = 0.5,
+    discrete: Sequence[str] | None = None,
+) -> float:
+    """Foreground fraction of ``images`` predicted by a target-statistics copy of ``model``.
+
+    The copy's BatchNorm statistics are re-estimated on ``train_images``
+    (:func:`~napari_dgseg.core.train.norm_stats.reestimate_batchnorm`); a network without
+    running statistics is used as it is. ``model`` itself is not changed.
+    """
+    import copy
+
+    from napari_dgseg.core.train.norm_stats import reestimate_batchnorm
+
+    ref = copy.deepcopy(model).to(device).eval()
+    divisor = int(getattr(model, "divisor", 1))
+    side = min(256, *(min(i.shape[:2]) for i in train_images))
+    side = max(divisor, side - side % divisor)
+    reestimate_batchnorm(ref, list(train_images), input_spec, size=side, device=device)
+    fg = [float((foreground_probability(ref, img, input_spec, device=device, discrete=discrete)
+                 >= threshold).mean()) for img in images]
+    return float(np.mean(fg))
+
+
+#: Candidate selection signals, each ``signals -> float`` (higher = better).
+SCORES = {
+    "prior_match": lambda s: float(s.get("prior_match", 0.0)),
+    "agreement": lambda s: float(s["agreement"]),
+    "certainty": lambda s: float(s["certainty"]),
+    "agreement_x_certainty": lambda s: float(s["agreement"]) * float(s["certainty"]),
+}
+#: The signal adaptation selects by (``score``); chosen on the benchmark's Spearman correlations.
+SCORE = "prior_match"
+#: One line naming the selection signal (stored in adapted bundles' provenance).
+SIGNAL_DOC = (
+    f"score = {SCORE}: -|foreground fraction - that of the target-statistics copy of the parent| "
+    "/ the latter; also recorded: agreement = Dice of foreground masks under 3 fixed photometric "
+    "perturbations, certainty = 1 - mean binary entropy (bits); on held-out unlabelled target images"
+)
+
+
+def choose(checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE) -> int:
+    """Index of the best non-degenerate checkpoint by ``score`` (the parent, index 0, on ties)."""
+    best, best_v = 0, SCORES[score](checkpoints[0])
+    for i, row in enumerate(checkpoints[1:], start=1):
+        if row.get("degenerate"):
+            continue
+        v = SCORES[score](row)
+        if v > best_v:
+            best, best_v = i, v
+    return best
+
+
+def is_degenerate(signals: Mapping[str, float], parent: Mapping[str, float]) -> bool:
+    """True when the foreground fraction left ``[1/DEGENERATE_RATIO, DEGENERATE_RATIO]`` x parent's."""
+    f, f0 = float(signals["foreground"]), float(parent["foreground"])
+    if f0 <= 1e-4:
+        return f <= 1e-4
+    return not (f0 / DEGENERATE_RATIO <= f <= f0 * DEGENERATE_RATIO)
+
+
+def codebook_shift(bundle: Any, model: torch.nn.Module, images: Sequence[np.ndarray],
+                   *, device: Any = "cpu") -> float | None:
+    """Mean codebook shift score of ``images`` under ``model`` (None without a codebook record)."""
+    if not bundle.family.supports("codebook"):
+        return None
+    from napari_dgseg.core import codebook as cb
+
+    ref = cb.training_reference(bundle)
+    if ref is None:
+        return None
+    cfg = bundle.config
+    n_alpha = int(cfg.get("codebook_size", 64))
+    n_beta = int(cfg.get("codebook_size_beta", 0) or n_alpha)  # as codebook.analyse_prediction
+    scores = []
+    for img in images:
+        ua, ub = cb.image_usage(model, img, input_spec=dict(bundle.input_spec),
+                                num_codes=(n_alpha, n_beta), device=device)
+        scores.append(cb.shift_score(ua, ref["usage_alpha"], ub, ref.get("usage_beta")))
+    return round(float(np.mean(scores)), 4)
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (average ranks for ties); nan for fewer than 3 points."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 3:
+        return float("nan")
+    r = spearmanr(np.asarray(x, float), np.asarray(y, float)).statistic
+    return float(r) if np.isfinite(r) else float("nan")

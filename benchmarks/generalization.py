@@ -59,11 +59,16 @@ def log(*parts: Any) -> None:
 
 
 def shipped_models(task: str) -> list[str]:
-    """Names of the shipped, readable bundles of ``task``."""
+    """Names of the shipped, readable learned bundles of ``task``.
+
+    The shipped classical bundles (``classical-he``, ``classical-fundus``) run the same methods as
+    the ``classical`` row, so they are not repeated.
+    """
     from napari_dgseg import list_bundles
 
     return [b["name"] for b in list_bundles()
-            if b["where"] == "shipped" and b["task"] == task and not b.get("broken")]  # fmt: skip
+            if b["where"] == "shipped" and b["task"] == task and not b.get("broken")
+            and not str(b.get("family", "")).startswith("classical-")]  # fmt: skip
 
 
 def task_of(model: str) -> str:

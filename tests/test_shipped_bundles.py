@@ -24,7 +24,8 @@ def _maker():
 
 
 MAKER = _maker()
-SHIPPED = ["nuclei-hovernet", "nuclei-sqvae", "nuclei-unet", "nuclei-unet-cqg",
+SHIPPED = ["classical-fundus", "classical-he", "nuclei-hovernet", "nuclei-sqvae", "nuclei-unet",
+           "nuclei-unet-cqg",
            "vessels-ram-sgcg", "vessels-sqvae"]
 
 

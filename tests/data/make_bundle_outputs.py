@@ -1,4 +1,4 @@
-"""Store what the six shipped bundles predict on a fixed synthetic image (a regression net).
+"""Store what the shipped bundles predict on a fixed synthetic image (a regression net).
 
 Run from the repository root to (re)write ``tests/data/bundle_outputs/<bundle>.npz``::
 

@@ -225,6 +225,8 @@ def _predict_whole_image(
         "family": bundle.family_name,
         "method": "whole image (classical, no network)",
         "dcin": {"mode": "none", "notice": "a classical baseline takes the image as it is"},
+        "scale": {"factor": 1.0, "proposed": 1.0, "source": "none", "applied": False,
+                  "reason": "a classical baseline works at the image's own scale"},
         "image_shape": [h, w],
         "intensity_range": [adapter.low, adapter.high],
         "seconds": elapsed_since(t0),

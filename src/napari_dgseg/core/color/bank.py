@@ -105,7 +105,17 @@ def build_reference_bank(
         for name in METHODS:
             method_stats[name].append(get_normalizer(name).fit(*samples))
     hist = np.stack(hists)
-    extra = {f"ref_{name}": torch.from_numpy(np.stack(v)).double() for name, v in method_stats.items()}
+    extra = {}
+    for name, rows in method_stats.items():
+        stacked = np.stack(rows).astype(np.float64)
+        bad = ~np.isfinite(stacked).all(axis=1)
+        if bad.all():
+            continue  # the method could fit none of the images: it falls back (reference_stats)
+        if bad.any():
+            # an image the method could not fit (Macenko on a tile without two stains) takes
+            # the median statistics of the others, so the bank stays finite and loadable
+            stacked[bad] = np.median(stacked[~bad], axis=0)
+        extra[f"ref_{name}"] = torch.from_numpy(stacked)
     return {
         **extra,
         "hist": torch.from_numpy(hist),

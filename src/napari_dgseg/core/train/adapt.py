@@ -390,7 +390,7 @@ def adapt_steps(
     train_targets, held, held_out = split_holdout(data.targets, holdout)
     model = copy.deepcopy(bundle.model).to(dev)
     _train_mode(model, norm)
-    probe = torch.zeros(1, 3, crop, crop, device=dev)
+    probe = normalise_input(torch.full((1, 3, crop, crop), 0.8, device=dev), spec)
     with torch.no_grad():
         model.eval()
         feats, _ = fam.features_and_outputs(model, probe)

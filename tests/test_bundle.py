@@ -376,7 +376,12 @@ def test_list_bundles_rows_order_and_broken_files(tiny_bundle, tmp_path):
     rows = list_bundles()
     names = [r["name"] for r in rows]
     shipped = sorted(p.name[: -len(".dgseg")] for p in shipped_dir().glob("*.dgseg"))
-    # shipped first (sorted), then user; a broken file is listed with its reason, not hidden
+    from napari_dgseg.core.bundle_index import default_models
+
+    defaults = sorted(n for n in shipped if n in set(default_models().values()))
+    shipped = defaults + [n for n in shipped if n not in defaults]
+    # the tasks' defaults, then the other shipped (sorted), then user; a broken file is listed
+    # with its reason, not hidden
     assert names == shipped + ["a-mine", "broken"]
     assert "not a bundle" in rows[-1]["broken"] and rows[-1]["family"] is None
     rows = rows[:-1]
@@ -385,7 +390,7 @@ def test_list_bundles_rows_order_and_broken_files(tiny_bundle, tmp_path):
                     "classes": ["background", "nucleus"], "where": "user",
                     "path": str(user_dir() / "a-mine.dgseg"),
                     "description": tiny_bundle.manifest["description"],
-                    "val_metrics": {"dice": 0.5}}
+                    "val_metrics": {"dice": 0.5}, "heldout_metrics": {}, "default": False}
     assert all(r["where"] == "shipped" for r in rows[:-1])
 
 
@@ -502,7 +507,8 @@ def test_list_bundles_defaults_for_a_minimal_manifest():
     write(required)
     row = next(r for r in list_bundles() if r["name"] == "bare")
     assert row == {"name": "bare", "family": "unet", "task": "", "classes": [], "where": "user",
-                   "path": str(path), "description": "", "val_metrics": {}}
+                   "path": str(path), "description": "", "val_metrics": {},
+                   "heldout_metrics": {}, "default": False}
     write({**required, "provenance": {"seed": 1}})
     row = next(r for r in list_bundles() if r["name"] == "bare")
     assert row["val_metrics"] == {} and "broken" not in row
@@ -510,7 +516,8 @@ def test_list_bundles_defaults_for_a_minimal_manifest():
     row = next(r for r in list_bundles() if r["name"] == "bare")
     assert row == {"name": "bare", "family": None, "task": "", "classes": [], "where": "user",
                    "path": str(path), "description": "", "val_metrics": {},
-                   "broken": f"{path}: unknown bundle schema None; expected {SCHEMA!r}"}
+                   "broken": f"{path}: unknown bundle schema None; expected {SCHEMA!r}",
+                   "default": False}
 
 
 def test_predict_delegates_with_its_arguments(tiny_bundle):

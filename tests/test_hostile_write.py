@@ -344,7 +344,7 @@ def test_non_finite_network_output_is_an_error(tiny_bundle, tmp_path, capsys, mo
     img, _ = disks_image(64, seed=0)
     # the input overflows the network at run time (weights themselves stay finite)
     monkeypatch.setattr("napari_dgseg.core.predict.normalise_input",
-                        lambda x, spec: x * float("inf"))
+                        lambda x, spec, stats=None: x * float("inf"))
     with pytest.raises(NonFiniteOutputError, match="model 'tiny'.*NaN or inf.*weights"):
         tiny_bundle.predict(img, tile=64, overlap=16)
     out = tmp_path / "out"

@@ -112,7 +112,7 @@ def predict_bundle(
     h, w, _ = image_channels(image)
     family = bundle.family
     adapter = ImageAdapter.from_array(image)
-    if family.segment_image is not None:
+    if getattr(family, "segment_image", None) is not None:  # a family without a network
         return _predict_whole_image(bundle, adapter, t0, progress, cancel, memory_budget)
     decision, model_input = plan_scale(bundle.manifest, adapter, rescale=rescale, scale=scale,
                                        mpp=mpp, object_size=object_size,

@@ -7,8 +7,10 @@ Modes (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Se
 ``lris``       transfer to the training image whose embedding is cosine-nearest to the target's;
 ``full``       both branches, raw logits averaged; their disagreement is the uncertainty map;
 ``reference``  transfer to a reference the user chooses (an image or its (mean, std));
-``auto``       ``full`` behind a guard (:mod:`napari_dgseg.core.color.guard`) when the bundle
-               has a reference bank, else ``none``: a pilot pass on a few crops compares the
+``auto``       ``none`` for a model that reads per-image stain densities (it normalises
+               colour itself); else ``full`` behind a guard
+               (:mod:`napari_dgseg.core.color.guard`) when the bundle has a reference bank,
+               else ``none``: a pilot pass on a few crops compares the
                normalized prediction with the original one and falls back to ``none`` when
                normalization would change the mask in a way the user cannot see.
 
@@ -45,6 +47,7 @@ from napari_dgseg.core.color.normalizers import (
 from napari_dgseg.core.color.tissue import has_tissue, image_color_stats
 from napari_dgseg.core.color.transfer import FLAT_STD, _reference_stats
 from napari_dgseg.core.errors import BundleError, InputError
+from napari_dgseg.core.input_features import needs_image_stats
 
 DCIN_MODES = ("auto", "none", "gris", "lris", "full", "reference")
 
@@ -140,6 +143,14 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
     space = (bundle.manifest.get("dcin") or {}).get("space", "lab-reinhard")
     if guard is None:
         guard = mode == "auto"
+    if mode == "auto" and bank is not None and needs_image_stats(bundle.input_spec):
+        # A model that reads per-image scaled stain densities and was trained under stain
+        # augmentation normalises colour itself; on the training renderer's held-out domains
+        # DCIN lowered such models' masks (docs/dcin.md, "retrained shipped U-Nets").
+        return DcinPlan(mode="none", branches=[_identity], space=space, method=normalizer.name,
+                        requested=requested,
+                        notice="DCIN auto: none, this model normalises colour itself (per-image "
+                        "stain densities); choose a mode to force normalization")
     if mode == "auto":
         mode = "full" if bank is not None else "none"
     if mode == "none":

@@ -88,9 +88,13 @@ class DcinPlan:
     guard: dict[str, Any] | None = None
     #: The mode asked for (``auto`` before it was resolved).
     requested: str = "auto"
+    #: Why ``auto`` resolved as it did when no guard ran (recorded, not notified: it is the
+    #: normal case for such models, not a problem to report).
+    auto_reason: str | None = None
 
     def provenance(self) -> dict[str, Any]:
-        return {"mode": self.mode, "requested": self.requested, "method": self.method,
+        extra = {"auto_reason": self.auto_reason} if self.auto_reason else {}
+        return extra | {"mode": self.mode, "requested": self.requested, "method": self.method,
                 "space": self.space, "references": self.references,
                 "target_mean": self.target_mean, "target_std": self.target_std,
                 "target_stats": self.target_stats, "stats_from": self.stats_from,
@@ -149,8 +153,8 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
         # DCIN lowered such models' masks (docs/dcin.md, "retrained shipped U-Nets").
         return DcinPlan(mode="none", branches=[_identity], space=space, method=normalizer.name,
                         requested=requested,
-                        notice="DCIN auto: none, this model normalises colour itself (per-image "
-                        "stain densities); choose a mode to force normalization")
+                        auto_reason="this model normalises colour itself (per-image stain "
+                        "densities); choose a mode to force normalization")
     if mode == "auto":
         mode = "full" if bank is not None else "none"
     if mode == "none":

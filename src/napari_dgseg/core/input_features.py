@@ -47,11 +47,11 @@ NUM_STATS = 4
 # Ruifrok & Johnston (2001) H&E(+DAB) stain matrix, rows = stains, columns = R, G, B optical
 # density; its inverse turns RGB optical density into stain concentrations (as in
 # scikit-image's ``rgb2hed``, whose published values these are).
-_STAINS = np.array(
+STAINS = np.array(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
 )
-_STAINS = _STAINS / np.linalg.norm(_STAINS, axis=1, keepdims=True)
-_OD_TO_STAIN = np.linalg.inv(_STAINS)
+STAINS = STAINS / np.linalg.norm(STAINS, axis=1, keepdims=True)
+OD_TO_STAIN = np.linalg.inv(STAINS)
 
 
 def feature_set(spec: Mapping[str, Any]) -> str:
@@ -79,7 +79,7 @@ def stain_densities(rgb: torch.Tensor) -> torch.Tensor:
     then the inverse stain matrix.
     """
     od = -torch.log10((rgb * 255.0 + 1.0) / 256.0)
-    m = torch.as_tensor(_OD_TO_STAIN[:, :2], dtype=rgb.dtype, device=rgb.device)  # (3, 2)
+    m = torch.as_tensor(OD_TO_STAIN[:, :2], dtype=rgb.dtype, device=rgb.device)  # (3, 2)
     return torch.einsum("bchw,cs->bshw", od, m)
 
 

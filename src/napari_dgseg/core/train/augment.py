@@ -16,10 +16,14 @@ seed reproduces a run.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from scipy import ndimage as ndi
+
+from napari_dgseg.core.data._synth_common import jpeg_roundtrip
+from napari_dgseg.core.input_features import OD_TO_STAIN, STAINS
+
+#: The synthetic renderers' real JPEG round trip, used for the camera augmentation too.
+jpeg_round_trip = jpeg_roundtrip
 
 #: Per-stain optical-density scale range (log-uniform) and bias range.
 STAIN_SCALE = (0.65, 1.5)
@@ -29,9 +33,8 @@ STAIN_HUE = 0.06
 #: Probabilities of the camera effects.
 P_BLUR, P_NOISE, P_JPEG = 0.3, 0.3, 0.25
 
-_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
-_STAINS = _STAINS / np.linalg.norm(_STAINS, axis=1, keepdims=True)
-_INV_STAINS = np.linalg.inv(_STAINS).astype(np.float32)
+_STAINS = STAINS
+_INV_STAINS = OD_TO_STAIN.astype(np.float32)
 _OD_LUT = (-np.log10((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
 
 
@@ -69,16 +72,6 @@ def camera_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < P_JPEG:
         out = jpeg_round_trip(out, int(rng.integers(25, 91)))
     return out
-
-
-def jpeg_round_trip(rgb8: np.ndarray, quality: int) -> np.ndarray:
-    """Encode and decode ``rgb8`` as JPEG at ``quality`` (Pillow)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb8).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def rescale_crop(

@@ -111,3 +111,62 @@ def test_tiles_share_the_whole_image_statistics():
     assert np.allclose(out, want, atol=1e-4)
     per_tile = model.infer(normalise_input(x[..., :32, :32], spec))["logits"][0].numpy()
     assert not np.allclose(per_tile, want[:, :32, :32], atol=1e-2)
+
+
+# ------------------------------------------------------------------------------ rgb+vessel
+def _fundus(seed: int = 0, shape=(96, 96), contrast: float = 0.25) -> np.ndarray:
+    """A reddish disc on black with dark, thin vertical and horizontal 'vessels'."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    fov = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.45 * min(h, w)) ** 2
+    img = np.zeros((h, w, 3))
+    img[fov] = [0.8, 0.45, 0.2]
+    img[..., 1] += 0.15 * xx / w  # uneven illumination: the top-hat must remove it
+    vessel = np.zeros((h, w), bool)
+    vessel[:, w // 3: w // 3 + 3] = True
+    vessel[h // 2: h // 2 + 2, :] = True
+    vessel &= fov
+    img[vessel, 1] -= contrast
+    img[..., 1] += rng.normal(0, 0.005, (h, w))
+    img[~fov] = 0.0
+    return (img.clip(0, 1) * 255).round().astype(np.uint8), vessel, fov
+
+
+def _t(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def test_vessel_tophat_is_the_square_white_tophat_of_inverted_green():
+    from skimage.morphology import white_tophat
+
+    img, _, _ = _fundus(1)
+    x = _t(img)
+    got = fx.vessel_tophat(x, radius=3)[0, 0].numpy()
+    inv = 1.0 - x[0, 1].numpy().astype(np.float64)
+    want = white_tophat(np.pad(inv, 7, mode="edge"), np.ones((7, 7), bool))[7:-7, 7:-7]
+    assert np.allclose(got, want, atol=1e-6)
+
+
+def test_vessel_feature_marks_vessels_whatever_their_contrast():
+    """Scaled by the image's own percentiles: a faint and a strong camera give the same map."""
+    spec = {"features": "rgb+vessel"}
+    maps = []
+    for contrast in (0.08, 0.3):
+        img, vessel, fov = _fundus(2, contrast=contrast)
+        x = _t(img)
+        feat = fx.build_input(x, spec)
+        assert feat.shape == (1, 4, 96, 96) and fx.input_channels(spec) == 4
+        v = feat[0, 3].numpy()
+        assert v[vessel].mean() > 0.7 and abs(np.median(v[fov & ~vessel])) < 0.1
+        maps.append(v)
+    assert np.abs(maps[0] - maps[1])[fov].mean() < 0.1
+
+
+def test_vessel_statistics_ignore_the_dark_surround():
+    img, _, fov = _fundus(3)
+    st = fx.image_stats(_t(img), {"features": "rgb+vessel"})
+    inside = fx.vessel_tophat(_t(img))[0, 0].numpy()[fov]
+    assert st.shape == (1, 2)
+    assert st[0, 0] == pytest.approx(float(np.quantile(inside, 0.5)), abs=1e-4)
+    assert st[0, 1] == pytest.approx(float(np.quantile(inside, 0.99)), abs=1e-3)

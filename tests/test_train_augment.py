@@ -86,3 +86,29 @@ def test_train_refuses_bad_options(tile):
         train("unet", [[tile]], iters=1, size=64, features="hsv")
     with pytest.raises(InputError, match="nothing to train"):
         train("classical-he", [[tile]], iters=1, size=64)
+
+
+def test_fundus_jitter_changes_colour_balance_and_illumination():
+    fundus = make_sample("vessels", 128, domain="camera-a", seed=2)
+    outs = [aug.fundus_jitter(fundus.image, np.random.default_rng(s)) for s in range(8)]
+    assert all(o.shape == fundus.image.shape and o.dtype == np.uint8 for o in outs)
+    assert np.array_equal(outs[0], aug.fundus_jitter(fundus.image, np.random.default_rng(0)))
+    inside = fundus.image.max(axis=2) > 30
+    # green/red balance varies across draws (per-channel gains), beyond what camera_jitter does
+    ratios = [o[inside, 1].mean() / o[inside, 0].mean() for o in outs]
+    cam = [aug.camera_jitter(fundus.image, np.random.default_rng(s)) for s in range(8)]
+    cam_ratios = [o[inside, 1].mean() / o[inside, 0].mean() for o in cam]
+    assert np.ptp(ratios) > 2 * np.ptp(cam_ratios)
+    # vessels stay locally darker than their surround in green (structure kept): their
+    # green-channel top-hat stays well above the background's
+    import torch
+
+    from napari_dgseg.core.input_features import vessel_tophat
+
+    vessel = (fundus.labels > 0) & inside
+    for o in outs:
+        th = vessel_tophat(torch.from_numpy(o).permute(2, 0, 1)[None].float() / 255.0)[0, 0].numpy()
+        assert th[vessel].mean() > 1.5 * th[inside & ~vessel].mean()
+    sampler = CropSampler([("d", [fundus])], size=64, num_classes=2, instance=False, seed=0,
+                          augment="fundus")
+    assert sampler.batch(2)["image"].shape == (2, 3, 64, 64)

@@ -30,12 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val", metavar="DIR", help="labelled validation folder (Dice in provenance)")
     p.add_argument("--cqg", action="store_true", help="colour-quality generalisation loss (DCIN paper)")
-    p.add_argument("--features", choices=["rgb", "rgb+stain"], default="rgb",
-                   help="network input: RGB, or RGB beside per-image scaled H&E stain densities "
-                        "(default rgb)")
-    p.add_argument("--augment", choices=["none", "camera", "stain"], default="none",
-                   help="training augmentation: camera effects, or H&E stain jitter + camera "
-                        "(default none)")
+    p.add_argument("--features", choices=["rgb", "rgb+stain", "rgb+vessel"], default="rgb",
+                   help="network input: RGB, RGB beside per-image scaled H&E stain densities "
+                        "(rgb+stain), or RGB beside the per-image scaled green-channel top-hat "
+                        "(rgb+vessel, fundus) (default rgb)")
+    p.add_argument("--augment", choices=["none", "camera", "stain", "fundus"], default="none",
+                   help="training augmentation: camera effects, H&E stain jitter + camera, or "
+                        "fundus colour/illumination jitter + camera (default none)")
     p.add_argument("--scale-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="object-size augmentation: magnify crops by a factor in [LOW, HIGH]")
     p.add_argument("--pixel-size", type=float, metavar="UM",

@@ -187,7 +187,7 @@ def _branch_stats(
     thumb = adapter.to_rgb_float(np.asarray(adapter.image[::step, ::step]))
     x = torch.from_numpy(np.ascontiguousarray(thumb.transpose(2, 0, 1)))[None].float()
     with torch.inference_mode():
-        return [image_stats(branch(x)) for branch in branches]
+        return [image_stats(branch(x), spec, step) for branch in branches]
 
 
 def _read_batch(adapter: ImageAdapter, grid: TileGrid, chunk: list[tuple[int, int]]) -> torch.Tensor:

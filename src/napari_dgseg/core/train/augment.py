@@ -10,6 +10,10 @@ seed reproduces a run.
   plus a small random rotation of the stain vectors (other staining protocols have other hues).
 * :func:`camera_jitter`: white balance, gamma, contrast, blur, sensor noise and a real JPEG round
   trip (scanner and fundus-camera effects).
+* :func:`fundus_jitter`: the fundus analogue of the stain jitter: what differs between fundus
+  cameras and eyes before the sensor's own effects: per-channel gain (sensor and pigmentation
+  colour balance), saturation, a smooth illumination field (vignetting, uneven light) and
+  sharpening (some cameras sharpen in firmware). Followed by :func:`camera_jitter`.
 * :func:`rescale_crop`: object-size augmentation (a crop of ``size / factor`` pixels resized to
   ``size``), labels by nearest neighbour so instance ids survive.
 """
@@ -72,6 +76,31 @@ def camera_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < P_JPEG:
         out = jpeg_round_trip(out, int(rng.integers(25, 91)))
     return out
+
+
+#: Per-channel gain range (log-uniform) of the fundus jitter.
+FUNDUS_GAIN = (0.7, 1.4)
+#: Saturation factor range (0 = grey, 1 = unchanged).
+FUNDUS_SATURATION = (0.45, 1.25)
+#: Largest relative dip of the illumination field; probability of sharpening.
+FUNDUS_ILLUMINATION, P_SHARPEN = 0.45, 0.3
+
+
+def fundus_jitter(rgb8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Channel gains, saturation, a smooth illumination field and maybe sharpening (see module)."""
+    x = rgb8.astype(np.float32) / 255.0
+    x = x * np.exp(rng.uniform(np.log(FUNDUS_GAIN[0]), np.log(FUNDUS_GAIN[1]), size=3)).astype(np.float32)
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * np.float32(rng.uniform(*FUNDUS_SATURATION))
+    h, w = x.shape[:2]
+    coarse = rng.uniform(1.0 - rng.uniform(0.0, FUNDUS_ILLUMINATION), 1.0, size=(3, 3))
+    field = ndi.zoom(coarse, (h / 3.0, w / 3.0), order=1, mode="nearest")[:h, :w]
+    x = x * field[..., None].astype(np.float32)
+    if rng.random() < P_SHARPEN:
+        amount = np.float32(rng.uniform(0.3, 1.0))
+        x = x + amount * (x - ndi.gaussian_filter(x, sigma=(1.0, 1.0, 0)))
+    out = np.clip(x * 255.0, 0, 255).round().astype(np.uint8)
+    return camera_jitter(out, rng)
 
 
 def rescale_crop(

@@ -129,8 +129,9 @@ class CropSampler:
         Labels are instance ids (kept in ``batch["instances"]`` for families that need them).
     seed : int
     augment : str
-        ``none``, ``camera`` (white balance, gamma, contrast, blur, noise, JPEG) or ``stain``
-        (H&E stain jitter, then camera; :mod:`napari_dgseg.core.train.augment`).
+        ``none``, ``camera`` (white balance, gamma, contrast, blur, noise, JPEG), ``stain``
+        (H&E stain jitter, then camera) or ``fundus`` (channel gains, saturation, illumination,
+        sharpening, then camera; :mod:`napari_dgseg.core.train.augment`).
     scale_range : (float, float), optional
         Object-size augmentation: each crop is magnified by a factor drawn log-uniformly from
         this range (objects appear that much larger).
@@ -172,11 +173,14 @@ class CropSampler:
 
             img, lab = rescale_crop(img, lab, size, factor)
         if self.augment != "none":
-            from napari_dgseg.core.train.augment import camera_jitter, stain_jitter
+            from napari_dgseg.core.train.augment import camera_jitter, fundus_jitter, stain_jitter
 
-            if self.augment == "stain":
-                img = stain_jitter(img, self.rng)
-            img = camera_jitter(img, self.rng)
+            if self.augment == "fundus":
+                img = fundus_jitter(img, self.rng)
+            else:
+                if self.augment == "stain":
+                    img = stain_jitter(img, self.rng)
+                img = camera_jitter(img, self.rng)
         k = int(self.rng.integers(0, 4))
         img, lab = np.rot90(img, k), np.rot90(lab, k)
         if self.rng.random() < 0.5:

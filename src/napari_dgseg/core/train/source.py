@@ -37,7 +37,7 @@ from napari_dgseg.core.train.data import (
 
 TrainProgress = Callable[[int, int, dict], Any]
 #: Valid ``augment`` values (see :class:`~napari_dgseg.core.train.data.CropSampler`).
-AUGMENTS = ("none", "camera", "stain")
+AUGMENTS = ("none", "camera", "stain", "fundus")
 
 CLASS_NAMES = {
     "nuclei": ("background", "nucleus"),
@@ -108,9 +108,11 @@ def train(
         Colour-quality generalisation loss (Shah et al. 2025).
     features : str
         Network input (:data:`napari_dgseg.core.input_features.FEATURES`): ``rgb`` or
-        ``rgb+stain`` (RGB beside per-image scaled H&E optical densities).
+        ``rgb+stain`` (RGB beside per-image scaled H&E optical densities) or ``rgb+vessel`` (RGB
+        beside the per-image scaled top-hat of the inverted green channel).
     augment : str
-        ``none``, ``camera`` or ``stain`` (:class:`~napari_dgseg.core.train.data.CropSampler`).
+        ``none``, ``camera``, ``stain`` or ``fundus``
+        (:class:`~napari_dgseg.core.train.data.CropSampler`).
     scale_range : (float, float), optional
         Object-size augmentation range (magnification factors; e.g. ``(0.7, 1.4)``).
     pixel_size_um : float, optional

@@ -63,6 +63,11 @@ def describe_bundle(manifest: dict[str, Any]) -> str:
         parts.append("validation " + ", ".join(scores))
     elif prov:
         parts.append("no validation scores recorded")
+    from napari_dgseg.core.evaluation_record import heldout_line
+
+    heldout = heldout_line((manifest.get("evaluation", {}) or {}).get("heldout"))
+    if heldout:
+        parts.append(heldout)
     return " · ".join(parts)
 
 

@@ -112,3 +112,27 @@ def test_fundus_jitter_changes_colour_balance_and_illumination():
     sampler = CropSampler([("d", [fundus])], size=64, num_classes=2, instance=False, seed=0,
                           augment="fundus")
     assert sampler.batch(2)["image"].shape == (2, 3, 64, 64)
+
+
+def test_warm_start_begins_from_the_parent_and_records_it(tile):
+    import torch
+
+    from napari_dgseg.core.train.source import train
+
+    parent = train("unet", [[tile]], iters=3, size=64, batch=2, config={"widths": [8, 16]})
+    child = train("unet", [[tile]], iters=1, size=64, batch=2, lr=1e-9, init=parent,
+                  config={"widths": [8, 16]})
+    fresh = train("unet", [[tile]], iters=1, size=64, batch=2, lr=1e-9, seed=5,
+                  config={"widths": [8, 16]})
+    p, c, f = parent.state_dict(), child.state_dict(), fresh.state_dict()
+    conv = [k for k in p if k.endswith("weight") and p[k].ndim == 4]
+    assert all(torch.allclose(p[k], c[k], atol=1e-5) for k in conv)
+    assert not all(torch.allclose(p[k], f[k], atol=1e-5) for k in conv)
+    assert child.provenance["parent"]["kind"] == "warm start"
+    with pytest.raises(InputError, match="another architecture"):
+        train("unet", [[tile]], iters=1, size=64, init=parent, config={"widths": [8, 16, 32]})
+    with pytest.raises(InputError, match="--features"):
+        train("unet", [[tile]], iters=1, size=64, init=parent, features="rgb+stain",
+              config={"widths": [8, 16]})
+    with pytest.raises(InputError, match="is a unet model"):
+        train("sqvae", [[tile]], iters=1, size=64, init=parent)

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-size", type=float, metavar="UM",
                    help="pixel size of the training images in micrometres (recorded in the "
                         "bundle; inference resamples images to it)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="warm start from this bundle's weights (same family, --config, classes and "
+                        "--features); e.g. to train a shipped model longer or on your own data")
     p.add_argument("--config", default=None,
                    help='architecture overrides as JSON, e.g. \'{"widths": [16, 32, 64, 128]}\'')
     p.add_argument("--task", choices=["nuclei", "vessels", "binary", "semantic"],
@@ -111,4 +114,5 @@ def _train(args: argparse.Namespace, train: Any, out: Path, config: dict, comman
         device=args.device,
         progress=bar,
         command=command,
+        init=args.init,
     )

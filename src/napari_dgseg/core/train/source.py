@@ -85,6 +85,7 @@ def train(
     progress: TrainProgress | None = None,
     cancel: Any = None,
     command: str | None = None,
+    init: str | Path | Bundle | None = None,
 ) -> Bundle:
     """Train a model of ``family`` on labelled ``sources`` and return (and optionally save) it.
 
@@ -122,6 +123,10 @@ def train(
         ``progress(iteration, iters, logs)`` after every iteration.
     cancel : threading.Event or callable
         Checked every iteration; raises :class:`CancelledError`.
+    init : bundle name, path or Bundle, optional
+        Warm start: begin from this bundle's weights instead of a random initialisation (same
+        family, architecture, classes and input features, else one clear error). Recorded as the
+        new bundle's ``provenance.parent``; the schedule (``iters``, ``lr``) is the new run's.
     """
     if iters < 1:
         raise InputError(f"iters must be >= 1 (got {iters})")
@@ -152,6 +157,7 @@ def train(
                   "in_channels": input_channels(spec)}
     cfg = fam.make_config(cfg_values)
     model = fam.build_model(cfg)
+    parent = _warm_start(model, init, family, config_to_dict(cfg), spec) if init is not None else None
     divisor = int(model.divisor)
     if size % divisor:
         raise InputError(f"--size {size} must be a multiple of {divisor} for this model")
@@ -214,7 +220,7 @@ def train(
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "parent": None,
+        "parent": parent,
     }
     bundle = Bundle.create(
         model.cpu(), family, cfg, name=name or (Path(out).stem if out else f"{task}-{family}"),
@@ -291,6 +297,30 @@ def make_replay_set(
         "labels": torch.from_numpy(np.stack(labels)),
         "domain": torch.tensor(doms, dtype=torch.int64),
     }
+
+
+def _warm_start(
+    model: torch.nn.Module, init: str | Path | Bundle, family: str, config: Mapping[str, Any],
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Load ``init``'s weights into ``model`` after checking they fit; the provenance ``parent``."""
+    from napari_dgseg.core.bundle import load_bundle
+
+    parent = init if isinstance(init, Bundle) else load_bundle(init)
+    if parent.family_name != family:
+        raise InputError(f"--init {parent.name} is a {parent.family_name} model; this run trains "
+                         f"{family}: pick a {family} bundle or drop --init")
+    if parent.input_spec.get("features", "rgb") != spec.get("features"):
+        raise InputError(f"--init {parent.name} reads {parent.input_spec.get('features', 'rgb')} "
+                         f"input; pass --features {parent.input_spec.get('features', 'rgb')}")
+    if dict(parent.config) != dict(config):
+        diff = sorted(k for k in set(parent.config) | set(config)
+                      if parent.config.get(k) != config.get(k))
+        raise InputError(f"--init {parent.name} has another architecture ({', '.join(diff)} "
+                         "differ): pass the same --config as it was trained with")
+    model.load_state_dict(parent.state_dict())
+    return {"name": parent.name, "sha256": parent.sha256, "kind": "warm start",
+            "path": str(parent.path) if parent.path else None}
 
 
 def _input_spec(features: str = "rgb") -> dict[str, Any]:

@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--widths", nargs="+", type=int, default=[16, 32, 64, 128])
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 on a loaded machine)")
     ap.add_argument("--out", help="JSON file (default benchmarks/results/recipe_selection[_vessels].json)")
     args = ap.parse_args()
     vessels = args.task == "vessels"
@@ -134,7 +135,7 @@ def main() -> None:
     from napari_dgseg.core.data.datasets import load_folder
     from napari_dgseg.core.train.source import train
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     load_before = load_average()
     data = Path(args.data)
     val = {d: load_folder(data / f"val-{args.task}" / d) for d in seen + unseen}

@@ -258,3 +258,19 @@ def test_train_saves_segmenter_only_and_extras(tmp_path, family):
     assert full.restoration is not None
     loss, logs = loaded.family.training_loss(full.train(), _batch([0, 1, 2, 0]), _state())
     assert torch.isfinite(loss) and logs["cross_domain"] == 1.0
+
+
+def test_trains_on_extra_input_channels_and_restores_rgb():
+    """With ``rgb+vessel`` input (4 channels) the DSIR decoder still restores the RGB image."""
+    from napari_dgseg.core.data.synthetic import make_sample
+    from napari_dgseg.core.train.source import train
+
+    a = make_sample("vessels", 96, domain="camera-a", seed=1)
+    b = make_sample("vessels", 96, domain="camera-b", seed=1)
+    model = get_family("ram-sgcg").build_model(
+        {"num_classes": 2, "widths": [8, 16], "in_channels": 4, "training_heads": True})
+    assert model.restoration.out.out_channels == 3
+    bundle = train("ram-sgcg", [[a], [b]], iters=2, size=64, features="rgb+vessel",
+                   config={"widths": [8, 16]})
+    assert bundle.config["in_channels"] == 4
+    assert bundle.predict(a.image, dcin="none", device="cpu").labels.shape == (96, 96)

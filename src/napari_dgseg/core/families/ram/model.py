@@ -210,9 +210,8 @@ class RAMNet(SegModel):
         self.projection: nn.Module | None = None
         self.sgcg: SgCGLoss | None = None
         if config.training_heads:
-            self.restoration = RestorationDecoder(
-                config.widths, config.num_domains, config.in_channels
-            )
+            # DSIR restores the RGB image whatever extra input channels the network reads
+            self.restoration = RestorationDecoder(config.widths, config.num_domains, 3)
             if isinstance(config, RAMSgCGConfig):
                 w = config.widths[0]
                 self.projection = nn.Sequential(

@@ -26,13 +26,13 @@ make_data() {
 }
 
 vessels() {
-  "$dgseg" train ram-sgcg --source "$data"/vessels/* --val "$data/val-vessels" \
-    --out "$out/vessels-ram-sgcg.dgseg" --overwrite --quiet --iters 700 --size 128 --batch 4 --seed 0 \
-    --augment camera --scale-range 0.7 1.4 --config '{"widths": [8, 16, 32, 64]}' &
-  "$dgseg" train sqvae --source "$data"/vessels/* --val "$data/val-vessels" \
-    --out "$out/vessels-sqvae.dgseg" --overwrite --quiet --iters 500 --size 128 --batch 4 --lr 2e-3 --seed 0 \
-    --augment camera --scale-range 0.7 1.4 \
-    --config '{"widths": [16, 32, 64, 128], "latent_channels": 16, "codebook_size": 64}' &
+  # fundus recipe chosen by benchmarks/recipe_selection.py --task vessels (docs/generalization.md)
+  local common=(--val "$data/val-vessels" --overwrite --quiet --size 128 --batch 4 --seed 0
+                --features rgb+vessel --augment fundus --scale-range 0.7 1.4)
+  "$dgseg" train ram-sgcg --source "$data"/vessels/* --out "$out/vessels-ram-sgcg.dgseg" "${common[@]}" \
+    --iters 1200 --config '{"widths": [8, 16, 32, 64]}' &
+  "$dgseg" train sqvae --source "$data"/vessels/* --out "$out/vessels-sqvae.dgseg" "${common[@]}" \
+    --iters 800 --lr 2e-3 --config '{"widths": [16, 32, 64, 128], "latent_channels": 16, "codebook_size": 64}' &
   wait
 }
 

@@ -351,6 +351,15 @@ def merge_json(path: Path, result: dict) -> dict:
                 record["runs"] = old["runs"]
         except (json.JSONDecodeError, AttributeError):
             pass
+    previous = record["runs"].get(result["label"])
+    if isinstance(previous, dict) and isinstance(previous.get("tasks"), dict):
+        # a run of one task keeps the other task's tables of the same label (run per task)
+        kept = {k: v for k, v in previous["tasks"].items() if k not in result["tasks"]}
+        if kept:
+            result = {**result, "tasks": {**kept, **result["tasks"]},
+                      "per_task_runs": {**previous.get("per_task_runs", {}),
+                                        **{k: {"date": previous.get("date"),
+                                               "seconds": previous.get("seconds")} for k in kept}}}
     record["runs"][result["label"]] = result
     return record
 
@@ -398,11 +407,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["machine"] = machine_state(load_before)
-    if args.doc:
-        write_doc(Path(args.doc), result)
     if args.out:
         record = merge_json(Path(args.out), result)
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        result = record["runs"][args.label]
+    if args.doc:
+        write_doc(Path(args.doc), result)
     emit(result)
     return result
 

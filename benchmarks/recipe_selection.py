@@ -80,14 +80,15 @@ def vessel_score(mask: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"dice": float(metrics.dice(mask > 0, gt > 0)), "cldice": float(metrics.cldice(mask > 0, gt > 0))}
 
 
-def evaluate(bundle, domains: dict[str, list], task: str = "nuclei") -> dict[str, dict[str, float]]:
+def evaluate(bundle, domains: dict[str, list], task: str = "nuclei",
+             dcin: str = "none", rescale: str = "auto") -> dict[str, dict[str, float]]:
     from napari_dgseg.core.postprocess import semantic_to_instances
 
     out = {}
     for name, samples in domains.items():
         rows = []
         for s in samples:
-            pred = bundle.predict(s.image, dcin="none", device="cpu")
+            pred = bundle.predict(s.image, dcin=dcin, device="cpu", rescale=rescale)
             if task == "vessels":
                 rows.append(vessel_score(pred.labels, s.labels))
                 continue

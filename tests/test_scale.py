@@ -186,3 +186,24 @@ def test_vessel_ridges_estimator_without_field_of_view():
     assert estimate_object_size(image, "vessels")["method"] == "fov"
     with pytest.raises(InputError, match="unknown estimator"):
         estimate_object_size(image, "nuclei", "fov")
+
+
+def test_estimated_factors_inside_the_training_range_are_not_applied():
+    from napari_dgseg.core.scale import estimate_tolerance, resolve_scale
+
+    trained = {"pixel_size_um": None, "object_size_px": 16.0, "train_range": [0.7, 1.4]}
+    plain = {"pixel_size_um": None, "object_size_px": 16.0}
+    assert estimate_tolerance(trained) == pytest.approx((1 / 1.4, 1 / 0.7))
+    assert estimate_tolerance(plain) == (0.9, 1.1)
+
+    def est(size):
+        return lambda: {"object_size_px": size}
+
+    inside = resolve_scale(trained, estimate=est(20.0))  # factor 0.8, inside [0.714, 1.43]
+    assert not inside.applied and inside.factor == 1.0 and inside.source == "estimated"
+    assert resolve_scale(plain, estimate=est(20.0)).applied  # no record: the narrow tolerance
+    outside = resolve_scale(trained, estimate=est(32.0))  # factor 0.5
+    assert outside.applied and outside.factor == pytest.approx(0.5)
+    # file and user scales keep the narrow tolerance
+    meta = resolve_scale({**trained, "pixel_size_um": 0.25}, pixel_size_um=0.2)
+    assert meta.applied and meta.factor == pytest.approx(0.8)

@@ -7,7 +7,7 @@ Modes (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Se
 ``lris``       transfer to the training image whose embedding is cosine-nearest to the target's;
 ``full``       both branches, raw logits averaged; their disagreement is the uncertainty map;
 ``reference``  transfer to a reference the user chooses (an image or its (mean, std));
-``auto``       ``none`` for a model that reads per-image stain densities (it normalises
+``auto``       ``none`` for a model that reads per-image scaled features (it normalises
                colour itself); else ``full`` behind a guard
                (:mod:`napari_dgseg.core.color.guard`) when the bundle has a reference bank,
                else ``none``: a pilot pass on a few crops compares the
@@ -148,13 +148,16 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
     if guard is None:
         guard = mode == "auto"
     if mode == "auto" and bank is not None and needs_image_stats(bundle.input_spec):
-        # A model that reads per-image scaled stain densities and was trained under stain
-        # augmentation normalises colour itself; on the training renderer's held-out domains
-        # DCIN lowered such models' masks (docs/dcin.md, "retrained shipped U-Nets").
+        # A model that reads per-image scaled features (stain densities, the green top-hat) and
+        # was trained under colour augmentation normalises colour itself: on the training
+        # renderer's held-out domains DCIN lowered the H&E U-Nets (docs/dcin.md, "retrained
+        # shipped U-Nets") and left the fundus RAM-SgCG unchanged within 0.001 Dice
+        # (benchmarks/results/training_domains_vessels_dcin.json) at twice the cost.
         return DcinPlan(mode="none", branches=[_identity], space=space, method=normalizer.name,
                         requested=requested,
-                        auto_reason="this model normalises colour itself (per-image stain "
-                        "densities); choose a mode to force normalization")
+                        auto_reason="this model normalises colour itself (per-image scaled "
+                        f"{bundle.input_spec.get('features')} input); choose a mode to force "
+                        "normalization")
     if mode == "auto":
         mode = "full" if bank is not None else "none"
     if mode == "none":

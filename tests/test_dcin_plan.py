@@ -321,3 +321,22 @@ def test_grey_tissue_is_normalised_not_called_flat(setup):
     assert t_std[1:].max() < 1e-3 < t_std[0]  # two channels flat, one not
     plan = plan_dcin(bundle, ImageAdapter.from_array(grey), "gris")
     assert plan.mode == "gris" and plan.notice is None and len(plan.references) == 1
+
+
+def test_auto_follows_the_mode_recorded_for_the_model(setup):
+    """``dcin.auto`` in the manifest (measured per model) decides what ``auto`` means."""
+    bundle, target = setup
+    adapter = ImageAdapter.from_array(target)
+    assert plan_dcin(bundle, adapter).mode == "full"  # the rule for an RGB model with a bank
+    bundle.manifest["dcin"].update(auto="none", auto_evidence="tie on the selection tiles")
+    none = plan_dcin(bundle, adapter)
+    assert none.mode == "none" and none.requested == "auto"
+    assert "tie on the selection tiles" in none.auto_reason
+    assert plan_dcin(bundle, adapter, "full").mode == "full"  # an explicit mode is obeyed
+    bundle.manifest["dcin"]["auto"] = "full"
+    full = plan_dcin(bundle, adapter)
+    assert full.mode == "full" and full.references == plan_dcin(bundle, adapter, "full").references
+    bundle.manifest["dcin"]["auto"] = "bogus"  # an unknown record is ignored: the rule applies
+    assert plan_dcin(bundle, adapter).mode == "full"
+    bundle.manifest["input"] = {**bundle.input_spec, "features": "rgb+stain"}
+    assert plan_dcin(bundle, adapter).mode == "none"  # the rule for self-normalising inputs

@@ -7,7 +7,9 @@ Modes (Shah, Fukuda & Cap, "Color-Quality Invariance for Robust Medical Image Se
 ``lris``       transfer to the training image whose embedding is cosine-nearest to the target's;
 ``full``       both branches, raw logits averaged; their disagreement is the uncertainty map;
 ``reference``  transfer to a reference the user chooses (an image or its (mean, std));
-``auto``       ``none`` for a model that reads per-image scaled features (it normalises
+``auto``       what the model's manifest records under ``dcin.auto`` (``none`` or guarded
+               ``full``, measured per model; scripts/record_dcin_auto.py); without a record,
+               ``none`` for a model that reads per-image scaled features (it normalises
                colour itself); else ``full`` behind a guard
                (:mod:`napari_dgseg.core.color.guard`) when the bundle has a reference bank,
                else ``none``: a pilot pass on a few crops compares the
@@ -110,6 +112,10 @@ def target_sample(adapter: Any, max_side: int = 1024) -> np.ndarray:
     return adapter.to_rgb_uint8(np.asarray(adapter.image[::step, ::step]))
 
 
+#: Values a bundle may record as what ``auto`` means for it (manifest ``dcin.auto``).
+AUTO_CHOICES = ("none", "full")
+
+
 def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = None, *,
               method: str | None = None, stats_source: Any = None, guard: bool | None = None,
               device: Any = "cpu", cancel: Any = None) -> DcinPlan:
@@ -147,7 +153,18 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
     space = (bundle.manifest.get("dcin") or {}).get("space", "lab-reinhard")
     if guard is None:
         guard = mode == "auto"
-    if mode == "auto" and bank is not None and needs_image_stats(bundle.input_spec):
+    preferred = (bundle.manifest.get("dcin") or {}).get("auto")
+    if mode == "auto" and bank is not None and preferred in AUTO_CHOICES:
+        # what ``auto`` means for this model was measured and recorded in its manifest
+        # (``dcin.auto`` with ``dcin.auto_evidence``; scripts/record_dcin_auto.py)
+        evidence = (bundle.manifest.get("dcin") or {}).get("auto_evidence", "")
+        if preferred == "none":
+            return DcinPlan(mode="none", branches=[_identity], space=space,
+                            method=normalizer.name, requested=requested,
+                            auto_reason="measured for this model: normalization does not help it"
+                            + (f" ({evidence})" if evidence else ""))
+        mode = "full"  # guarded, as ``auto`` always is
+    elif mode == "auto" and bank is not None and needs_image_stats(bundle.input_spec):
         # A model that reads per-image scaled features (stain densities, the green top-hat) and
         # was trained under colour augmentation normalises colour itself: on the training
         # renderer's held-out domains DCIN lowered the H&E U-Nets (docs/dcin.md, "retrained

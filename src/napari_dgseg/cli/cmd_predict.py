@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
+from napari_dgseg.cli._common import add_overwrite, output_folder
+from napari_dgseg.cli._compute import add_compute_args, check_compute_args, run_jobs
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"largest tile side (default {DEFAULT_TILE})")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")
-    p.add_argument("--batch", type=int, default=2, help="tiles per forward pass (default 2)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=2,
+                   help="tiles per forward pass (default 2; larger on a GPU)")
     p.add_argument("--dcin", default="auto",
                    choices=["auto", "none", "gris", "lris", "full", "reference"],
                    help="colour normalisation (default auto: full when the model has a bank, "
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_scale_args(p)
+    add_compute_args(p)
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dcin == "reference" and not args.reference:
         raise InputError("--dcin reference needs --reference IMAGE")
+    check_compute_args(args)
     bundle = load_bundle(args.model)
     check_scale_args(args, bundle)
     paths = expand_inputs(args.inputs)
@@ -81,11 +85,15 @@ def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out
     refuse_existing((out / f"{stem}_{kind}.tif" for stem in stems for kind in ("labels", *extras)),
                     overwrite=args.overwrite)
     jobs = list(zip(paths, stems, strict=True))
-    rows, failed, skipped = run_batch(
-        "predict", jobs, lambda job: _predict_one(args, bundle, out, *job), label=lambda j: str(j[0])
-    )
+    rows, failed, skipped = run_jobs("predict", args, bundle, out, jobs, _predict_job,
+                                     label=lambda j: str(j[0]))
     summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows}
     return report_batch(summary, jobs, failed, skipped)
+
+
+def _predict_job(bundle: Any, args: argparse.Namespace, out: Path, path: Path, stem: str) -> dict:
+    """One input (in process or as a task on a dask worker): :func:`_predict_one`."""
+    return _predict_one(args, bundle, out, path, stem)
 
 
 def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: str) -> dict:
@@ -100,6 +108,7 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
                           device=args.device, batch=args.batch, progress=bar,
                           dcin=args.dcin, reference=args.reference,
                           dcin_method=args.dcin_method, return_normalized=args.normalized,
+                          precision=args.precision,
                           **scale_kwargs(args, opened.pixel_size_um))
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}

@@ -8,8 +8,8 @@ temporary folder, then ``python -m napari_dgseg.cli predict`` runs on them as a 
   each), so the difference to ``in_process`` is the cluster's start-up and transfer cost and the
   gain of parallel workers.
 
-Each configuration runs ``--repeats`` times (best wall time kept; a cluster starts afresh every
-time, as a user's command would). The outputs of every run are compared with the in-process
+Each configuration runs ``--repeats`` times, the configurations interleaved (best wall time kept;
+a cluster starts afresh every time, as a user's command would). The outputs of every run are compared with the in-process
 labels (``identical_outputs``). Timings depend on the machine's load, recorded under
 ``machine``. Prints one JSON object. Usage::
 
@@ -73,27 +73,27 @@ def main() -> None:
     configs = {"in_process": ["--threads", "1"],
                "workers_1": ["--workers", "1", "--threads", "1"],
                "workers_2": ["--workers", "2", "--threads", "1"]}
-    rows: dict[str, dict] = {}
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    per_image: dict[str, list[float]] = {name: [] for name in configs}
+    identical = {name: True for name in configs}
     with tempfile.TemporaryDirectory(prefix="dgseg-dist-bench-") as tmp:
         images = Path(tmp) / "images"
         _write_images(images, args.n, args.size)
         reference = None
-        for name, extra in configs.items():
-            times, identical = [], True
-            for r in range(args.repeats):
-                out = Path(tmp) / f"{name}-{r}"
-                seconds, summary = _run(images, out, args.model, extra)
-                times.append(seconds)
+        for r in range(args.repeats):  # configurations interleaved: load drift hits all alike
+            for name, extra in configs.items():
+                seconds, summary = _run(images, Path(tmp) / f"{name}-{r}", args.model, extra)
+                times[name].append(seconds)
+                per_image[name].append(sum(row["seconds"] for row in summary["outputs"]))
                 labels = _labels(summary)
                 if reference is None:
                     reference = labels
-                identical &= all(np.array_equal(a, b) for a, b in zip(reference, labels,
-                                                                       strict=True))
-                image_seconds = sum(row["seconds"] for row in summary["outputs"])
-            rows[name] = {"wall_seconds_best": round(min(times), 2),
-                          "wall_seconds_all": [round(t, 2) for t in times],
-                          "sum_of_per_image_seconds": round(image_seconds, 2),
-                          "identical_outputs": bool(identical)}
+                identical[name] &= all(np.array_equal(a, b)
+                                       for a, b in zip(reference, labels, strict=True))
+    rows = {name: {"wall_seconds_best": round(min(times[name]), 2),
+                   "wall_seconds_all": [round(t, 2) for t in times[name]],
+                   "sum_of_per_image_seconds_best": round(min(per_image[name]), 2),
+                   "identical_outputs": bool(identical[name])} for name in configs}
     base = rows["in_process"]["wall_seconds_best"]
     emit({
         "benchmark": "distributed_batch",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -121,11 +122,17 @@ def test_bundle_changed_on_disk_after_loading_is_refused(tiny_bundle, tmp_path):
 
 
 # ------------------------------------------------------------------------- on a local cluster
+_ENV_BEFORE: dict[str, str] = {}
+_ENV_AFTER: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def client():
     import distributed
 
+    _ENV_BEFORE.update(os.environ)
     cluster = dist.local_cluster(2, 1)
+    _ENV_AFTER.update(os.environ)
     c = distributed.Client(cluster, set_as_default=False)
     yield c
     c.close()
@@ -143,6 +150,16 @@ def test_local_cluster_binds_to_loopback_only(client):
     http = client.run(lambda dask_worker: dask_worker.http_server.address)
     assert set(http.values()) == {"127.0.0.1"}
     assert dist.describe_cluster(client)["workers"] == 2
+
+
+@pytest.mark.distributed
+def test_workers_keep_the_default_malloc_trim_and_our_environment_is_restored(client):
+    trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trim.values()) == {_ENV_BEFORE.get("MALLOC_TRIM_THRESHOLD_")}
+    # the nanny's pre-spawn variables do not leak into the client process
+    for key in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS"):
+        assert _ENV_AFTER.get(key) == _ENV_BEFORE.get(key), key
 
 
 @pytest.mark.distributed

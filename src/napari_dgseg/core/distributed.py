@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -214,18 +215,38 @@ def local_cluster(
         raise InputError(f"--workers {n_workers} must be >= 1")
     if int(threads_per_worker) < 1:
         raise InputError(f"threads per worker {threads_per_worker} must be >= 1")
-    return distributed.LocalCluster(
-        n_workers=int(n_workers),
-        threads_per_worker=int(threads_per_worker),
-        processes=True,
-        host="127.0.0.1",
-        protocol="tcp://",
-        # the scheduler always serves HTTP (health, metrics; the dashboard when asked): on
-        # 127.0.0.1 and a free port, never dask's default 8787 that may be taken
-        scheduler_kwargs={"dashboard": bool(dashboard), "dashboard_address": "127.0.0.1:0"},
-        worker_dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+    import dask
+
+    # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 so that they hand freed
+    # memory back at once; tiled inference frees and reallocates megabyte-sized arrays per tile,
+    # and with that setting the same image took about twice as long in a worker as in a plain
+    # process (measured, docs/distributed.md). Workers here keep glibc's default (or the
+    # user's own variable). The nanny also writes its variables into this process's
+    # environment before spawning; they are put back afterwards.
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | {
+        "MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"}
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            return distributed.LocalCluster(
+                n_workers=int(n_workers),
+                threads_per_worker=int(threads_per_worker),
+                processes=True,
+                host="127.0.0.1",
+                protocol="tcp://",
+                # the scheduler always serves HTTP (health, metrics; the dashboard when asked):
+                # on 127.0.0.1 and a free port, never dask's default 8787 that may be taken
+                scheduler_kwargs={"dashboard": bool(dashboard),
+                                  "dashboard_address": "127.0.0.1:0"},
+                worker_dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager

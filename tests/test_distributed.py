@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skimage.io import imsave
+from skimage.io import imread, imsave
 
 from conftest import disks_image
 from dist_blocks import StripPlan, segment_strip
@@ -257,3 +257,25 @@ def test_cli_workers_writes_what_the_single_process_run_writes(tiny_bundle, tmp_
         np.testing.assert_array_equal(
             tifffile.imread(pr), tifffile.imread(pr.replace(str(tmp_path / "one"),
                                                             str(tmp_path / "two"))))
+
+
+@pytest.mark.distributed
+def test_cli_scheduler_uses_an_existing_cluster(client, tiny_bundle, tmp_path, capsys):
+    imgs = _images(tmp_path / "in", n=1)
+    address = client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    rc = main(["predict", "--model", str(tmp_path / "tiny.dgseg"), "--tile", "64", "--overlap",
+               "16", "--quiet", "--out", str(tmp_path / "o"), "--scheduler", address, str(imgs)])
+    captured = capsys.readouterr()
+    assert rc == 0 and "warning" not in captured.err  # loopback: no warning
+    [row] = json.loads(captured.out)["outputs"]
+    labels, _ = read_labels(row["labels"])
+    img = imread(imgs / "img0.png")
+    expected = load_bundle(tmp_path / "tiny.dgseg").predict(img, tile=64, overlap=16)
+    np.testing.assert_array_equal(labels, expected.labels)
+
+
+def test_unreachable_scheduler_is_one_line():
+    with pytest.raises(InputError, match="cannot reach the dask scheduler") as err:
+        dist.connect("tcp://127.0.0.1:9", timeout=1)
+    assert "\n" not in str(err.value)

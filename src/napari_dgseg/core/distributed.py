@@ -424,10 +424,10 @@ def _load_plan(plan_type: str, plan_json: str) -> Any:
         return plan
 
 
-def _block_task(bundle: Any, block_fn: Callable[..., Any], plan_type: str, plan_json: str,
+def _block_task(bundle: Any, block_fn: Callable[..., Any], plan_ref: tuple[str, str],
                 block_id: Any) -> Any:
-    """Worker side of :class:`DaskBlockExecutor`: one block with the cached bundle."""
-    return block_fn(bundle, _load_plan(plan_type, plan_json), block_id)
+    """Worker side of :class:`DaskBlockExecutor`: one block with the cached bundle and plan."""
+    return block_fn(bundle, _load_plan(*plan_ref), block_id)
 
 
 def _default_block_fn() -> Callable[..., Any]:
@@ -476,13 +476,14 @@ class DaskBlockExecutor:
         distributed = require_distributed()
         if self._payload_future is None:
             self._payload_future = scatter_bundle(self.client, self.payload)
-        plan_type, plan_json = plan_type_and_json(plan)
+        # the plan (its JSON lists every block) goes to each worker once, not with every task
+        plan_ref = self.client.scatter(plan_type_and_json(plan), broadcast=True, hash=False)
         ids = list(block_ids)
         total = len(ids)
         if progress is not None:
             progress(0, total)
         futures = [submit_with_bundle(self.client, self._payload_future, _block_task,
-                                      self.block_fn, plan_type, plan_json, _plain(b),
+                                      self.block_fn, plan_ref, _plain(b),
                                       threads=self.threads) for b in ids]
         pending = distributed.as_completed(futures, loop=self.client.loop)
         done = 0

@@ -88,6 +88,7 @@ def run_tiled(
     progress: ProgressFn | None = None,
     cancel: Any = None,
     discrete: Sequence[str] | None = None,
+    stats_source: ImageAdapter | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
 
@@ -117,6 +118,10 @@ def run_tiled(
         Outputs of ``infer`` taken from the nearest tile centre instead of averaged (the family's
         :attr:`~napari_dgseg.core.family.Family.discrete_outputs`); default the model's
         :attr:`~napari_dgseg.core.models.base.SegModel.discrete_outputs`.
+    stats_source : ImageAdapter, optional
+        The image whose thumbnail gives the per-image input statistics (models that read them):
+        the whole slide when ``image`` is one block of it (:mod:`napari_dgseg.core.wsi`), so
+        every block is normalised alike; default ``image``.
 
     Returns
     -------
@@ -138,7 +143,7 @@ def run_tiled(
     grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
     discrete_keys = tuple(model.discrete_outputs if discrete is None else discrete)
     model = model.to(dev).eval()
-    stats = _branch_stats(adapter, spec, branches)
+    stats = _branch_stats(adapter if stats_source is None else stats_source, spec, branches)
 
     acc: dict[str, np.ndarray] = {}
     best: dict[str, tuple[np.ndarray, np.ndarray]] = {}

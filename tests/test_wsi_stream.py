@@ -189,3 +189,39 @@ def test_reader_opens_result_as_placed_multiscale_labels(tiny_bundle, slide, tmp
     assert data[0].shape == (704, 896) and data[1].shape == (352, 448)
     assert kwargs["scale"] == pytest.approx((0.5, 0.5))
     assert kwargs["metadata"]["provenance"]["model_sha256"] == tiny_bundle.sha256
+
+
+def test_cli_streams_to_zarr_out_and_resumes(tiny_bundle, slide, tmp_path, capsys):
+    from napari_dgseg.cli import main
+
+    model = str(tmp_path / "tiny.dgseg")
+    out = tmp_path / "cli.zarr"
+    argv = ["predict", "--model", model, "--out", str(out), "--block-size", "256",
+            "--rescale", "off", "--probabilities", str(slide)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    row = json.loads(captured.out)["outputs"][0]
+    assert row["streamed"] and row["blocks"] == 12 and row["blocks_run"] == 12
+    assert "(blocks)" in captured.err  # progress per block on stderr
+    assert (out / "probabilities" / "0").is_dir()
+    assert main(argv) == 0  # finished output, same plan: resumed, nothing to do
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["blocks_run"] == 0
+    assert main([*argv[:6], "512", *argv[7:], "--no-resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0]
+
+
+def test_cli_streams_when_larger_than_the_memory_budget(tiny_bundle, slide, tmp_path, capsys,
+                                                        monkeypatch):
+    from napari_dgseg.cli import main
+
+    model = str(tmp_path / "tiny.dgseg")
+    monkeypatch.setenv("DGSEG_MEMORY_BUDGET", "20M")  # the 704 x 896 slide needs ~43 MB
+    assert main(["predict", "--model", model, "--out", str(tmp_path / "o"), "--block-size",
+                 "256", "--rescale", "off", "--quiet", str(slide)]) == 0
+    row = json.loads(capsys.readouterr().out)["outputs"][0]
+    assert row["streamed"] and Path(row["labels"]) == tmp_path / "o" / "slide.zarr"
+    monkeypatch.setenv("DGSEG_MEMORY_BUDGET", "0")  # no limit: the in-memory path, a TIFF
+    assert main(["predict", "--model", model, "--out", str(tmp_path / "p"), "--rescale", "off",
+                 "--quiet", str(slide)]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"][0]["labels"].endswith("_labels.tif")

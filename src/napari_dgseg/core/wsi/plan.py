@@ -271,7 +271,8 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
                outputs: tuple[str, ...] | list[str] = ("labels",), instances: bool | None = None,
                tissue: bool = True, tile: int | None = None, overlap: int | None = None,
                batch: int = 2, device: str = "auto", dcin: str = "auto",
-               dcin_method: str | None = None, rescale: str = "auto",
+               dcin_method: str | None = None, reference: str | None = None,
+               rescale: str = "auto",
                scale: float | None = None, mpp: float | None = None,
                object_size: float | None = None, opened: Any = None) -> SlidePlan:
     """Plan a streamed run of ``bundle`` over the slide at ``source`` into ``out``.
@@ -297,7 +298,7 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
         semantic model, instances are the 8-connected components of the foreground.
     tissue : bool
         Skip blocks without tissue.
-    tile, overlap, batch, device, dcin, dcin_method, rescale, scale, mpp, object_size
+    tile, overlap, batch, device, dcin, dcin_method, reference, rescale, scale, mpp, object_size
         As for :meth:`Bundle.predict`; the scale is decided once for the whole slide here.
     opened : OpenedImage, optional
         The slide already open (else it is opened and closed here).
@@ -344,6 +345,7 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
             "tile": int(tile or DEFAULT_TILE), "overlap": int(DEFAULT_OVERLAP if overlap is None
                                                               else overlap),
             "batch": int(batch), "device": device, "dcin": dcin, "dcin_method": dcin_method,
+            "reference": None if reference is None else str(reference),
             "scale_factor": factor, "scale": decision, "tissue": bool(tissue),
         }
         return SlidePlan(

@@ -38,11 +38,13 @@ def nuclei_slide(h: int, w: int, seed: int = 0, blank_right: int = 0) -> np.ndar
 
 
 def write_pyramid(path: Path, data: np.ndarray, mpp: float = 0.5) -> Path:
-    """An SVS-like tiled pyramid (level 0, a 4x level) with its pixel size."""
+    """An SVS-like tiled pyramid (level 0, thumbnail, a 4x level) with its pixel size."""
     h, w = data.shape[:2]
     desc = f"{SVS_HEADER}{w}x{h} [0,0 {w}x{h}] (256x256) RAW|AppMag = 20|MPP = {mpp}"
     with tifffile.TiffWriter(path) as tw:
         tw.write(data, tile=(256, 256), photometric="rgb", description=desc, metadata=None)
+        tw.write(data[::16, ::16], photometric="rgb", metadata=None,
+                 description=f"{SVS_HEADER}thumbnail|MPP = {mpp}")
         tw.write(data[::4, ::4], tile=(64, 64), photometric="rgb",
                  description=f"{SVS_HEADER}{w}x{h} -> {w // 4}x{h // 4}|MPP = {mpp}",
                  metadata=None)

@@ -55,9 +55,9 @@ __all__ = [
 
 #: Default block side (pixels of level 0): a multiple of the default tile (1024).
 DEFAULT_BLOCK = 2048
-#: Default halo in pixels of the model's grid: the light HoVer-Net's and the U-Nets' tile context
-#: plus room for nuclei up to 64 px (twice the largest nucleus at 0.25 um/px is about 160 px at
-#: 40x, 80 px at 20x: at 40x pass ``margin=192``).
+#: Default halo in pixels of the model's grid: context for the network's receptive field at the
+#: block border (the HoVer-Net test of tests/test_wsi_stitch.py gets AJI >= 0.99 with less) and three times
+#: a large (40 px) nucleus at the shipped nuclei models' scale, where a typical one is 16 px.
 DEFAULT_MARGIN = 128
 #: Block sides and margins are multiples of this (the networks' largest downsampling factor).
 ALIGN = 32

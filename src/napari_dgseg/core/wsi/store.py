@@ -192,7 +192,9 @@ def piece_path(plan: SlidePlan, block_id: int) -> Path:
 
 def mark_done(plan: SlidePlan, block_id: int, record: dict[str, Any]) -> None:
     """Write the block's done marker (atomically; call only after its data is stored)."""
-    data = json.dumps({"block": int(block_id), **record}, sort_keys=True).encode("utf-8")
+    from napari_dgseg.core.labels_io import json_safe
+
+    data = json.dumps(json_safe({"block": int(block_id), **record}), sort_keys=True).encode()
     atomic_write_bytes(marker_path(plan, block_id), data, overwrite=True)
 
 

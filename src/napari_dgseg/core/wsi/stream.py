@@ -124,7 +124,8 @@ def run_block(model: Any, plan: SlidePlan, block_id: int, cancel: Any = None) ->
         else:
             arr[block.y0:block.y1, block.x0:block.x1] = np.asarray(value)[crop].astype(arr.dtype)
     record = {"skipped": False, "instances": n_inst,
-              "seconds": round(time.perf_counter() - t0, 3)}
+              "seconds": round(time.perf_counter() - t0, 3),
+              "dcin": None if ctx.dcin is None else ctx.dcin.provenance()}
     mark_done(plan, block_id, record)
     return record
 
@@ -235,6 +236,7 @@ def finalize(plan: SlidePlan, cancel: Any = None, provenance: dict | None = None
         "blocks_with_tissue": len(plan.tissue_ids()),
         "block_seconds": round(float(sum(r.get("seconds", 0.0) for r in records)), 3),
         "instances": n_instances,
+        "dcin": next((r["dcin"] for r in records if r.get("dcin")), None),
         "options": plan.options,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "napari_dgseg": __version__,

@@ -227,3 +227,17 @@ def test_cli_streams_when_larger_than_the_memory_budget(tiny_bundle, slide, tmp_
     assert main(["predict", "--model", model, "--out", str(tmp_path / "p"), "--rescale", "off",
                  "--quiet", str(slide)]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"][0]["labels"].endswith("_labels.tif")
+
+
+def test_streamed_blocks_share_the_slides_model_grid(unet, slide, tmp_path):
+    """Resampled to the model's scale, every block is a crop of the whole slide's model grid:
+    no sub-pixel shift from block to block, so the result is the in-memory one."""
+    out = tmp_path / "scaled.zarr"
+    predict_slide(unet, slide, out, block_size=256, margin=96, scale=0.75, tissue=False,
+                  outputs=["labels", "probabilities"], dcin="none")
+    with open_image(slide) as opened:
+        ref = unet.predict(np.asarray(opened.full), scale=0.75, dcin="none")
+    assert ref.provenance["scale"]["factor"] == 0.75
+    np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[...], ref.labels)
+    probs = zarr.open_array(str(out / "probabilities" / "0"), mode="r")[...]
+    np.testing.assert_allclose(probs, ref.probabilities, atol=1e-4)

@@ -53,6 +53,11 @@ class SlideContext:
     dcin: Any
     device: Any
 
+    @property
+    def adapter_shape(self) -> tuple[int, int]:
+        """Level-0 ``(height, width)``."""
+        return (self.adapter.height, self.adapter.width)
+
 
 _CACHE: OrderedDict[tuple, SlideContext] = OrderedDict()
 _LOCK = threading.Lock()
@@ -131,29 +136,37 @@ def window_fields(bundle: Any, ctx: SlideContext, plan: SlidePlan,
     """
     from napari_dgseg.core.imageprep import ImageAdapter
     from napari_dgseg.core.predict import run_tiled
-    from napari_dgseg.core.resample import ResampledImage
     from napari_dgseg.core.scale_inference import back_to_image
+    from napari_dgseg.core.wsi.regrid import back_to_window, grid_window
 
     y0, x0, y1, x1 = window
-    region = ctx.opened.full[y0:y1, x0:x1]
-    region = np.asarray(region.compute() if hasattr(region, "compute") else region)
-    wad = ImageAdapter(image=region, height=y1 - y0, width=x1 - x0,
-                       channels=ctx.adapter.channels, low=ctx.adapter.low, high=ctx.adapter.high)
     family = bundle.family
-    if getattr(family, "segment_image", None) is not None:
-        return dict(family.segment_image(wad.to_rgb_uint8(region), bundle.config))
     factor = float(plan.options.get("scale_factor", 1.0))
-    model_input = ResampledImage.of(wad, factor) if factor != 1.0 else wad
+    semantic = family.output == "semantic"
+    if factor != 1.0 and getattr(family, "segment_image", None) is None:
+        # a crop of the slide's own model grid, so every block sees the same pixel phases
+        model_input, crop, grid = grid_window(ctx.opened.full, ctx.adapter, window, factor)
+
+        def back(fields: dict) -> dict:
+            return back_to_window(fields, crop, grid, ctx.adapter_shape, window, semantic)
+    else:
+        region = ctx.opened.full[y0:y1, x0:x1]
+        region = np.asarray(region.compute() if hasattr(region, "compute") else region)
+        model_input = ImageAdapter(image=region, height=y1 - y0, width=x1 - x0,
+                                   channels=ctx.adapter.channels, low=ctx.adapter.low,
+                                   high=ctx.adapter.high)
+        if getattr(family, "segment_image", None) is not None:
+            return dict(family.segment_image(model_input.to_rgb_uint8(region), bundle.config))
+
+        def back(fields: dict) -> dict:
+            return back_to_image(fields, (y1 - y0, x1 - x0), (y1 - y0, x1 - x0), semantic)
     opts = plan.options
     maps = run_tiled(bundle.model, model_input, input_spec=bundle.input_spec,
                      tile=int(opts.get("tile", 1024)), overlap=int(opts.get("overlap", 48)),
                      device=ctx.device, batch=int(opts.get("batch", 2)),
                      branches=ctx.dcin.branches, progress=progress, cancel=cancel,
                      discrete=family.discrete_outputs, stats_source=ctx.thumb)
-    grid = (model_input.height, model_input.width)
-    fields = family.postprocess(maps, bundle.config)
-    fields = back_to_image(fields, grid, (wad.height, wad.width), family.output == "semantic")
+    fields = back(dict(family.postprocess(maps, bundle.config)))
     if "uncertainty" in maps:
-        fields["uncertainty"] = back_to_image({"u": maps["uncertainty"]}, grid,
-                                              (wad.height, wad.width), False)["u"][0]
-    return dict(fields)
+        fields["uncertainty"] = back({"u": maps["uncertainty"]})["u"][0]
+    return fields

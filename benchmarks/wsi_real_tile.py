@@ -5,9 +5,11 @@ H&E tile of ``../shared/data/real-he/he_tumour_1000px.png`` (TIAToolbox's stain-
 target, BSD-3-Clause; not shipped) is mirrored into a ``--repeat`` x ``--repeat`` mosaic (4000 px
 a side by default: every seam continues the tissue), written as an SVS-like tiled JPEG pyramid
 (level 0, thumbnail, 4x level) and segmented whole by the CLI (streamed, default options). The
-top-left copy of the tile is the tile itself, so the streamed instances there are compared with
-``Bundle.predict`` on the tile alone (same scale factor; AJI on the part of the tile at least
-``--inner`` px from its right/bottom edge, where the mirrored context ends).
+streamed instances of block 0 are compared with ``Bundle.predict`` on exactly that block's window
+(same pixels, same context), and the top-left copy of the tile (which is the tile itself) with
+``Bundle.predict`` on the tile alone; beside them, the in-memory path's own change between the
+tile alone and the larger window, for scale (AJI on the tile at least ``--inner`` px from its
+right/bottom edge, where the mirrored context starts).
 
 Usage::
 
@@ -92,11 +94,29 @@ def main() -> None:
         prov = dict(root.attrs["napari_dgseg_provenance"])
         streamed = np.asarray(root["0"][: tile.shape[0], : tile.shape[1]])
         factor = float(prov["options"]["scale_factor"])
+        kwargs = {"scale": factor} if factor != 1.0 else {"rescale": "off"}
         bundle = load_bundle(args.model)
-        ref = bundle.predict(tile, scale=factor) if factor != 1.0 else bundle.predict(
-            tile, rescale="off")
+        from napari_dgseg.core.slide import open_image
+        from napari_dgseg.core.wsi.store import stored_plan
+
+        plan = stored_plan(out)
+        y0, x0, y1, x1 = plan.window(0)
+        with open_image(slide) as opened:
+            window0 = np.asarray(opened.full[y0:y1, x0:x1])
+        same_context = bundle.predict(window0, **kwargs).labels
+        alone = bundle.predict(tile, **kwargs).labels
         k = tile.shape[0] - args.inner
-        scores = instance_scores(streamed[:k, :k], ref.labels[:k, :k])
+        inner = plan.block_size - plan.margin
+        big = np.asarray(root["0"][:inner, :inner])
+        scores = {
+            # block 0 against the in-memory run on exactly its window (same context)
+            "streamed_vs_in_memory_same_window": instance_scores(big, same_context[:inner, :inner]),
+            # the top-left tile against the tile alone (other context at its right/bottom)
+            "streamed_vs_in_memory_tile_alone": instance_scores(streamed[:k, :k], alone[:k, :k]),
+            # the in-memory path's own sensitivity to that context change, for comparison
+            "in_memory_window_vs_tile_alone": instance_scores(same_context[:k, :k],
+                                                              alone[:k, :k]),
+        }
     side = tile.shape[0] * args.repeat
     emit({"benchmark": "wsi_real_tile", "model": args.model, "source": str(tile_path.name),
           "slide_side": side, "built_from": "a real 1000 px H&E tile mirrored, not a scan",
@@ -104,9 +124,9 @@ def main() -> None:
           "scale_factor": factor, "seconds": round(seconds, 1),
           "slide_mp_per_s": round(side * side / 1e6 / seconds, 3),
           "peak_rss_mb": round(peak / 2**20, 1),
-          "tile_vs_in_memory": {"aji": round(float(scores["aji"]), 4),
-                                "pq": round(float(scores.get("pq", float("nan"))), 4),
-                                "region_px": k},
+          "agreement": {name: {"aji": round(float(v["aji"]), 4), "pq": round(float(v["pq"]), 4),
+                               "n": [int(v["n_pred"]), int(v["n_gt"])]}
+                        for name, v in scores.items()},
           "machine": machine_state(load)}, args.out)
 
 

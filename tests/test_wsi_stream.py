@@ -241,3 +241,31 @@ def test_streamed_blocks_share_the_slides_model_grid(unet, slide, tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[...], ref.labels)
     probs = zarr.open_array(str(out / "probabilities" / "0"), mode="r")[...]
     np.testing.assert_allclose(probs, ref.probabilities, atol=1e-4)
+
+
+def test_bad_options_are_refused_in_one_line(tiny_bundle, slide, tmp_path):
+    from napari_dgseg.core.errors import InputError
+
+    cases = [({"block_size": 256, "margin": 160}, "at most half the block size"),
+             ({"outputs": ["labels", "edges"]}, "unknown output"),
+             ({"block_size": 16}, "too small")]
+    for kwargs, text in cases:
+        with pytest.raises(InputError) as info:
+            plan_slide(slide, tiny_bundle, tmp_path / "x.zarr", rescale="off", **kwargs)
+        assert text in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(InputError, match="ending in .zarr"):
+        predict_slide(tiny_bundle, slide, tmp_path / "x.out", block_size=256, rescale="off")
+
+
+def test_finished_blocks_are_not_run_again(tiny_bundle, slide, tmp_path):
+    from napari_dgseg.core.wsi import create_output, run_block
+
+    plan = plan_slide(slide, tiny_bundle, tmp_path / "d.zarr", block_size=256, margin=64,
+                      rescale="off")
+    create_output(plan)
+    first = run_block(tiny_bundle, plan, 0)
+    labels = zarr.open_array(str(tmp_path / "d.zarr" / "0"), mode="r+")
+    labels[0, 0] = 77  # a second run would overwrite this
+    again = run_block(tiny_bundle, plan, 0)
+    assert again == {"block": 0, **first}
+    assert labels[0, 0] == 77

@@ -25,7 +25,7 @@ Tissue
 Blocks are scheduled only where there is tissue: the tissue mask
 (:func:`napari_dgseg.core.color.tissue.tissue_mask`, optical density of a thumbnail from the
 smallest pyramid level of at least :data:`THUMB_SIDE` pixels, or a strided read of level 0) is
-dilated by the margin, and a block without one tissue pixel in it is *blank*: it is not run and
+grown by a few pixels, and a block without one tissue pixel in it is *blank*: it is not run and
 reads as background (label 0). Only RGB images have a tissue test; others run every block.
 """
 
@@ -63,6 +63,8 @@ DEFAULT_MARGIN = 128
 ALIGN = 32
 #: Longer side of the thumbnail the tissue mask is computed on (at least).
 THUMB_SIDE = 1024
+#: Level-0 pixels the tissue mask is grown by before blocks are tested (the stitching tolerance).
+TISSUE_GROW = 8
 #: Version of the plan's JSON layout.
 PLAN_VERSION = 1
 #: Options that must match for a run to resume an existing output.
@@ -242,7 +244,7 @@ def thumbnail(levels: list, min_side: int = THUMB_SIDE) -> tuple[np.ndarray, flo
     return small, h0 / small.shape[0]
 
 
-def tissue_blocks(levels: list, blocks: list[Block], margin: int) -> list[Block]:
+def tissue_blocks(levels: list, blocks: list[Block]) -> list[Block]:
     """``blocks`` with ``tissue`` set from a thumbnail's tissue mask (RGB images only)."""
     from scipy import ndimage as ndi
 
@@ -254,7 +256,9 @@ def tissue_blocks(levels: list, blocks: list[Block], margin: int) -> list[Block]
         return blocks  # no tissue test for grey or multi-channel images: run every block
     small, down = thumbnail(levels)
     mask = tissue_mask(to_rgb_uint8(small), fallback=False)
-    grow = int(math.ceil(margin / down)) + 1
+    # a block's outputs are background unless its own pixels hold tissue (an instance belongs to
+    # the block holding its centroid): grow by the stitching tolerance and a thumbnail pixel only
+    grow = int(math.ceil(TISSUE_GROW / down)) + 1
     if grow > 0:
         mask = ndi.binary_dilation(mask, iterations=grow)
     out = []
@@ -337,7 +341,7 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
                              f"({block_size}); use a larger --block-size")
         blocks = block_grid(shape, block_size)
         if tissue:
-            blocks = tissue_blocks(opened.levels, blocks, margin)
+            blocks = tissue_blocks(opened.levels, blocks)
         if instances is None:
             instances = family.output == "instances"
         options = {

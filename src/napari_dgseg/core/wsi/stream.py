@@ -135,11 +135,15 @@ def sequential_executor(model: Any, cancel: Any = None) -> BlockExecutor:
 
     def execute(plan: SlidePlan, block_ids: list[int], progress: Callable[[int, int], Any]
                 ) -> None:
+        from napari_dgseg.core.wsi.memory import bound_heap, release_memory
+
         bundle = _as_bundle(model)
+        bound_heap()
         total = len(block_ids)
         for done, block_id in enumerate(block_ids, start=1):
             check_cancel(cancel)
             run_block(bundle, plan, block_id, cancel)
+            release_memory()
             progress(done, total)
 
     return execute

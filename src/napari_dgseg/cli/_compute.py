@@ -52,6 +52,26 @@ def check_compute_args(args: argparse.Namespace) -> None:
             parse_address(args.scheduler)
 
 
+def refuse_for_streaming(args: argparse.Namespace) -> None:
+    """One line when ``--out X.zarr`` (one slide streamed in this process) meets flags it ignores.
+
+    The streaming engine runs its blocks in this process at fp32; the Python API runs them on a
+    cluster (:class:`napari_dgseg.core.distributed.DaskBlockExecutor`, docs/distributed.md).
+    """
+    from napari_dgseg.core.errors import InputError
+
+    if on_cluster(args):
+        raise InputError(
+            f"--out {args.out} streams one slide in this process; --workers/--scheduler spread "
+            "many files (give a folder as --out) - for one slide on a cluster use "
+            "DaskBlockExecutor from Python (docs/distributed.md)"
+        )
+    if args.precision != "fp32":
+        raise InputError(f"--out {args.out} streams the slide at fp32; --precision "
+                         f"{args.precision} applies to images segmented in memory (give a "
+                         "folder as --out)")
+
+
 def on_cluster(args: argparse.Namespace) -> bool:
     """True when ``--workers`` or ``--scheduler`` was given."""
     return getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None

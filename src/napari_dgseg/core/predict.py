@@ -90,6 +90,7 @@ def run_tiled(
     cancel: Any = None,
     discrete: Sequence[str] | None = None,
     precision: str = "fp32",
+    stats_source: ImageAdapter | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
 
@@ -122,6 +123,10 @@ def run_tiled(
     precision : str
         ``fp32`` (default), ``bf16`` (CUDA or CPU autocast) or ``fp16`` (CUDA only); see
         :mod:`napari_dgseg.core.precision`. Outputs are blended in float32 either way.
+    stats_source : ImageAdapter, optional
+        The image whose thumbnail gives the per-image input statistics (models that read them):
+        the whole slide when ``image`` is one block of it (:mod:`napari_dgseg.core.wsi`), so
+        every block is normalised alike; default ``image``.
 
     Returns
     -------
@@ -144,7 +149,7 @@ def run_tiled(
     grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
     discrete_keys = tuple(model.discrete_outputs if discrete is None else discrete)
     model = model.to(dev).eval()
-    stats = _branch_stats(adapter, spec, branches)
+    stats = _branch_stats(adapter if stats_source is None else stats_source, spec, branches)
 
     acc: dict[str, np.ndarray] = {}
     best: dict[str, tuple[np.ndarray, np.ndarray]] = {}

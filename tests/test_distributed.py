@@ -230,7 +230,11 @@ def test_block_executor_raises_a_block_error_and_cancels(client, tiny_bundle, tm
 
 @pytest.mark.distributed
 def test_cli_workers_writes_what_the_single_process_run_writes(tiny_bundle, tmp_path, capsys):
+    from test_wsi_stream import nuclei_slide, write_pyramid
+
     imgs = _images(tmp_path / "in", n=2)
+    # a tiled pyramid is a lazy dask array: a worker must read it without its cluster
+    write_pyramid(imgs / "slide.svs", nuclei_slide(192, 256, seed=3))
     model = str(tmp_path / "tiny.dgseg")
     common = ["predict", "--model", model, "--tile", "64", "--overlap", "16", "--probabilities",
               "--quiet", str(imgs)]
@@ -243,7 +247,7 @@ def test_cli_workers_writes_what_the_single_process_run_writes(tiny_bundle, tmp_
         == several
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert len(names) == 4
+    assert len(names) == 6 and "slide_labels.tif" in names
     for row in single["outputs"]:
         a, pa = read_labels(row["labels"])
         b, pb = read_labels(row["labels"].replace(str(tmp_path / "one"), str(tmp_path / "two")))
@@ -279,3 +283,36 @@ def test_unreachable_scheduler_is_one_line():
     with pytest.raises(InputError, match="cannot reach the dask scheduler") as err:
         dist.connect("tcp://127.0.0.1:9", timeout=1)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.distributed
+def test_slide_streamed_on_two_workers_equals_the_single_process_stream(client, tiny_bundle,
+                                                                        tmp_path):
+    import zarr
+
+    from napari_dgseg.core.wsi import predict_slide
+    from test_wsi_stream import nuclei_slide, write_pyramid
+
+    slide = write_pyramid(tmp_path / "slide.svs", nuclei_slide(704, 896, blank_right=320))
+    options = {"block_size": 256, "margin": 96, "outputs": ["labels", "probabilities"],
+               "rescale": "off"}
+    one = predict_slide(tiny_bundle, slide, tmp_path / "one.zarr", **options)
+    seen = []
+    executor = dist.DaskBlockExecutor(client, tiny_bundle)
+    two = predict_slide(tiny_bundle, slide, tmp_path / "two.zarr", block_executor=executor,
+                        progress=lambda done, total: seen.append((done, total)), **options)
+    assert two["blocks_run"] == one["blocks_run"] > 1 and seen[-1] == (two["blocks"],) * 2
+    for array in ("0", "1", "probabilities/0", "probabilities/1"):
+        a = zarr.open_array(str(tmp_path / "one.zarr" / array), mode="r")[...]
+        b = zarr.open_array(str(tmp_path / "two.zarr" / array), mode="r")[...]
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("flags", [["--workers", "2"], ["--precision", "bf16"]])
+def test_streamed_zarr_output_refuses_flags_it_would_ignore(tiny_bundle, tmp_path, capsys, flags):
+    imgs = _images(tmp_path / "in", n=1)
+    rc = main(["predict", "--model", str(tmp_path / "tiny.dgseg"), "--device", "cpu", "--out",
+               str(tmp_path / "slide.zarr"), *flags, str(imgs / "img0.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--out" in err[0] and flags[0] in err[0]
+    assert not (tmp_path / "slide.zarr").exists()

@@ -383,6 +383,36 @@ def scatter_bundle(client: Any, payload: BundlePayload) -> Any:
     return client.scatter(payload, broadcast=True, hash=False)
 
 
+_LOCAL_LOCK = threading.Lock()
+_LOCAL_DEPTH = 0
+_LOCAL_SAVED: Any = None
+
+
+@contextlib.contextmanager
+def local_dask_scheduler() -> Iterator[None]:
+    """Within the block, dask collections compute in the calling thread.
+
+    Inside a dask worker, ``.compute()`` of a lazy image (a TIFF pyramid level is a dask array
+    over an open file) would otherwise go to the cluster, which cannot serialise the open file.
+    Reference-counted, so overlapping tasks of one multi-threaded worker do not undo each other.
+    """
+    global _LOCAL_DEPTH, _LOCAL_SAVED
+    import dask
+
+    with _LOCAL_LOCK:
+        if _LOCAL_DEPTH == 0:
+            _LOCAL_SAVED = dask.config.get("scheduler", None)
+            dask.config.set({"scheduler": "synchronous"})
+        _LOCAL_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _LOCAL_LOCK:
+            _LOCAL_DEPTH -= 1
+            if _LOCAL_DEPTH == 0:
+                dask.config.set({"scheduler": _LOCAL_SAVED})
+
+
 def _with_bundle(payload: BundlePayload, fn: Callable[..., Any], args: tuple,
                  threads: int | None) -> Any:
     """Worker side: verified cached bundle, torch threads, then ``fn(bundle, *args)``."""
@@ -390,7 +420,8 @@ def _with_bundle(payload: BundlePayload, fn: Callable[..., Any], args: tuple,
 
     bundle = load_payload(payload)
     set_threads(threads)
-    return fn(bundle, *args)
+    with local_dask_scheduler():
+        return fn(bundle, *args)
 
 
 def submit_with_bundle(client: Any, payload_future: Any, fn: Callable[..., Any], *args: Any,

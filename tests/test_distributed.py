@@ -266,13 +266,19 @@ def test_cli_workers_writes_what_the_single_process_run_writes(tiny_bundle, tmp_
 @pytest.mark.distributed
 def test_cli_scheduler_uses_an_existing_cluster(client, tiny_bundle, tmp_path, capsys):
     imgs = _images(tmp_path / "in", n=1)
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # fails on its worker
     address = client.scheduler.address
     assert address.startswith("tcp://127.0.0.1:")
     rc = main(["predict", "--model", str(tmp_path / "tiny.dgseg"), "--tile", "64", "--overlap",
                "16", "--quiet", "--out", str(tmp_path / "o"), "--scheduler", address, str(imgs)])
     captured = capsys.readouterr()
-    assert rc == 0 and "warning" not in captured.err  # loopback: no warning
-    [row] = json.loads(captured.out)["outputs"]
+    summary = json.loads(captured.out)
+    # the bad input fails in one line and the batch goes on, exit status 1 (as in one process)
+    assert rc == 1 and "warning" not in captured.err  # loopback: no warning
+    [error] = captured.err.strip().splitlines()
+    assert error.startswith("dgseg predict: error: ") and "broken.png" in error
+    assert [f["input"] for f in summary["failed"]] == [str(imgs / "broken.png")]
+    [row] = summary["outputs"]
     labels, _ = read_labels(row["labels"])
     img = imread(imgs / "img0.png")
     expected = load_bundle(tmp_path / "tiny.dgseg").predict(img, tile=64, overlap=16)

@@ -28,6 +28,9 @@ def add_slide_args(p: argparse.ArgumentParser) -> None:
                    help=f"block side in pixels for streamed slides (default {DEFAULT_BLOCK})")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted streamed run in the same output (default on)")
+    g.add_argument("--instances", action="store_true",
+                   help="streamed slides of a semantic model: write instance ids (connected "
+                        "components, stitched across blocks) instead of class ids")
 
 
 def streamed_out(args: argparse.Namespace) -> Path | None:
@@ -69,6 +72,7 @@ def predict_streamed(args: argparse.Namespace, bundle: Any, path: Path, out: Pat
         batch=args.batch, device=args.device, dcin=args.dcin, dcin_method=args.dcin_method,
         reference=args.reference,
         rescale=args.rescale, scale=args.scale, mpp=args.mpp, object_size=args.object_size,
+        instances=True if getattr(args, "instances", False) else None,
     )
     prov = summary["provenance"]
     return {

@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
 else
   step "virtual environment .venv: already there"
 fi
-if ! .venv/bin/python -c "import torch, napari_dgseg, napari, pytest" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import torch, napari_dgseg, napari, pytest, distributed" >/dev/null 2>&1; then
   PIP=(.venv/bin/python -m pip install --progress-bar on)
   step "pip: upgrading pip"
   "${PIP[@]}" --upgrade pip
@@ -44,6 +44,6 @@ if ! .venv/bin/python -c "import torch, napari_dgseg, napari, pytest" >/dev/null
   step "pip: installing napari-dgseg with its dev extra (napari, Qt, pytest, ...)"
   "${PIP[@]}" -e ".[dev]"
 else
-  step "python packages: already installed (torch, napari, napari_dgseg, pytest import)"
+  step "python packages: already installed (torch, napari, napari_dgseg, pytest, distributed import)"
 fi
 step "done: napari-dgseg installed in $(pwd)/.venv"

@@ -16,10 +16,17 @@ from typing import Any
 import numpy as np
 
 from napari_dgseg.cli._common import add_overwrite, output_folder, run_batch
+from napari_dgseg.cli._compute import (
+    add_compute_args,
+    check_compute_args,
+    refuse_for_streaming,
+    run_jobs,
+)
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 from napari_dgseg.cli._outdir import output_dir
 from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.cli._scale import add_scale_args, check_scale_args, scale_kwargs
+from napari_dgseg.cli._slide import add_slide_args, needs_streaming, predict_streamed, streamed_out
 from napari_dgseg.core.atomic import atomic_write
 from napari_dgseg.core.errors import InputError
 
@@ -34,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"largest tile side (default {DEFAULT_TILE})")
     p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help=f"tile overlap (default {DEFAULT_OVERLAP})")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda or mps")
-    p.add_argument("--batch", type=int, default=2, help="tiles per forward pass (default 2)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=2,
+                   help="tiles per forward pass (default 2; larger on a GPU)")
     p.add_argument("--dcin", default="auto",
                    choices=["auto", "none", "gris", "lris", "full", "reference"],
                    help="colour normalisation (default auto: full when the model has a bank, "
@@ -53,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_scale_args(p)
+    add_compute_args(p)
+    add_slide_args(p)
     add_overwrite(p)
     p.set_defaults(func=run)
 
@@ -62,9 +72,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dcin == "reference" and not args.reference:
         raise InputError("--dcin reference needs --reference IMAGE")
+    check_compute_args(args)
     bundle = load_bundle(args.model)
     check_scale_args(args, bundle)
     paths = expand_inputs(args.inputs)
+    if streamed_out(args) is not None:  # one slide streamed into an OME-Zarr folder
+        refuse_for_streaming(args)
+        return _predict_zarr(args, bundle, paths)
     with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
         out = output_folder(args.out)
         return _predict_batch(args, bundle, paths, out)
@@ -81,9 +95,26 @@ def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out
     refuse_existing((out / f"{stem}_{kind}.tif" for stem in stems for kind in ("labels", *extras)),
                     overwrite=args.overwrite)
     jobs = list(zip(paths, stems, strict=True))
+    rows, failed, skipped = run_jobs("predict", args, bundle, out, jobs, _predict_job,
+                                     label=lambda j: str(j[0]))
+    summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows}
+    return report_batch(summary, jobs, failed, skipped)
+
+
+def _predict_job(bundle: Any, args: argparse.Namespace, out: Path, path: Path, stem: str) -> dict:
+    """One input (in process or as a task on a dask worker): :func:`_predict_one`."""
+    return _predict_one(args, bundle, out, path, stem)
+
+
+def _predict_zarr(args: argparse.Namespace, bundle: Any, paths: list[Path]) -> int:
+    """``--out X.zarr``: stream the one input into it (docs/whole-slides.md)."""
+    if len(paths) != 1:
+        raise InputError(f"--out {args.out} is one .zarr output but {len(paths)} inputs were "
+                         "given; pass one slide, or a folder as --out")
+    jobs = [(paths[0], output_stem(paths[0]))]
     rows, failed, skipped = run_batch(
-        "predict", jobs, lambda job: _predict_one(args, bundle, out, *job), label=lambda j: str(j[0])
-    )
+        "predict", jobs, lambda job: predict_streamed(args, bundle, job[0], Path(args.out)),
+        label=lambda j: str(j[0]))
     summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows}
     return report_batch(summary, jobs, failed, skipped)
 
@@ -95,11 +126,15 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
 
     overwrite = args.overwrite
     opened = open_image(path)
+    if needs_streaming(opened, bundle):  # larger than memory: block by block into <stem>.zarr
+        opened.close()
+        return predict_streamed(args, bundle, path, out / f"{stem}.zarr")
     bar = None if args.quiet else ProgressBar(f"predict {path.name}")
     pred = bundle.predict(opened.full, tile=args.tile, overlap=args.overlap,
                           device=args.device, batch=args.batch, progress=bar,
                           dcin=args.dcin, reference=args.reference,
                           dcin_method=args.dcin_method, return_normalized=args.normalized,
+                          precision=args.precision,
                           **scale_kwargs(args, opened.pixel_size_um))
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}

@@ -16,6 +16,7 @@ from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.fov import apply_field_of_view
 from napari_dgseg.core.imageprep import ImageAdapter, image_channels
 from napari_dgseg.core.limits import check_memory
+from napari_dgseg.core.precision import check_precision
 from napari_dgseg.core.predict import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -52,6 +53,7 @@ def predict_bundle(
     object_size: float | None = None,
     pixel_size_um: Any = None,
     fov: str = "auto",
+    precision: str = "fp32",
 ) -> Prediction:
     """Segment ``image`` with ``bundle``.
 
@@ -100,6 +102,9 @@ def predict_bundle(
     fov : str
         ``auto``: vessel models mark nothing in a fundus photograph's dark surround and rim;
         ``off``.
+    precision : str
+        ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) for the network's forward passes
+        (:mod:`napari_dgseg.core.precision`; accuracy against fp32 in docs/distributed.md).
 
     Returns
     -------
@@ -123,6 +128,7 @@ def predict_bundle(
         needed += estimate_inference_bytes(h, w, len(bundle.class_names), 0)
     check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     dev = select_device(device)
+    precision = check_precision(precision, dev)
     check_cancel(cancel)
     with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
         plan = plan_dcin(bundle, adapter, dcin, reference, method=dcin_method,
@@ -140,8 +146,14 @@ def predict_bundle(
             progress=progress,
             cancel=cancel,
             discrete=family.discrete_outputs,
+            precision=precision,
         )
     except NonFiniteOutputError as exc:
+        if precision != "fp32":
+            raise NonFiniteOutputError(
+                f"model {bundle.name!r}: {exc} under {precision} (the range of {precision} "
+                "overflowed); use --precision fp32"
+            ) from None
         raise NonFiniteOutputError(
             f"model {bundle.name!r} ({bundle.path or 'not saved'}): {exc}, so its mask would be "
             "wrong and none is returned. Its weights are probably broken (train or download it "
@@ -165,6 +177,7 @@ def predict_bundle(
         "overlap": overlap,
         "device": str(dev),
         "batch": batch,
+        "precision": precision,
         "dcin": plan.provenance(),
         "image_shape": [adapter.height, adapter.width],
         "scale": decision.as_dict() | {"model_grid_shape": [gh, gw]},

@@ -23,6 +23,7 @@ from napari_dgseg.core.device import select_device
 from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.imageprep import ImageAdapter
 from napari_dgseg.core.models.base import normalise_input
+from napari_dgseg.core.precision import autocast, check_precision, to_device
 from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, plan_tiles
 
 Branch = Callable[[torch.Tensor], torch.Tensor]
@@ -88,6 +89,8 @@ def run_tiled(
     progress: ProgressFn | None = None,
     cancel: Any = None,
     discrete: Sequence[str] | None = None,
+    precision: str = "fp32",
+    stats_source: ImageAdapter | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
 
@@ -117,6 +120,13 @@ def run_tiled(
         Outputs of ``infer`` taken from the nearest tile centre instead of averaged (the family's
         :attr:`~napari_dgseg.core.family.Family.discrete_outputs`); default the model's
         :attr:`~napari_dgseg.core.models.base.SegModel.discrete_outputs`.
+    precision : str
+        ``fp32`` (default), ``bf16`` (CUDA or CPU autocast) or ``fp16`` (CUDA only); see
+        :mod:`napari_dgseg.core.precision`. Outputs are blended in float32 either way.
+    stats_source : ImageAdapter, optional
+        The image whose thumbnail gives the per-image input statistics (models that read them):
+        the whole slide when ``image`` is one block of it (:mod:`napari_dgseg.core.wsi`), so
+        every block is normalised alike; default ``image``.
 
     Returns
     -------
@@ -132,13 +142,14 @@ def run_tiled(
         raise InputError(f"batch {batch} must be >= 1")
     adapter = image if isinstance(image, ImageAdapter) else ImageAdapter.from_array(image)
     dev = select_device(device)
+    precision = check_precision(precision, dev)
     spec = input_spec or {}
     branches = list(branches) if branches else [lambda x: x]
     divisor = int(model.divisor)
     grid = plan_tiles(adapter.height, adapter.width, tile, overlap, divisor)
     discrete_keys = tuple(model.discrete_outputs if discrete is None else discrete)
     model = model.to(dev).eval()
-    stats = _branch_stats(adapter, spec, branches)
+    stats = _branch_stats(adapter if stats_source is None else stats_source, spec, branches)
 
     acc: dict[str, np.ndarray] = {}
     best: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -152,8 +163,9 @@ def run_tiled(
         for start in range(0, total, batch):
             check_cancel(cancel)
             chunk = positions[start : start + batch]
-            x = _read_batch(adapter, grid, chunk).to(dev)
-            outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel, stats)
+            x = to_device(_read_batch(adapter, grid, chunk), dev)
+            with autocast(dev, precision):
+                outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel, stats)
             for i, (y0, x0) in enumerate(chunk):
                 _accumulate(grid, y0, x0, outputs, i, acc, best, weight_sum, discrete_keys)
             if progress is not None:
@@ -216,12 +228,14 @@ def _infer_branches(
         check_cancel(cancel)
         out = model.infer(normalise_input(branch(x), spec, None if stats is None else stats[b]))
         for key, value in out.items():
+            if value.is_floating_point():  # reduced precision: sum and blend in float32
+                value = value.float()
             if key in discrete_keys:
                 discrete.setdefault(key, value)  # the first branch decides discrete maps
             else:
                 summed[key] = summed[key] + value if key in summed else value.clone()
         if len(branches) > 1 and "logits" in out:
-            probs.append(torch.softmax(out["logits"], dim=1))
+            probs.append(torch.softmax(out["logits"].float(), dim=1))
     n = float(len(branches))
     for key, value in summed.items():
         # One reduction per tile batch: NaN/inf would otherwise become a plausible all-background

@@ -63,6 +63,7 @@ from napari_dgseg._napari.segment_job import (
     layer_pixel_size,
     layer_source_path,
 )
+from napari_dgseg._napari.slide_job import SlideJob, slide_output_path, use_slide_job
 from napari_dgseg._napari.widgets._common import disable_unavailable
 from napari_dgseg._napari.widgets.dcin_controls import DcinControls
 from napari_dgseg._napari.widgets.layer_picker import LayerPicker
@@ -435,6 +436,8 @@ class SegmentWidget(QWidget):
             self.status_label.setText(str(exc))
             return refused
         h, w = region.shape
+        if use_slide_job(layer, region, plane.shape, layer_source_path(layer)):
+            return self._segment_slide(layer, sync=sync)
         if h * w > MAX_PIXELS:
             notify(
                 f"the region is {h} x {w} pixels, more than one run can hold in memory "
@@ -481,6 +484,34 @@ class SegmentWidget(QWidget):
         self.status_label.setText(
             f"Segmenting {h} x {w} px of '{layer.name}' ({region.mode}) with {bundle.name}{colour}…"
         )
+        outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
+        self._update_controls()
+        return None if outcome is None else self.last_result
+
+    def _segment_slide(self, layer: Any, *, sync: bool) -> list[Any] | None:
+        """Stream the whole slide behind ``layer`` into OME-Zarr in the worker (slide_job)."""
+        bundle = self.model_picker.bundle
+        source = str(layer_source_path(layer))
+        try:
+            out = slide_output_path(source, bundle.name)
+        except InputError as exc:
+            notify(str(exc))
+            self.status_label.setText(str(exc))
+            return [] if sync else None
+        job = SlideJob(
+            bundle=bundle, source_path=source, out=str(out), image_name=layer.name,
+            translate=tuple(float(t) for t in layer.translate), tile=int(self.tile_spin.value()),
+            overlap=int(self.overlap_spin.value()), device=self.device_combo.currentText(),
+            dcin=self.dcin.mode(), probabilities=self.probabilities_check.isChecked(),
+            scale_kwargs=self.scale_controls.predict_kwargs(layer_pixel_size(layer)),
+        )
+        self._last_result = []
+        self.progress_bar.setFormat("%v / %m blocks")
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self._run_dcin_mode = job.dcin
+        self.status_label.setText(f"Segmenting the whole slide '{layer.name}' block by block "
+                                  f"with {bundle.name} into {out.name}…")
         outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result

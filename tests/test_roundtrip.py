@@ -187,6 +187,9 @@ def test_segment_correct_save_reopen_from_the_widget(
     assert tuple(str(u) for u in back.units) == tuple(str(u) for u in image.units)
     np.testing.assert_array_equal(np.asarray(back.data), expected)
     assert back.metadata["provenance"]["model"] == "tiny-roundtrip"
+    # and it looks as it was saved: the task colour (chartreuse nuclei) and the opacity
+    assert back.opacity == pytest.approx(labels.opacity)
+    np.testing.assert_allclose(back.colormap.map(np.array([1]))[0], labels.colormap.map(np.array([1]))[0], atol=1e-3)
     for r, c in [(0, 0), (expected.shape[0] - 1, expected.shape[1] - 1), (150, 80)]:
         world = back.data_to_world((r, c))
         np.testing.assert_allclose(image.world_to_data(world), (y0 + r, x0 + c), atol=1e-6)

@@ -21,9 +21,14 @@ Writes into ``docs/images/``:
     The Codebook widget (``nuclei-sqvae``) on the real H&E tile: codebook-index map with its
     legend of class-group hues, the tissue showing through ("Show tissue"), the domain score.
 
+``roundtrip_adapt.png``
+    The Adapt widget (``nuclei-hovernet``, 30 MaNi iterations) with eight 256 px crops of the real
+    tile as unlabelled targets, each placed where it lies on the tile (0.25 um pixels); "Compare
+    before / after" puts the adapted model's labels over the first crop, on the tile.
+
 Options: ``--out-dir`` (default ``docs/images``), ``--he`` (the H&E tile), ``--work`` (where
 the slide and the saved mask are written; default a temporary folder), ``--only`` (``slide``,
-``fundus`` or ``codebook``).
+``fundus``, ``codebook`` or ``adapt``).
 """
 
 from __future__ import annotations
@@ -76,6 +81,11 @@ def _viewer(title: str) -> Any:
 
 
 def _shoot(viewer: Any, out: Path) -> str:
+    from qtpy.QtWidgets import QWidget
+
+    for toast in viewer.window._qt_window.findChildren(QWidget):
+        if type(toast).__name__ == "NapariQtNotification":  # said in the widget's status too
+            toast.close()
     _settle()
     shot = viewer.screenshot(canvas_only=False, flash=False)
     size = _save_png(shot, out)
@@ -243,12 +253,68 @@ def shot_codebook(he: Path, out_dir: Path) -> list[str]:
     return messages
 
 
+def shot_adapt(he: Path, out_dir: Path, work: Path) -> list[str]:
+    """The Adapt widget on real H&E: crops of the tile as unlabelled targets, each placed at its
+    position on the whole tile (0.25 um), a short MaNi run, then "Compare before / after"."""
+    import os
+
+    from skimage.io import imread
+
+    from napari_dgseg._napari.widgets.adapt import AdaptWidget
+
+    os.environ["DGSEG_MODEL_DIR"] = str(work / "models")  # the user's model folder untouched
+    tile = np.asarray(imread(he))[..., :3]
+    viewer = _viewer("napari-dgseg: adapting to real H&E, before / after in place")
+    viewer.canvas.overlays.scale_bar.visible = True
+    um = (SLIDE_PIXEL_UM, SLIDE_PIXEL_UM)
+    viewer.add_image(tile, name=he.stem, rgb=True, scale=um, units=("um", "um"))
+    names = []
+    side = 256
+    for i, (y, x) in enumerate([(y, x) for y in (40, 360, 680) for x in (40, 360, 680)][:8]):
+        name = f"target {i} ({y}, {x})"
+        viewer.add_image(tile[y:y + side, x:x + side], name=name, rgb=True, scale=um,
+                         translate=(y * um[0], x * um[1]), units=("um", "um"), visible=i == 0)
+        names.append(name)
+    widget = AdaptWidget(viewer)
+    _dock(viewer, widget, "Adapt")
+    widget.model_picker.wait()
+    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "nuclei-hovernet":
+        widget.model_picker.load("nuclei-hovernet", sync=True)
+    widget.refresh_layers()
+    widget.select_targets(names)
+    widget.iters_spin.setValue(30)
+    widget.size_spin.setValue(128)
+    widget.preview_spin.setValue(5)
+    widget.run(sync=True)
+    widget.compare(sync=True)
+    source = names[0]
+    viewer.layers[f"{source} before (parent)"].visible = False
+    viewer.layers[f"{source} after (adapted)"].opacity = 1.0
+    if "adapt preview" in viewer.layers:
+        viewer.layers["adapt preview"].visible = False
+    viewer.reset_view()
+    y, x = 40, 40  # the first target's outline, and the view centred on it
+    box = np.array([[y, x], [y, x + side], [y + side, x + side], [y + side, x]], float) * um[0]
+    viewer.add_shapes([box], shape_type="rectangle", name=f"{source} outline",
+                      edge_color="white", face_color="transparent", edge_width=0.75,
+                      units=viewer.layers.extent.units)  # fmt: skip
+    camera = viewer.scene.camera
+    centre = (y + side / 2) * um[0], (x + side / 2) * um[1]
+    camera.center = (0.0,) * (len(camera.center) - 2) + centre
+    camera.zoom = camera.zoom * 1.9
+    viewer.layers.selection.active = viewer.layers[f"{source} after (adapted)"]
+    messages = [_shoot(viewer, out_dir / "roundtrip_adapt.png")]
+    messages[-1] += f": {widget.status.text()} {widget.signal_label.text()}"
+    viewer.close()
+    return messages
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=str(HERE / "images"))
     parser.add_argument("--he", default=str(HE_TILE), help="real H&E tile (RGB image file)")
     parser.add_argument("--work", default=None, help="folder for the slide and the saved mask")
-    parser.add_argument("--only", choices=("slide", "fundus", "codebook"), default=None)
+    parser.add_argument("--only", choices=("slide", "fundus", "codebook", "adapt"), default=None)
     args = parser.parse_args(argv)
     he, out_dir = Path(args.he), Path(args.out_dir)
     if args.only != "fundus" and not he.is_file():
@@ -264,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             messages += shot_fundus(out_dir)
         if args.only in (None, "codebook"):
             messages += shot_codebook(he, out_dir)
+        if args.only in (None, "adapt"):
+            messages += shot_adapt(he, out_dir, work)
     print("\n".join(messages))
     return 0
 

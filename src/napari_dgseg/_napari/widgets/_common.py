@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 __all__ = ["disable_unavailable", "scroll_content"]
@@ -16,6 +16,13 @@ __all__ = ["disable_unavailable", "scroll_content"]
 
 class _VerticalScroll(QScrollArea):
     """A vertical scroll area that asks for its content's full size and never clips its width."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        # the content's layout changed (rows shown, longer texts): the dock asks for the new
+        # minimum width instead of clipping the content
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
 
     def _bar(self) -> int:
         return int(self.verticalScrollBar().sizeHint().width())

@@ -581,8 +581,9 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, dict]:
     Parameters
     ----------
     path : str or Path
-        A ``.tif``/``.tiff`` file or a ``.zarr`` folder (any labels TIFF or Zarr array; files not
-        written by napari-dgseg give an empty record).
+        A ``.tif``/``.tiff`` file or a ``.zarr`` folder (any labels TIFF, Zarr array or
+        OME-Zarr group, whose level 0 is read; files not written by napari-dgseg give an empty
+        record).
 
     Returns
     -------

@@ -65,22 +65,42 @@ def test_bool_and_wide_integer_dtypes(tmp_path):
         write_labels(tmp_path / "f.tif", np.zeros((4, 4), np.float32))
 
 
-def test_tiff_is_zlib_tiled_and_description_is_json(tmp_path):
+def test_tiff_is_zlib_tiled_ome_with_the_record_as_image_description(tmp_path):
     path = write_labels(tmp_path / "m.tif", _labels(), {"model": "x"})
     with tifffile.TiffFile(path) as tf:
         page = tf.pages.first
         assert page.compression.name == "ADOBE_DEFLATE"
         assert page.is_tiled and (page.tilelength, page.tilewidth) == (256, 256)
-        assert json.loads(page.description) == {PROVENANCE_KEY: {"model": "x"}}
+        assert tf.is_ome and tf.series[0].axes == "YX"
+        ome = tf.ome_metadata
+    text = ome.split("<Description>")[1].split("</Description>")[0]
+    assert json.loads(text.replace("&quot;", '"')) == {PROVENANCE_KEY: {"model": "x"}}
+    assert "PhysicalSizeX" not in ome  # no pixel size given: none claimed
 
 
-def test_zarr_from_dask_chunks_and_attrs(tmp_path):
+def test_zarr_is_ome_zarr_from_dask_chunks(tmp_path):
     labels = _labels(shape=(1500, 1200))
     path = write_labels(tmp_path / "big.zarr", da.from_array(labels, chunks=500), {"model": "y"})
-    z = zarr.open_array(str(path), mode="r")
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs[PROVENANCE_KEY] == {"model": "y"}
+    assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+    z = group["0"]
     assert z.chunks == (1024, 1024)
-    assert z.attrs[PROVENANCE_KEY] == {"model": "y"}
     np.testing.assert_array_equal(z[...], labels)
+
+
+def test_legacy_files_still_read(tmp_path):
+    """Masks saved before the OME layouts: JSON ImageDescription, plain Zarr array."""
+    labels = _labels(shape=(40, 50)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "old.tif", labels,
+                     description=json.dumps({PROVENANCE_KEY: {"model": "old"}}), metadata=None)
+    z = zarr.create_array(store=str(tmp_path / "old.zarr"), shape=labels.shape, dtype="uint8")
+    z[...] = labels
+    z.attrs[PROVENANCE_KEY] = {"model": "old"}
+    for name in ("old.tif", "old.zarr"):
+        back, record = read_labels(tmp_path / name)
+        assert record == {"model": "old"} and read_provenance(tmp_path / name) == record
+        np.testing.assert_array_equal(back, labels)
 
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
@@ -208,6 +228,36 @@ def test_placement_is_stored_in_the_record_and_the_tiff_resolution(tmp_path):
     pixels = Placement(scale=(1.0, 1.0), translate=(3.0, 4.0), unit="pixel")
     path = write_labels(tmp_path / "p.zarr", _labels(), placement=pixels)
     assert read_placement(read_labels(path)[1]) == pixels
+    assert open_image(path).pixel_size_um is None  # pixel units: no physical size claimed
     with pytest.raises(InputError, match="positive"):
         Placement(scale=(0.0, 1.0))
     assert read_placement({"placement": {"scale": "bad"}}) is None
+
+
+def test_ome_metadata_carries_pixel_size_and_origin_for_other_programs(tmp_path):
+    """OME-TIFF PhysicalSize + plane position, OME-Zarr scale + translation in micrometres."""
+    import xml.etree.ElementTree as ET
+
+    from napari_dgseg.core.labels_io import Placement
+    from napari_dgseg.core.slide import open_image
+
+    placement = Placement(scale=(0.25, 0.5), translate=(1248.0, -310.0))
+    tif = write_labels(tmp_path / "m.tif", _labels(), {"model": "x"}, placement=placement)
+    with tifffile.TiffFile(tif) as tf:
+        root = ET.fromstring(tf.ome_metadata)
+    ns = {"ome": root.tag.split("}")[0].strip("{")}
+    pixels = root.find("ome:Image/ome:Pixels", ns)
+    plane = pixels.find("ome:Plane", ns)
+    assert (float(pixels.get("PhysicalSizeY")), float(pixels.get("PhysicalSizeX"))) == (0.25, 0.5)
+    assert pixels.get("PhysicalSizeXUnit") == "\u00b5m"
+    assert (float(plane.get("PositionY")), float(plane.get("PositionX"))) == (1248.0, -310.0)
+    assert plane.get("PositionXUnit") == plane.get("PositionYUnit") == "\u00b5m"
+
+    store = write_labels(tmp_path / "m.zarr", _labels(), {"model": "x"}, placement=placement)
+    ms = zarr.open_group(str(store), mode="r").attrs["ome"]["multiscales"][0]
+    assert [a.get("unit") for a in ms["axes"]] == ["micrometer", "micrometer"]
+    transforms = {t["type"]: t for t in ms["datasets"][0]["coordinateTransformations"]}
+    assert transforms["scale"]["scale"] == [0.25, 0.5]
+    assert transforms["translation"]["translation"] == [1248.0, -310.0]
+    for path in (tif, store):  # the slide reader (any OME reader) sees the physical pixel size
+        np.testing.assert_allclose(open_image(path).pixel_size_um, (0.25, 0.5), rtol=1e-6)

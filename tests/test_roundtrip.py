@@ -138,3 +138,58 @@ def test_pixel_masks_keep_pixel_units(make_napari_viewer, tmp_path):
     np.testing.assert_allclose(back.translate, (5.0, -3.0))
     assert all(str(u) == "pixel" for u in back.units)
     assert back.data.dtype == np.uint16  # ids up to 700: the smallest type that holds them
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_segment_correct_save_reopen_from_the_widget(
+    make_napari_viewer, qtbot, monkeypatch, tmp_path_factory, tmp_path, slide, suffix
+):
+    """The whole round trip as an annotator does it: open the slide, draw a rectangle, segment
+    it with the Segment widget, correct the mask (threshold, then a painted fix), save it with
+    napari's save path, reopen it: same scale, translate, units and shape, pixel-exact."""
+    from conftest import docked_segment_widget, save_tiny_unet
+
+    models = save_tiny_unet(tmp_path_factory.mktemp("models"), "tiny-roundtrip")
+    w = docked_segment_widget(make_napari_viewer, qtbot, monkeypatch, models, "tiny-roundtrip")
+    viewer = w.viewer
+    w.tile_spin.setValue(128)
+    w.device_combo.setCurrentText("cpu")
+    w.dcin.mode_combo.setCurrentText("none")
+    image = _open_slide(viewer, slide, translate=(1200.0, -350.0))
+    y0, x0, y1, x1 = REGION
+    corners = [image.data_to_world(c) for c in ((y0, x0), (y1, x1))]  # pixel-centre corners
+    (wy0, wx0), (wy1, wx1) = corners
+    rect = np.array([[wy0, wx0], [wy0, wx1], [wy1, wx1], [wy1, wx0]])
+    viewer.add_shapes([rect], shape_type="rectangle", name="roi",
+                      units=viewer.layers.extent.units)  # fmt: skip
+    w.image_picker.set_layer(image)
+    w.region_combo.setCurrentText("drawn rectangle")
+    w.run(sync=True)
+    labels = viewer.layers["slide labels (tiny-roundtrip)"]
+    assert labels.data.shape == (y1 - y0, x1 - x0)
+    w.threshold_spin.setValue(0.3)  # correct: the mask re-derived from the kept probabilities
+    labels.data[:20, :30] = 1  # and painted over by hand
+    labels.data[-5:, -7:] = 0
+    labels.refresh()
+    expected = np.asarray(labels.data).copy()
+    assert (expected > 0).any() and (expected == 0).any()
+
+    viewer.layers.selection = {labels}
+    target = tmp_path / f"corrected{suffix}"
+    assert viewer.layers.save(str(target), selected=True) == [str(target)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unit warning on the way back
+        [back] = viewer.open(str(target), plugin=PLUGIN)
+        qtbot.wait(50)
+    assert back._type_string == "labels"
+    np.testing.assert_allclose(back.scale, (PIXEL_UM, PIXEL_UM))
+    np.testing.assert_allclose(back.translate, (1200.0 + y0 * PIXEL_UM, -350.0 + x0 * PIXEL_UM))
+    assert tuple(str(u) for u in back.units) == tuple(str(u) for u in image.units)
+    np.testing.assert_array_equal(np.asarray(back.data), expected)
+    assert back.metadata["provenance"]["model"] == "tiny-roundtrip"
+    # and it looks as it was saved: the task colour (chartreuse nuclei) and the opacity
+    assert back.opacity == pytest.approx(labels.opacity)
+    np.testing.assert_allclose(back.colormap.map(np.array([1]))[0], labels.colormap.map(np.array([1]))[0], atol=1e-3)
+    for r, c in [(0, 0), (expected.shape[0] - 1, expected.shape[1] - 1), (150, 80)]:
+        world = back.data_to_world((r, c))
+        np.testing.assert_allclose(image.world_to_data(world), (y0 + r, x0 + c), atol=1e-6)

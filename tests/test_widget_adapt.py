@@ -125,6 +125,11 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
         np.testing.assert_allclose(layer.scale, (0.25, 0.5))
         assert layer.data.shape == src.data.shape[:2]  # the region's exact size
         np.testing.assert_allclose(layer.extent.world, src.extent.world[:, :2])
+        # drawn like the Segment widget's masks: instances outlined, all in the task colour
+        assert layer.contour == 2
+        one, other = layer.colormap.map(np.array([1, 7]))
+        np.testing.assert_allclose(one, other)
+        assert one[3] == 1.0
     # second save: next version number
     assert widget.save(sync=True).name == f"{MODEL}-adapted-2.dgseg"
     # a result that looks worse than its parent: warned, saved only on the second click

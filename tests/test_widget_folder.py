@@ -30,9 +30,10 @@ def widget(make_napari_viewer, qtbot, tiny_bundle_dir, monkeypatch):
 
 
 def test_run_folder_writes_masks_and_fills_the_table(widget, tmp_path):
+    import tifffile
     from skimage.io import imsave
 
-    from napari_dgseg.core.labels_io import read_labels
+    from napari_dgseg.core.labels_io import read_labels, read_placement
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
@@ -40,19 +41,26 @@ def test_run_folder_writes_masks_and_fills_the_table(widget, tmp_path):
     imsave(src / "a.png", rng.integers(0, 256, (64, 80, 3), np.uint8), check_contrast=False)
     imsave(src / "b.png", rng.integers(0, 256, (48, 48, 3), np.uint8), check_contrast=False)
     (src / "broken.png").write_bytes(b"not a png")
+    tifffile.imwrite(src / "c.tif", rng.integers(0, 256, (64, 64, 3), np.uint8),
+                     photometric="rgb", resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
     widget.threshold_spin.setValue(0.6)
 
     rows = widget.run_folder(src, out, sync=True)
-    assert [r.ok for r in rows] == [True, True, False]
+    assert [r.ok for r in rows] == [True, True, False, True]
     assert rows[2].error and "\n" not in rows[2].error
     labels, record = read_labels(out / "a_labels.tif")
     assert labels.shape == (64, 80)
     assert record["mask_controls"] == {"threshold": 0.6, "min_size": 0}
     assert read_labels(out / "b_labels.tif")[0].shape == (48, 48)
-    assert widget.folder_table.rowCount() == 3
+    assert read_placement(record) is None  # a PNG without a pixel size: none claimed
+    # a file with a pixel size (0.5 um): its mask carries it, for the reader to put it back
+    placement = read_placement(read_labels(out / "c_labels.tif")[1])
+    assert placement is not None and placement.unit == "micrometer"
+    assert placement.scale == pytest.approx((0.5, 0.5))
+    assert widget.folder_table.rowCount() == 4
     assert widget.folder_table.item(0, 0).text() == "a.png"
     assert widget.folder_table.item(2, 1).text().startswith("failed:")
-    assert "2 mask(s) written" in widget.status and "1 file(s) failed" in widget.status
+    assert "3 mask(s) written" in widget.status and "1 file(s) failed" in widget.status
     assert not widget.running and widget.run_button.isEnabled() is False  # no image layer open
 
 

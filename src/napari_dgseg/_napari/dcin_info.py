@@ -92,7 +92,8 @@ def describe_references(
         tip = describe_guard(guard)
         return "not applied (guard): image as it is", tip
     if not refs:
-        return "none (the image went to the model as it is)", ""
+        # two short lines: the label does not wrap (a dock does not grow after a run)
+        return "none: the image went to\nthe model as it is", str(dcin.get("auto_reason") or "")
     parts = []
     for ref in refs:
         branch = str(ref.get("branch", "?"))

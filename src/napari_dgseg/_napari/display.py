@@ -25,6 +25,7 @@ __all__ = [
     "default_contour",
     "instance_colormap",
     "semantic_colormap",
+    "style_labels_for",
     "task_colours",
 ]
 
@@ -106,3 +107,20 @@ def instance_colormap(rgb: Sequence[int]) -> Any:
 def default_contour(output: str) -> int:
     """Outline width in pixels a mask is first shown with: instances outlined, classes filled."""
     return 2 if output == "instances" else 0
+
+
+def style_labels_for(layer: Any, bundle: Any) -> None:
+    """Give a Labels layer made by ``bundle`` its task colours and first outline width.
+
+    Instances: every id in the task colour of class 1, outlined; classes: each its task colour,
+    filled. Does nothing without a bundle.
+    """
+    if bundle is None:
+        return
+    colours = task_colours(bundle.class_names, bundle.manifest.get("task"), bundle.class_colors)
+    output = bundle.family.output
+    if output == "instances":
+        layer.colormap = instance_colormap(colours.get(1, (255, 64, 64)))
+    else:
+        layer.colormap = semantic_colormap(colours)
+    layer.contour = default_contour(output)

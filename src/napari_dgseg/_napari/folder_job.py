@@ -75,7 +75,7 @@ class FolderJob:
     ) -> Generator[FileResult, None, list[FileResult]]:
         from napari_dgseg._napari.layers import summarize
         from napari_dgseg.cli._inputs import output_stem
-        from napari_dgseg.core.labels_io import write_labels
+        from napari_dgseg.core.labels_io import Placement, write_labels
         from napari_dgseg.core.relabel import relabel
         from napari_dgseg.core.slide import open_image
 
@@ -110,8 +110,11 @@ class FolderJob:
                     provenance["mask_controls"] = {
                         "threshold": self.threshold, "min_size": self.min_size,
                     }
+                # on the image's micrometre pixel size, like `dgseg predict`'s outputs
+                placement = (Placement(scale=opened.pixel_size_um)
+                             if opened.pixel_size_um else None)
                 dest = write_labels(self.out / f"{output_stem(Path(path))}_labels.tif", labels,
-                                    provenance)
+                                    provenance, placement=placement)
                 row = FileResult(
                     input=str(path), labels=str(dest), summary=summarize(pred, output),
                     seconds=pred.provenance.get("seconds"),

@@ -10,7 +10,8 @@ and never raises. The returned function opens each path:
 * labels files written by napari-dgseg (provenance inside) become a labels layer whose metadata
   holds the stored provenance, placed where it was saved: the stored placement (pixel size and
   origin, see :class:`~napari_dgseg.core.labels_io.Placement`) becomes the layer's ``scale``,
-  ``translate`` and ``units``, so a saved mask reopens exactly on its slide;
+  ``translate`` and ``units``, so a saved mask reopens exactly on its slide, with the opacity
+  and colours it was saved with (the record's ``"display"``);
 * a file that cannot be read gives a one-line notification naming the file and the reason, and
   adds no layer (other paths in the same drop still open).
 """
@@ -186,6 +187,7 @@ def _labels_layer(opened: OpenedImage, record: dict) -> LayerData:
         kwargs.pop("units", None)
         if placement.unit == MICROMETER and _layers_accept_units():
             kwargs["units"] = ("pixel",) * lead + ("um", "um")
+    kwargs.update(_display_kwargs(record.get("display")))
     metadata = dict(record)
     metadata["provenance"] = dict(record)
     metadata["source_path"] = opened.path
@@ -194,6 +196,32 @@ def _labels_layer(opened: OpenedImage, record: dict) -> LayerData:
     kwargs["multiscale"] = opened.multiscale
     data = list(opened.levels) if opened.multiscale else opened.full
     return (data, kwargs, "labels")
+
+
+def _display_kwargs(display: Any) -> dict[str, Any]:
+    """``opacity`` and ``colormap`` kwargs from a stored ``"display"`` entry (see the writer);
+    whatever is missing or malformed is left to napari's defaults."""
+    out: dict[str, Any] = {}
+    if not isinstance(display, dict):
+        return out
+    opacity = display.get("opacity")
+    if isinstance(opacity, int | float) and 0.0 <= float(opacity) <= 1.0:
+        out["opacity"] = float(opacity)
+    colors = display.get("colors")
+    if isinstance(colors, dict) and colors:
+        try:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            color_dict: dict[int | None, np.ndarray] = {None: np.zeros(4, np.float32)}
+            for key, value in colors.items():
+                rgba = np.asarray(value, dtype=np.float32)
+                if rgba.shape != (4,) or not np.isfinite(rgba).all():
+                    raise ValueError(f"colour {value!r}")
+                color_dict[None if key == "default" else int(key)] = np.clip(rgba, 0.0, 1.0)
+            out["colormap"] = DirectLabelColormap(color_dict=color_dict)
+        except (TypeError, ValueError):
+            pass
+    return out
 
 
 def _contrast_limits(opened: OpenedImage) -> list[float] | None:

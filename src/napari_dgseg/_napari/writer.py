@@ -6,7 +6,8 @@ segmentation widget put there) plus ``layer_name``, ``scale``, ``written_by``
 
 The layer's ``scale``, ``translate`` and ``units`` are stored as the file's placement
 (:class:`~napari_dgseg.core.labels_io.Placement`), so the plugin's reader puts the mask back
-exactly on its slide.
+exactly on its slide; its look (opacity and a direct colormap such as the task colours) is
+stored under ``"display"``, so it also comes back looking as it was saved.
 
 napari's save dialog lists the writers in npe2's order and preselects the first; npe2 orders
 writers of equal specificity by registration, so napari's builtin labels writer (no provenance,
@@ -27,7 +28,7 @@ from typing import Any
 from napari_dgseg.core.labels_io import Placement, json_safe, write_labels
 
 __all__ = [
-    "prefer_own_writers",
+    "display_from_meta", "prefer_own_writers",
     "placement_from_meta", "provenance_from_meta", "write_labels_tif", "write_labels_zarr"]
 
 
@@ -56,9 +57,42 @@ def provenance_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     record["layer_name"] = str(meta.get("name", ""))
     if meta.get("scale") is not None:
         record["scale"] = json_safe(list(meta["scale"]))
+    display = display_from_meta(meta)
+    if display:
+        record["display"] = display
     record["written_by"] = f"napari-dgseg {__version__}"
     record["written_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return record
+
+
+#: A direct colormap with more entries than this is not stored (it is per-instance colouring,
+#: which napari recreates itself).
+MAX_DISPLAY_COLOURS = 64
+
+
+def display_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """How the layer looks: ``{"opacity": float, "colors": {id: [r, g, b, a]}}``.
+
+    ``colors`` only for a direct colormap of at most :data:`MAX_DISPLAY_COLOURS` entries (the
+    task colours the widgets set); the id ``"default"`` is the colour of ids not listed.
+    Empty when nothing is known.
+    """
+    out: dict[str, Any] = {}
+    opacity = meta.get("opacity")
+    if isinstance(opacity, int | float) and 0.0 <= float(opacity) <= 1.0:
+        out["opacity"] = round(float(opacity), 4)
+    color_dict = getattr(meta.get("colormap"), "color_dict", None)
+    try:
+        if color_dict is not None and 0 < len(color_dict) <= MAX_DISPLAY_COLOURS:
+            out["colors"] = {
+                "default" if key is None else str(int(key)): [
+                    round(float(c), 4) for c in list(value)[:4]
+                ]
+                for key, value in color_dict.items()
+            }
+    except (TypeError, ValueError):  # an unusual colormap: keep the opacity only
+        out.pop("colors", None)
+    return out
 
 
 PLUGIN_NAME = "napari-dgseg"

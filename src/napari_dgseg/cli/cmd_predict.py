@@ -188,24 +188,22 @@ def _write_png(path: Path, image: np.ndarray, overwrite: bool = False) -> Path:
 def _write_float_tif(
     path: Path, probs: np.ndarray, provenance: dict, overwrite: bool = False, placement: Any = None
 ) -> Path:
-    """Float32 TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON (and the image's
-    placement: record and resolution tags), atomically; an existing file is kept unless
+    """Float32 OME-TIFF (e.g. ``(K, H, W)`` probabilities) with the provenance JSON (and the
+    image's placement: record, OME pixel size and resolution tags), atomically; an existing file is kept unless
     ``overwrite``."""
-    import json
-
     import tifffile
 
-    from napari_dgseg.core.labels_io import PLACEMENT_KEY, json_safe, tiff_resolution
+    from napari_dgseg.core.labels_io import PLACEMENT_KEY, json_safe, tiff_keywords
 
     record = json_safe(provenance)
     if placement is not None:
         record[PLACEMENT_KEY] = placement.as_dict()
-    description = json.dumps({"napari_dgseg_provenance": record})
+    keywords = tiff_keywords(probs.shape, record, placement, name=path.name.split(".")[0])
     return atomic_write(
         path,
         lambda tmp: tifffile.imwrite(
-            tmp, probs.astype(np.float32), compression="zlib", description=description,
-            metadata=None, **tiff_resolution(placement)
+            tmp, probs.astype(np.float32), compression="zlib", photometric="minisblack",
+            **keywords
         ),
         suffix=".tmp",
         overwrite=overwrite,

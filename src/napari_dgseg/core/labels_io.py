@@ -3,17 +3,20 @@
 A mask without its history cannot be trusted later; so every labels file napari-dgseg writes
 carries a JSON provenance record (model, parameters, source image, who wrote it and when):
 
-* ``.tif`` / ``.tiff``: zlib-compressed TIFF (tiled 256 x 256 from 512 px up) whose
-  ImageDescription is the JSON object ``{"napari_dgseg_provenance": {...}}``. Any TIFF reader
-  reads the pixels; :func:`read_labels` gets the record back.
-* ``.zarr``: a Zarr (format 3) array, chunks of 1024 x 1024, with the record in its attributes
-  under ``"napari_dgseg_provenance"``.
+* ``.tif`` / ``.tiff``: a zlib-compressed OME-TIFF (tiled 256 x 256 from 512 px up) whose
+  OME-XML holds the JSON object ``{"napari_dgseg_provenance": {...}}`` as the image's
+  ``Description``. Any TIFF reader reads the pixels; :func:`read_labels` gets the record back.
+* ``.zarr``: an OME-Zarr (NGFF 0.5, Zarr format 3) group with one level ``"0"``, chunks of
+  1024 x 1024, with the record in the group's attributes under ``"napari_dgseg_provenance"``.
 
 Where the mask sits in the world travels with it (:class:`Placement`, stored under
 ``"placement"`` in the record: the size of one pixel and the position of pixel ``(0, 0)``, in
-micrometres or in pixels). A TIFF in micrometres also carries the pixel size in its resolution
-tags (ResolutionUnit centimetre, pixels per centimetre), so other programs (QuPath, Fiji, napari's
-own reader) see the physical size too. :func:`read_placement` gets it back.
+micrometres or in pixels), and in the formats' own metadata for other programs: OME-XML
+``PhysicalSizeX/Y`` and the plane's ``PositionX/Y`` (micrometres), the TIFF resolution tags
+(ResolutionUnit centimetre, pixels per centimetre: QuPath, Fiji and napari's reader see the
+physical size), and the OME-Zarr ``scale`` and ``translation`` transformations with the axes'
+unit. :func:`read_placement` gets it back. Labels with more than two axes (N-D) keep the record
+only: a JSON ImageDescription, or a plain Zarr array.
 
 Labels are stored in the smallest integer type that holds their ids (:func:`label_dtype`): uint8
 for binary and semantic masks with fewer than 256 classes, uint16 or uint32 for instances by
@@ -61,6 +64,7 @@ __all__ = [
     "read_labels",
     "read_placement",
     "read_provenance",
+    "tiff_keywords",
     "tiff_resolution",
     "write_labels",
 ]
@@ -309,7 +313,7 @@ def write_labels(
     if placement is not None:
         record[PLACEMENT_KEY] = placement.as_dict()
     if suffix == ".zarr":
-        _write_zarr(p, data, record)
+        _write_zarr(p, data, record, placement)
     else:
         _write_tiff(p, data, record, overwrite, placement)
     return p
@@ -338,14 +342,66 @@ def tiff_resolution(placement: Placement | None) -> dict[str, Any]:
     return {"resolution": (1e4 / sx, 1e4 / sy), "resolutionunit": "CENTIMETER"}
 
 
+#: OME's spelling of the micrometre.
+OME_MICROMETER = "\u00b5m"
+
+
+def tiff_keywords(
+    shape: Sequence[int],
+    record: Mapping[str, Any],
+    placement: Placement | None = None,
+    name: str = "labels",
+) -> dict[str, Any]:
+    """``tifffile.imwrite`` keywords that store ``record`` and ``placement`` in a TIFF.
+
+    ``(H, W)`` and ``(C, H, W)`` arrays become OME-TIFF: the JSON ``{PROVENANCE_KEY: record}``
+    is the OME ``Image/Description``; a placement in micrometres adds ``PhysicalSizeX/Y`` and
+    each plane's ``PositionX/Y`` (the world position of pixel ``(0, 0)``) in micrometres. Other
+    shapes get the JSON as a plain ImageDescription. A micrometre placement also sets the
+    resolution tags (:func:`tiff_resolution`).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Shape of the array to write.
+    record : mapping
+        JSON-safe provenance record (with its ``"placement"`` already in it, if any).
+    placement : Placement, optional
+        Pixel size and origin.
+    name : str
+        OME image name.
+
+    Returns
+    -------
+    dict
+        ``ome``, ``metadata`` (or ``description``) and resolution keywords.
+    """
+    text = json.dumps({PROVENANCE_KEY: record}, ensure_ascii=True, sort_keys=True)
+    resolution = tiff_resolution(placement)
+    if len(shape) not in (2, 3):
+        return {"description": text, "metadata": None, **resolution}
+    meta: dict[str, Any] = {"axes": "YX" if len(shape) == 2 else "CYX", "Name": name,
+                            "Description": text}
+    if placement is not None and placement.unit == MICROMETER:
+        (sy, sx), (ty, tx) = placement.scale, placement.translate
+        planes = 1 if len(shape) == 2 else int(shape[0])
+        meta.update(PhysicalSizeX=sx, PhysicalSizeXUnit=OME_MICROMETER, PhysicalSizeY=sy,
+                    PhysicalSizeYUnit=OME_MICROMETER)
+        meta["Plane"] = {
+            "PositionX": [tx] * planes, "PositionXUnit": [OME_MICROMETER] * planes,
+            "PositionY": [ty] * planes, "PositionYUnit": [OME_MICROMETER] * planes,
+        }
+    return {"ome": True, "metadata": meta, **resolution}
+
+
 def _write_tiff(
     p: Path, data: Any, record: dict, overwrite: bool, placement: Placement | None = None
 ) -> None:
     import tifffile
 
     array = np.asarray(data)
-    description = json.dumps({PROVENANCE_KEY: record}, ensure_ascii=True, sort_keys=True)
     tiled = array.ndim == 2 and min(array.shape) >= TIFF_TILE_FROM
+    keywords = tiff_keywords(array.shape, record, placement, name=p.name.split(".")[0])
     atomic_write(
         p,
         lambda tmp: tifffile.imwrite(
@@ -353,18 +409,41 @@ def _write_tiff(
             array,
             compression="zlib",
             photometric="minisblack",
-            description=description,
-            metadata=None,
             tile=(256, 256) if tiled else None,
             bigtiff=array.nbytes > 2**31,
-            **tiff_resolution(placement),
+            **keywords,
         ),
         suffix=".tmp",
         overwrite=overwrite,
     )
 
 
-def _write_zarr(p: Path, data: Any, record: dict) -> None:
+def ome_zarr_attributes(placement: Placement | None, name: str) -> dict[str, Any]:
+    """NGFF 0.5 ``"ome"`` attributes of a one-level 2-D label image at ``"0"``.
+
+    The placement's pixel size and origin are the ``scale`` and ``translation`` of level 0,
+    in micrometres (axes ``unit``) or, for a pixel placement, without a unit.
+    """
+    place = placement or Placement(scale=(1.0, 1.0), unit=PIXEL)
+    unit = {"unit": "micrometer"} if place.unit == MICROMETER else {}
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
+            "datasets": [{
+                "path": "0",
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": list(place.scale)},
+                    {"type": "translation", "translation": list(place.translate)},
+                ],
+            }],
+        }],
+        "image-label": {},
+    }
+
+
+def _write_zarr(p: Path, data: Any, record: dict, placement: Placement | None = None) -> None:
     import zarr
 
     tmp = p.parent / f"{temp_prefix(p.name)}{uuid.uuid4().hex[:8]}.tmp"
@@ -372,16 +451,23 @@ def _write_zarr(p: Path, data: Any, record: dict) -> None:
         min(ZARR_CHUNK, int(s)) if i >= data.ndim - 2 else 1 for i, s in enumerate(data.shape)
     )
     try:
-        z = zarr.create_array(
-            store=str(tmp), shape=tuple(int(s) for s in data.shape), dtype=data.dtype, chunks=chunks
-        )
+        shape = tuple(int(s) for s in data.shape)
+        if data.ndim == 2:  # OME-Zarr: a group with level "0", placement as transformations
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            z = group.create_array("0", shape=shape, dtype=data.dtype, chunks=chunks)
+            attrs = group.attrs
+        else:  # N-D labels: a plain array (NGFF has no axes for them)
+            z = zarr.create_array(store=str(tmp), shape=shape, dtype=data.dtype, chunks=chunks)
+            attrs = z.attrs
         if hasattr(data, "dask"):
             import dask.array as da
 
             da.store(data.rechunk(chunks), z, lock=False)
         else:
             z[...] = np.asarray(data)
-        z.attrs[PROVENANCE_KEY] = record
+        if data.ndim == 2:
+            attrs["ome"] = ome_zarr_attributes(placement, p.name.split(".")[0])
+        attrs[PROVENANCE_KEY] = record
         _replace_dir(tmp, p)
     except (DgsegError, KeyboardInterrupt, SystemExit):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -441,14 +527,52 @@ def read_provenance(path: str | Path) -> dict | None:
 
 
 def _record_from_description(description: str | None) -> dict | None:
-    if not description or not description.lstrip().startswith("{"):
+    """The record in a TIFF ImageDescription: plain JSON, or the OME-XML image Description."""
+    text = (description or "").lstrip()
+    if text.startswith("<"):
+        text = _ome_image_description(text) or ""
+    if not text.startswith("{"):
         return None
     try:
-        parsed = json.loads(description)
+        parsed = json.loads(text)
     except ValueError:
         return None
     value = parsed.get(PROVENANCE_KEY) if isinstance(parsed, dict) else None
     return dict(value) if isinstance(value, Mapping) else None
+
+
+def _ome_image_description(xml: str) -> str | None:
+    """Text of the first OME ``Image/Description`` element, or None."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for image in root:
+        if image.tag.rsplit("}", 1)[-1] != "Image":
+            continue
+        for child in image:
+            if child.tag.rsplit("}", 1)[-1] == "Description":
+                return (child.text or "").strip()
+    return None
+
+
+def _zarr_labels(node: Any, p: Path) -> Any:
+    """The label array of a Zarr node: the node itself, or level 0 of an OME-Zarr group."""
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        return node
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    try:
+        return node[multiscales[0]["datasets"][0]["path"]]
+    except (TypeError, LookupError):
+        raise ImageReadError(
+            f"{p.name}: is a Zarr group without OME-Zarr 'multiscales' metadata, not a labels "
+            "array. Pass the array folder."
+        ) from None
 
 
 def read_labels(path: str | Path) -> tuple[np.ndarray, dict]:
@@ -457,8 +581,9 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, dict]:
     Parameters
     ----------
     path : str or Path
-        A ``.tif``/``.tiff`` file or a ``.zarr`` folder (any labels TIFF or Zarr array; files not
-        written by napari-dgseg give an empty record).
+        A ``.tif``/``.tiff`` file or a ``.zarr`` folder (any labels TIFF, Zarr array or
+        OME-Zarr group, whose level 0 is read; files not written by napari-dgseg give an empty
+        record).
 
     Returns
     -------
@@ -480,12 +605,9 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, dict]:
             import zarr
 
             node = zarr.open(str(p), mode="r")
-            if not isinstance(node, zarr.Array):
-                raise ImageReadError(
-                    f"{p.name}: is a Zarr group, not a labels array. Pass the array folder."
-                )
+            array = _zarr_labels(node, p)
             value = node.attrs.get(PROVENANCE_KEY)
-            return np.asarray(node[...]), dict(value) if isinstance(value, Mapping) else {}
+            return np.asarray(array[...]), dict(value) if isinstance(value, Mapping) else {}
         if p.stat().st_size == 0:
             raise ImageReadError(
                 f"{p.name}: the file is empty (0 bytes). The save was interrupted or the copy "

@@ -46,9 +46,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dgseg._napari.adapt_job import AdaptJob, check_target, compare_job, save_job
+from napari_dgseg._napari.display import style_labels_for
 from napari_dgseg._napari.layers import source_units
 from napari_dgseg._napari.notify import notify, one_line
 from napari_dgseg._napari.runner import TaskRunner
+from napari_dgseg._napari.widgets._common import scroll_content
 from napari_dgseg._napari.widgets.loss_plot import LossPlot
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg._napari.writer import prefer_own_writers
@@ -192,7 +194,7 @@ class AdaptWidget(QWidget):
         after = QHBoxLayout()
         after.addWidget(self.save_button)
         after.addWidget(self.compare_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_content(self))  # scrolls, never squeezes
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.plot)
@@ -472,6 +474,8 @@ class AdaptWidget(QWidget):
             layer = self.viewer.add_labels(
                 labels, name=name, metadata=meta, opacity=0.5, **placement
             )
+            # the task's colours (nuclei chartreuse, vessels cyan), as the Segment widget's masks
+            style_labels_for(layer, self.result or self.model_picker.bundle)
         if translate is not None:
             layer.translate = translate
         return layer

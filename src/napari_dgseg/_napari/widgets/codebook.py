@@ -52,7 +52,7 @@ from napari_dgseg._napari.geometry import level0_plane
 from napari_dgseg._napari.layers import add_or_replace
 from napari_dgseg._napari.notify import notify
 from napari_dgseg._napari.runner import ProgressFn, TaskRunner
-from napari_dgseg._napari.widgets._common import disable_unavailable
+from napari_dgseg._napari.widgets._common import disable_unavailable, scroll_content
 from napari_dgseg._napari.widgets.layer_picker import LayerPicker
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg._napari.widgets.usage_plot import UsagePlot
@@ -146,7 +146,7 @@ class CodebookWidget(QWidget):
         self._legend_grid.setContentsMargins(0, 0, 0, 0)
         self.legend.setVisible(False)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_content(self))  # scrolls, never squeezes
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image_picker)
         layout.addWidget(QLabel("SQ-VAE model"))

@@ -64,7 +64,7 @@ from napari_dgseg._napari.segment_job import (
     layer_source_path,
 )
 from napari_dgseg._napari.slide_job import SlideJob, slide_output_path, use_slide_job
-from napari_dgseg._napari.widgets._common import disable_unavailable
+from napari_dgseg._napari.widgets._common import disable_unavailable, scroll_content
 from napari_dgseg._napari.widgets.dcin_controls import DcinControls
 from napari_dgseg._napari.widgets.layer_picker import LayerPicker
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
@@ -265,7 +265,7 @@ class SegmentWidget(QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_content(self))  # scrolls, never squeezes
         layout.addWidget(model_box)
         layout.addWidget(input_box)
         layout.addWidget(settings_box)

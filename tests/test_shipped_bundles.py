@@ -65,6 +65,9 @@ def test_shipped_descriptions_say_what_each_model_is():
 
     for path in sorted(shipped_dir().glob("*.dgseg")):
         bundle = load_bundle(path)
-        want = bundle.family.description + (CQG_DESCRIPTION if bundle.provenance.get("cqg") else "")
+        cqg = bundle.provenance.get("cqg")
+        want = f"{bundle.family.name}{CQG_DESCRIPTION}" if cqg else bundle.family.description
+        if cqg:  # its own description, not the plain U-Net's "trained on source data only"
+            assert "source data only" not in bundle.manifest["description"], path.name
         assert bundle.manifest["description"] == want, path.name
         assert "papers/" not in json.dumps(bundle.manifest), path.name

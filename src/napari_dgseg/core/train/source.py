@@ -48,7 +48,8 @@ CLASS_NAMES = {
 
 #: Added to the family's description of a model trained with ``cqg=True``.
 CQG_DESCRIPTION = (
-    ", with CQG colour-quality invariance training (Shah, Fukuda & Cap 2025)"
+    " trained with CQG colour-quality invariance (Shah, Fukuda & Cap 2025): two colour views of "
+    "every crop must give the same mask"
 )
 
 def _check_cancel(cancel: Any) -> None:
@@ -225,7 +226,7 @@ def train(
     bundle = Bundle.create(
         model.cpu(), family, cfg, name=name or (Path(out).stem if out else f"{task}-{family}"),
         class_names=names, task=task, input_spec=spec, provenance=provenance,
-        description=fam.description + (CQG_DESCRIPTION if cqg else ""),
+        description=(f"{fam.name}{CQG_DESCRIPTION}" if cqg else fam.description),
         scale=training_scale(domains, task, pixel_size_um, scale_range),
     )
     bundle.set_extra("replay", make_replay_set(domains, size=min(192, max(size, 128)), seed=seed))

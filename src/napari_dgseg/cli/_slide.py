@@ -39,8 +39,11 @@ def streamed_out(args: argparse.Namespace) -> Path | None:
     return out if out.name.lower().endswith(".zarr") else None
 
 
-def needs_streaming(opened: Any, bundle: Any, budget: int | None = None) -> bool:
-    """Whether segmenting ``opened`` in memory would exceed the memory budget."""
+def needs_streaming(opened: Any, bundle: Any, budget: int | None = None,
+                    block_size: int | None = None) -> bool:
+    """Whether segmenting ``opened`` in memory would exceed the memory budget while one block
+    (with its margin) fits it; when not even a block fits, the in-memory path refuses the image
+    in one line as before (streaming cannot help)."""
     from napari_dgseg.core.inference import MAX_WHOLE_IMAGE_PIXELS, estimate_inference_bytes
     from napari_dgseg.core.limits import memory_budget
 
@@ -48,9 +51,14 @@ def needs_streaming(opened: Any, bundle: Any, budget: int | None = None) -> bool
     if getattr(bundle.family, "segment_image", None) is not None and h * w > MAX_WHOLE_IMAGE_PIXELS:
         return True
     limit, _ = memory_budget(budget)
-    needed = estimate_inference_bytes(h, w, len(bundle.class_names),
-                                      len(bundle.family.discrete_outputs))
-    return limit is not None and needed > limit
+    from napari_dgseg.core.wsi.plan import DEFAULT_BLOCK, DEFAULT_MARGIN
+
+    classes, discrete = len(bundle.class_names), len(bundle.family.discrete_outputs)
+    needed = estimate_inference_bytes(h, w, classes, discrete)
+    if limit is None or needed <= limit:
+        return False
+    side = int(block_size or DEFAULT_BLOCK) + 2 * DEFAULT_MARGIN
+    return estimate_inference_bytes(min(h, side), min(w, side), classes, discrete) <= limit
 
 
 def predict_streamed(args: argparse.Namespace, bundle: Any, path: Path, out: Path) -> dict:

@@ -126,7 +126,7 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
 
     overwrite = args.overwrite
     opened = open_image(path)
-    if needs_streaming(opened, bundle):  # larger than memory: block by block into <stem>.zarr
+    if needs_streaming(opened, bundle, block_size=args.block_size):  # block by block into <stem>.zarr
         opened.close()
         return predict_streamed(args, bundle, path, out / f"{stem}.zarr")
     bar = None if args.quiet else ProgressBar(f"predict {path.name}")

@@ -2,7 +2,8 @@
 
 On one ``--size`` x ``--size`` image (default: a synthetic H&E tile of the renderer's
 ``warm-scanner`` domain; ``--image PATH`` for a file, reflect-padded or cropped to the size),
-CPU, ``--threads`` torch threads, for each ``--models`` bundle:
+CPU (``--threads`` torch threads for the process; the map itself runs with one intra-op
+thread, see :func:`~napari_dgseg.core.local_align.gap_map.one_thread`), for each ``--models`` bundle:
 :func:`napari_dgseg.core.local_align.gap_map.domain_gap_map` with the defaults the widget uses
 (300 steps of 64 + 64 windows of 8 x 8 feature pixels, D1 hidden 32, kernel 1), at the image's
 own grid (``--rescale off``, the worst case: ``auto`` may shrink the image to the model's scale).

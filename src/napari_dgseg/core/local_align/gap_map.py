@@ -24,7 +24,8 @@ measures the cost (``docs/local-masks.md``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,6 +202,30 @@ def fit_d1_steps(
             strata = (_pixel_rows(source), _class_pixels(source_classes, shared),
                       _pixel_rows(target), _class_pixels(target_classes, shared))
     per_step = batch * window * window
+    # The fit is thousands of tiny operations: one intra-op thread is faster than several (on a
+    # busy 2-core machine, 2 threads made it 15x slower: benchmarks/domain_gap_map.py). Restored
+    # when the fit ends, fails or is cancelled.
+    with one_thread():
+        d1 = yield from _fit_loop(d1, opt, source, target, strata, steps, window, batch, per_step,
+                                  gen, device, cancel)
+    return d1.eval()
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch with one intra-op thread inside the block (restored after, also on errors)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_loop(d1: nn.Module, opt: Any, source: torch.Tensor, target: torch.Tensor, strata: Any,
+              steps: int, window: int, batch: int, per_step: int, gen: torch.Generator,
+              device: Any, cancel: Any) -> Generator[GapStep, None, Any]:
+    """The Adam steps of :func:`fit_d1_steps`."""
     for step in range(steps):
         check_cancel(cancel)
         if strata is not None:
@@ -219,7 +244,7 @@ def fit_d1_steps(
         if acc is not None:
             logs["accuracy"] = acc
         yield GapStep(step + 1, steps, logs)
-    return d1.eval()
+    return d1
 
 
 def _stratified(strata: tuple, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,74 +322,77 @@ def domain_gap_steps(
                                        mpp=mpp, object_size=object_size,
                                        pixel_size_um=pixel_size_um)
     gh, gw = model_input.height, model_input.width
-    src, src_classes = replay_features(bundle, device=dev, cancel=cancel, with_classes=True)
-    channels = int(src.shape[1])
-    # blended features and logits + their copies, the pixel rows D1 samples, the mask (float32)
-    k = max(2, len(bundle.class_names))
-    check_memory(gh * gw * (12 * channels + 8 * k + 24), f"the domain-gap map of the {gh} x {gw} image",
-                 budget=memory_budget)
-    fmodel = _FeatureModel(bundle.model, family.features_and_infer)
-    t_feat = time.perf_counter()
-    progress_rows: list[tuple[int, int]] = [(0, 1)]
+    # One intra-op thread throughout: on a busy 2-core machine two threads made the map 6x
+    # slower (80 s against 14 s, benchmarks/domain_gap_map.py); restored afterwards.
+    with one_thread():
+        src, src_classes = replay_features(bundle, device=dev, cancel=cancel, with_classes=True)
+        channels = int(src.shape[1])
+        # blended features and logits + their copies, the pixel rows D1 samples, the mask (float32)
+        k = max(2, len(bundle.class_names))
+        check_memory(gh * gw * (12 * channels + 8 * k + 24), f"the domain-gap map of the {gh} x {gw} image",
+                     budget=memory_budget)
+        fmodel = _FeatureModel(bundle.model, family.features_and_infer)
+        t_feat = time.perf_counter()
+        progress_rows: list[tuple[int, int]] = [(0, 1)]
 
-    def tiles(done: int, total: int) -> None:
-        progress_rows.append((done, total))
-        if tile_progress is not None:
-            tile_progress(done, total)
+        def tiles(done: int, total: int) -> None:
+            progress_rows.append((done, total))
+            if tile_progress is not None:
+                tile_progress(done, total)
 
-    maps = run_tiled(fmodel, model_input, input_spec=bundle.input_spec, tile=tile or DEFAULT_TILE,
-                     overlap=DEFAULT_OVERLAP, device=dev, batch=2, cancel=cancel, progress=tiles)
-    done, total = progress_rows[-1]
-    yield GapStep(done, total, {}, stage="features")
-    tgt = torch.from_numpy(maps.pop("features"))[None]
-    tgt_classes = torch.from_numpy(maps.pop("logits").argmax(axis=0))[None]
-    seconds_features = time.perf_counter() - t_feat
-    t_fit = time.perf_counter()
-    d1 = yield from fit_d1_steps(src, tgt, steps=steps, window=window, batch=batch, lr=lr,
-                                 hidden=hidden, seed=seed, device=dev, cancel=cancel,
-                                 source_classes=src_classes, target_classes=tgt_classes)
-    seconds_fit = time.perf_counter() - t_fit
-    yield GapStep(steps, steps, {}, stage="map")
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(seed + 1)
-        shared = sorted(set(src_classes.unique().tolist()) & set(tgt_classes.unique().tolist()))
-        if shared and d1.config.kernel == 1:  # per class, as fitted
-            strata = (_pixel_rows(src), _class_pixels(src_classes, shared), _pixel_rows(tgt),
-                      _class_pixels(tgt_classes, shared))
-            fs, ft = _stratified(strata, 4 * batch * window * window, gen)
-        else:
-            fs, ft = _windows(src, 4 * batch, window, gen), _windows(tgt, 4 * batch, window, gen)
-        acc = domain_accuracy(d1(fs.to(dev)), d1(ft.to(dev)))
-        # the source's own level: how the replay crops themselves score (read the map against it)
-        levels = [torch.tanh(local_feature_mask(d1, src[i : i + 1].to(dev))).mean()
-                  for i in range(src.shape[0])]
-        source_level = float(torch.stack(levels).mean())
-    mask = mask_of_features(d1, tgt[0], device=dev, cancel=cancel)
-    if smooth > 0:
-        from scipy.ndimage import gaussian_filter
+        maps = run_tiled(fmodel, model_input, input_spec=bundle.input_spec, tile=tile or DEFAULT_TILE,
+                         overlap=DEFAULT_OVERLAP, device=dev, batch=2, cancel=cancel, progress=tiles)
+        done, total = progress_rows[-1]
+        yield GapStep(done, total, {}, stage="features")
+        tgt = torch.from_numpy(maps.pop("features"))[None]
+        tgt_classes = torch.from_numpy(maps.pop("logits").argmax(axis=0))[None]
+        seconds_features = time.perf_counter() - t_feat
+        t_fit = time.perf_counter()
+        d1 = yield from fit_d1_steps(src, tgt, steps=steps, window=window, batch=batch, lr=lr,
+                                     hidden=hidden, seed=seed, device=dev, cancel=cancel,
+                                     source_classes=src_classes, target_classes=tgt_classes)
+        seconds_fit = time.perf_counter() - t_fit
+        yield GapStep(steps, steps, {}, stage="map")
+        with one_thread(), torch.no_grad():  # small operations: see fit_d1_steps
+            gen = torch.Generator().manual_seed(seed + 1)
+            shared = sorted(set(src_classes.unique().tolist()) & set(tgt_classes.unique().tolist()))
+            if shared and d1.config.kernel == 1:  # per class, as fitted
+                strata = (_pixel_rows(src), _class_pixels(src_classes, shared), _pixel_rows(tgt),
+                          _class_pixels(tgt_classes, shared))
+                fs, ft = _stratified(strata, 4 * batch * window * window, gen)
+            else:
+                fs, ft = _windows(src, 4 * batch, window, gen), _windows(tgt, 4 * batch, window, gen)
+            acc = domain_accuracy(d1(fs.to(dev)), d1(ft.to(dev)))
+            # the source's own level: how the replay crops themselves score (read the map against it)
+            levels = [torch.tanh(local_feature_mask(d1, src[i : i + 1].to(dev))).mean()
+                      for i in range(src.shape[0])]
+            source_level = float(torch.stack(levels).mean())
+            mask = mask_of_features(d1, tgt[0], device=dev, cancel=cancel)
+        if smooth > 0:
+            from scipy.ndimage import gaussian_filter
 
-        mask = gaussian_filter(mask, sigma=float(smooth), mode="reflect").astype(np.float32)
-    mask = back_to_image({"m": mask}, (gh, gw), (adapter.height, adapter.width), False)["m"]
-    provenance = {
-        "model": bundle.name,
-        "model_sha256": bundle.sha256,
-        "method": "domain-gap map: Mind the Gap's pixel-wise D1 (Su et al., 2023) fitted to the "
-                  "frozen model, replay set (source) vs this image (target)",
-        "mask": "tanh(|D1(f)|) in [0, 1): 0 = looks like the source",
-        "smooth_sigma_px": float(smooth),
-        "steps": steps, "window": window, "batch": f"{batch} + {batch}", "lr": lr,
-        "d1": d1.config.as_dict(), "seed": seed,
-        "replay_crops": int(src.shape[0]),
-        "accuracy": round(acc, 4),
-        "source_mask_mean": round(source_level, 4),
-        "mask_mean": round(float(np.mean(mask)), 4),
-        "scale": decision.as_dict() | {"model_grid_shape": [gh, gw]},
-        "dcin": "none (the image as it is)",
-        "device": str(dev),
-        "seconds": {"features": round(seconds_features, 2), "fit": round(seconds_fit, 2),
-                    "total": round(time.perf_counter() - t0, 2)},
-    }
-    return DomainGapMap(np.asarray(mask, np.float32), d1.cpu(), provenance)
+            mask = gaussian_filter(mask, sigma=float(smooth), mode="reflect").astype(np.float32)
+        mask = back_to_image({"m": mask}, (gh, gw), (adapter.height, adapter.width), False)["m"]
+        provenance = {
+            "model": bundle.name,
+            "model_sha256": bundle.sha256,
+            "method": "domain-gap map: Mind the Gap's pixel-wise D1 (Su et al., 2023) fitted to the "
+                      "frozen model, replay set (source) vs this image (target)",
+            "mask": "tanh(|D1(f)|) in [0, 1): 0 = looks like the source",
+            "smooth_sigma_px": float(smooth),
+            "steps": steps, "window": window, "batch": f"{batch} + {batch}", "lr": lr,
+            "d1": d1.config.as_dict(), "seed": seed,
+            "replay_crops": int(src.shape[0]),
+            "accuracy": round(acc, 4),
+            "source_mask_mean": round(source_level, 4),
+            "mask_mean": round(float(np.mean(mask)), 4),
+            "scale": decision.as_dict() | {"model_grid_shape": [gh, gw]},
+            "dcin": "none (the image as it is)",
+            "device": str(dev),
+            "seconds": {"features": round(seconds_features, 2), "fit": round(seconds_fit, 2),
+                        "total": round(time.perf_counter() - t0, 2)},
+        }
+        return DomainGapMap(np.asarray(mask, np.float32), d1.cpu(), provenance)
 
 
 def domain_gap_map(bundle: Any, image: Any, *, progress: Callable[[GapStep], Any] | None = None,

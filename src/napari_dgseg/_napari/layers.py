@@ -27,6 +27,7 @@ __all__ = [
     "source_units",
     "labels_colormap",
     "layer_name",
+    "local_mask_layer_data",
     "normalized_layer_data",
     "prediction_layer_data",
     "provenance_metadata",
@@ -38,7 +39,12 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 #: Colormaps of the continuous maps.
 PROBABILITY_COLORMAP = "inferno"
 UNCERTAINTY_COLORMAP = "magma"
-LOCAL_MASK_COLORMAP = "plasma"
+#: The local feature mask (domain gap per pixel, in [0, 1)): perceptual, dark at 0, bright at 1.
+LOCAL_MASK_COLORMAP = "inferno"
+#: Its blending and opacity over the image: translucent, because additive blending over a bright
+#: H&E or fundus image saturates to white and hides the map (seen on the real H&E screenshot).
+LOCAL_MASK_BLENDING = "translucent"
+LOCAL_MASK_OPACITY = 0.85
 
 
 def layer_name(image_name: str, model_name: str, what: str = "labels") -> str:
@@ -167,33 +173,30 @@ def prediction_layer_data(
                 "image",
             )
         )
-    for attr, what, cmap in (
-        ("uncertainty", "uncertainty", UNCERTAINTY_COLORMAP),
-        ("local_mask", "local mask", LOCAL_MASK_COLORMAP),
-    ):
-        value = getattr(pred, attr)
-        if value is None or (attr == "uncertainty" and not uncertainty):
-            continue
-        visible = attr == "uncertainty" and uncertainty_visible
-        arr = np.asarray(value, dtype=np.float32)
+    if uncertainty and pred.uncertainty is not None:
+        arr = np.asarray(pred.uncertainty, dtype=np.float32)
         hi = float(np.nanmax(arr)) if arr.size else 1.0
         out.append(
             (
                 arr,
                 {
-                    "name": layer_name(image_name, model_name, what),
+                    "name": layer_name(image_name, model_name, "uncertainty"),
                     "scale": sc2,
                     "translate": tr2,
                     "metadata": dict(meta),
-                    "colormap": cmap,
+                    "colormap": UNCERTAINTY_COLORMAP,
                     "contrast_limits": (0.0, hi if hi > 0 else 1.0),
                     "blending": "additive",
                     "opacity": 0.7,
-                    "visible": visible,
+                    "visible": uncertainty_visible,
                 },
                 "image",
             )
         )
+    if pred.local_mask is not None:
+        out.append(local_mask_layer_data(pred.local_mask, image_name=image_name,
+                                         model_name=model_name, scale=scale, translate=translate,
+                                         offset=offset, provenance=prov))
     if pred.codebook_indices is not None:
         out.append(
             (
@@ -210,6 +213,46 @@ def prediction_layer_data(
             )
         )
     return out
+
+
+def local_mask_layer_data(
+    mask: np.ndarray,
+    *,
+    image_name: str,
+    model_name: str,
+    scale: Sequence[float] = (1.0, 1.0),
+    translate: Sequence[float] = (0.0, 0.0),
+    offset: Sequence[int] = (0, 0),
+    provenance: Mapping[str, Any] | None = None,
+    what: str = "local mask",
+) -> LayerDataTuple:
+    """The Image layer of a local feature mask (domain gap per pixel, Mind the Gap's D1).
+
+    ``mask`` ``(H, W)`` in ``[0, 1)`` (``tanh(|D1(f)|)``) is shown with the perceptual
+    :data:`LOCAL_MASK_COLORMAP` (black at 0), fixed contrast limits 0..1 (maps of different images
+    and models compare), translucent over the image (:data:`LOCAL_MASK_OPACITY`; hide the layer
+    to compare) and the image layer's placement (``scale``, ``translate``, plus the region
+    ``offset``).
+    """
+    sc2, tr2 = _placement(scale, translate, offset, 2)
+    meta = {"provenance": dict(provenance or {}), "source_layer": str(image_name),
+            "reading": "0 = the model's features look like its training (source) domain; "
+                       "1 = clearly out of that domain"}
+    return (
+        np.asarray(mask, dtype=np.float32),
+        {
+            "name": layer_name(image_name, model_name, what),
+            "scale": sc2,
+            "translate": tr2,
+            "metadata": meta,
+            "colormap": LOCAL_MASK_COLORMAP,
+            "contrast_limits": (0.0, 1.0),
+            "blending": LOCAL_MASK_BLENDING,
+            "opacity": LOCAL_MASK_OPACITY,
+            "visible": True,
+        },
+        "image",
+    )
 
 
 def normalized_layer_data(

@@ -83,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="target images held out for the label-free signal (default: a quarter, at most 4)",
     )
+    p.add_argument(
+        "--style",
+        metavar="STYLE.dgstyle",
+        default=None,
+        help="style model from `dgseg style train`: the labelled source crops are rendered in "
+        "the target's style before MaNi sees them (Mind the Gap's global alignment)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overwrite(p)
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.train.adapt import adapt
 
     parent = load_bundle(args.model)
+    style = _style_transform(args)
     out = Path(args.out)
     for candidate in (out, out.with_name(out.name + ".dgseg")):
         if parent.path is not None and candidate.resolve() == Path(parent.path).resolve():
@@ -109,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     command = command_line(args)
     bar = None if args.quiet else ProgressBar("adapt")
     with bundle_lock(out, "adapt"):  # a second run saving this name is refused at once
-        bundle = _adapt(args, adapt, parent, out, bar, command)
+        bundle = _adapt(args, adapt, parent, out, bar, command, style)
     prov = bundle.provenance
     print_json(
         {
@@ -135,7 +143,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any, command: str) -> Any:
+def _style_transform(args: argparse.Namespace) -> Any:
+    """The ``--style`` model's source-batch transform (None without ``--style``)."""
+    if args.style is None:
+        return None
+    from napari_dgseg.core.errors import InputError
+    from napari_dgseg.core.style.io import load_style
+
+    if args.method != "mani":
+        raise InputError("--style renders the labelled source crops MaNi trains on; it has no "
+                         "effect with --method stats (drop --style or use --method mani)")
+    return load_style(args.style).batch_transform("to-target")
+
+
+def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any, command: str,
+           style: Any = None) -> Any:
     """Run ``adapt`` with the command's arguments (saving to ``out``)."""
     return adapt(
         parent,
@@ -158,4 +180,5 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         norm=args.norm,
         select=not args.no_select,
         holdout=args.holdout,
+        source_transform=style,
     )

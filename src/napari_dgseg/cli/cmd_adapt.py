@@ -90,6 +90,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="style model from `dgseg style train`: the labelled source crops are rendered in "
         "the target's style before MaNi sees them (Mind the Gap's global alignment)",
     )
+    p.add_argument(
+        "--local-alignment",
+        action="store_true",
+        help="Mind the Gap's local alignment: a pixel-wise feature discriminator D1 (local "
+        "feature mask, reweighted target features) and an output-space discriminator D2; the new "
+        "bundle stores D1 and predicts local masks (predict --local-mask)",
+    )
+    p.add_argument(
+        "--no-output-discriminator",
+        action="store_true",
+        help="with --local-alignment: D1 only, no D2",
+    )
+    p.add_argument("--d1-weight", type=float, default=0.01,
+                   help="adversarial weight of D1 (default 0.01, as in the paper)")
+    p.add_argument("--d2-weight", type=float, default=0.01,
+                   help="adversarial weight of D2 (default 0.01, as in the paper)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overwrite(p)
@@ -132,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             "final_mi": prov["final_mi"],
             "method": args.method,
             "selection": {k: v for k, v in prov["selection"].items() if k != "checkpoints"},
+            "local_alignment": prov.get("local_alignment"),
             "seconds": prov["seconds"],
         }
     )
@@ -181,4 +198,8 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         select=not args.no_select,
         holdout=args.holdout,
         source_transform=style,
+        local_alignment=args.local_alignment,
+        output_discriminator=args.local_alignment and not args.no_output_discriminator,
+        d1_weight=args.d1_weight,
+        d2_weight=args.d2_weight,
     )

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write <stem>_probabilities.tif")
     p.add_argument("--codebook", action="store_true",
                    help="also write <stem>_codebook.tif (models with a codebook: code index per pixel)")
+    p.add_argument("--local-mask", action="store_true",
+                   help="also write <stem>_local_mask.tif (models adapted with "
+                        "--local-alignment: domain gap per pixel, 0..1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_scale_args(p)
     add_overwrite(p)
@@ -64,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--dcin reference needs --reference IMAGE")
     bundle = load_bundle(args.model)
     check_scale_args(args, bundle)
+    if args.local_mask:
+        from napari_dgseg.core.local_align.bundled import supports_local_mask
+
+        if not supports_local_mask(bundle):
+            raise InputError(f"model {bundle.name!r} has no local feature mask (no D1); adapt it "
+                             "with `dgseg adapt --local-alignment`, or drop --local-mask")
     paths = expand_inputs(args.inputs)
     with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
         out = output_folder(args.out)
@@ -77,7 +86,8 @@ def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out
     stems = unique_stems(paths, output_stem)
     extras = [name for name, flag in (("uncertainty", args.uncertainty),
                                       ("probabilities", args.probabilities),
-                                      ("codebook", args.codebook)) if flag]
+                                      ("codebook", args.codebook),
+                                      ("local_mask", args.local_mask)) if flag]
     refuse_existing((out / f"{stem}_{kind}.tif" for stem in stems for kind in ("labels", *extras)),
                     overwrite=args.overwrite)
     jobs = list(zip(paths, stems, strict=True))
@@ -136,6 +146,9 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
         row["probabilities"] = str(_write_float_tif(out / f"{stem}_probabilities.tif",
                                                     pred.probabilities, provenance, overwrite,
                                                     placement))
+    if args.local_mask and pred.local_mask is not None:
+        row["local_mask"] = str(_write_float_tif(out / f"{stem}_local_mask.tif", pred.local_mask,
+                                                 provenance, overwrite, placement))
     if args.codebook:
         row["codebook"] = str(write_codebook(out / f"{stem}_codebook.tif", pred, provenance,
                                              overwrite=overwrite, placement=placement))

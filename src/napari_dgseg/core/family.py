@@ -58,6 +58,21 @@ def head_features_and_outputs(model: Any, x: torch.Tensor) -> tuple[torch.Tensor
     return feats, {"logits": model.head(feats)}
 
 
+def head_features_and_infer(
+    model: Any, x: torch.Tensor, reweight: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, Outputs]:
+    """Default :attr:`Family.features_and_infer`: ``model.features(x)``, then ``model.head``.
+
+    The head reads ``reweight(features)`` when ``reweight`` is given (the target flow of local
+    alignment, see :mod:`napari_dgseg.core.local_align`), the features otherwise; the features
+    returned are the ones before reweighting. Fits U-Net-like models whose ``infer`` is
+    ``{"logits": head(features(x))}``.
+    """
+    feats = model.features(x)
+    used = feats if reweight is None else reweight(feats)
+    return feats, {"logits": model.head(used)}
+
+
 def segmentation_loss_from_outputs(
     model: Any, outputs: Outputs, batch: Mapping[str, torch.Tensor], state: Mapping[str, Any]
 ) -> LossResult:
@@ -153,6 +168,12 @@ class Family:
         adds what it needs to the bundle (extra tensor files, manifest entries).
     trainable_parameters : callable
         ``model -> iterable of parameters`` the optimiser updates (training and adaptation).
+    features_and_infer : callable or None
+        ``(model, x, reweight=None) -> (features (B, F, H, W), infer outputs)``: the same feature
+        map as ``features_and_outputs`` and the outputs of ``model.infer`` (same keys), computed
+        with the label predictor reading ``reweight(features)`` when ``reweight`` is given. Local
+        alignment and local feature masks (:mod:`napari_dgseg.core.local_align`) go through it;
+        ``None``: the family cannot reweight its features (no local alignment, no local masks).
     segment_image : callable, optional
         ``(rgb_uint8 (H, W, 3), config) -> dict`` for a family without a network (the classical
         baselines): inference hands it the whole image instead of running tiles, and its dict
@@ -179,6 +200,9 @@ class Family:
         declared_trainable_parameters
     )
     segment_image: Callable[[Any, Any], dict[str, Any]] | None = None
+    features_and_infer: Callable[..., tuple[torch.Tensor, Outputs]] | None = (
+        head_features_and_infer
+    )
 
     def __post_init__(self) -> None:
         problems = []

@@ -16,6 +16,7 @@ from napari_dgseg.core.errors import InputError, NonFiniteOutputError
 from napari_dgseg.core.fov import apply_field_of_view
 from napari_dgseg.core.imageprep import ImageAdapter, image_channels
 from napari_dgseg.core.limits import check_memory
+from napari_dgseg.core.local_align.bundled import inference_model, mask_from_maps
 from napari_dgseg.core.predict import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -129,7 +130,7 @@ def predict_bundle(
                          stats_source=dcin_source, device=dev, cancel=cancel)
     try:
         maps = run_tiled(
-            bundle.model,
+            inference_model(bundle),  # the network, with D1 when the bundle carries one
             model_input,
             input_spec=bundle.input_spec,
             tile=tile,
@@ -149,6 +150,8 @@ def predict_bundle(
         ) from None
     check_cancel(cancel)
     fields = family.postprocess(maps, bundle.config)
+    if mask_from_maps(maps) is not None:  # local feature mask (Mind the Gap's D1), (H, W)
+        fields["local_mask"] = mask_from_maps(maps)
     fields = back_to_image(fields, (gh, gw), (h, w), family.output == "semantic")
     uncertainty = maps.get("uncertainty")  # from the branches only, never the postprocess
     if uncertainty is not None:

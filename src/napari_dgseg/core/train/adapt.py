@@ -351,6 +351,10 @@ def adapt_steps(
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
     source_augment: bool = False,
     source_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    local_alignment: bool = False,
+    output_discriminator: bool | None = None,
+    d1_weight: float = 0.01,
+    d2_weight: float = 0.01,
 ) -> Generator[AdaptStep, None, Bundle]:
     """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
 
@@ -363,6 +367,8 @@ def adapt_steps(
     steps where they were computed carry them in ``logs`` (``signal``, ``agreement``,
     ``certainty``). ``checkpoint_hook(iteration, model)`` is called (model in eval mode) after
     every scoring, e.g. by the benchmark to measure each checkpoint against labels.
+    ``local_alignment`` / ``output_discriminator`` add Mind the Gap's D1 / D2
+    (:mod:`napari_dgseg.core.local_align`; see :func:`adapt`).
     """
     if method not in METHODS:
         raise InputError(f"unknown adaptation method {method!r}; valid: {', '.join(METHODS)}")
@@ -381,6 +387,9 @@ def adapt_steps(
     torch.manual_seed(seed)
     dev = select_device(device)
     spec = bundle.input_spec
+    if method == "stats" and (local_alignment or output_discriminator):
+        raise InputError("local alignment trains discriminators against the network; it needs "
+                         "the MaNi method (--method mani), not statistics only")
     if method == "stats":
         return (yield from _stats_steps(bundle, targets, holdout=holdout, select=select,
                                         device=dev, cancel=cancel, name=name, command=command,
@@ -397,6 +406,10 @@ def adapt_steps(
         feats, _ = fam.features_and_outputs(model, probe)
         _train_mode(model, norm)
     mani = ManiModule(int(feats.shape[1])).to(dev).train()
+    aligner = _local_aligner(fam, int(feats.shape[1]), data.num_classes, local_alignment,
+                             output_discriminator, d1_weight, d2_weight, norm, dev)
+    # what the adapted bundle will predict with (with D1: the reweighted target flow)
+    scored = model if aligner is None else aligner.scored_model(model)
     params = list(fam.trainable_parameters(model))
     optimizer = torch.optim.Adam([*params, *mani.parameters()], lr=lr)
     src_sampler = CropSampler(
@@ -429,7 +442,7 @@ def adapt_steps(
     every = select_every if select_every else max(1, min(SELECT_EVERY, iters // 5))
     judge = _Judge(bundle, [_score_view(s.image) for s in held], dev, held_out, checkpoint_hook,
                    [s.image for s in train_targets])
-    judge.score(model, 0)
+    judge.score(scored, 0)
     _train_mode(model, norm)
     history: list[dict[str, float]] = []
     stopped = False
@@ -460,19 +473,28 @@ def adapt_steps(
                 f_s, f_t, logit_t = feats[:batch], feats[batch:], out["logits"][batch:]
             else:
                 f_s, out_s = fam.features_and_outputs(model, xs)
-                f_t, out_t = fam.features_and_outputs(model, xt)
+                if aligner is not None:  # Mind the Gap's target flow (reweighted with D1)
+                    f_t, out_t = aligner.target_flow(model, xt)
+                else:
+                    f_t, out_t = fam.features_and_outputs(model, xt)
                 logit_t = out_t["logits"]
             seg, _ = _supervised_loss(fam, model, out_s, sb, state)
             mi, mi_logs = mani(f_s, sb["target"], f_t, logit_t, tb["target"])
-        loss = seg + mi_weight * mi
+        adv, adv_logs = torch.zeros((), device=dev), {}
+        if aligner is not None and it >= n_warm:
+            adv, adv_logs = aligner.segmenter_loss(f_t, logit_t)
+        loss = seg + mi_weight * mi + adv
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if aligner is not None and it >= n_warm:
+            adv_logs.update(aligner.discriminator_step(f_s, out_s["logits"], f_t, logit_t))
         logs = {
             "loss": float(loss.detach()),
             "seg": float(seg.detach()),
             "mi": float(mi_logs.get("mi", 0.0)),
             "warmup": float(it < n_warm),
+            **adv_logs,
         }
         if not np.isfinite(logs["loss"]):
             raise InputError(
@@ -481,21 +503,21 @@ def adapt_steps(
         history.append(logs)
         last = it + 1 == iters
         if (it + 1) % every == 0 or last:
-            sig = judge.score(model, it + 1)
+            sig = judge.score(scored, it + 1)
             logs.update({"signal": sig["score"], "agreement": sig["agreement"],
                          "certainty": sig["certainty"]})
             _train_mode(model, norm)
         shot = None
         if preview is not None and ((preview_every > 0 and (it + 1) % preview_every == 0) or last):
-            shot = predict_labels(model, bundle, preview, device=dev)
+            shot = predict_labels(scored, bundle, preview, device=dev)
             _train_mode(model, norm)
         yield AdaptStep(it + 1, iters, logs, shot)
     if stopped and history and judge.checkpoints[-1]["iteration"] != len(history):
-        judge.score(model, len(history))
+        judge.score(scored, len(history))
     model.eval()
     selection = judge.summary(select)
-    if select:
-        model.load_state_dict(judge.best_state)
+    if select and judge.best_state is not None:  # None: every checkpoint degenerate, keep last
+        scored.load_state_dict(judge.best_state)
     provenance = {
         "command": command or "napari_dgseg.adapt(...)",
         "method": "MaNi (Sharma, Syed & Brown, MICCAI 2023): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
@@ -529,12 +551,37 @@ def adapt_steps(
         "final_mi": _mean_tail([h for h in history if not h["warmup"]], "mi"),
         "losses": {"seg": _thin(history, "seg"), "mi": _thin(history, "mi")},
         "selection": selection,
+        "local_alignment": None if aligner is None else {
+            **aligner.provenance(),
+            "final": {k: _mean_tail(history, k) for k in ("adv_d1", "adv_d2", "d1", "d2",
+                                                           "d1_accuracy", "mask_mean")},
+        },
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 1),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    return make_adapted_bundle(bundle, model.cpu(), mani.cpu(), provenance, name=name)
+    result = make_adapted_bundle(bundle, model.cpu(), mani.cpu(), provenance, name=name)
+    if aligner is not None:
+        aligner.attach(result)
+    return result
+
+
+def _local_aligner(fam: Family, channels: int, num_classes: int, local_alignment: bool,
+                   output_discriminator: bool | None, d1_weight: float, d2_weight: float,
+                   norm: str, dev: Any) -> Any:
+    """Mind the Gap's D1/D2 for this run (:mod:`napari_dgseg.core.local_align`), or None."""
+    use_d2 = local_alignment if output_discriminator is None else bool(output_discriminator)
+    if not (local_alignment or use_d2):
+        return None
+    if norm == "mixed":
+        raise InputError("local alignment needs separate source and target passes; use "
+                         "--norm frozen (default) or split")
+    from napari_dgseg.core.local_align.adaptation import LocalAligner
+
+    return LocalAligner(fam, channels, num_classes, local_alignment=bool(local_alignment),
+                        output_discriminator=use_d2, d1_weight=d1_weight, d2_weight=d2_weight,
+                        device=dev)
 
 
 def _stats_steps(
@@ -745,6 +792,10 @@ def adapt(
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
     source_augment: bool = False,
     source_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    local_alignment: bool = False,
+    output_discriminator: bool | None = None,
+    d1_weight: float = 0.01,
+    d2_weight: float = 0.01,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -793,6 +844,15 @@ def adapt(
         Applied to every labelled source batch ``(B, 3, H, W)`` in [0, 1] after the stain
         jitter, e.g. a style model's ``batch_transform()`` that renders the source crops in the
         target's style (:mod:`napari_dgseg.core.style`); labels are kept as they are.
+    local_alignment : bool
+        Mind the Gap's D1 (Su et al., 2023; :mod:`napari_dgseg.core.local_align`): a
+        pixel-wise feature discriminator whose mask ``m = |D1(f_t)|`` reweights the target
+        features (``f + f * tanh(m)``) and whose adversarial loss aligns them. The adapted bundle
+        stores D1 and declares the ``local_mask`` capability; its predictions reweight too.
+    output_discriminator : bool, optional
+        Mind the Gap's D2 on the softmax maps; default: on with ``local_alignment``.
+    d1_weight, d2_weight : float
+        Adversarial weights ``lambda_d1``, ``lambda_d2`` (paper: 0.01 each).
 
     Returns
     -------
@@ -823,6 +883,10 @@ def adapt(
         checkpoint_hook=checkpoint_hook,
         source_augment=source_augment,
         source_transform=source_transform,
+        local_alignment=local_alignment,
+        output_discriminator=output_discriminator,
+        d1_weight=d1_weight,
+        d2_weight=d2_weight,
     )
     while True:
         try:

@@ -29,6 +29,7 @@ HE = Family(
     "split of touching nuclei (no training, no weights)",
     output="instances",
     segment_image=segment_he,
+    features_and_infer=None,  # no network, no features: no local alignment
 )
 
 FUNDUS = Family(
@@ -39,4 +40,5 @@ FUNDUS = Family(
     "(no training, no weights)",
     output="semantic",
     segment_image=segment_fundus,
+    features_and_infer=None,  # no network, no features: no local alignment
 )

@@ -19,7 +19,7 @@ the fly (:mod:`napari_dgseg.core.families.hovernet.targets`). For MaNi the netwo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,11 +141,24 @@ class HoVerNet(SegModel):
 
     def infer(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Blendable maps: ``logits`` (NP logits), ``np`` (NP softmax), ``hv`` (+ ``tp`` softmax)."""
-        out = self.branches(x)
-        maps = {"logits": out["np"], "np": torch.softmax(out["np"], dim=1), "hv": out["hv"]}
-        if "tp" in out:
-            maps["tp"] = torch.softmax(out["tp"], dim=1)
-        return maps
+        return self.features_and_infer(x)[1]
+
+    def features_and_infer(
+        self, x: torch.Tensor, reweight: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """NP features and :meth:`infer`'s maps, the NP head reading ``reweight(features)``.
+
+        Only the NP branch's features are reweighted (local alignment acts on the features MaNi
+        reads); the HV and TP branches are unchanged.
+        """
+        feats = self.encoder(x)
+        np_feat = self.np_decoder(feats)
+        np_logits = self.np_head(np_feat if reweight is None else reweight(np_feat))
+        maps = {"logits": np_logits, "np": torch.softmax(np_logits, dim=1),
+                "hv": self.hv_head(self.hv_decoder(feats))}
+        if self.config.num_types > 0:
+            maps["tp"] = torch.softmax(self.tp_head(self.tp_decoder(feats)), dim=1)
+        return np_feat, maps
 
 
 def targets_from_batch(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +188,13 @@ def features_and_outputs(
     """NP features and every branch (NP logits also as ``logits``) in one pass, for MaNi."""
     feats, out = model.mani_forward(x)
     return feats, {**out, "logits": out["np"]}
+
+
+def features_and_infer(
+    model: HoVerNet, x: torch.Tensor, reweight: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``Family.features_and_infer``: :meth:`HoVerNet.features_and_infer`."""
+    return model.features_and_infer(x, reweight)
 
 
 def adaptation_loss(

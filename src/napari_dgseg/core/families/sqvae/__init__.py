@@ -10,6 +10,7 @@ from __future__ import annotations
 from napari_dgseg.core.families.sqvae.model import (
     SQVAE,
     SQVAEConfig,
+    features_and_infer,
     features_and_outputs,
     finish_training,
     sqvae_postprocess,
@@ -32,6 +33,7 @@ FAMILY = Family(
     },
     capabilities=frozenset({"codebook", "mani"}),
     features_and_outputs=features_and_outputs,
+    features_and_infer=features_and_infer,
     loss_from_outputs=loss_from_training_loss(sqvae_training_loss),
     training_loss=sqvae_training_loss,
     postprocess=sqvae_postprocess,

@@ -24,6 +24,7 @@ calibrated domain-shift threshold in the bundle (``codebook.safetensors``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -324,10 +325,19 @@ class SQVAE(SegModel):
 
     def infer(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class logits and the nearest ``e_alpha``/``e_beta`` code per pixel (eq. 7)."""
-        z1, z2 = self.latent(x)
+        return self.features_and_infer(x)[1]
+
+    def features_and_infer(
+        self, x: torch.Tensor, reweight: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Decoder features and :meth:`infer`'s maps, the latent read from ``reweight(features)``."""
+        feats = self.features(x)
+        z = self.to_latent(feats if reweight is None else reweight(feats))
+        c1 = self.config.z1_channels
+        z1, z2 = z[:, :c1], z[:, c1:]
         la = self.quant_alpha.logits(z1)
         lb = self.quant_beta.logits(z2)
-        return {
+        return feats, {
             "logits": self.class_logits(la, "max"),
             "codebook_indices": la.argmax(dim=1),
             "domain_code_indices": lb.argmax(dim=1),
@@ -498,6 +508,13 @@ def sqvae_postprocess(maps: dict[str, np.ndarray], config: dict[str, Any]) -> di
 def finish_training(bundle: Any, domains: Any, state: dict[str, Any]) -> None:
     """Store the training data's code usage and the shift threshold (``Family.finish_training``)."""
     store_training_usage(bundle, domains)
+
+
+def features_and_infer(
+    model: SQVAE, x: torch.Tensor, reweight: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``Family.features_and_infer``: :meth:`SQVAE.features_and_infer`."""
+    return model.features_and_infer(x, reweight)
 
 
 def features_and_outputs(

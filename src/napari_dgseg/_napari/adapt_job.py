@@ -129,10 +129,11 @@ def compare_job(result: Any, data: Any, name: str) -> Any:
     """A job predicting the adapted model's labels of a target plane (the "after")."""
 
     def work(progress: ProgressFn, cancel: threading.Event) -> np.ndarray:
+        from napari_dgseg.core.local_align.bundled import inference_model
         from napari_dgseg.core.train.adapt import predict_labels
 
-        image = read_target(data, name)
-        return predict_labels(result.model, result, image, device="cpu")
+        image = read_target(data, name)  # with D1 (local alignment): the reweighted target flow
+        return predict_labels(inference_model(result), result, image, device="cpu")
 
     return work
 

@@ -27,6 +27,7 @@ __all__ = [
     "source_units",
     "labels_colormap",
     "layer_name",
+    "local_mask_layer_data",
     "normalized_layer_data",
     "prediction_layer_data",
     "provenance_metadata",
@@ -38,7 +39,9 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 #: Colormaps of the continuous maps.
 PROBABILITY_COLORMAP = "inferno"
 UNCERTAINTY_COLORMAP = "magma"
-LOCAL_MASK_COLORMAP = "plasma"
+#: The local feature mask (domain gap per pixel, in [0, 1)): black at 0, so with additive
+#: blending the image shows unchanged where the model's features look like its source.
+LOCAL_MASK_COLORMAP = "inferno"
 
 
 def layer_name(image_name: str, model_name: str, what: str = "labels") -> str:
@@ -167,33 +170,30 @@ def prediction_layer_data(
                 "image",
             )
         )
-    for attr, what, cmap in (
-        ("uncertainty", "uncertainty", UNCERTAINTY_COLORMAP),
-        ("local_mask", "local mask", LOCAL_MASK_COLORMAP),
-    ):
-        value = getattr(pred, attr)
-        if value is None or (attr == "uncertainty" and not uncertainty):
-            continue
-        visible = attr == "uncertainty" and uncertainty_visible
-        arr = np.asarray(value, dtype=np.float32)
+    if uncertainty and pred.uncertainty is not None:
+        arr = np.asarray(pred.uncertainty, dtype=np.float32)
         hi = float(np.nanmax(arr)) if arr.size else 1.0
         out.append(
             (
                 arr,
                 {
-                    "name": layer_name(image_name, model_name, what),
+                    "name": layer_name(image_name, model_name, "uncertainty"),
                     "scale": sc2,
                     "translate": tr2,
                     "metadata": dict(meta),
-                    "colormap": cmap,
+                    "colormap": UNCERTAINTY_COLORMAP,
                     "contrast_limits": (0.0, hi if hi > 0 else 1.0),
                     "blending": "additive",
                     "opacity": 0.7,
-                    "visible": visible,
+                    "visible": uncertainty_visible,
                 },
                 "image",
             )
         )
+    if pred.local_mask is not None:
+        out.append(local_mask_layer_data(pred.local_mask, image_name=image_name,
+                                         model_name=model_name, scale=scale, translate=translate,
+                                         offset=offset, provenance=prov))
     if pred.codebook_indices is not None:
         out.append(
             (
@@ -210,6 +210,45 @@ def prediction_layer_data(
             )
         )
     return out
+
+
+def local_mask_layer_data(
+    mask: np.ndarray,
+    *,
+    image_name: str,
+    model_name: str,
+    scale: Sequence[float] = (1.0, 1.0),
+    translate: Sequence[float] = (0.0, 0.0),
+    offset: Sequence[int] = (0, 0),
+    provenance: Mapping[str, Any] | None = None,
+    what: str = "local mask",
+) -> LayerDataTuple:
+    """The Image layer of a local feature mask (domain gap per pixel, Mind the Gap's D1).
+
+    ``mask`` ``(H, W)`` in ``[0, 1)`` (``tanh(|D1(f)|)``) is shown with the perceptual
+    :data:`LOCAL_MASK_COLORMAP` (black at 0), fixed contrast limits 0..1 (maps of different images
+    and models compare), additive blending over the image and the image layer's placement
+    (``scale``, ``translate``, plus the region ``offset``).
+    """
+    sc2, tr2 = _placement(scale, translate, offset, 2)
+    meta = {"provenance": dict(provenance or {}), "source_layer": str(image_name),
+            "reading": "0 = the model's features look like its training (source) domain; "
+                       "1 = clearly out of that domain"}
+    return (
+        np.asarray(mask, dtype=np.float32),
+        {
+            "name": layer_name(image_name, model_name, what),
+            "scale": sc2,
+            "translate": tr2,
+            "metadata": meta,
+            "colormap": LOCAL_MASK_COLORMAP,
+            "contrast_limits": (0.0, 1.0),
+            "blending": "additive",
+            "opacity": 0.8,
+            "visible": True,
+        },
+        "image",
+    )
 
 
 def normalized_layer_data(

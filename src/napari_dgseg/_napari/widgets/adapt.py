@@ -133,6 +133,13 @@ class AdaptWidget(QWidget):
         self.preview_spin = QSpinBox()
         self.preview_spin.setRange(1, 10000)
         self.preview_spin.setValue(20)
+        self.local_check = QCheckBox("Local alignment (local feature masks)")
+        self.local_check.setToolTip(
+            "Mind the Gap's local alignment during Run: a pixel-wise domain discriminator (D1) "
+            "finds where target features differ from the source, those features are reweighted "
+            "and aligned, plus an output-space discriminator (D2). The adapted model then shows "
+            "a 'local mask' layer (domain gap per pixel) with every segmentation"
+        )
         self.run_button = QPushButton("Run")
         self.stats_button = QPushButton("Statistics only (fast)")
         self.signal_label = QLabel("")
@@ -185,6 +192,7 @@ class AdaptWidget(QWidget):
         form.addRow("Learning rate", self.lr_spin)
         form.addRow("Crop size", self.size_spin)
         form.addRow("Preview every", self.preview_spin)
+        form.addRow("", self.local_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stats_button)
@@ -358,6 +366,8 @@ class AdaptWidget(QWidget):
             "command": f"napari AdaptWidget ({method}) on layers {[lay.name for lay in layers]}",
             "method": method,
         }
+        if method == "mani" and self.local_check.isChecked():
+            params["local_alignment"] = True  # D1 + D2 (Mind the Gap), D1 kept in the bundle
         how = "Re-estimating the statistics of" if method == "stats" else "Adapting"
         self.status.setText(f"{how} {bundle.name} to {len(layers)} target layer(s)…")
         self._job = "adapt"

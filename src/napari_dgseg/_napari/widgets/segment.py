@@ -65,6 +65,7 @@ from napari_dgseg._napari.segment_job import (
 )
 from napari_dgseg._napari.widgets._common import disable_unavailable
 from napari_dgseg._napari.widgets.dcin_controls import DcinControls
+from napari_dgseg._napari.widgets.gap_map import GapMapAction
 from napari_dgseg._napari.widgets.layer_picker import LayerPicker
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
 from napari_dgseg._napari.widgets.scale_controls import ScaleControls
@@ -274,6 +275,8 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addWidget(self.folder_table)
+        self.gap_map = GapMapAction(self)  # Mind the Gap's D1 fitted to this image
+        layout.addWidget(self.gap_map)
         layout.addStretch(1)
         # Preferred, not Maximum: a Maximum widget caps its dock at its first size hint, and rows
         # that appear later (Shapes, reference, the references line) would be squeezed.

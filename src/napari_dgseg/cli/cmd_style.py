@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="output folder (images/ and, when found, labels/)")
     a.add_argument("--direction", choices=("to-target", "to-source"), default="to-target",
                    help="to-target (default): source -> target style; to-source: the reverse")
-    a.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    a.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
     add_overwrite(a)
     a.set_defaults(func=run_apply)
 

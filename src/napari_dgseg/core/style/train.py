@@ -37,7 +37,7 @@ from napari_dgseg.core.style.model import (
     StyleGenerator,
     init_weights,
 )
-from napari_dgseg.core.style.transfer import StyleModel, colour_stats, from_unit, to_unit
+from napari_dgseg.core.style.transfer import StyleModel, colour_stats, from_unit
 
 #: Fewest images per domain.
 MIN_IMAGES = 1
@@ -245,4 +245,4 @@ def _thin(history: list[dict], key: str, points: int = 100) -> list[list[float]]
             for i in range(0, len(history), step)]
 
 
-__all__ = ["CropStream", "StyleStep", "train_style", "train_style_steps", "to_unit"]
+__all__ = ["CropStream", "StyleStep", "train_style", "train_style_steps"]

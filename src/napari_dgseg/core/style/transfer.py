@@ -104,12 +104,17 @@ class StyleModel:
         return to_unit(out[..., :h, :w]).clamp(0.0, 1.0).to(x.dtype)
 
     def transfer(self, image: np.ndarray, direction: str = "to-target", device: str = "cpu") -> np.ndarray:
-        """Render a ``(H, W, 3)`` uint8 image in the other domain's style; uint8 of the same shape."""
+        """Render a ``(H, W, 3)`` uint8 image in the other domain's style; uint8 of the same shape.
+
+        ``device``: ``cpu`` (default), ``auto``, ``cuda`` or ``mps``.
+        """
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"style transfer needs (H, W, 3) uint8 RGB images (got {image.dtype} "
                              f"{image.shape})")
-        dev = torch.device(device)
+        from napari_dgseg.core.device import select_device
+
+        dev = select_device(device)
         h, w = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(255.0)
         if h * w <= WHOLE_PIXELS:

@@ -300,3 +300,18 @@ def test_cli_adapt_local_alignment_then_predict_local_mask(parent, tmp_path, cap
                str(tmp_path / "pred2"), "--local-mask", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "--local-alignment" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_fitted_d1_stored_without_reweighting_keeps_the_labels(parent, tmp_path):
+    from napari_dgseg.core.local_align import attach_d1
+
+    torch.manual_seed(3)
+    b = load_bundle(parent.path)
+    attach_d1(b, PixelDiscriminator(D1Config(8)), reweight=False)
+    saved = load_bundle(b.save(tmp_path / "with-d1.dgseg"))
+    assert supports_local_mask(saved) and saved.manifest["local_alignment"]["reweight"] is False
+    img = disks_image(80, seed=9, n=6)[0]
+    pred, ref = saved.predict(img, device="cpu"), parent.predict(img, device="cpu")
+    np.testing.assert_array_equal(pred.labels, ref.labels)
+    np.testing.assert_allclose(pred.probabilities, ref.probabilities, atol=1e-6)
+    assert pred.local_mask.shape == (80, 80) and float(pred.local_mask.max()) < 1.0

@@ -75,7 +75,7 @@ def test_domain_gap_map_action_adds_the_mask_layer_over_the_image(segment):
     assert layer is not None and layer.name == f"tile domain-gap map ({MODEL})"
     assert layer in viewer.layers and layer.data.shape == (128, 128)
     assert layer.colormap.name == "inferno" and tuple(layer.contrast_limits) == (0.0, 1.0)
-    assert layer.blending == "additive" and layer.visible
+    assert layer.blending == "translucent" and layer.visible and layer.opacity == 0.85
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     np.testing.assert_allclose(layer.translate, (10.0, 20.0))
     data = np.asarray(layer.data)
@@ -113,7 +113,7 @@ def test_segment_run_with_an_adapted_model_shows_its_local_mask(segment):
     assert len(masks) == 1
     mask = masks[0]
     assert mask.colormap.name == "inferno" and tuple(mask.contrast_limits) == (0.0, 1.0)
-    assert mask.data.shape == (96, 96) and mask.blending == "additive"
+    assert mask.data.shape == (96, 96) and mask.blending == "translucent"
 
 
 def test_adapt_widget_local_alignment_checkbox(make_napari_viewer, qtbot, model_dir, monkeypatch):

@@ -67,7 +67,8 @@ class GapMapJob:
         )
         mask = result.local_mask
         summary = (f"Domain-gap map of '{self.image_name}' with {self.bundle.name}: mean "
-                   f"{float(mask.mean()):.2f}, {100 * float((mask > 0.5).mean()):.0f} % of pixels "
-                   f"above 0.5 (D1 accuracy {prov['accuracy']:.2f}, "
-                   f"{prov['seconds']['total']:.0f} s)")
+                   f"{float(mask.mean()):.2f} (the model's own training crops: "
+                   f"{prov['source_mask_mean']:.2f}), {100 * float((mask > 0.5).mean()):.0f} % of "
+                   f"pixels above 0.5; D1 accuracy {prov['accuracy']:.2f}, "
+                   f"{prov['seconds']['total']:.0f} s")
         return GapMapResult(data, summary, prov)

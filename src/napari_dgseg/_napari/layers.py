@@ -39,9 +39,12 @@ LayerDataTuple = tuple[Any, dict[str, Any], str]
 #: Colormaps of the continuous maps.
 PROBABILITY_COLORMAP = "inferno"
 UNCERTAINTY_COLORMAP = "magma"
-#: The local feature mask (domain gap per pixel, in [0, 1)): black at 0, so with additive
-#: blending the image shows unchanged where the model's features look like its source.
+#: The local feature mask (domain gap per pixel, in [0, 1)): perceptual, dark at 0, bright at 1.
 LOCAL_MASK_COLORMAP = "inferno"
+#: Its blending and opacity over the image: translucent, because additive blending over a bright
+#: H&E or fundus image saturates to white and hides the map (seen on the real H&E screenshot).
+LOCAL_MASK_BLENDING = "translucent"
+LOCAL_MASK_OPACITY = 0.85
 
 
 def layer_name(image_name: str, model_name: str, what: str = "labels") -> str:
@@ -227,8 +230,9 @@ def local_mask_layer_data(
 
     ``mask`` ``(H, W)`` in ``[0, 1)`` (``tanh(|D1(f)|)``) is shown with the perceptual
     :data:`LOCAL_MASK_COLORMAP` (black at 0), fixed contrast limits 0..1 (maps of different images
-    and models compare), additive blending over the image and the image layer's placement
-    (``scale``, ``translate``, plus the region ``offset``).
+    and models compare), translucent over the image (:data:`LOCAL_MASK_OPACITY`; hide the layer
+    to compare) and the image layer's placement (``scale``, ``translate``, plus the region
+    ``offset``).
     """
     sc2, tr2 = _placement(scale, translate, offset, 2)
     meta = {"provenance": dict(provenance or {}), "source_layer": str(image_name),
@@ -243,8 +247,8 @@ def local_mask_layer_data(
             "metadata": meta,
             "colormap": LOCAL_MASK_COLORMAP,
             "contrast_limits": (0.0, 1.0),
-            "blending": "additive",
-            "opacity": 0.8,
+            "blending": LOCAL_MASK_BLENDING,
+            "opacity": LOCAL_MASK_OPACITY,
             "visible": True,
         },
         "image",

@@ -43,7 +43,8 @@ class Prediction:
     codebook_indices : np.ndarray or None
         ``(H, W)`` int32 codebook index per pixel (families supporting ``"codebook"``), else None.
     local_mask : np.ndarray or None
-        ``(H, W)`` float32 local feature mask (domain gap per pixel), where the model has one.
+        ``(H, W)`` float32 local feature mask (domain gap per pixel, ``tanh(|D1(f)|)`` in
+        ``[0, 1)``; docs/local-masks.md), for bundles carrying D1 (``local_mask`` capability).
     uncertainty : np.ndarray or None
         ``(H, W)`` float32 disagreement between colour-normalisation branches (DCIN ``full``).
     class_names : tuple of str

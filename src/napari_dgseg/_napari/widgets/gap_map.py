@@ -3,7 +3,7 @@
 For the chosen image (region) and model, a worker computes the model's features, fits Mind the
 Gap's pixel-wise domain discriminator D1 (Su et al., 2023) on the model's source replay set
 against this image for a few hundred steps (the model stays frozen) and adds the local feature
-mask as an Image layer over the image (inferno, 0..1, additive): dark where the model's features
+mask as an Image layer over the image (inferno, 0..1, translucent): dark where the model's features
 look like its training data, bright where they do not. Progress goes to the bar and napari's
 activity panel; Cancel stops between tiles and steps and adds nothing.
 (:class:`~napari_dgseg._napari.gap_map_job.GapMapJob` does the work;

@@ -14,8 +14,9 @@ Per iteration (after the warm-up):
 
 Choices where Mind the Gap (Su et al., 2023) is silent: the mask is detached in the reweighting
 (it weights the features, the segmenter is not trained to move it; D1 learns only from its own
-loss), D1's and D2's learning rate is 1e-4 (AdaptSegNet's), and the mixed BatchNorm mode (one
-pass on source + target) is refused because the target flow needs its own pass.
+loss), D1's and D2's learning rate is 1e-3 (at AdaptSegNet's 1e-4 D1 stayed at chance through
+our short runs), and the mixed BatchNorm mode (one pass on source + target) is refused because
+the target flow needs its own pass.
 """
 
 from __future__ import annotations

@@ -84,6 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="target images held out for the label-free signal (default: a quarter, at most 4)",
     )
     p.add_argument(
+        "--style",
+        metavar="STYLE.dgstyle",
+        default=None,
+        help="style model from `dgseg style train`: the labelled source crops are rendered in "
+        "the target's style before MaNi sees them (Mind the Gap's global alignment)",
+    )
+    p.add_argument(
         "--local-alignment",
         action="store_true",
         help="Mind the Gap's local alignment: a pixel-wise feature discriminator D1 (local "
@@ -114,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_dgseg.core.train.adapt import adapt
 
     parent = load_bundle(args.model)
+    style = _style_transform(args)
     out = Path(args.out)
     for candidate in (out, out.with_name(out.name + ".dgseg")):
         if parent.path is not None and candidate.resolve() == Path(parent.path).resolve():
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     command = command_line(args)
     bar = None if args.quiet else ProgressBar("adapt")
     with bundle_lock(out, "adapt"):  # a second run saving this name is refused at once
-        bundle = _adapt(args, adapt, parent, out, bar, command)
+        bundle = _adapt(args, adapt, parent, out, bar, command, style)
     prov = bundle.provenance
     print_json(
         {
@@ -152,7 +160,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any, command: str) -> Any:
+def _style_transform(args: argparse.Namespace) -> Any:
+    """The ``--style`` model's source-batch transform (None without ``--style``)."""
+    if args.style is None:
+        return None
+    from napari_dgseg.core.errors import InputError
+    from napari_dgseg.core.style.io import load_style
+
+    if args.method != "mani":
+        raise InputError("--style renders the labelled source crops MaNi trains on; it has no "
+                         "effect with --method stats (drop --style or use --method mani)")
+    return load_style(args.style).batch_transform("to-target")
+
+
+def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any, command: str,
+           style: Any = None) -> Any:
     """Run ``adapt`` with the command's arguments (saving to ``out``)."""
     return adapt(
         parent,
@@ -175,6 +197,7 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         norm=args.norm,
         select=not args.no_select,
         holdout=args.holdout,
+        source_transform=style,
         local_alignment=args.local_alignment,
         output_discriminator=args.local_alignment and not args.no_output_discriminator,
         d1_weight=args.d1_weight,

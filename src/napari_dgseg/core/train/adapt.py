@@ -350,6 +350,7 @@ def adapt_steps(
     select_every: int | None = None,
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
     source_augment: bool = False,
+    source_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     local_alignment: bool = False,
     output_discriminator: bool | None = None,
     d1_weight: float = 0.01,
@@ -455,6 +456,8 @@ def adapt_steps(
         sb = {k: v.to(dev) for k, v in src_sampler.batch(batch).items()}
         if source_augment:
             sb["image"] = stain_jitter(sb["image"], state["generator"])
+        if source_transform is not None:  # e.g. target-styled replay (core/style, Mind the Gap)
+            sb["image"] = source_transform(sb["image"])
         xs = normalise_input(sb["image"], spec)
         if it < n_warm:
             _, out_s = fam.features_and_outputs(model, xs)
@@ -542,6 +545,8 @@ def adapt_steps(
         "optimizer": "Adam, constant learning rate",
         "source_augment": "stain jitter (OD strength 0.5-1.6, tint 0.85-1.15, brightness 0.9-1.1)"
         if source_augment else None,
+        "source_transform": getattr(source_transform, "description", repr(source_transform))
+        if source_transform is not None else None,
         "final_seg": _mean_tail(history, "seg"),
         "final_mi": _mean_tail([h for h in history if not h["warmup"]], "mi"),
         "losses": {"seg": _thin(history, "seg"), "mi": _thin(history, "mi")},
@@ -786,6 +791,7 @@ def adapt(
     select_every: int | None = None,
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
     source_augment: bool = False,
+    source_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     local_alignment: bool = False,
     output_discriminator: bool | None = None,
     d1_weight: float = 0.01,
@@ -834,6 +840,10 @@ def adapt(
         Iterations between scored checkpoints (default ``min(20, iters // 5)``, at least 1).
     source_augment : bool
         Stain jitter (:func:`stain_jitter`) on the labelled source batches (default False).
+    source_transform : callable, optional
+        Applied to every labelled source batch ``(B, 3, H, W)`` in [0, 1] after the stain
+        jitter, e.g. a style model's ``batch_transform()`` that renders the source crops in the
+        target's style (:mod:`napari_dgseg.core.style`); labels are kept as they are.
     local_alignment : bool
         Mind the Gap's D1 (Su et al., 2023; :mod:`napari_dgseg.core.local_align`): a
         pixel-wise feature discriminator whose mask ``m = |D1(f_t)|`` reweights the target
@@ -872,6 +882,7 @@ def adapt(
         select_every=select_every,
         checkpoint_hook=checkpoint_hook,
         source_augment=source_augment,
+        source_transform=source_transform,
         local_alignment=local_alignment,
         output_discriminator=output_discriminator,
         d1_weight=d1_weight,

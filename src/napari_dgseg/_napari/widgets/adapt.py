@@ -87,6 +87,9 @@ class AdaptWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from napari_dgseg._napari.warm import warm_layer_imports
+
+        warm_layer_imports()  # now, not when the first preview layer is built (see warm.py)
         self.viewer = napari_viewer
         self.result: Any = None  # the adapted Bundle of the last run
         self.saved_path: Path | None = None

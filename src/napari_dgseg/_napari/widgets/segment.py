@@ -104,6 +104,9 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         from napari.layers import Image, Shapes
 
+        from napari_dgseg._napari.warm import warm_layer_imports
+
+        warm_layer_imports()  # now, not when the result layer is built (see warm.py)
         self.viewer = napari_viewer
         self._last_result: list[Any] = []
         # what the mask controls re-derive the labels from (see _apply_mask_controls)

@@ -59,7 +59,7 @@ def main() -> None:
     while widget.model_picker.loading:
         app.processEvents()
     if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "bench-unet":
-        widget.model_picker.load("bench-unet", block=True)
+        widget.model_picker.load("bench-unet", sync=True)
     widget.tile_spin.setValue(args.tile)
     widget.overlap_spin.setValue(32)
     widget.device_combo.setCurrentText("cpu")

@@ -114,6 +114,18 @@ def vessel_tophat(rgb: torch.Tensor, radius: int = VESSEL_RADIUS) -> torch.Tenso
     return (x - opened).clamp_min(0.0).to(rgb.dtype)
 
 
+def _low_high(values: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """:data:`LOW_PERCENTILE` and :data:`HIGH_PERCENTILE` of ``values`` over ``mask`` (over every
+    pixel when ``mask`` covers under 1 % of the image)."""
+    use = mask if float(mask.float().mean()) >= 0.01 else torch.ones_like(mask)
+    picked = values[use].float()
+    if picked.numel() > 2_000_000:  # torch.quantile's input limit; a stride keeps it exact enough
+        picked = picked[:: int(np.ceil(picked.numel() / 2_000_000))]
+    qs = torch.tensor([LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], device=values.device)
+    lo, hi = torch.quantile(picked, qs).tolist()
+    return lo, hi
+
+
 def vessel_stats(rgb: torch.Tensor, radius: int = VESSEL_RADIUS) -> torch.Tensor:
     """Per-image ``rgb+vessel`` statistics ``(B, 2)``: top-hat median and 99th percentile.
 
@@ -124,13 +136,8 @@ def vessel_stats(rgb: torch.Tensor, radius: int = VESSEL_RADIUS) -> torch.Tensor
     th = vessel_tophat(rgb, radius)[:, 0]
     fov = rgb.float().amax(dim=1) > FOV_LEVEL
     out = torch.empty((rgb.shape[0], 2), dtype=torch.float32, device=rgb.device)
-    qs = torch.tensor([LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], device=rgb.device)
     for i in range(rgb.shape[0]):
-        use = fov[i] if float(fov[i].float().mean()) >= 0.01 else torch.ones_like(fov[i])
-        values = th[i][use].float()
-        if values.numel() > 2_000_000:  # torch.quantile's input limit; a stride keeps it exact enough
-            values = values[:: int(np.ceil(values.numel() / 2_000_000))]
-        lo, hi = torch.quantile(values, qs).tolist()
+        lo, hi = _low_high(th[i], fov[i])
         out[i, 0] = lo
         out[i, 1] = max(hi, lo + MIN_VESSEL_SPREAD)
     return out
@@ -158,13 +165,10 @@ def image_stats(
     dens = stain_densities(small)
     od_sum = -torch.log10((small * 255.0 + 1.0) / 256.0).sum(dim=1)
     out = torch.empty((b, NUM_STATS), dtype=torch.float32, device=rgb.device)
-    qs = torch.tensor([LOW_PERCENTILE / 100.0, HIGH_PERCENTILE / 100.0], device=rgb.device)
     for i in range(b):
         tissue = od_sum[i] > TISSUE_OD
-        use = tissue if float(tissue.float().mean()) >= 0.01 else torch.ones_like(tissue)
         for s in range(2):
-            values = dens[i, s][use]
-            lo, hi = torch.quantile(values, qs).tolist()
+            lo, hi = _low_high(dens[i, s], tissue)
             out[i, 2 * s] = lo
             out[i, 2 * s + 1] = max(hi, lo + MIN_SPREAD)
     return out

@@ -50,11 +50,52 @@ DOMAINS = ("pale-scanner", "blurry-jpeg", "lymphoid-dense")
 SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty")
 
 
+#: Selection domains: shifts of the *training* renderer that the shipped models never saw, for
+#: choosing adaptation settings without touching the held-out renderer's styles (evaluation).
+#: ``DOMAIN@F``: rendered at ``F`` x the pixel size (nuclei ``F`` times smaller); ``DOMAIN+jpegQ``:
+#: Gaussian blur 1.2 px then JPEG quality ``Q`` (beyond the training augmentation);
+#: ``DOMAIN+hueD``: hue rotated by ``D`` degrees.
+SELECTION_DOMAINS = ("lymphoid-dense", "clean@0.6", "dark-stain+jpeg12", "warm-scanner+hue25")
+
+
+def _shifted(domain: str, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    import io
+
+    from PIL import Image
+    from scipy import ndimage as ndi
+    from skimage.color import hsv2rgb, rgb2hsv
+    from skimage.transform import resize
+
+    if "@" in domain:
+        base, f = domain.split("@")
+        big = int(round(size / float(f)))
+        img, lab = make_tile(base, seed, big)
+        img = (resize(img, (size, size, 3), order=1, anti_aliasing=True) * 255 + 0.5).astype(np.uint8)
+        lab = resize(lab, (size, size), order=0, anti_aliasing=False, preserve_range=True)
+        return img, lab.astype(np.int32)
+    base, shift = domain.split("+")
+    img, lab = make_tile(base, seed, size)
+    if shift.startswith("jpeg"):
+        img = ndi.gaussian_filter(img.astype(np.float32), (1.2, 1.2, 0)).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(shift[4:]))
+        return np.asarray(Image.open(buf).convert("RGB")), lab
+    hsv = rgb2hsv(img)
+    hsv[..., 0] = (hsv[..., 0] + float(shift[3:]) / 360.0) % 1.0
+    return (hsv2rgb(hsv) * 255 + 0.5).astype(np.uint8), lab
+
+
 def make_tile(domain: str, seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """One labelled tile of ``domain`` (a stain domain of the renderer, or ``lymphoid-dense``)."""
+    """One labelled tile of ``domain``: a renderer domain, ``lymphoid-dense``, a held-out style
+    (``ho-*``) or a shifted training domain (:data:`SELECTION_DOMAINS`)."""
+    if "@" in domain or "+" in domain:
+        return _shifted(domain, seed, size)
+    from napari_dgseg.core.data.heldout_nuclei import make_heldout_nuclei
     from napari_dgseg.core.data.synthetic import make_nuclei
     from napari_dgseg.core.data.synthetic_lymphoid import LYMPHOID, make_lymphoid_nuclei
 
+    if domain.startswith("ho-"):  # the independently written held-out renderer
+        return make_heldout_nuclei(size, domain, seed)
     if domain == LYMPHOID:
         return make_lymphoid_nuclei(size, "clean", seed)
     return make_nuclei(size, domain, seed)
@@ -104,7 +145,9 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     measured.clear()
     c0, t0 = time.process_time(), time.perf_counter()
     ad = adapt(bundle, targets, iters=args.iters, seed=seed, device="cpu", checkpoint_hook=hook,
-               select=False)
+               select=False, source_augment=args.source_augment, lr=args.lr,
+               mi_weight=args.mi_weight, freeze_encoder=args.freeze_encoder,
+               pseudo_threshold=args.pseudo_threshold)
     cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
     rows = [dict(c, **measured[c["iteration"]]) for c in ad.provenance["selection"]["checkpoints"]]
     chosen = choose(rows)
@@ -122,6 +165,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
         "adapt_cpu_seconds": round(cpu_s, 1),
         "adapt_wall_seconds": round(wall_s, 1),
         "iterations": args.iters,
+        "source_augment": ad.provenance["source_augment"],
         "seconds_per_iteration_cpu": round(cpu_s / args.iters, 3),
     }
     print(json.dumps({k: out[k] for k in ("domain", "seed", "parent", "stats", "mani",
@@ -227,6 +271,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=200, help="MaNi iterations (dgseg adapt default)")
     p.add_argument("--n-target", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4, help="MaNi learning rate (adapt default)")
+    p.add_argument("--mi-weight", type=float, default=1.0, help="MI loss weight (adapt default)")
+    p.add_argument("--pseudo-threshold", type=float, default=0.5,
+                   help="target foreground probability for the MI pseudo-labels (MaNi: 0.5)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the decoders only")
+    p.add_argument("--source-augment", default="training",
+                   help="augmentation of the replay batches (adapt's source_augment)")
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--n-source-test", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)

@@ -299,3 +299,61 @@ def test_default_adapt_is_not_worse_than_its_parent_on_held_out_target_tiles():
     # checkpoint 0.005 below the parent). The selection is only as good as its signal, so the
     # bound is "not worse by more than 0.01 Dice", not "never worse"; docs/hovernet-mani.md says so.
     assert dice(adapted) >= dice(parent) - 0.01
+
+
+def test_source_batches_repeat_the_parents_training_augmentation(parent_file):
+    """Default ``source_augment="training"``: the replay crops get the parent's own recipe."""
+    from napari_dgseg.core.train.adapt import source_recipe, training_recipe
+
+    parent = load_bundle(parent_file)
+    assert training_recipe(parent) == ("none", None)  # trained without augmentation
+    parent.manifest["provenance"].update(augment="stain", scale_range=[0.7, 1.4])
+    assert training_recipe(parent) == ("stain", (0.7, 1.4))
+    aug, rng, desc = source_recipe(parent, "training")
+    assert (aug, rng) == ("stain", (0.7, 1.4)) and "stain" in desc and "0.7-1.4" in desc
+    assert source_recipe(parent, "none")[:2] == ("none", None)
+    assert source_recipe(parent, True)[2].startswith("jitter")
+    assert source_recipe(parent, False)[2].startswith("none")
+    with pytest.raises(InputError, match="unknown source augmentation"):
+        source_recipe(parent, "heavy")
+    new = adapt(parent, _targets(), iters=2, size=64, batch=2, seed=0, select=False)
+    prov = new.provenance
+    assert prov["source_augment"].startswith("training") and "stain" in prov["source_augment"]
+    # an adapted model is adapted again with the same recipe (recorded for its children)
+    assert prov["training_augment"] == {"augment": "stain", "scale_range": (0.7, 1.4)}
+    assert training_recipe(new) == ("stain", (0.7, 1.4))
+
+
+def test_freeze_encoder_trains_the_decoders_only(parent_file):
+    parent = load_bundle(parent_file)
+    w0 = {k: v.clone() for k, v in parent.model.state_dict().items()}
+    new = adapt(parent, _targets(), iters=3, size=64, batch=2, seed=0, select=False,
+                freeze_encoder=True, lr=1e-2)
+    after = new.model.state_dict()
+    enc = [k for k in w0 if k.startswith("encoder.") and "running" not in k and "num_batches" not in k]
+    dec = [k for k in w0 if not k.startswith("encoder.") and w0[k].is_floating_point()]
+    assert enc and all(torch.equal(after[k], w0[k]) for k in enc)
+    assert any(not torch.equal(after[k], w0[k]) for k in dec)
+    assert new.provenance["trained_parameters"].startswith("decoders")
+    with pytest.raises(InputError, match="pseudo-label threshold"):
+        adapt(parent, _targets(), iters=1, size=64, pseudo_threshold=1.5)
+
+
+def test_classical_agreement_is_recorded_for_tasks_with_a_classical_method(parent_file):
+    from napari_dgseg.core.train.selection import classical_foreground, label_free_signals
+
+    imgs = _targets(2)
+    assert classical_foreground("semantic", imgs) is None
+    masks = classical_foreground("nuclei", imgs)
+    assert len(masks) == 2 and masks[0].dtype == bool and 0 < masks[0].mean() < 0.9
+    parent = load_bundle(parent_file)
+    sig = label_free_signals(parent.model, imgs, parent.input_spec, classical_masks=masks)
+    assert 0.0 <= sig["classical_agreement"] <= 1.0
+    # against its own mask a model agrees perfectly; against the inverse it cannot agree at all
+    from napari_dgseg.core.train.selection import foreground_probability
+
+    own = [foreground_probability(parent.model, im, parent.input_spec) >= 0.5 for im in imgs]
+    assert label_free_signals(parent.model, imgs, parent.input_spec,
+                              classical_masks=own)["classical_agreement"] == 1.0
+    assert label_free_signals(parent.model, imgs, parent.input_spec,
+                              classical_masks=[~m for m in own])["classical_agreement"] == 0.0

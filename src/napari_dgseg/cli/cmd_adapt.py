@@ -72,6 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mode, separate source/target passes), mixed (training mode on source+target batches)",
     )
     p.add_argument(
+        "--source-augment",
+        choices=("training", "jitter", "none"),
+        default="training",
+        help="augmentation of the labelled source (replay) crops: training (default, the "
+        "parent's own training augmentation), jitter (stain jitter only), none (as stored)",
+    )
+    p.add_argument(
         "--no-select",
         action="store_true",
         help="keep the last iterate instead of the checkpoint (parent included) with the best "
@@ -197,6 +204,7 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         norm=args.norm,
         select=not args.no_select,
         holdout=args.holdout,
+        source_augment=args.source_augment,
         source_transform=style,
         local_alignment=args.local_alignment,
         output_discriminator=args.local_alignment and not args.no_output_discriminator,

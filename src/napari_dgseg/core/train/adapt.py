@@ -255,6 +255,10 @@ def check_adaptable(family: Family) -> None:
 #: as domain-specific BatchNorm does; the running statistics drift towards both) or ``mixed``
 #: (training mode on the concatenated source + target batch: the behaviour before issue 11).
 NORM_MODES = ("frozen", "split", "mixed")
+#: How the labelled source (replay) batches are augmented during MaNi: ``training`` repeats the
+#: parent's own training augmentation (its recorded ``augment`` recipe and object-size range),
+#: ``jitter`` is the older torch stain jitter (:func:`stain_jitter`), ``none`` the crops as stored.
+SOURCE_AUGMENTS = ("training", "jitter", "none")
 NORM_DOC = {
     "frozen": "BatchNorm in eval mode, the parent's running statistics kept",
     "split": "BatchNorm in training mode, separate source and target passes",
@@ -288,6 +292,55 @@ def stain_jitter(rgb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     od = -torch.log(rgb.clamp_min(1.0 / 255.0))
     od = od * u(0.5, 1.6, 1, 1, 1) * u(0.85, 1.15, 3, 1, 1)
     return (torch.exp(-od) * u(0.9, 1.1, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+def training_recipe(bundle: Bundle) -> tuple[str, tuple[float, float] | None]:
+    """The parent's training augmentation: ``(augment, scale_range)`` from its provenance.
+
+    A bundle trained by ``dgseg train`` records ``augment`` and ``scale_range``; an adapted bundle
+    carries its parent's under ``training_augment``. Older bundles record neither (``none``).
+    """
+    prov = bundle.provenance or {}
+    rec = prov.get("training_augment") or prov
+    augment = rec.get("augment") or "none"
+    rng = rec.get("scale_range")
+    scale_range = (float(rng[0]), float(rng[1])) if rng else None
+    return str(augment), scale_range
+
+
+def source_recipe(bundle: Bundle, source_augment: str | bool) -> tuple[str, tuple[float, float] | None, str]:
+    """Sampler augmentation, object-size range and a description for ``source_augment``."""
+    if source_augment is True:
+        source_augment = "jitter"
+    elif source_augment is False:
+        source_augment = "none"
+    if source_augment not in SOURCE_AUGMENTS:
+        raise InputError(f"unknown source augmentation {source_augment!r}; valid: "
+                         f"{', '.join(SOURCE_AUGMENTS)}")
+    if source_augment == "training":
+        augment, scale_range = training_recipe(bundle)
+        rng = f", object size x{scale_range[0]:g}-{scale_range[1]:g}" if scale_range else ""
+        return augment, scale_range, f"training: the parent's own augmentation ({augment}{rng})"
+    if source_augment == "jitter":
+        return "none", None, "jitter: stain jitter (OD strength 0.5-1.6, tint 0.85-1.15, brightness 0.9-1.1)"
+    return "none", None, "none: replay crops as stored (flips and rotations only)"
+
+
+def adapted_parameters(fam: Family, model: torch.nn.Module, freeze_encoder: bool) -> list:
+    """The parameters MaNi trains: the family's trainable ones, less the encoder's when frozen.
+
+    MaNi's instance-segmentation schedule (Sharma, Syed & Brown, 2023, section 3) first trains
+    the decoders with the encoder frozen; a network without an ``encoder`` module cannot.
+    """
+    params = list(fam.trainable_parameters(model))
+    if not freeze_encoder:
+        return params
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module):
+        raise InputError(f"the {fam.name!r} family has no separate encoder to freeze; adapt it "
+                         "without freezing the encoder")
+    frozen = {id(q) for q in encoder.parameters()}
+    return [q for q in params if id(q) not in frozen]
 
 
 def _supervised_loss(fam: Family, model: torch.nn.Module, outputs: dict, batch: dict,
@@ -349,12 +402,14 @@ def adapt_steps(
     holdout: int | None = None,
     select_every: int | None = None,
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
-    source_augment: bool = False,
+    source_augment: str | bool = "training",
     source_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     local_alignment: bool = False,
     output_discriminator: bool | None = None,
     d1_weight: float = 0.01,
     d2_weight: float = 0.01,
+    freeze_encoder: bool = False,
+    pseudo_threshold: float = 0.5,
 ) -> Generator[AdaptStep, None, Bundle]:
     """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
 
@@ -382,6 +437,8 @@ def adapt_steps(
         raise InputError(f"learning rate must be > 0 (got {lr})")
     if not 0.0 <= warmup < 1.0:
         raise InputError(f"warmup must be a fraction in [0, 1) (got {warmup})")
+    if not 0.0 < pseudo_threshold < 1.0:
+        raise InputError(f"pseudo-label threshold must be in (0, 1) (got {pseudo_threshold})")
     fam = bundle.family
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -395,6 +452,7 @@ def adapt_steps(
                                         device=dev, cancel=cancel, name=name, command=command,
                                         t0=t0, size=size, hook=checkpoint_hook))
     check_adaptable(fam)
+    src_augment, src_scale, src_desc = source_recipe(bundle, source_augment)
     crop = default_crop_size(bundle, source is not None, size)
     data = prepare_data(bundle, targets, source=source, target_labels=target_labels, size=crop)
     train_targets, held, held_out = split_holdout(data.targets, holdout)
@@ -405,15 +463,16 @@ def adapt_steps(
         model.eval()
         feats, _ = fam.features_and_outputs(model, probe)
         _train_mode(model, norm)
-    mani = ManiModule(int(feats.shape[1])).to(dev).train()
+    mani = ManiModule(int(feats.shape[1]), threshold=pseudo_threshold).to(dev).train()
     aligner = _local_aligner(fam, int(feats.shape[1]), data.num_classes, local_alignment,
                              output_discriminator, d1_weight, d2_weight, norm, dev)
     # what the adapted bundle will predict with (with D1: the reweighted target flow)
     scored = model if aligner is None else aligner.scored_model(model)
-    params = list(fam.trainable_parameters(model))
+    params = adapted_parameters(fam, model, freeze_encoder)
     optimizer = torch.optim.Adam([*params, *mani.parameters()], lr=lr)
     src_sampler = CropSampler(
-        data.source, size=crop, num_classes=data.num_classes, instance=data.instance, seed=seed
+        data.source, size=crop, num_classes=data.num_classes, instance=data.instance, seed=seed,
+        augment=src_augment, scale_range=src_scale,
     )
     tgt_pool = [
         Sample(
@@ -454,7 +513,7 @@ def adapt_steps(
             break
         state["iteration"] = it
         sb = {k: v.to(dev) for k, v in src_sampler.batch(batch).items()}
-        if source_augment:
+        if src_desc.startswith("jitter"):
             sb["image"] = stain_jitter(sb["image"], state["generator"])
         if source_transform is not None:  # e.g. target-styled replay (core/style, Mind the Gap)
             sb["image"] = source_transform(sb["image"])
@@ -543,8 +602,10 @@ def adapt_steps(
         "crop_size": crop,
         "seed": seed,
         "optimizer": "Adam, constant learning rate",
-        "source_augment": "stain jitter (OD strength 0.5-1.6, tint 0.85-1.15, brightness 0.9-1.1)"
-        if source_augment else None,
+        "source_augment": src_desc,
+        "pseudo_label_threshold": pseudo_threshold,
+        "trained_parameters": "decoders and heads (encoder frozen)" if freeze_encoder else "all",
+        "training_augment": dict(zip(("augment", "scale_range"), training_recipe(bundle), strict=True)),
         "source_transform": getattr(source_transform, "description", repr(source_transform))
         if source_transform is not None else None,
         "final_seg": _mean_tail(history, "seg"),
@@ -709,6 +770,9 @@ class _Judge:
         self.reference = reference_foreground(
             bundle.model, list(train_images) or images, images, bundle.input_spec,
             device=device, discrete=bundle.family.discrete_outputs)
+        from napari_dgseg.core.train.selection import classical_foreground
+
+        self.classical = classical_foreground(bundle.manifest.get("task"), images)
         self.checkpoints: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best: dict[str, Any] | None = None
@@ -718,7 +782,8 @@ class _Judge:
 
         sig = label_free_signals(model, self.images, self.bundle.input_spec, device=self.device,
                                  discrete=self.bundle.family.discrete_outputs,
-                                 reference_foreground=self.reference)
+                                 reference_foreground=self.reference,
+                                 classical_masks=self.classical)
         parent = self.checkpoints[0] if self.checkpoints else sig
         row = {"iteration": iteration, **sig, "degenerate": bool(is_degenerate(sig, parent))}
         if self.bundle.family.supports("codebook"):  # reported beside the score, not used in it
@@ -790,12 +855,14 @@ def adapt(
     holdout: int | None = None,
     select_every: int | None = None,
     checkpoint_hook: Callable[[int, torch.nn.Module], Any] | None = None,
-    source_augment: bool = False,
+    source_augment: str | bool = "training",
     source_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     local_alignment: bool = False,
     output_discriminator: bool | None = None,
     d1_weight: float = 0.01,
     d2_weight: float = 0.01,
+    freeze_encoder: bool = False,
+    pseudo_threshold: float = 0.5,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -838,8 +905,12 @@ def adapt(
         Target images held out for the signal (default: a quarter, at most 4, when >= 4).
     select_every : int, optional
         Iterations between scored checkpoints (default ``min(20, iters // 5)``, at least 1).
-    source_augment : bool
-        Stain jitter (:func:`stain_jitter`) on the labelled source batches (default False).
+    source_augment : str
+        How the labelled source batches are augmented (:data:`SOURCE_AUGMENTS`): ``training``
+        (default) repeats the parent's own training augmentation (stain, camera, object size),
+        so that continued supervised training on the replay set keeps the invariances the parent
+        was trained for; ``jitter`` a plain stain jitter; ``none`` the crops as stored. ``True`` /
+        ``False`` mean ``jitter`` / ``none``.
     source_transform : callable, optional
         Applied to every labelled source batch ``(B, 3, H, W)`` in [0, 1] after the stain
         jitter, e.g. a style model's ``batch_transform()`` that renders the source crops in the
@@ -853,6 +924,11 @@ def adapt(
         Mind the Gap's D2 on the softmax maps; default: on with ``local_alignment``.
     d1_weight, d2_weight : float
         Adversarial weights ``lambda_d1``, ``lambda_d2`` (paper: 0.01 each).
+    freeze_encoder : bool
+        Train the decoders (and heads) only, as MaNi's first stage for instance segmentation.
+    pseudo_threshold : float
+        Target foreground probability at or above which a pixel joins the pseudo-labelled target
+        foreground of the MI term (MaNi: 0.5).
 
     Returns
     -------
@@ -887,6 +963,8 @@ def adapt(
         output_discriminator=output_discriminator,
         d1_weight=d1_weight,
         d2_weight=d2_weight,
+        freeze_encoder=freeze_encoder,
+        pseudo_threshold=pseudo_threshold,
     )
     while True:
         try:

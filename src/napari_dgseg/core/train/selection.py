@@ -29,6 +29,11 @@ that need no ground truth:
     confident. They are still recorded. A degenerate model (everything background or everything
     foreground) is never selected: a checkpoint whose foreground fraction leaves ``[1/3, 3]``
     times the parent's is marked ``degenerate``.
+``classical_agreement``
+    Dice between the checkpoint's foreground and the classical method's on the same tiles
+    (nuclei: haematoxylin colour deconvolution + Otsu; vessels: green-channel top-hat + Otsu;
+    :mod:`napari_dgseg.core.classical`): a per-image adaptive reference that no adaptation can
+    move, recorded for bundles whose task has a classical method.
 ``codebook_shift``
     For families with a codebook (SQ-VAE), the mean JS divergence of the tiles' code usage from
     the training usage; reported, not used in ``score`` (it measures the input, not the model).
@@ -132,6 +137,7 @@ def label_free_signals(
     threshold: float = 0.5,
     discrete: Sequence[str] | None = None,
     reference_foreground: float | None = None,
+    classical_masks: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Label-free signals of ``model`` on unlabelled ``images`` (see the module docstring).
 
@@ -143,11 +149,13 @@ def label_free_signals(
     """
     was_training = model.training
     model.eval()
-    agree, cert, fg = [], [], []
+    agree, cert, fg, classical = [], [], [], []
     try:
         for i, img in enumerate(images):
             p0 = foreground_probability(model, img, input_spec, device=device, discrete=discrete)
             m0 = p0 >= threshold
+            if classical_masks is not None:
+                classical.append(_dice(m0, classical_masks[i]))
             cert.append(1.0 - _entropy_bits(p0))
             fg.append(float(m0.mean()))
             for j, pert in enumerate(PERTURBATIONS):
@@ -159,6 +167,8 @@ def label_free_signals(
     a, c = float(np.mean(agree)), float(np.mean(cert))
     f = float(np.mean(fg))
     sig = {"agreement": round(a, 4), "certainty": round(c, 4), "foreground": round(f, 4)}
+    if classical:
+        sig["classical_agreement"] = round(float(np.mean(classical)), 4)
     if reference_foreground is not None:
         ref = float(reference_foreground)
         sig["foreground_reference"] = round(ref, 4)
@@ -196,12 +206,24 @@ def reference_foreground(
     return float(np.mean(fg))
 
 
+def classical_foreground(task: str | None, images: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    """The classical method's foreground of every image for ``task`` (None without one)."""
+    from napari_dgseg.core import classical
+
+    if task == "nuclei":
+        return [classical.classical_nuclei(np.asarray(im)[..., :3])[0] > 0 for im in images]
+    if task == "vessels":
+        return [classical.classical_vessels(np.asarray(im)[..., :3]) > 0 for im in images]
+    return None
+
+
 #: Candidate selection signals, each ``signals -> float`` (higher = better).
 SCORES = {
     "prior_match": lambda s: float(s.get("prior_match", 0.0)),
     "agreement": lambda s: float(s["agreement"]),
     "certainty": lambda s: float(s["certainty"]),
     "agreement_x_certainty": lambda s: float(s["agreement"]) * float(s["certainty"]),
+    "classical_agreement": lambda s: float(s.get("classical_agreement", 0.0)),
 }
 #: The signal adaptation selects by (``score``); chosen on the benchmark's Spearman correlations.
 SCORE = "prior_match"

@@ -47,7 +47,8 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("dice", "aji", "pq")
 SOURCE = "clean"
 DOMAINS = ("pale-scanner", "blurry-jpeg", "lymphoid-dense")
-SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty")
+SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty",
+           "classical_agreement")
 
 
 #: Selection domains: shifts of the *training* renderer that the shipped models never saw, for
@@ -214,10 +215,27 @@ def summarise(result: dict) -> dict:
         corr[sig] = {"mean": round(float(ok.mean()), 3) if ok.size else None,
                      "std": round(float(ok.std()), 3) if ok.size else None,
                      "runs": [None if not np.isfinite(v) else round(float(v), 3) for v in vals]}
+    rules: dict = {}  # what each candidate signal would have returned, as paired gains
+    for sig in SIGNALS:
+        gains = []
+        for r in result["runs"]:
+            cps = r["checkpoints"]
+            if any(sig not in c and sig != "agreement_x_certainty" for c in cps):
+                continue  # recorded before this signal existed
+            i = choose(cps, sig)
+            gains.append([cps[i][w][k] - cps[0][w][k] for w in ("target", "source")
+                          for k in ("dice", "aji")])
+        if gains:
+            g = np.array(gains)
+            rules[sig] = {name: {"mean": round(float(g[:, j].mean()), 4),
+                                 "min": round(float(g[:, j].min()), 4)}
+                          for j, name in enumerate(("target_dice", "target_aji", "source_dice",
+                                                    "source_aji"))} | {"runs": len(gains)}
     never_worse = [r["mani_selected"]["target"]["dice"] >= r["parent"]["target"]["dice"]
                    for r in result["runs"]]
     result["summary"] = summary
     result["spearman_signal_vs_target_dice"] = corr
+    result["selection_rules"] = rules
     result["selected_not_worse_than_parent"] = f"{sum(never_worse)}/{len(never_worse)} runs"
     return result
 
@@ -256,6 +274,14 @@ def table(result: dict) -> str:
                  "mean ± std over runs): " + ", ".join(
                      f"{k} {v['mean']:+.2f} ± {v['std']:.2f}" for k, v in corr.items()
                      if v["mean"] is not None) + ".")
+    if result.get("selection_rules"):
+        lines.append("Selection by each candidate signal (paired gain of the returned checkpoint "
+                     "over the parent, mean / worst run): " + "; ".join(
+                         f"{k}: target Dice {v['target_dice']['mean']:+.3f} / "
+                         f"{v['target_dice']['min']:+.3f}, AJI {v['target_aji']['mean']:+.3f} / "
+                         f"{v['target_aji']['min']:+.3f}, source Dice "
+                         f"{v['source_dice']['min']:+.3f} worst"
+                         for k, v in result["selection_rules"].items()) + ".")
     lines.append(f"MaNi + selection not worse than the parent on target Dice: "
                  f"{result['selected_not_worse_than_parent']}.")
     cpu = [r["seconds_per_iteration_cpu"] for r in result["runs"]]

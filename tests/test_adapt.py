@@ -230,6 +230,9 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
             "64",
             "--batch",
             "2",
+            "--source-augment",
+            "none",
+            "--freeze-encoder",
             "--quiet",
         ]
     )
@@ -241,6 +244,7 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
     )
     prov = load_bundle(out).provenance
     assert prov["command"].startswith("dgseg adapt") and prov["targets"][0].endswith("t0.tif")
+    assert prov["source_augment"].startswith("none") and prov["trained_parameters"].startswith("dec")
     rc = main(
         [
             "adapt",
@@ -278,26 +282,26 @@ def test_default_adapt_is_not_worse_than_its_parent_on_held_out_target_tiles():
     """Issue 11 acceptance, small case: default settings, 16 unlabelled 256 px tiles of a new scanner.
 
     The shipped nuclei-hovernet, ``adapt`` with no tuning arguments (what ``dgseg adapt`` does),
-    scored against labels on held-out tiles of the same domain.
+    scored against labels on held-out tiles of the same domain: faded, JPEG-compressed tiles of
+    the independently written held-out renderer (the parent was trained on the other renderer).
     """
-    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.data.heldout_nuclei import make_heldout_nuclei
     from napari_dgseg.core.metrics import instance_scores
 
     parent = load_bundle("nuclei-hovernet")
-    tiles = [make_nuclei(256, "blurry-jpeg", 300 + i)[0] for i in range(16)]
-    test = [make_nuclei(256, "blurry-jpeg", 400 + i) for i in range(4)]
+    tiles = [make_heldout_nuclei(256, "ho-faded-jpeg", 300 + i)[0] for i in range(16)]
+    test = [make_heldout_nuclei(256, "ho-faded-jpeg", 400 + i) for i in range(4)]
     torch.set_num_threads(1)
     adapted = adapt(parent, tiles, device="cpu")
 
     def dice(b):
-        return np.mean([instance_scores(b.predict(im, device="cpu").labels, lab)["dice"]
-                        for im, lab in test])
+        return np.mean([instance_scores(b.predict(im, device="cpu", pixel_size_um=0.25).labels,
+                                        lab)["dice"] for im, lab in test])
 
     sel = adapted.provenance["selection"]
     assert sel["held_out"] and sel["held_out_images"] == 4 and sel["selected"]
-    # Measured on this case: parent 0.896, returned model 0.891 (the label-free signal picked a
-    # checkpoint 0.005 below the parent). The selection is only as good as its signal, so the
-    # bound is "not worse by more than 0.01 Dice", not "never worse"; docs/hovernet-mani.md says so.
+    # The selection is only as good as its label-free signal, so the bound is "not worse by more
+    # than 0.01 Dice", not "never worse"; docs/hovernet-mani.md says so with the measured values.
     assert dice(adapted) >= dice(parent) - 0.01
 
 

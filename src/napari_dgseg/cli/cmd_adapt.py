@@ -79,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "parent's own training augmentation), jitter (stain jitter only), none (as stored)",
     )
     p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the decoders only (MaNi's first stage for instance segmentation)",
+    )
+    p.add_argument(
         "--no-select",
         action="store_true",
         help="keep the last iterate instead of the checkpoint (parent included) with the best "
@@ -205,6 +210,7 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         select=not args.no_select,
         holdout=args.holdout,
         source_augment=args.source_augment,
+        freeze_encoder=args.freeze_encoder,
         source_transform=style,
         local_alignment=args.local_alignment,
         output_discriminator=args.local_alignment and not args.no_output_discriminator,

@@ -2,8 +2,9 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_adapt_screenshot.py
 
-Eight 256 px synthetic tiles of the unseen ``blurry-jpeg`` domain as unlabelled targets (two of
-them held out for the label-free check), the shipped ``nuclei-hovernet`` (trained on ``clean``),
+Eight 256 px tiles of the held-out renderer's faded, JPEG-compressed style ``ho-faded-jpeg`` as
+unlabelled targets (two of them held out for the label-free check), the shipped
+``nuclei-hovernet`` (trained on the other renderer's five domains),
 40 iterations of MaNi at crops of 128 px, then "Compare before / after"; the widget shows the
 parent vs adapted label-free signal under the status line. The adapted model is not saved (user model folder untouched: a
 temporary folder stands in for it).
@@ -28,13 +29,15 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_dgseg._napari.widgets.adapt import AdaptWidget
-    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.data.heldout_nuclei import make_heldout_nuclei
 
-    viewer = napari.Viewer(show=False)
+    # a shown window: a hidden one keeps a stale layout (the dock kept its first width and the
+    # screenshot clipped its right side although the widget fits a 1400 px window)
+    viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     for i in range(8):
-        img, _ = make_nuclei(256, domain="blurry-jpeg", seed=200 + i)
-        viewer.add_image(img, name=f"blurry-jpeg tile {i}", rgb=True)
+        img, _ = make_heldout_nuclei(256, "ho-faded-jpeg", seed=200 + i)
+        viewer.add_image(img, name=f"faded tile {i}", rgb=True)
     widget = AdaptWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Adapt", area="right")
     app = QApplication.instance()
@@ -45,7 +48,7 @@ def main() -> int:
     if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "nuclei-hovernet":
         widget.model_picker.load("nuclei-hovernet", sync=True)
     widget.refresh_layers()
-    widget.select_targets([f"blurry-jpeg tile {i}" for i in range(8)])
+    widget.select_targets([f"faded tile {i}" for i in range(8)])
     widget.iters_spin.setValue(40)
     widget.size_spin.setValue(128)
     widget.preview_spin.setValue(5)

@@ -19,7 +19,8 @@ ideal one), *harmful* (a factor was applied and it is farther from the ideal tha
 *helped* (a factor was applied and it is nearer), *fallback* (no estimate, factor 1).
 
 Variants: the signal (``haematoxylin``: colour deconvolution, the estimator before this benchmark;
-``grey``: optical density of the grey level) times the dominance threshold (``none``: no
+``grey``: optical density of the grey level; ``grey-deblocked``: the same with the JPEG 8x8 block
+edges smoothed) times the dominance threshold (``none``: no
 confidence rule). Each signal is calibrated like :data:`~napari_dgseg.core.scale_estimate.
 CALIBRATION` (``benchmarks/scale.py --calibrate``: seeds 1000-1007, ``clean``, 256 px).
 
@@ -65,7 +66,7 @@ DEGRADATIONS = {
     "faded-strong": (0.35, 2.0, 15),
 }
 SEEDS = (7000, 7001, 7002)
-SIGNALS = ("haematoxylin", "grey")
+SIGNALS = ("haematoxylin", "grey", "grey-deblocked")
 THRESHOLDS = (None, 1.01, 1.02, 1.03, 1.05, 1.08, 1.1, 1.15)
 CHOSEN = ("grey", 1.05)
 
@@ -99,14 +100,36 @@ def hard_tile(domain: str, seed: int, s: float, degradation: str,
     return out[:size, :size], lab[:size, :size]
 
 
+def deblock(signal: np.ndarray, block: int = 8) -> np.ndarray:
+    """JPEG deblocking: the two pixels on each side of every 8-px block edge (rows, then
+    columns) replaced by the mean of the four, so the block grid gives no edges; the rest of the
+    image is untouched. The grid starts at pixel 0 (the tiles here are whole JPEG images)."""
+    out = signal.astype(np.float32).copy()
+    for axis in (0, 1):
+        n = out.shape[axis]
+        for edge in range(block, n - 1, block):
+            idx = [edge - 2, edge - 1, edge, edge + 1] if edge + 1 < n else None
+            if idx is None or idx[0] < 0:
+                continue
+            mean = np.take(out, idx, axis=axis).mean(axis=axis, keepdims=True)
+            for i in (edge - 1, edge):
+                sl = [slice(None), slice(None)]
+                sl[axis] = slice(i, i + 1)
+                out[tuple(sl)] = mean
+    return out
+
+
 def signal_of(rgb: np.ndarray, which: str) -> np.ndarray:
-    """The estimator's input: haematoxylin optical density (the old one) or grey density."""
+    """The estimator's input: haematoxylin optical density (the old one), grey density (the
+    shipped one) or grey density with the JPEG block edges smoothed (:func:`deblock`)."""
     from skimage.color import rgb2hed
 
     from napari_dgseg.core.scale_estimate import _grey_density
 
     if which == "grey":
         return _grey_density(rgb)
+    if which == "grey-deblocked":
+        return deblock(_grey_density(rgb))
     return rgb2hed(np.clip(rgb, 0.0, 1.0))[..., 0].astype(np.float32)
 
 

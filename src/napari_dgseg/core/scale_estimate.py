@@ -79,8 +79,9 @@ _BLOB_PROMINENCE = 1.08
 #: dip) by this factor, else the crop is ambiguous and gives no size. Chosen on the training
 #: renderer's five domains resampled to 0.5-2x with extra blur, JPEG and fading
 #: (``benchmarks/scale_robustness.py``): on the tiles where the estimate would have moved the
-#: factor away from the true one, the two peaks were within 1.02; 1.02-1.06 all removed those and
-#: no correct estimate, 1.08 and above started dropping correct ones at 2x. The middle, 1.05.
+#: factor away from the true one, the two peaks were within 1.02; 1.02-1.05 all removed those and
+#: no correct estimate, 1.08 and above dropped correct ones too. 1.05: the most cautious value
+#: that lost nothing.
 BLOB_DOMINANCE = 1.05
 #: Blob curve: peaks closer than this many quarter-octave steps are one peak.
 _BLOB_SEPARATION = 3

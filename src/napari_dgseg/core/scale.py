@@ -289,8 +289,8 @@ def resolve_scale(
     pixel_size_um : float or (y, x), optional
         The file's pixel size (metadata).
     estimate : callable, optional
-        ``estimate() -> dict`` with ``"object_size_px"`` (float or None): called only when the
-        image's scale must be estimated.
+        ``estimate() -> dict`` with ``"object_size_px"`` (float or None; with None an optional
+        ``"why"`` becomes the reason): called only when the image's scale must be estimated.
     tolerance : (lo, hi)
         Factors inside are not applied unless the user gave them.
     upsample : bool
@@ -345,8 +345,8 @@ def resolve_scale(
     found = dict(estimate())
     size = found.get("object_size_px")
     if size is None or not math.isfinite(size) or size <= 0:
-        return ScaleDecision(1.0, 1.0, "none", False,
-                             "not resampled: the image's object size could not be estimated",
+        why = found.get("why") or "the image's object size could not be estimated"
+        return ScaleDecision(1.0, 1.0, "none", False, f"not resampled: {why}",
                              estimate=found, **common)
     return _decide(model_obj / size, "estimated",
                    f"model objects {model_obj:g} px / estimated image objects {size:.3g} px",

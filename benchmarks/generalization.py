@@ -134,14 +134,15 @@ def real_images(kind: str, shared: Path, quick: bool) -> list[tuple[str, np.ndar
 # ------------------------------------------------------------------------------ scoring
 
 
-def predict(method: str, bundle: Any, rgb: np.ndarray, kind: str, dcin: str) -> np.ndarray:
+def predict(method: str, bundle: Any, rgb: np.ndarray, kind: str, dcin: str,
+            tta: bool | None = None) -> np.ndarray:
     """Instance ids (nuclei) or a 0/1 mask (vessels) from a bundle or the classical method."""
     from napari_dgseg.core.classical import classical_nuclei, classical_vessels
     from napari_dgseg.core.postprocess import semantic_to_instances
 
     if method == CLASSICAL:
         return classical_nuclei(rgb)[1] if kind == "nuclei" else classical_vessels(rgb)
-    pred = bundle.predict(rgb, dcin=dcin, device="cpu")
+    pred = bundle.predict(rgb, dcin=dcin, device="cpu", tta=tta)
     labels = np.asarray(pred.labels)
     if kind == "vessels":
         return (labels > 0).astype(np.uint8)
@@ -228,7 +229,7 @@ def run_task(kind: str, args: argparse.Namespace) -> dict:
                            if renderer == "heldout" else [])  # fmt: skip
             for m in methods:
                 t0 = time.perf_counter()
-                preds = [predict(m, bundles.get(m), smp.image, kind, args.dcin) for smp in samples]
+                preds = [predict(m, bundles.get(m), smp.image, kind, args.dcin, TTA[args.tta]) for smp in samples]
                 scores = [score(kind, p, smp.labels, smp.mask, real=False)
                           for p, smp in zip(preds, samples, strict=True)]  # fmt: skip
                 for p, masks in zip(preds, distractors, strict=False):
@@ -251,7 +252,7 @@ def run_task(kind: str, args: argparse.Namespace) -> dict:
         columns[col] = {"renderer": "real", "shape": list(rgb.shape[:2]), "reference": what}
         for m in methods:
             t0 = time.perf_counter()
-            s = score(kind, predict(m, bundles.get(m), rgb, kind, args.dcin), ref, fov, real=True)
+            s = score(kind, predict(m, bundles.get(m), rgb, kind, args.dcin, TTA[args.tta]), ref, fov, real=True)
             cells[m][col] = summarise([s])
             log(f"{kind} {col} {m}: " + " ".join(f"{k}={v:.3f}" for k, v in s.items())
                 + f" ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
@@ -268,6 +269,8 @@ def run_task(kind: str, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
+#: ``--tta`` values -> the ``tta`` argument of ``Bundle.predict`` (None: the bundle's default).
+TTA = {"auto": None, "on": True, "off": False}
 METRICS = {"nuclei": ("dice", "aji", "pq"), "vessels": ("dice", "cldice")}
 NAMES = {"dice": "Dice", "aji": "AJI", "pq": "PQ", "cldice": "clDice"}
 
@@ -373,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=2, help="tiles per style and seed (default 2)")
     ap.add_argument("--size", type=int, default=256, help="tile side (default 256)")
     ap.add_argument("--dcin", default="auto", help="DCIN mode (default: each bundle's default)")
+    ap.add_argument("--tta", choices=sorted(TTA), default="auto",
+                    help="flip test-time augmentation: auto (each bundle's default), on, off")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     ap.add_argument("--label", default="current", help="name of this run (e.g. before, after)")
     ap.add_argument("--out", help="JSON file to merge this run into")
@@ -401,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n": args.n,
         "size": args.size,
         "dcin": args.dcin,
+        "tta": args.tta,
         "quick": args.quick,
         "tile_seeds": f"item_seed({SEED_BASE} + seed, i) for i < n",
         "tasks": {k: run_task(k, args) for k in kinds},

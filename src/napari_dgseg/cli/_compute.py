@@ -144,3 +144,8 @@ def _given_paths(row: Any, out_abs: str, out: str) -> Any:
     if isinstance(row, str) and out_abs != out and row.startswith(out_abs + os.sep):
         return out + row[len(out_abs):]
     return row
+
+
+def tta_arg(args: Any) -> bool | None:
+    """``--tta``: None (the model's recorded default), True (``on``) or False (``off``)."""
+    return {"auto": None, "on": True, "off": False}[getattr(args, "tta", "auto")]

@@ -63,6 +63,7 @@ def needs_streaming(opened: Any, bundle: Any, budget: int | None = None,
 
 def predict_streamed(args: argparse.Namespace, bundle: Any, path: Path, out: Path) -> dict:
     """Stream one slide into ``out`` (a ``.zarr`` folder); its row of the JSON summary."""
+    from napari_dgseg.cli._compute import tta_arg
     from napari_dgseg.cli._progress import ProgressBar
     from napari_dgseg.core.wsi import predict_slide
 
@@ -81,6 +82,7 @@ def predict_streamed(args: argparse.Namespace, bundle: Any, path: Path, out: Pat
         reference=args.reference,
         rescale=args.rescale, scale=args.scale, mpp=args.mpp, object_size=args.object_size,
         instances=True if getattr(args, "instances", False) else None,
+        tta=tta_arg(args),
     )
     prov = summary["provenance"]
     return {

@@ -21,6 +21,7 @@ from napari_dgseg.cli._compute import (
     check_compute_args,
     refuse_for_streaming,
     run_jobs,
+    tta_arg,
 )
 from napari_dgseg.cli._inputs import expand_inputs, output_stem, report_batch, write_codebook
 from napari_dgseg.cli._outdir import output_dir
@@ -48,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="colour normalisation (default auto: full when the model has a bank, "
                         "behind a guard that falls back to none when it would change the mask "
                         "unseen)")
+    p.add_argument("--tta", default="auto", choices=["auto", "on", "off"],
+                   help="flip test-time augmentation: 4 passes per tile averaged (smoother, 4x "
+                        "slower); auto (default): the model's recorded default (`dgseg info`)")
     p.add_argument("--dcin-method", default=None,
                    choices=["reinhard", "reinhard-bounded", "balanced", "macenko"],
                    help="colour statistics DCIN matches (default reinhard; see docs/dcin.md)")
@@ -144,7 +148,7 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
                           device=args.device, batch=args.batch, progress=bar,
                           dcin=args.dcin, reference=args.reference,
                           dcin_method=args.dcin_method, return_normalized=args.normalized,
-                          precision=args.precision,
+                          precision=args.precision, tta=tta_arg(args),
                           **scale_kwargs(args, opened.pixel_size_um))
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}

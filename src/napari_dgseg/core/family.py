@@ -174,6 +174,11 @@ class Family:
         with the label predictor reading ``reweight(features)`` when ``reweight`` is given. Local
         alignment and local feature masks (:mod:`napari_dgseg.core.local_align`) go through it;
         ``None``: the family cannot reweight its features (no local alignment, no local masks).
+    flip_signs : mapping
+        For flip test-time augmentation: output key -> one entry per channel, ``"x"`` for a
+        component along the image's width (negated when the image is flipped left-right),
+        ``"y"`` along its height (negated when flipped up-down), ``""`` for a scalar. Outputs
+        not named are scalar maps (probabilities, logits), which flips only move.
     segment_image : callable, optional
         ``(rgb_uint8 (H, W, 3), config) -> dict`` for a family without a network (the classical
         baselines): inference hands it the whole image instead of running tiles, and its dict
@@ -200,6 +205,7 @@ class Family:
         declared_trainable_parameters
     )
     segment_image: Callable[[Any, Any], dict[str, Any]] | None = None
+    flip_signs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     features_and_infer: Callable[..., tuple[torch.Tensor, Outputs]] | None = (
         head_features_and_infer
     )
@@ -217,6 +223,8 @@ class Family:
         bad = {k: v for k, v in self.infer_outputs.items() if v not in INFER_KINDS}
         if bad or self.infer_outputs.get("logits") != "dense":
             problems.append(f"infer_outputs needs 'logits': 'dense' and kinds in {INFER_KINDS}")
+        if any(c not in ("x", "y", "") for v in self.flip_signs.values() for c in v):
+            problems.append("flip_signs entries must be 'x', 'y' or '' per channel")
         unknown = sorted(set(self.capabilities) - CAPABILITIES)
         if unknown:
             problems.append(f"unknown capabilities {unknown}; valid: {sorted(CAPABILITIES)}")
@@ -224,6 +232,7 @@ class Family:
             raise InputError(f"model family {self.name!r}: " + "; ".join(problems))
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))
         object.__setattr__(self, "infer_outputs", dict(self.infer_outputs))
+        object.__setattr__(self, "flip_signs", {k: tuple(v) for k, v in self.flip_signs.items()})
 
     def supports(self, capability: str) -> bool:
         """Whether the family declares ``capability`` (one of :data:`CAPABILITIES`)."""

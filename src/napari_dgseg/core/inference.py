@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_dgseg.core.bundle import Bundle
 
 
+def tta_default(manifest: Mapping[str, Any]) -> bool:
+    """Whether a bundle predicts with flip test-time augmentation unless told otherwise.
+
+    The manifest's ``inference.tta`` (written by ``scripts/record_tta.py`` from a run on
+    selection tiles, with its evidence in ``inference.tta_evidence``); False when absent.
+    """
+    rec = manifest.get("inference") or {}
+    return bool(rec.get("tta", False))
+
+
 def predict_bundle(
     bundle: Bundle,
     image: Any,
@@ -55,6 +66,7 @@ def predict_bundle(
     pixel_size_um: Any = None,
     fov: str = "auto",
     precision: str = "fp32",
+    tta: bool | None = None,
 ) -> Prediction:
     """Segment ``image`` with ``bundle``.
 
@@ -106,6 +118,10 @@ def predict_bundle(
     precision : str
         ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) for the network's forward passes
         (:mod:`napari_dgseg.core.precision`; accuracy against fp32 in docs/distributed.md).
+    tta : bool, optional
+        Flip test-time augmentation (4 passes per tile, outputs averaged; see
+        :func:`~napari_dgseg.core.predict.run_tiled`); None: the bundle's own default
+        (:func:`tta_default`, recorded from a selection run), False for bundles without one.
 
     Returns
     -------
@@ -130,6 +146,7 @@ def predict_bundle(
     check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
     dev = select_device(device)
     precision = check_precision(precision, dev)
+    use_tta = tta_default(bundle.manifest) if tta is None else bool(tta)
     check_cancel(cancel)
     with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
         plan = plan_dcin(bundle, adapter, dcin, reference, method=dcin_method,
@@ -148,6 +165,8 @@ def predict_bundle(
             cancel=cancel,
             discrete=family.discrete_outputs,
             precision=precision,
+            tta=use_tta,
+            flip_signs=family.flip_signs,
         )
     except NonFiniteOutputError as exc:
         if precision != "fp32":
@@ -181,6 +200,8 @@ def predict_bundle(
         "device": str(dev),
         "batch": batch,
         "precision": precision,
+        "tta": {"flips": 4 if use_tta else 1,
+                "source": "bundle default" if tta is None else "requested"},
         "dcin": plan.provenance(),
         "image_shape": [adapter.height, adapter.width],
         "scale": decision.as_dict() | {"model_grid_shape": [gh, gw]},

@@ -11,7 +11,7 @@ or more branches, their disagreement is returned as an uncertainty map.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,8 @@ def run_tiled(
     discrete: Sequence[str] | None = None,
     precision: str = "fp32",
     stats_source: ImageAdapter | None = None,
+    tta: bool = False,
+    flip_signs: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``model.infer`` over ``image`` tile by tile and blend the outputs.
 
@@ -128,6 +130,13 @@ def run_tiled(
         The image whose thumbnail gives the per-image input statistics (models that read them):
         the whole slide when ``image`` is one block of it (:mod:`napari_dgseg.core.wsi`), so
         every block is normalised alike; default ``image``.
+    tta : bool
+        Flip test-time augmentation: every tile also goes through the network flipped
+        left-right, up-down and both, each output is flipped back and the four are averaged
+        (:data:`FLIPS`); 4x the forward passes. Discrete outputs come from the unflipped pass.
+    flip_signs : mapping, optional
+        Vector outputs (the family's :attr:`~napari_dgseg.core.family.Family.flip_signs`):
+        channels along ``x`` / ``y`` change sign when flipped back along that axis.
 
     Returns
     -------
@@ -166,7 +175,8 @@ def run_tiled(
             chunk = positions[start : start + batch]
             x = to_device(_read_batch(adapter, grid, chunk), dev)
             with autocast(dev, precision):
-                outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel, stats)
+                outputs = _infer_branches(model, x, spec, branches, discrete_keys, cancel, stats,
+                                          FLIPS if tta else FLIPS[:1], flip_signs or {})
             for i, (y0, x0) in enumerate(chunk):
                 _accumulate(grid, y0, x0, outputs, i, acc, best, weight_sum, discrete_keys)
             if progress is not None:
@@ -213,6 +223,49 @@ def _read_batch(adapter: ImageAdapter, grid: TileGrid, chunk: list[tuple[int, in
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+#: Flip test-time augmentation: the image axes each pass flips (``()`` = as it is); ``-1`` is
+#: the width (x), ``-2`` the height (y).
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def _unflip(out: dict[str, torch.Tensor], dims: tuple[int, ...],
+            flip_signs: Mapping[str, Sequence[str]]) -> dict[str, torch.Tensor]:
+    """``out`` of a flipped input mapped back: flipped along ``dims``, vector components negated."""
+    if not dims:
+        return out
+    back = {}
+    for key, value in out.items():
+        value = torch.flip(value, dims)
+        signs = flip_signs.get(key)
+        if signs:
+            axes = {"x": -1, "y": -2}
+            scale = torch.tensor([-1.0 if s and axes[s] in dims else 1.0 for s in signs],
+                                 dtype=value.dtype, device=value.device)
+            value = value * scale.view(1, -1, *([1] * (value.ndim - 2)))
+        back[key] = value
+    return back
+
+
+def _infer_tta(model: torch.nn.Module, x: torch.Tensor, flips: Sequence[tuple[int, ...]],
+               flip_signs: Mapping[str, Sequence[str]], discrete_keys: tuple[str, ...],
+               cancel: Any) -> dict[str, torch.Tensor]:
+    """``model.infer`` averaged over ``flips`` of ``x`` (discrete outputs: the first pass's)."""
+    total: dict[str, torch.Tensor] = {}
+    for dims in flips:
+        check_cancel(cancel)
+        out = model.infer(torch.flip(x, dims) if dims else x)
+        out = _unflip(out, dims, flip_signs)
+        for key, value in out.items():
+            if key in discrete_keys or not value.is_floating_point():
+                total.setdefault(key, value)
+            else:
+                value = value.float()
+                total[key] = total[key] + value if key in total else value.clone()
+    n = float(len(flips))
+    return {k: (v / n if v.is_floating_point() and k not in discrete_keys else v)
+            for k, v in total.items()}
+
+
 def _infer_branches(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -221,13 +274,19 @@ def _infer_branches(
     discrete_keys: tuple[str, ...],
     cancel: Any = None,
     stats: Sequence[torch.Tensor | None] | None = None,
+    flips: Sequence[tuple[int, ...]] = ((),),
+    flip_signs: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, np.ndarray]:
     summed: dict[str, torch.Tensor] = {}
     probs: list[torch.Tensor] = []
     discrete: dict[str, torch.Tensor] = {}
     for b, branch in enumerate(branches):
         check_cancel(cancel)
-        out = model.infer(normalise_input(branch(x), spec, None if stats is None else stats[b]))
+        inp = normalise_input(branch(x), spec, None if stats is None else stats[b])
+        if len(flips) > 1:
+            out = _infer_tta(model, inp, flips, flip_signs or {}, discrete_keys, cancel)
+        else:
+            out = model.infer(inp)
         for key, value in out.items():
             if value.is_floating_point():  # reduced precision: sum and blend in float32
                 value = value.float()

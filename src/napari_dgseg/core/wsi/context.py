@@ -165,7 +165,8 @@ def window_fields(bundle: Any, ctx: SlideContext, plan: SlidePlan,
                      tile=int(opts.get("tile", 1024)), overlap=int(opts.get("overlap", 48)),
                      device=ctx.device, batch=int(opts.get("batch", 2)),
                      branches=ctx.dcin.branches, progress=progress, cancel=cancel,
-                     discrete=family.discrete_outputs, stats_source=ctx.thumb)
+                     discrete=family.discrete_outputs, stats_source=ctx.thumb,
+                     tta=bool(opts.get("tta", False)), flip_signs=family.flip_signs)
     fields = back(dict(family.postprocess(maps, bundle.config)))
     if "uncertainty" in maps:
         fields["uncertainty"] = back({"u": maps["uncertainty"]})["u"][0]

@@ -69,7 +69,7 @@ TISSUE_GROW = 8
 PLAN_VERSION = 1
 #: Options that must match for a run to resume an existing output.
 RESUME_KEYS = ("source", "shape", "bundle_sha256", "block_size", "margin", "outputs",
-               "instances", "scale_factor", "dcin", "dcin_method", "tile", "overlap")
+               "instances", "scale_factor", "dcin", "dcin_method", "tile", "overlap", "tta")
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,8 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
                dcin_method: str | None = None, reference: str | None = None,
                rescale: str = "auto",
                scale: float | None = None, mpp: float | None = None,
-               object_size: float | None = None, opened: Any = None) -> SlidePlan:
+               object_size: float | None = None, opened: Any = None,
+               tta: bool | None = None) -> SlidePlan:
     """Plan a streamed run of ``bundle`` over the slide at ``source`` into ``out``.
 
     Parameters
@@ -306,8 +307,11 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
         As for :meth:`Bundle.predict`; the scale is decided once for the whole slide here.
     opened : OpenedImage, optional
         The slide already open (else it is opened and closed here).
+    tta : bool, optional
+        Flip test-time augmentation; None: the bundle's default (decided here, once).
     """
     from napari_dgseg.core.imageprep import ImageAdapter
+    from napari_dgseg.core.inference import tta_default
     from napari_dgseg.core.labels_io import json_safe
     from napari_dgseg.core.scale_inference import plan_scale
     from napari_dgseg.core.slide import open_image
@@ -351,6 +355,7 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
             "batch": int(batch), "device": device, "dcin": dcin, "dcin_method": dcin_method,
             "reference": None if reference is None else str(reference),
             "scale_factor": factor, "scale": decision, "tissue": bool(tissue),
+            "tta": bool(tta_default(bundle.manifest) if tta is None else tta),
         }
         return SlidePlan(
             source=str(Path(source).resolve()), output=str(Path(out).resolve()), shape=shape,

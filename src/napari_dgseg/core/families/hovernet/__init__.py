@@ -35,4 +35,5 @@ FAMILY = Family(
     training_loss=training_loss,
     target_kind="instance",
     postprocess=postprocess,
+    flip_signs={"hv": ("x", "y")},  # horizontal and vertical distances to the nucleus centre
 )

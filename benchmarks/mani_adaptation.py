@@ -135,8 +135,21 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     score_t, score_s = scorer(bundle, test_t), scorer(bundle, test_s)
     measured: dict[int, dict] = {}
 
+    averaged: dict[str, dict] = {}
+    parent_state = {k: v.detach().clone() for k, v in bundle.model.state_dict().items()}
+
     def hook(iteration: int, model: torch.nn.Module) -> None:
         measured[iteration] = {"target": score_t(model), "source": score_s(model)}
+        if args.wise and iteration == args.iters:  # the last MaNi iterate: weight averages
+            import copy
+
+            state = model.state_dict()
+            for alpha in args.wise:  # share of the adapted weights (WiSE-FT, Wortsman et al. 2022)
+                mixed = copy.deepcopy(model)
+                mixed.load_state_dict({k: (alpha * v + (1 - alpha) * parent_state[k].to(v.device))
+                                       if v.is_floating_point() else v for k, v in state.items()})
+                mixed.eval()
+                averaged[f"{alpha:g}"] = {"target": score_t(mixed), "source": score_s(mixed)}
 
     t0 = time.perf_counter()
     st = adapt(bundle, targets, method="stats", seed=seed, device="cpu", checkpoint_hook=hook,
@@ -159,6 +172,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
         "stats": {k: stats_rows[1][k] for k in ("target", "source")},
         "mani": {k: rows[-1][k] for k in ("target", "source")},
         "mani_selected": {k: rows[chosen][k] for k in ("target", "source")},
+        "mani_wise": averaged,
         "chosen_iteration": rows[chosen]["iteration"],
         "checkpoints": rows,
         "stats_checkpoints": stats_rows,
@@ -299,6 +313,9 @@ def main() -> None:
     p.add_argument("--n-target", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4, help="MaNi learning rate (adapt default)")
     p.add_argument("--mi-weight", type=float, default=1.0, help="MI loss weight (adapt default)")
+    p.add_argument("--wise", type=float, nargs="*", default=[],
+                   help="also score weight averages alpha * adapted + (1 - alpha) * parent of the "
+                        "last iterate (WiSE-FT) for these alphas")
     p.add_argument("--pseudo-threshold", type=float, default=0.5,
                    help="target foreground probability for the MI pseudo-labels (MaNi: 0.5)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoders only")

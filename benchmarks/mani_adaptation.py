@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_dgseg.core.train.adapt import DEFAULT_AVERAGE as AVERAGE
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import load_average, machine_state  # noqa: E402
 
@@ -47,6 +49,8 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("dice", "aji", "pq")
 SOURCE = "clean"
 DOMAINS = ("pale-scanner", "blurry-jpeg", "lymphoid-dense")
+#: The methods a run can hold, in table order (``mani_avg``: what ``adapt`` returns by default).
+METHODS = ("parent", "stats", "mani", "mani_selected", "mani_avg")
 SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty",
            "classical_agreement")
 
@@ -161,7 +165,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     ad = adapt(bundle, targets, iters=args.iters, seed=seed, device="cpu", checkpoint_hook=hook,
                select=False, source_augment=args.source_augment, lr=args.lr,
                mi_weight=args.mi_weight, freeze_encoder=args.freeze_encoder,
-               pseudo_threshold=args.pseudo_threshold)
+               pseudo_threshold=args.pseudo_threshold, average=None)
     cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
     rows = [dict(c, **measured[c["iteration"]]) for c in ad.provenance["selection"]["checkpoints"]]
     chosen = choose(rows)
@@ -204,10 +208,14 @@ def summarise(result: dict) -> dict:
             c.setdefault("prior_match", round(-abs(c["foreground"] - ref) / max(ref, 1e-3), 4))
         chosen = choose(run["checkpoints"])
         run["mani_selected"] = {k: run["checkpoints"][chosen][k] for k in ("target", "source")}
+        if f"{AVERAGE:g}" in run.get("mani_wise", {}):  # what adapt returns by default
+            run["mani_avg"] = run["mani_wise"][f"{AVERAGE:g}"]
         run["chosen_iteration"] = run["checkpoints"][chosen]["iteration"]
+    methods = [m for m in METHODS if all(m in r for r in result["runs"])]
+    result["methods"] = methods
     for domain in result["domains"]:
         runs = [r for r in result["runs"] if r["domain"] == domain]
-        for method in ("parent", "stats", "mani", "mani_selected"):
+        for method in methods:
             for where in ("target", "source"):
                 vals = np.array([[r[method][where][k] for k in METRICS] for r in runs])
                 summary[f"{domain}/{method}/{where}"] = {
@@ -263,9 +271,12 @@ def table(result: dict) -> str:
              "| domain | method | target Dice | target AJI | target PQ | source Dice | source AJI | source PQ |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"parent": "parent", "stats": "stats", "mani": "MaNi (last)",
-             "mani_selected": "MaNi + selection"}
+             "mani_selected": "MaNi + selection",
+             "mani_avg": f"MaNi, {AVERAGE:g} x last + {1 - AVERAGE:g} x parent (default)"}
+    methods = result.get("methods", list(names)[:4])
     for domain in result["domains"]:
-        for method, label in names.items():
+        for method in methods:
+            label = names[method]
             cells = []
             for where in ("target", "source"):
                 m = s[f"{domain}/{method}/{where}"]
@@ -275,10 +286,12 @@ def table(result: dict) -> str:
     gains = []
     for domain in result["domains"]:
         runs = [r for r in result["runs"] if r["domain"] == domain]
-        for method in ("stats", "mani_selected"):
+        for method in [m for m in methods if m not in ("parent", "mani")]:
             d = np.array([[r[method]["target"][k] - r["parent"]["target"][k] for k in METRICS]
                           for r in runs])
-            gains.append(f"{domain} {'MaNi + selection' if method != 'stats' else 'stats'}: "
+            short = {"stats": "stats", "mani_selected": "MaNi + selection",
+                     "mani_avg": "MaNi + averaging"}[method]
+            gains.append(f"{domain} {short}: "
                          + ", ".join(f"{k} {d[:, i].mean():+.3f} ± {d[:, i].std():.3f}"
                                      for i, k in enumerate(METRICS)))
     lines.append("Paired gain over the parent on the target domain (same seed, mean ± std): "

@@ -245,6 +245,8 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
     prov = load_bundle(out).provenance
     assert prov["command"].startswith("dgseg adapt") and prov["targets"][0].endswith("t0.tif")
     assert prov["source_augment"].startswith("none") and prov["trained_parameters"].startswith("dec")
+    assert prov["weight_average"].startswith("0.5 x the last iterate")
+    assert info["selection"]["returned"].startswith("weight average")
     rc = main(
         [
             "adapt",
@@ -361,3 +363,44 @@ def test_classical_agreement_is_recorded_for_tasks_with_a_classical_method(paren
                               classical_masks=own)["classical_agreement"] == 1.0
     assert label_free_signals(parent.model, imgs, parent.input_spec,
                               classical_masks=[~m for m in own])["classical_agreement"] == 0.0
+
+
+def test_weight_average_mixes_floats_and_keeps_counters():
+    from napari_dgseg.core.train.adapt import weight_average
+
+    a = {"w": torch.tensor([2.0, 4.0]), "n": torch.tensor(7)}
+    p = {"w": torch.tensor([0.0, 1.0]), "n": torch.tensor(3)}
+    out = weight_average(a, p, 0.25)
+    torch.testing.assert_close(out["w"], torch.tensor([0.5, 1.75]))
+    assert int(out["n"]) == 7
+
+
+def test_default_adapt_returns_the_average_of_the_last_iterate_and_the_parent(parent_file,
+                                                                              monkeypatch):
+    from napari_dgseg.core.train.adapt import DEFAULT_AVERAGE, _Judge
+
+    parent = load_bundle(parent_file)
+    p = {k: v.clone() for k, v in parent.model.state_dict().items()}
+    kw = dict(iters=3, size=64, batch=2, seed=3, lr=1e-2)
+    last = adapt(parent, _targets(), average=None, select=False, **kw).model.state_dict()
+    new = adapt(parent, _targets(), **kw)
+    assert DEFAULT_AVERAGE == 0.5
+    got = new.model.state_dict()
+    moved = [k for k in p if p[k].is_floating_point() and not torch.equal(last[k], p[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(got[k], 0.5 * last[k] + 0.5 * p[k])
+    sel = new.provenance["selection"]
+    assert sel["returned"].startswith("weight average: 0.5 x iteration 3")
+    assert sel["selected"] is False and sel["returned_parent_weights"] is False
+    assert "WiSE-FT" in new.provenance["weight_average"]
+    # an average whose foreground is degenerate is not returned: the parent's weights are
+    monkeypatch.setattr(_Judge, "returned", lambda self, model, it: {
+        **self.checkpoints[-1], "iteration": it, "degenerate": True})
+    kept = adapt(parent, _targets(), **kw)
+    for k, v in kept.model.state_dict().items():
+        torch.testing.assert_close(v, p[k])
+    assert kept.provenance["selection"]["returned_parent_weights"] is True
+    assert kept.provenance["selection"]["warning"].endswith("the parent's weights were kept")
+    with pytest.raises(InputError, match="average must be in"):
+        adapt(parent, _targets(), average=1.5, **kw)

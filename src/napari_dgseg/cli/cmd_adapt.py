@@ -83,11 +83,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the decoders only (MaNi's first stage for instance segmentation)",
     )
+    avg = p.add_mutually_exclusive_group()
+    avg.add_argument(
+        "--average",
+        type=float,
+        default=0.5,
+        metavar="A",
+        help="return A x the last iterate + (1 - A) x the parent (weight averaging, WiSE-FT; "
+        "default 0.5)",
+    )
+    avg.add_argument(
+        "--no-average",
+        dest="average",
+        action="store_const",
+        const=None,
+        help="return the checkpoint the label-free selection chooses instead",
+    )
     p.add_argument(
         "--no-select",
         action="store_true",
-        help="keep the last iterate instead of the checkpoint (parent included) with the best "
-        "label-free signal on held-out targets",
+        help="with --no-average: keep the last iterate instead of the checkpoint (parent "
+        "included) with the best label-free signal on held-out targets",
     )
     p.add_argument(
         "--holdout",
@@ -211,6 +227,7 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         holdout=args.holdout,
         source_augment=args.source_augment,
         freeze_encoder=args.freeze_encoder,
+        average=args.average,
         source_transform=style,
         local_alignment=args.local_alignment,
         output_discriminator=args.local_alignment and not args.no_output_discriminator,

@@ -73,6 +73,8 @@ def signal_text(selection: dict | None) -> str:
     head = (f"Label-free check on {where}: nucleus fraction parent {p['foreground']:.2f} → "
             f"adapted {a['foreground']:.2f}{ref_txt}; score {p['score']:.3f} → {a['score']:.3f} "
             f"(certainty {p['certainty']:.2f} → {a['certainty']:.2f}). ")
+    if selection.get("returned") and not selection.get("returned_parent_weights"):
+        head += f"Returned: {selection['returned']}. "
     if selection.get("verdict") == "better":
         return head + "Looks better than the parent."
     if selection.get("returned_parent_weights"):

@@ -301,9 +301,10 @@ def test_default_adapt_is_not_worse_than_its_parent_on_held_out_target_tiles():
                                         lab)["dice"] for im, lab in test])
 
     sel = adapted.provenance["selection"]
-    assert sel["held_out"] and sel["held_out_images"] == 4 and sel["selected"]
-    # The selection is only as good as its label-free signal, so the bound is "not worse by more
-    # than 0.01 Dice", not "never worse"; docs/hovernet-mani.md says so with the measured values.
+    assert sel["held_out"] and sel["held_out_images"] == 4
+    assert sel["returned"].startswith(("weight average", "the parent's weights"))
+    # A label-free run cannot promise "never worse"; the bound is "not worse by more than 0.01
+    # Dice"; docs/hovernet-mani.md gives the measured values.
     assert dice(adapted) >= dice(parent) - 0.01
 
 

@@ -83,6 +83,21 @@ def test_wrong_estimate_is_corrected_from_the_pass_at_its_factor():
     assert "size check" in dec.reason and dec.as_dict()["check"]["passes"][0]["factor"] == 0.5
 
 
+def test_default_mode_does_not_recheck_a_pass_at_the_estimates_factor():
+    """``if-unscaled`` (the default): a pass at a resampled grid is kept, its size recorded."""
+    model = IdealModel(16.0)
+    result, dec = check_scale(estimated(32.0), TRAINED, model, shape=(256, 256))
+    assert model.calls == [0.5] and result == "pass at 0.5" and dec.factor == pytest.approx(0.5)
+    check = dec.as_dict()["check"]
+    assert check["mode"] == "if-unscaled"
+    assert check["passes"][0]["implied_factor"] == pytest.approx(1.0, abs=0.02)
+    assert "not acted on" in check["why"] and "size check" in dec.reason
+    model = IdealModel(8.0)  # the estimate not applied: the pass at 1 may ask for a second one
+    _, dec = check_scale(estimated(None), TRAINED, model, shape=(256, 256))
+    assert len(model.calls) == 2 and model.calls[0] == 1.0
+    assert dec.factor == pytest.approx(model.calls[1], abs=1e-4) and 1.9 < dec.factor < 2.1
+
+
 def test_agree_mode_resamples_only_when_both_agree():
     model = IdealModel(32.0)
     _, dec = check_scale(estimated(30.0), TRAINED, model, mode="agree", shape=(256, 256))

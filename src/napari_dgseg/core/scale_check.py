@@ -68,7 +68,9 @@ __all__ = [
 
 #: The variants (module docstring).
 SIZE_CHECK_MODES = ("off", "from-1", "from-estimate", "tight", "if-unscaled", "far", "agree")
-#: The default, chosen on the training renderer's hard cases (docs/scale.md).
+#: The default, chosen on the training renderer's 300 hard cases with ``nuclei-hovernet``: mean
+#: AJI 0.642 against 0.637 for ``off``, no scale bucket worse, a second pass on 5 % of the tiles
+#: (``from-estimate`` 0.641 with -0.009 at 2x; the modes starting at 1 lost 0.19 at 0.5x).
 DEFAULT_SIZE_CHECK = "if-unscaled"
 #: Fewer instances than this give no size (a median of a handful of objects says little).
 MIN_INSTANCES = 8

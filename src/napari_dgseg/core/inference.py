@@ -27,7 +27,15 @@ from napari_dgseg.core.predict import (
     elapsed_since,
     run_tiled,
 )
-from napari_dgseg.core.scale_inference import back_to_image, fundus_mask, plan_scale
+from napari_dgseg.core.resample import ResampledImage
+from napari_dgseg.core.scale_check import DEFAULT_SIZE_CHECK, check_scale, size_check_applies
+from napari_dgseg.core.scale_inference import (
+    MIN_RESIZED_SIDE,
+    back_to_image,
+    fundus_mask,
+    plan_scale,
+    task_kind,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_dgseg.core.bundle import Bundle
@@ -66,6 +74,7 @@ def predict_bundle(
     pixel_size_um: Any = None,
     fov: str = "auto",
     precision: str = "fp32",
+    size_check: str | None = None,
     tta: bool | None = None,
 ) -> Prediction:
     """Segment ``image`` with ``bundle``.
@@ -118,6 +127,11 @@ def predict_bundle(
     precision : str
         ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA only) for the network's forward passes
         (:mod:`napari_dgseg.core.precision`; accuracy against fp32 in docs/distributed.md).
+    size_check : str, optional
+        When the scale is estimated from the image, check it with the model
+        (:mod:`napari_dgseg.core.scale_check`: measure the nuclei of a pass, re-run once at the
+        factor they imply): one of ``SIZE_CHECK_MODES``; default ``DEFAULT_SIZE_CHECK``. Nuclei
+        instance models only; the passes are in ``provenance["scale"]["check"]``.
     tta : bool, optional
         Flip test-time augmentation (4 passes per tile, outputs averaged; see
         :func:`~napari_dgseg.core.predict.run_tiled`); None: the bundle's own default
@@ -139,6 +153,31 @@ def predict_bundle(
     decision, model_input = plan_scale(bundle.manifest, adapter, rescale=rescale, scale=scale,
                                        mpp=mpp, object_size=object_size,
                                        pixel_size_um=pixel_size_um)
+
+    def segment(factor: float) -> tuple[tuple[dict, Any, tuple[int, int]], np.ndarray]:
+        """One pass of the network on the image resized by ``factor``; outputs on the image."""
+        grid_input = (model_input if factor == (decision.factor if decision.applied else 1.0)
+                      else adapter if factor == 1.0 else ResampledImage.of(adapter, factor))
+        gh, gw = grid_input.height, grid_input.width
+        needed = estimate_inference_bytes(gh, gw, len(bundle.class_names),
+                                          len(family.discrete_outputs))
+        if (gh, gw) != (h, w):
+            needed += estimate_inference_bytes(h, w, len(bundle.class_names), 0)
+        check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
+        check_cancel(cancel)
+        maps = _forward(bundle, grid_input, plan, tile=tile, overlap=overlap, device=dev,
+                        batch=batch, progress=progress, cancel=cancel, precision=precision,
+                        tta=use_tta)
+        check_cancel(cancel)
+        fields = family.postprocess(maps, bundle.config)
+        if mask_from_maps(maps) is not None:  # local feature mask (Mind the Gap's D1), (H, W)
+            fields["local_mask"] = mask_from_maps(maps)
+        fields = back_to_image(fields, (gh, gw), (h, w), family.output == "semantic")
+        uncertainty = maps.get("uncertainty")  # from the branches only, never the postprocess
+        if uncertainty is not None:
+            uncertainty = back_to_image({"u": uncertainty}, (gh, gw), (h, w), False)["u"]
+        return (fields, uncertainty, (gh, gw)), np.asarray(fields["labels"])
+
     gh, gw = model_input.height, model_input.width
     needed = estimate_inference_bytes(gh, gw, len(bundle.class_names), len(family.discrete_outputs))
     if (gh, gw) != (h, w):
@@ -151,42 +190,11 @@ def predict_bundle(
     with cancel_hooks(bundle.model, cancel):  # LRIS picks its references with a forward pass
         plan = plan_dcin(bundle, adapter, dcin, reference, method=dcin_method,
                          stats_source=dcin_source, device=dev, cancel=cancel)
-    try:
-        maps = run_tiled(
-            inference_model(bundle),  # the network, with D1 when the bundle carries one
-            model_input,
-            input_spec=bundle.input_spec,
-            tile=tile,
-            overlap=overlap,
-            device=dev,
-            batch=batch,
-            branches=plan.branches,
-            progress=progress,
-            cancel=cancel,
-            discrete=family.discrete_outputs,
-            precision=precision,
-            tta=use_tta,
-            flip_signs=family.flip_signs,
-        )
-    except NonFiniteOutputError as exc:
-        if precision != "fp32":
-            raise NonFiniteOutputError(
-                f"model {bundle.name!r}: {exc} under {precision} (the range of {precision} "
-                "overflowed); use --precision fp32"
-            ) from None
-        raise NonFiniteOutputError(
-            f"model {bundle.name!r} ({bundle.path or 'not saved'}): {exc}, so its mask would be "
-            "wrong and none is returned. Its weights are probably broken (train or download it "
-            "again, or use another model); if other images work, check this image's values."
-        ) from None
-    check_cancel(cancel)
-    fields = family.postprocess(maps, bundle.config)
-    if mask_from_maps(maps) is not None:  # local feature mask (Mind the Gap's D1), (H, W)
-        fields["local_mask"] = mask_from_maps(maps)
-    fields = back_to_image(fields, (gh, gw), (h, w), family.output == "semantic")
-    uncertainty = maps.get("uncertainty")  # from the branches only, never the postprocess
-    if uncertainty is not None:
-        uncertainty = back_to_image({"u": uncertainty}, (gh, gw), (h, w), False)["u"]
+    mode = size_check if size_check is not None else DEFAULT_SIZE_CHECK
+    if not size_check_applies(task_kind(bundle.manifest), family.output):
+        mode = "off"
+    (fields, uncertainty, (gh, gw)), decision = check_scale(
+        decision, bundle.scale, segment, mode=mode, shape=(h, w), min_side=MIN_RESIZED_SIDE)
     fov_mask, fov_info = fundus_mask(bundle.manifest, adapter, fov)
     if fov_mask is not None:
         fields = apply_field_of_view(fields, fov_mask)
@@ -227,6 +235,40 @@ def predict_bundle(
         provenance=provenance,
         extras=extras,
     )
+
+
+def _forward(bundle: Bundle, grid_input: Any, plan: Any, *, tile: int, overlap: int, device: Any,
+             batch: int, progress: ProgressFn | None, cancel: Any, precision: str,
+             tta: bool = False) -> dict:
+    """The network's blended maps over ``grid_input`` (one tiled pass), with clear errors."""
+    try:
+        return run_tiled(
+            inference_model(bundle),  # the network, with D1 when the bundle carries one
+            grid_input,
+            input_spec=bundle.input_spec,
+            tile=tile,
+            overlap=overlap,
+            device=device,
+            batch=batch,
+            branches=plan.branches,
+            progress=progress,
+            cancel=cancel,
+            discrete=bundle.family.discrete_outputs,
+            precision=precision,
+            tta=tta,
+            flip_signs=bundle.family.flip_signs,
+        )
+    except NonFiniteOutputError as exc:
+        if precision != "fp32":
+            raise NonFiniteOutputError(
+                f"model {bundle.name!r}: {exc} under {precision} (the range of {precision} "
+                "overflowed); use --precision fp32"
+            ) from None
+        raise NonFiniteOutputError(
+            f"model {bundle.name!r} ({bundle.path or 'not saved'}): {exc}, so its mask would be "
+            "wrong and none is returned. Its weights are probably broken (train or download it "
+            "again, or use another model); if other images work, check this image's values."
+        ) from None
 
 
 #: Largest image (pixels) a whole-image family (a classical baseline) segments at once.

@@ -202,6 +202,9 @@ class ScaleDecision:
         The sizes the factor came from (the image's object size is the estimate or the user's).
     estimate : dict or None
         What the estimator reported (:func:`napari_dgseg.core.scale_estimate.estimate_object_size`).
+    check : dict or None
+        The model-in-the-loop size check's passes and why one was kept
+        (:func:`napari_dgseg.core.scale_check.check_scale`).
     """
 
     factor: float
@@ -214,6 +217,7 @@ class ScaleDecision:
     image_object_size_px: float | None = None
     model_object_size_px: float | None = None
     estimate: dict | None = None
+    check: dict | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly record for provenance."""
@@ -230,6 +234,8 @@ class ScaleDecision:
         }
         if self.estimate is not None:
             out["estimate"] = self.estimate
+        if self.check is not None:
+            out["check"] = self.check
         return out
 
 

@@ -313,6 +313,7 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
     from napari_dgseg.core.imageprep import ImageAdapter
     from napari_dgseg.core.inference import tta_default
     from napari_dgseg.core.labels_io import json_safe
+    from napari_dgseg.core.scale_check import check_region_scale
     from napari_dgseg.core.scale_inference import plan_scale
     from napari_dgseg.core.slide import open_image
     from napari_dgseg.core.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -334,6 +335,8 @@ def plan_slide(source: str | Path, bundle: Any, out: str | Path, *,
         if getattr(family, "segment_image", None) is None:
             dec, _ = plan_scale(bundle.manifest, adapter, rescale=rescale, scale=scale, mpp=mpp,
                                 object_size=object_size, pixel_size_um=opened.pixel_size_um)
+            dec = check_region_scale(bundle, adapter, dec, device=device, dcin=dcin,
+                                     reference=reference, dcin_method=dcin_method)
             factor = float(dec.factor) if dec.applied else 1.0
             decision = json_safe(dec.as_dict())
         block_size = _aligned(int(block_size), "block size")

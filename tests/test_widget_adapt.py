@@ -140,9 +140,10 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     from napari_dgseg._napari.widgets.adapt import signal_text
 
     assert "Looks worse" in signal_text(widget.result.provenance["selection"])
-    # what the run returned is said (by default a weight average of the last iterate and parent)
-    assert "Returned: weight average: 0.5 x iteration" in signal_text(
-        widget.result.provenance["selection"])
+    # what the run returned is said (by default the checkpoint the selection chose)
+    sel = widget.result.provenance["selection"]
+    assert sel["returned"].startswith(("checkpoint", "the parent's weights"))
+    assert f"Returned: {sel['returned']}." in signal_text(sel)
     assert widget.save(sync=True) is None and widget.save_button.text() == "Save anyway"
     assert "does not look better" in widget.status.text()
     assert widget.save(sync=True).name == f"{MODEL}-adapted-3.dgseg"

@@ -83,27 +83,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the decoders only (MaNi's first stage for instance segmentation)",
     )
-    avg = p.add_mutually_exclusive_group()
-    avg.add_argument(
+    p.add_argument(
         "--average",
         type=float,
-        default=0.5,
+        default=None,
         metavar="A",
-        help="return A x the last iterate + (1 - A) x the parent (weight averaging, WiSE-FT; "
-        "default 0.5)",
-    )
-    avg.add_argument(
-        "--no-average",
-        dest="average",
-        action="store_const",
-        const=None,
-        help="return the checkpoint the label-free selection chooses instead",
+        help="return A x the last iterate + (1 - A) x the parent (weight averaging, WiSE-FT) "
+        "instead of the checkpoint the label-free selection chooses",
     )
     p.add_argument(
         "--no-select",
         action="store_true",
-        help="with --no-average: keep the last iterate instead of the checkpoint (parent "
-        "included) with the best label-free signal on held-out targets",
+        help="keep the last iterate instead of the checkpoint (parent included) with the best "
+        "label-free signal on held-out targets",
     )
     p.add_argument(
         "--holdout",

@@ -194,7 +194,8 @@ def predict_bundle(
     if not size_check_applies(task_kind(bundle.manifest), family.output):
         mode = "off"
     (fields, uncertainty, (gh, gw)), decision = check_scale(
-        decision, bundle.scale, segment, mode=mode, shape=(h, w), min_side=MIN_RESIZED_SIDE)
+        decision, bundle.scale if mode != "off" else {}, segment, mode=mode, shape=(h, w),
+        min_side=MIN_RESIZED_SIDE)
     fov_mask, fov_info = fundus_mask(bundle.manifest, adapter, fov)
     if fov_mask is not None:
         fields = apply_field_of_view(fields, fov_mask)
@@ -256,7 +257,7 @@ def _forward(bundle: Bundle, grid_input: Any, plan: Any, *, tile: int, overlap: 
             discrete=bundle.family.discrete_outputs,
             precision=precision,
             tta=tta,
-            flip_signs=bundle.family.flip_signs,
+            flip_signs=getattr(bundle.family, "flip_signs", {}),
         )
     except NonFiniteOutputError as exc:
         if precision != "fp32":

@@ -520,12 +520,12 @@ class SegmentWidget(QWidget):
         self._run_dcin_mode = job.dcin
         self.status_label.setText(f"Segmenting the whole slide '{layer.name}' block by block "
                                   f"with {bundle.name} into {out.name}…")
-        job.preview = self._show_live_result(layer, bundle.name, out)
+        job.preview = self._show_live_result(layer, bundle, out)
         outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result
 
-    def _show_live_result(self, layer: Any, model_name: str, out: os.PathLike) -> Any:
+    def _show_live_result(self, layer: Any, bundle: Any, out: os.PathLike) -> Any:
         """Add the slide's result layer now; it grows block by block (``slide_preview``).
 
         napari builds a Labels layer in the GUI thread (about 0.1 s); done here, when Run is
@@ -538,8 +538,13 @@ class SegmentWidget(QWidget):
         shape = (int(layer.data[0].shape[0]), int(layer.data[0].shape[1]))
         preview = SlidePreview(shape)
         levels = live_levels(pyramid_shapes(shape), preview)
-        kwargs = {
-            "name": f"{layer.name} {model_name}", "multiscale": True,
+        colours = task_colours(bundle.class_names, bundle.manifest.get("task"),
+                               bundle.class_colors)
+        kwargs = {  # styled here as _style_labels would: napari then draws it once
+            "colormap": (instance_colormap(colours.get(1, (255, 64, 64)))
+                         if bundle.family.output == "instances" else semantic_colormap(colours)),
+            "opacity": float(self.opacity_spin.value()),
+            "name": f"{layer.name} {bundle.name}", "multiscale": True,
             "scale": tuple(float(v) for v in layer.scale[-2:]),
             "translate": tuple(float(v) for v in layer.translate[-2:]),
             "metadata": {"source_layer": layer.name,
@@ -548,7 +553,9 @@ class SegmentWidget(QWidget):
         self._kept = None
         self._kept_layer = add_or_replace(self.viewer, [(levels, kwargs, "labels")])[0]
         self._live = (self._kept_layer, levels)
-        self._style_labels(recolour=True)
+        contour = int(self.contour_spin.value())
+        if contour:  # not a constructor argument
+            self._kept_layer.contour = contour
         return preview
 
     def _finish_live_result(self, layer_data: Any) -> list[Any]:

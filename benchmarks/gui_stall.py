@@ -10,8 +10,10 @@ asked of both scenarios: the largest gap at most 100 ms.
     plugin reader in a napari viewer (not shown), docks the Segment widget with an untrained small
     U-Net (widths 8-16-32, as the widget tests use: only the speed matters here) and runs the
     whole slide, which the widget streams block by block into OME-Zarr
-    (``napari_dgseg._napari.slide_job``). Gaps are split at the last block's progress signal:
-    during the streamed blocks, and after (reading the result and adding the labels layer).
+    (``napari_dgseg._napari.slide_job``). The result layer is added when Run is pressed and
+    refreshed per block (``napari_dgseg._napari.slide_preview``). Gaps are split at the last
+    block's progress signal: during the streamed blocks (Run included), and after (the pyramid
+    built in the worker, the finished levels attached to the layer and drawn).
 ``adapt``
     Trains a tiny HoVer-Net bundle for 3 iterations (widths 8-16-32, as the Adapt widget tests),
     docks the Adapt widget on two 128 px target images and adapts for ``--iters`` iterations
@@ -34,8 +36,9 @@ Needs a display::
 
 ``both`` runs the slide and adapt scenarios each in a fresh process (the first Labels layer of a
 session costs most).
-``--no-warm`` measures as before the widgets imported pandas when built
-(``napari_dgseg._napari.warm``): napari's first-Labels-layer import then falls on the result.
+``--no-warm`` skips the widgets' warm-up when built (``napari_dgseg._napari.warm``: pandas, a
+throwaway Labels model, vispy's dash atlas, the garbage-collector freeze): the first Labels
+layer's one-time work then falls on the run; ``--no-gc-freeze`` skips only the freeze.
 """
 
 from __future__ import annotations
@@ -311,8 +314,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20, help="adaptation iterations (adapt)")
     ap.add_argument("--interval", type=int, default=10, help="QTimer interval in ms")
     ap.add_argument("--no-warm", action="store_true",
-                    help="skip the widgets' import of pandas when built (napari's first-Labels-"
-                         "layer import then falls on the result layer, as before the fix)")
+                    help="skip the widgets' warm-up when built (napari's first-Labels-layer "
+                         "one-time work then falls on the run)")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="skip the widgets' gc.freeze() when built (napari_dgseg._napari.warm)")
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes (labels-cost)")

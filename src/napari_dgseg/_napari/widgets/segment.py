@@ -569,9 +569,11 @@ class SegmentWidget(QWidget):
         for level, source in zip(levels, data, strict=True):
             level.attach(source)
         layer.metadata = dict(kwargs.get("metadata") or {})
+        import numpy as np
+
         scale = [float(v) for v in kwargs.get("scale", layer.scale)]
-        if len(scale) == len(layer.scale) and any(
-                abs(a - float(b)) > 1e-9 * max(abs(a), 1.0) for a, b in zip(scale, layer.scale, strict=True)):
+        shown = [float(v) for v in layer.scale]
+        if len(scale) == len(shown) and not np.allclose(scale, shown, rtol=1e-9, atol=0.0):
             layer.scale = scale  # the reader's placement, as a result added at the end had
         layer.refresh()
         return [layer]

@@ -44,6 +44,7 @@ layer's one-time work then falls on the run; ``--no-gc-freeze`` skips only the f
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -106,6 +107,16 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
         ticks.append(time.perf_counter())
         cpu.append(time.thread_time())
 
+    collections: list[tuple[float, float]] = []  # (start, seconds) of every full collection
+    began: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:  # any thread: a collection holds the GIL
+        if phase == "start":
+            began[0] = time.perf_counter()
+        elif info.get("generation") == 2:
+            collections.append((began[0], time.perf_counter() - began[0]))
+
+    gc.callbacks.append(on_gc)
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(interval)
@@ -119,6 +130,7 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     tick()
     t1, p1 = ticks[-1], time.process_time()
     timer.stop()
+    gc.callbacks.remove(on_gc)
     progressed.disconnect(on_progress)
     starts = np.asarray(ticks[:-1])
     gaps = np.diff(ticks) * 1000
@@ -153,6 +165,13 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
             [round(float(ticks[i] - t0), 2), r(gaps[i]), r(gaps_cpu[i]),
              round(float(min((ticks[i] - t for t in signals), key=abs, default=float("nan"))),
                    3)]
+            for i in np.flatnonzero(gaps > BOUND_MS)],
+        # full garbage collections during the run: count, longest, and their ms in each gap over
+        # the bound (same order as the detail above)
+        "full_gc_count": len(collections),
+        "full_gc_max_ms": r(max((d for _, d in collections), default=0.0) * 1000),
+        "full_gc_ms_in_gaps_over_bound": [
+            r(sum(d for c, d in collections if ticks[i] <= c < ticks[i + 1]) * 1000)
             for i in np.flatnonzero(gaps > BOUND_MS)],
         "within_bound": bool(gaps.max() <= BOUND_MS),
     }

@@ -10,8 +10,10 @@ asked of both scenarios: the largest gap at most 100 ms.
     plugin reader in a napari viewer (not shown), docks the Segment widget with an untrained small
     U-Net (widths 8-16-32, as the widget tests use: only the speed matters here) and runs the
     whole slide, which the widget streams block by block into OME-Zarr
-    (``napari_dgseg._napari.slide_job``). Gaps are split at the last block's progress signal:
-    during the streamed blocks, and after (reading the result and adding the labels layer).
+    (``napari_dgseg._napari.slide_job``). The result layer is added when Run is pressed and
+    refreshed per block (``napari_dgseg._napari.slide_preview``). Gaps are split at the last
+    block's progress signal: during the streamed blocks (Run included), and after (the pyramid
+    built in the worker, the finished levels attached to the layer and drawn).
 ``adapt``
     Trains a tiny HoVer-Net bundle for 3 iterations (widths 8-16-32, as the Adapt widget tests),
     docks the Adapt widget on two 128 px target images and adapts for ``--iters`` iterations
@@ -25,14 +27,24 @@ Needs a display::
         python benchmarks/gui_stall.py --scenario both [--size 4096] [--iters 20] \\
         [--no-warm] [--out benchmarks/results/gui_stall.json]
 
-``both`` runs each scenario in a fresh process (the first Labels layer of a session costs most).
-``--no-warm`` measures as before the widgets imported pandas when built
-(``napari_dgseg._napari.warm``): napari's first-Labels-layer import then falls on the result.
+``labels-cost``
+    What a Labels layer costs napari in the GUI thread, the first of a session against a second:
+    GUI-thread CPU and wall time of building the layer model and of ``viewer.add_layer`` (and the
+    first draw) for two lazy multiscale 4096^2 label pyramids in turn (the live levels the Segment
+    widget adds at Run, ``napari_dgseg._napari.slide_preview``), in a fresh process without and with the
+    widgets' warm-up (``napari_dgseg._napari.warm``). No run, no timer.
+
+``both`` runs the slide and adapt scenarios each in a fresh process (the first Labels layer of a
+session costs most).
+``--no-warm`` skips the widgets' warm-up when built (``napari_dgseg._napari.warm``: pandas, a
+throwaway Labels model, vispy's dash atlas, the garbage-collector freeze): the first Labels
+layer's one-time work then falls on the run; ``--no-gc-freeze`` skips only the freeze.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -78,10 +90,12 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     from qtpy.QtCore import QTimer
 
     last: list[float] = []
+    signals: list[float] = []  # every progress signal
     steps: list[int] = [0]
 
     def on_progress(done: int, total: int) -> None:
         steps[0] = int(total)
+        signals.append(time.perf_counter())
         if done >= total:
             last.append(time.perf_counter())
 
@@ -93,6 +107,16 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
         ticks.append(time.perf_counter())
         cpu.append(time.thread_time())
 
+    collections: list[tuple[float, float]] = []  # (start, seconds) of every full collection
+    began: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:  # any thread: a collection holds the GIL
+        if phase == "start":
+            began[0] = time.perf_counter()
+        elif info.get("generation") == 2:
+            collections.append((began[0], time.perf_counter() - began[0]))
+
+    gc.callbacks.append(on_gc)
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(interval)
@@ -106,6 +130,7 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     tick()
     t1, p1 = ticks[-1], time.process_time()
     timer.stop()
+    gc.callbacks.remove(on_gc)
     progressed.disconnect(on_progress)
     starts = np.asarray(ticks[:-1])
     gaps = np.diff(ticks) * 1000
@@ -134,6 +159,20 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
         "max_gap_gui_thread_cpu_ms": r(gaps_cpu[worst]),
         "max_gui_thread_cpu_in_one_gap_ms": r(gaps_cpu.max()),
         "gaps_over_bound": int((gaps > BOUND_MS).sum()),
+        # each gap over the bound: start (s from Run), length, GUI-thread CPU in it (ms), and the
+        # time from the nearest progress signal to the gap's start (s; negative: signal after)
+        "gaps_over_bound_detail": [
+            [round(float(ticks[i] - t0), 2), r(gaps[i]), r(gaps_cpu[i]),
+             round(float(min((ticks[i] - t for t in signals), key=abs, default=float("nan"))),
+                   3)]
+            for i in np.flatnonzero(gaps > BOUND_MS)],
+        # full garbage collections during the run: count, longest, and their ms in each gap over
+        # the bound (same order as the detail above)
+        "full_gc_count": len(collections),
+        "full_gc_max_ms": r(max((d for _, d in collections), default=0.0) * 1000),
+        "full_gc_ms_in_gaps_over_bound": [
+            r(sum(d for c, d in collections if ticks[i] <= c < ticks[i + 1]) * 1000)
+            for i in np.flatnonzero(gaps > BOUND_MS)],
         "within_bound": bool(gaps.max() <= BOUND_MS),
     }
 
@@ -174,15 +213,21 @@ def scenario_slide(size: int, interval: int, folder: Path) -> dict[str, Any]:
     app.processEvents()
     widget.set_image_layer(layer)
     warmed = "pandas" in sys.modules
+    name = f"{layer.name} bench-unet"
+    shown: list[Any] = []  # the result layer at each block's progress signal (None: not there)
+    widget.runner.progressed.connect(
+        lambda done, total: shown.append(viewer.layers[name] if name in viewer.layers else None))
     result = probe(app, lambda: widget.segment_layer(layer), lambda: widget.running,
                    widget.runner.progressed, interval)
     added = [lyr.name for lyr in widget.last_result]
+    same_layer = bool(shown) and all(s is widget.last_result[0] for s in shown)
     status = widget.status_label.text()
     viewer.close()
     return {"slide_px": [size, size], "model": "untrained U-Net 8-16-32 (speed only)",
             "dock_seconds": dock_seconds, "pandas_imported_before_run": warmed,
             "layer_multiscale": bool(layer.multiscale), "streamed": "streamed" in status,
-            "layers_added": added, "status": status, "steps_are": "blocks", **result}
+            "layers_added": added, "result_layer_shown_from_first_progress": same_layer,
+            "status": status, "steps_are": "blocks", **result}
 
 
 def scenario_adapt(iters: int, interval: int, folder: Path) -> dict[str, Any]:
@@ -245,21 +290,64 @@ def scenario_adapt(iters: int, interval: int, folder: Path) -> dict[str, Any]:
             "status": status, "steps_are": "iterations", **result}
 
 
+def scenario_labels_cost(warm: bool) -> dict[str, Any]:
+    """GUI-thread cost of a first and a second Labels layer (see the module docstring)."""
+    import napari
+    from napari.layers import Layer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_dgseg._napari.slide_preview import SlidePreview, live_levels
+    from napari_dgseg.core.wsi.store import pyramid_shapes
+
+    if warm:
+        from napari_dgseg._napari.warm import warm_layer_imports
+
+        warm_layer_imports()
+    viewer = napari.Viewer(show=False)
+    app = QApplication.instance()
+    viewer.add_image(np.zeros((512, 512, 3), np.uint8), rgb=True, scale=(8.0, 8.0))
+    for _ in range(10):
+        app.processEvents()
+    rows = []
+    for i in range(2):
+        levels = live_levels(pyramid_shapes((4096, 4096)), SlidePreview((4096, 4096)))
+        c0, w0 = time.thread_time(), time.perf_counter()
+        layer = Layer.create(levels, {"name": f"labels {i}", "multiscale": True}, "labels")
+        c1 = time.thread_time()
+        viewer.add_layer(layer)
+        app.processEvents()
+        c2, w2 = time.thread_time(), time.perf_counter()
+        rows.append({"layer": i + 1, "create_cpu_ms": round((c1 - c0) * 1e3, 1),
+                     "add_layer_cpu_ms": round((c2 - c1) * 1e3, 1),
+                     "total_cpu_ms": round((c2 - c0) * 1e3, 1),
+                     "total_wall_ms": round((w2 - w0) * 1e3, 1)})
+    viewer.close()
+    return {"warm": warm, "layers": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", choices=["slide", "adapt", "both"], default="both")
+    ap.add_argument("--scenario", choices=["slide", "adapt", "both", "labels-cost"],
+                    default="both")
     ap.add_argument("--size", type=int, default=4096, help="slide side in px (slide scenario)")
     ap.add_argument("--iters", type=int, default=20, help="adaptation iterations (adapt)")
     ap.add_argument("--interval", type=int, default=10, help="QTimer interval in ms")
     ap.add_argument("--no-warm", action="store_true",
-                    help="skip the widgets' import of pandas when built (napari's first-Labels-"
-                         "layer import then falls on the result layer, as before the fix)")
+                    help="skip the widgets' warm-up when built (napari's first-Labels-layer "
+                         "one-time work then falls on the run)")
+    ap.add_argument("--no-gc-freeze", action="store_true",
+                    help="skip the widgets' gc.freeze() when built (napari_dgseg._napari.warm)")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes (labels-cost)")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
     if args.no_warm:
         import napari_dgseg._napari.warm as warm
 
         warm.warm_layer_imports = lambda: None
+    if args.no_gc_freeze:
+        import napari_dgseg._napari.warm as warm
+
+        warm.freeze_gc = lambda: None
     if args.size < 4096:
         ap.error("--size must be at least 4096: smaller whole images are not streamed")
     load_before = load_average()
@@ -268,17 +356,32 @@ def main() -> None:
         "benchmark": "gui_stall",
         "command": f"python benchmarks/gui_stall.py --scenario {args.scenario} --size {args.size}"
                    f" --iters {args.iters} --interval {args.interval}"
-                   + (" --no-warm" if args.no_warm else ""),
+                   + (" --no-warm" if args.no_warm else "")
+                   + (" --no-gc-freeze" if args.no_gc_freeze else ""),
         "timer_interval_ms": args.interval,
         "bound_ms": BOUND_MS,
     }
-    if args.scenario == "both":  # each in a fresh process: the first result layer costs most
+    if args.scenario == "labels-cost":  # --repeats fresh processes each, all kept
+        for warm in (False, True):
+            runs = []
+            for _ in range(args.repeats):
+                here = str(Path(__file__).parent)
+                code = (f"import json, sys; sys.path.insert(0, {here!r}); import gui_stall; "
+                        f"print(json.dumps(gui_stall.scenario_labels_cost({warm!r})))")
+                run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=False)
+                if run.returncode != 0:
+                    sys.exit(f"the labels-cost scenario failed:\n{run.stderr[-2000:]}")
+                runs.append(json.loads(run.stdout.strip().splitlines()[-1])["layers"])
+            out["warm" if warm else "no_warm"] = runs
+    elif args.scenario == "both":  # each in a fresh process: the first result layer costs most
         for name in ("slide", "adapt"):
             with tempfile.TemporaryDirectory(prefix="dgseg-stall-") as tmp:
                 part = Path(tmp) / f"{name}.json"
                 cmd = [sys.executable, __file__, "--scenario", name, "--size", str(args.size),
                        "--iters", str(args.iters), "--interval", str(args.interval),
-                       "--out", str(part)] + (["--no-warm"] if args.no_warm else [])
+                       "--out", str(part)] + (["--no-warm"] if args.no_warm else []) + (
+                    ["--no-gc-freeze"] if args.no_gc_freeze else [])
                 run = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if run.returncode != 0 or not part.is_file():
                     sys.exit(f"the {name} scenario failed:\n{run.stderr[-2000:]}")

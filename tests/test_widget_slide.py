@@ -51,3 +51,99 @@ def test_whole_multiscale_slide_is_streamed_to_zarr(widget, tmp_path, monkeypatc
     assert tuple(labels.scale) == pytest.approx(tuple(layer.scale))  # on the slide, in um
     assert widget.progress_bar.format() == "%v / %m blocks"
     assert "streamed" in widget.status_label.text()
+
+
+def save_foreground_unet(folder, name: str):
+    """A tiny U-Net whose head says 'nucleus' everywhere: every written block is visibly 1."""
+    import torch
+
+    from napari_dgseg.core.bundle import Bundle
+    from napari_dgseg.core.registry import get_family
+
+    cfg = {"num_classes": 2, "widths": [8, 16, 32]}
+    model = get_family("unet").build_model(cfg)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([-20.0, 20.0]))
+    Bundle.create(model, "unet", cfg, name=name, class_names=["background", "nucleus"],
+                  task="nuclei").save(folder / f"{name}.dgseg")
+    return folder
+
+
+def test_slide_result_layer_is_shown_from_run_and_grows_block_by_block(
+        make_napari_viewer, qtbot, tmp_path, tmp_path_factory, monkeypatch):
+    import numpy as np
+    import zarr
+
+    import napari_dgseg._napari.slide_job as slide_job
+    import napari_dgseg._napari.slide_preview as slide_preview
+    import napari_dgseg.core.wsi as wsi
+    from conftest import docked_segment_widget
+    from napari_dgseg._napari.reader import read_one
+    from test_wsi_stream import nuclei_slide, write_pyramid
+
+    monkeypatch.setattr(slide_job, "SLIDE_JOB_MIN_PIXELS", 500 * 500)
+    monkeypatch.setattr(wsi, "DEFAULT_BLOCK", 256)  # 3 x 4 blocks
+    monkeypatch.setattr(slide_preview, "PREVIEW_SIDE", 256)  # a coarse preview: every 4th px
+    name = "fg-unet"
+    widget = docked_segment_widget(make_napari_viewer, qtbot, monkeypatch,
+                                   save_foreground_unet(tmp_path_factory.mktemp("m"), name), name)
+    widget.device_combo.setCurrentText("cpu")
+    slide = write_pyramid(tmp_path / "case.svs", nuclei_slide(704, 896))
+    data, kwargs, _ = read_one(slide)
+    image = widget.viewer.add_image(data, **kwargs)
+    out = tmp_path / f"case_{name}.zarr"
+    seen = []
+
+    def snapshot(done: int, total: int) -> None:  # in sync mode: right after the block's paint
+        layer = widget.viewer.layers[f"case {name}"]  # there before the run has ended
+        markers = {int(p.stem) for p in (out / ".dgseg-blocks").glob("*.done")}
+        seen.append((done, total, layer, np.asarray(layer.data[0][::4, ::4]), markers))
+
+    widget.runner.progressed.connect(snapshot)
+    added = widget.segment_layer(image, sync=True)
+    widget.runner.progressed.disconnect(snapshot)
+
+    assert [s[0] for s in seen] == list(range(13)) and {s[1] for s in seen} == {12}
+    layer = added[0]
+    assert all(s[2] is layer for s in seen)  # one layer, added at Run, kept at the end
+    assert layer.multiscale and tuple(layer.scale) == pytest.approx(tuple(image.scale))
+    for done, _, _, view, markers in seen:
+        assert len(markers) == done
+        for block in range(12):  # a written block shows its labels (1), the others nothing yet
+            by, bx = divmod(block, 4)
+            tile = view[by * 64:(by + 1) * 64, bx * 64:(bx + 1) * 64]
+            assert tile.size and np.all(tile == (1 if block in markers else 0)), (done, block)
+    # after the run the same layer reads the finished OME-Zarr, every level
+    for k, level in enumerate(layer.data):
+        stored = np.asarray(zarr.open_array(str(out / str(k)), mode="r", zarr_format=2)[:])
+        assert np.array_equal(np.asarray(level[:, :]), stored)
+    assert layer.metadata["provenance"]["blocks"] == 12
+    assert "streamed" in widget.status_label.text()
+
+
+def test_cancelled_slide_run_removes_its_live_layer(widget, tmp_path, monkeypatch):
+    import napari_dgseg._napari.slide_job as slide_job
+    import napari_dgseg.core.wsi as wsi
+    from napari_dgseg._napari.reader import read_one
+    from test_wsi_stream import nuclei_slide, write_pyramid
+
+    monkeypatch.setattr(slide_job, "SLIDE_JOB_MIN_PIXELS", 500 * 500)
+    monkeypatch.setattr(wsi, "DEFAULT_BLOCK", 256)
+    slide = write_pyramid(tmp_path / "case.svs", nuclei_slide(704, 896))
+    data, kwargs, _ = read_one(slide)
+    image = widget.viewer.add_image(data, **kwargs)
+    name = f"case {MODEL}"
+
+    def cancel_after_two(done: int, total: int) -> None:
+        if done == 2:
+            assert name in widget.viewer.layers
+            widget.runner.cancel()
+
+    widget.runner.progressed.connect(cancel_after_two)
+    widget.segment_layer(image, sync=True)
+    widget.runner.progressed.disconnect(cancel_after_two)
+    assert name not in widget.viewer.layers  # the preview of a cancelled run is not a result
+    assert "cancelled" in widget.status_label.text()
+    assert len(list((tmp_path / f"case_{MODEL}.zarr" / ".dgseg-blocks").glob("*.done"))) >= 2

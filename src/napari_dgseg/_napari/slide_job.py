@@ -69,9 +69,12 @@ class SlideJob:
     probabilities: bool = False
     scale_kwargs: dict[str, Any] = field(default_factory=dict)
     block_size: int | None = None
+    #: Painted after each block for the result layer shown during the run (slide_preview).
+    preview: Any = None
 
     def __call__(self, progress: ProgressFn, cancel: threading.Event) -> SegmentResult:
         from napari_dgseg._napari.reader import read_one
+        from napari_dgseg._napari.slide_preview import preview_executor
         from napari_dgseg.core.wsi import DEFAULT_BLOCK, predict_slide
 
         outputs = ["labels", "probabilities"] if self.probabilities else ["labels"]
@@ -79,7 +82,9 @@ class SlideJob:
         summary = predict_slide(
             self.bundle, self.source_path, self.out, block_size=self.block_size or DEFAULT_BLOCK,
             progress=progress, cancel=cancel, outputs=outputs, tile=self.tile,
-            overlap=self.overlap, device=self.device, dcin=self.dcin, **scale)
+            overlap=self.overlap, device=self.device, dcin=self.dcin,
+            block_executor=(None if self.preview is None
+                            else preview_executor(self.preview, self.bundle, cancel)), **scale)
         data, kwargs, kind = read_one(self.out)
         kwargs["name"] = f"{self.image_name} {self.bundle.name}"
         translate = tuple(float(t) for t in self.translate[-2:])

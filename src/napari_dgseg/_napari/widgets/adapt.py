@@ -8,8 +8,9 @@ the adaptation (:func:`napari_dgseg.core.train.adapt.adapt_steps`, on a deep cop
 the "after" prediction of *Compare*, and writing the bundle of *Save* all happen in the worker.
 Every iteration its losses reach the live plot
 (:class:`~napari_dgseg._napari.widgets.loss_plot.LossPlot`), and every few iterations a preview of
-the current prediction on the first target replaces the "adapt preview" labels layer (in the GUI
-thread). Cancel stops the run: the loaded model is untouched, and what was adapted so far can
+the current prediction on the first target replaces the data of the "adapt preview" labels layer
+(in the GUI thread; the layer itself is added, empty, when Run is pressed, before the worker
+starts). Cancel stops the run: the loaded model is untouched, and what was adapted so far can
 still be saved or dropped. Save writes a new versioned bundle (``<parent>-adapted-<n>``) into the
 user model folder. Compare shows the parent's and the adapted model's labels over the image
 they came from (its scale, translate and units).
@@ -375,6 +376,10 @@ class AdaptWidget(QWidget):
         }
         if method == "mani" and self.local_check.isChecked():
             params["local_alignment"] = True  # D1 + D2 (Mind the Gap), D1 kept in the bundle
+        if method == "mani" and PREVIEW_NAME not in self.viewer.layers:
+            # the preview layer now, empty, before the worker starts: napari builds a Labels layer
+            # in the GUI thread (about 0.1 s), which at the first preview stalled the running job
+            self._show_labels(PREVIEW_NAME, np.zeros(planes[0][0].shape[:2], np.int32))
         how = "Re-estimating the statistics of" if method == "stats" else "Adapting"
         self.status.setText(f"{how} {bundle.name} to {len(layers)} target layer(s)…")
         self._job = "adapt"

@@ -112,6 +112,8 @@ class SegmentWidget(QWidget):
         # what the mask controls re-derive the labels from (see _apply_mask_controls)
         self._kept: SegmentResult | None = None
         self._kept_layer: Any = None
+        # a streamed slide's result layer, shown from Run on (slide_preview): (layer, levels)
+        self._live: tuple[Any, list[Any]] | None = None
         self._model_labels: Any = None
         self._folder_rows: list[FileResult] = []
         self._runner = TaskRunner("Segmenting", self)
@@ -518,9 +520,73 @@ class SegmentWidget(QWidget):
         self._run_dcin_mode = job.dcin
         self.status_label.setText(f"Segmenting the whole slide '{layer.name}' block by block "
                                   f"with {bundle.name} into {out.name}…")
+        job.preview = self._show_live_result(layer, bundle, out)
         outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result
+
+    def _show_live_result(self, layer: Any, bundle: Any, out: os.PathLike) -> Any:
+        """Add the slide's result layer now; it grows block by block (``slide_preview``).
+
+        napari builds a Labels layer in the GUI thread (about 0.1 s); done here, when Run is
+        pressed and before the worker starts, it is not done again when the result arrives:
+        the layer's levels then read the finished OME-Zarr. Returns the preview the worker paints.
+        """
+        from napari_dgseg._napari.slide_preview import SlidePreview, live_levels
+        from napari_dgseg.core.wsi.store import pyramid_shapes
+
+        shape = (int(layer.data[0].shape[0]), int(layer.data[0].shape[1]))
+        preview = SlidePreview(shape)
+        levels = live_levels(pyramid_shapes(shape), preview)
+        colours = task_colours(bundle.class_names, bundle.manifest.get("task"),
+                               bundle.class_colors)
+        kwargs = {  # styled here as _style_labels would: napari then draws it once
+            "colormap": (instance_colormap(colours.get(1, (255, 64, 64)))
+                         if bundle.family.output == "instances" else semantic_colormap(colours)),
+            "opacity": float(self.opacity_spin.value()),
+            "name": f"{layer.name} {bundle.name}", "multiscale": True,
+            "scale": tuple(float(v) for v in layer.scale[-2:]),
+            "translate": tuple(float(v) for v in layer.translate[-2:]),
+            "metadata": {"source_layer": layer.name,
+                         "provenance": {"what": "whole-slide run in progress", "output": str(out)}},
+        }
+        self._kept = None
+        self._kept_layer = add_or_replace(self.viewer, [(levels, kwargs, "labels")])[0]
+        self._live = (self._kept_layer, levels)
+        contour = int(self.contour_spin.value())
+        if contour:  # not a constructor argument
+            self._kept_layer.contour = contour
+        return preview
+
+    def _finish_live_result(self, layer_data: Any) -> list[Any]:
+        """Point the live result layer at the finished OME-Zarr levels (no new layer is built)."""
+        (layer, levels), self._live = self._live, None
+        data, kwargs, _ = layer_data
+        if layer not in self.viewer.layers or len(data) != len(levels):
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+            return add_or_replace(self.viewer, [layer_data])
+        for level, source in zip(levels, data, strict=True):
+            level.attach(source)
+        layer.metadata = dict(kwargs.get("metadata") or {})
+        import numpy as np
+
+        scale = [float(v) for v in kwargs.get("scale", layer.scale)]
+        shown = [float(v) for v in layer.scale]
+        if len(scale) == len(shown) and not np.allclose(scale, shown, rtol=1e-9, atol=0.0):
+            layer.scale = scale  # the reader's placement, as a result added at the end had
+        layer.refresh()
+        return [layer]
+
+    def _drop_live_result(self) -> None:
+        """Remove the live result layer of a failed or cancelled run (its blocks stay on disk)."""
+        live, self._live = self._live, None
+        if live is None:
+            return
+        if live[0] in self.viewer.layers:
+            self.viewer.layers.remove(live[0])
+        if self._kept_layer is live[0]:
+            self._kept_layer = None
 
     def _dcin_source(self, layer: Any, plane: Any, region: Any) -> Any:
         """The whole plane whose colours DCIN normalises a region by (lazy, nothing read here).
@@ -661,18 +727,24 @@ class SegmentWidget(QWidget):
     def _on_progress(self, done: int, total: int) -> None:
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
+        if self._live is not None and self._live[0] in self.viewer.layers:
+            self._live[0].refresh()  # the blocks painted so far (slide_preview)
 
     def _on_succeeded(self, result: Any) -> None:
         if not isinstance(result, SegmentResult):  # a folder run: _folder_done has reported
             return
-        self._last_result = add_or_replace(self.viewer, result.layer_data)
+        live = self._live is not None
+        if live:  # a streamed slide: its layer was added when Run was pressed
+            self._last_result = self._finish_live_result(result.layer_data[0])
+        else:
+            self._last_result = add_or_replace(self.viewer, result.layer_data)
         labels = [lyr for lyr in self._last_result if lyr._type_string == "labels"]
         if labels or self._last_result:
             self.viewer.layers.selection.active = (labels or self._last_result)[0]
         self._kept = result
         self._kept_layer = labels[0] if labels else None
         self._model_labels = None if self._kept_layer is None else self._kept_layer.data
-        self._style_labels(recolour=True)
+        self._style_labels(recolour=not live)  # a live layer got its colours at Run
         self.dcin.show_result(result.dcin, result.reference_label)
         self.scale_controls.show_result(result.scale)
         dcin = result.dcin or {}
@@ -731,6 +803,11 @@ class SegmentWidget(QWidget):
         prov = layer.metadata.get("provenance") if isinstance(layer.metadata, dict) else None
         if default:
             data = self._model_labels
+            if data is layer.data:
+                self._mask_status(None)
+                if isinstance(prov, dict):
+                    prov.pop("mask_controls", None)
+                return  # nothing to re-derive (setting it again re-reads a whole slide's view)
         elif kept.probabilities is None:
             notify("this model returns no probabilities; threshold and size cannot be tuned")
             return
@@ -764,9 +841,11 @@ class SegmentWidget(QWidget):
         )
 
     def _on_failed(self, message: str) -> None:  # the runner has shown the notification
+        self._drop_live_result()
         self.status_label.setText(f"Failed: {message}")
 
     def _on_cancelled(self) -> None:
+        self._drop_live_result()
         notify("Segmentation cancelled", "info")
         if self.progress_bar.format().endswith("files"):
             n = sum(1 for row in self._folder_rows if row.ok)

@@ -383,3 +383,23 @@ def test_set_model_waits_for_the_first_load(make_napari_viewer, tiny_bundle_dir,
     assert w.model_picker.loading  # the first listed model loads in a worker
     bundle = w.set_model(str(tiny_bundle_dir / f"{MODEL}.dgseg"))
     assert bundle is not None and bundle.name == MODEL and not w.model_picker.loading
+
+
+def test_test_time_flips_follow_the_model_and_reach_the_prediction(widget, qtbot):
+    viewer = widget.viewer
+    assert not widget.tta_check.isChecked()  # the tiny model records no TTA default
+    assert "4x" in widget.tta_check.text() and widget.tta_check.toolTip()
+    viewer.add_image(_rgb(96, 128, seed=3), name="small", rgb=True)
+    widget.tta_check.setChecked(True)
+    widget.run()
+    _wait(qtbot, widget)
+    prov = viewer.layers[f"small labels ({MODEL})"].metadata["provenance"]
+    assert prov["tta"] == {"flips": 4, "source": "requested"}
+    # a model whose manifest records TTA ticks the box when it is chosen
+    bundle = widget.model_picker.bundle
+    bundle.manifest["inference"] = {"tta": False}
+    widget._on_model_changed(bundle)
+    assert not widget.tta_check.isChecked()
+    bundle.manifest["inference"] = {"tta": True}
+    widget._on_model_changed(bundle)
+    assert widget.tta_check.isChecked()

@@ -69,6 +69,8 @@ class FolderJob:
     #: The Scale field's choice (``rescale``, ``scale``, ``mpp``, ``object_size``); each file's
     #: own pixel size is added per file.
     scale_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Flip test-time augmentation (None: the model's recorded default).
+    tta: bool | None = None
 
     def __call__(
         self, progress: ProgressFn, cancel: threading.Event
@@ -91,7 +93,7 @@ class FolderJob:
                 opened = open_image(path)
                 pred = self.bundle.predict(
                     opened.full, tile=self.tile, overlap=self.overlap, device=self.device,
-                    dcin=self.dcin, cancel=cancel,
+                    dcin=self.dcin, cancel=cancel, tta=self.tta,
                     **{**self.scale_kwargs, "pixel_size_um": opened.pixel_size_um},
                 )
                 labels = pred.labels

@@ -71,6 +71,8 @@ class SegmentJob:
     reference_label: str | None = None
     normalized: bool = False
     uncertainty: bool = False
+    #: Flip test-time augmentation (None: the model's recorded default).
+    tta: bool | None = None
     #: Keyword arguments for the model's scale (``rescale``, ``scale``, ``mpp``, ...).
     scale_kwargs: dict[str, Any] = field(default_factory=dict)
     #: The whole image (lazy; a slide's smallest pyramid level) whose tissue gives DCIN's target
@@ -90,6 +92,7 @@ class SegmentJob:
             return_normalized=self.normalized,
             progress=progress,
             cancel=cancel,
+            tta=self.tta,
             **self.scale_kwargs,
         )
         provenance = dict(pred.provenance)

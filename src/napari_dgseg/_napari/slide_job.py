@@ -69,6 +69,8 @@ class SlideJob:
     probabilities: bool = False
     scale_kwargs: dict[str, Any] = field(default_factory=dict)
     block_size: int | None = None
+    #: Flip test-time augmentation (None: the model's recorded default).
+    tta: bool | None = None
     #: Painted after each block for the result layer shown during the run (slide_preview).
     preview: Any = None
 
@@ -82,7 +84,7 @@ class SlideJob:
         summary = predict_slide(
             self.bundle, self.source_path, self.out, block_size=self.block_size or DEFAULT_BLOCK,
             progress=progress, cancel=cancel, outputs=outputs, tile=self.tile,
-            overlap=self.overlap, device=self.device, dcin=self.dcin,
+            overlap=self.overlap, device=self.device, dcin=self.dcin, tta=self.tta,
             block_executor=(None if self.preview is None
                             else preview_executor(self.preview, self.bundle, cancel)), **scale)
         data, kwargs, kind = read_one(self.out)

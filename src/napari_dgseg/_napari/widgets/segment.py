@@ -168,6 +168,11 @@ class SegmentWidget(QWidget):
         self.device_combo.setToolTip("auto: CUDA GPU, then Apple MPS, then CPU")
         self.probabilities_check = QCheckBox("add class probabilities")
         self.probabilities_check.setToolTip("Also add the class probabilities as an image layer")
+        self.tta_check = QCheckBox("test-time flips (4x slower)")
+        self.tta_check.setToolTip(
+            "Also run every tile flipped left-right, up-down and both, and average the four "
+            "results (smoother masks, 4x the network passes). Set to the model's recorded "
+            "default when a model is chosen: on for the shipped vessel models")
         settings_box = QGroupBox("Settings")
         sform = QFormLayout(settings_box)
         sform.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -180,6 +185,7 @@ class SegmentWidget(QWidget):
         self.scale_controls = ScaleControls(self)
         sform.addRow("Scale", self.scale_controls)
         sform.addRow("", self.probabilities_check)
+        sform.addRow("", self.tta_check)
 
         # masks: re-derived from the last run's probabilities, no new forward pass
         self.threshold_spin = QDoubleSpinBox()
@@ -475,6 +481,7 @@ class SegmentWidget(QWidget):
             overlap=int(self.overlap_spin.value()),
             device=self.device_combo.currentText(),
             probabilities=self.probabilities_check.isChecked(),
+            tta=self.tta_check.isChecked(),
             dcin=dcin_mode,
             reference=reference,
             reference_label=reference_label,
@@ -511,6 +518,7 @@ class SegmentWidget(QWidget):
             translate=tuple(float(t) for t in layer.translate), tile=int(self.tile_spin.value()),
             overlap=int(self.overlap_spin.value()), device=self.device_combo.currentText(),
             dcin=self.dcin.mode(), probabilities=self.probabilities_check.isChecked(),
+            tta=self.tta_check.isChecked(),
             scale_kwargs=self.scale_controls.predict_kwargs(layer_pixel_size(layer)),
         )
         self._last_result = []
@@ -658,6 +666,7 @@ class SegmentWidget(QWidget):
             threshold=float(self.threshold_spin.value()),
             min_size=int(self.min_size_spin.value()),
             scale_kwargs=self.scale_controls.predict_kwargs(),
+            tta=self.tta_check.isChecked(),
         )
         self._folder_rows = []
         self.folder_table.setRowCount(0)
@@ -768,7 +777,10 @@ class SegmentWidget(QWidget):
         """A new model: outline instances, fill classes (the user may change it)."""
         self.scale_controls.show_model(bundle)
         if bundle is not None:
+            from napari_dgseg.core.inference import tta_default
+
             self.contour_spin.setValue(default_contour(bundle.family.output))
+            self.tta_check.setChecked(tta_default(bundle.manifest))
 
     def _style_labels(self, recolour: bool = False) -> None:
         """Colours for the task, opacity and outline width of the last result's mask layer."""

@@ -188,9 +188,14 @@ def test_tile_at_2x_is_refined_from_the_pass_at_one(counted):
 
     bundle, calls = counted
     image, labels = tile_at(2.0, "clean", 7000)
-    pred = bundle.predict(image, device="cpu", size_check="from-1")
+    ticks: list[tuple[int, int]] = []
+    pred = bundle.predict(image, device="cpu", size_check="from-1",
+                          progress=lambda d, t: ticks.append((d, t)))
     sc = pred.provenance["scale"]
     assert len(calls) == 2 and calls[0] == (256, 256) and calls[1][0] < 160
+    # the second pass continues the tile count instead of starting again from zero
+    done = [d for d, _ in ticks]
+    assert done == sorted(done) and ticks[-1][0] == ticks[-1][1] > ticks[0][1]
     assert [p["factor"] for p in sc["check"]["passes"]] == [1.0, sc["factor"]]
     ideal = bundle.scale["object_size_px"] / measure_object_size(labels, "nuclei")
     assert sc["applied"] and 0.7 <= sc["factor"] / ideal <= 1.4, (sc["factor"], ideal)

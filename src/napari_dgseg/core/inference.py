@@ -154,8 +154,17 @@ def predict_bundle(
                                        mpp=mpp, object_size=object_size,
                                        pixel_size_um=pixel_size_um)
 
+    # tiles of the passes before this one: a second pass (size check) continues the count
+    tiles = {"before": 0, "this": 0}
+
+    def pass_progress(done: int, total: int) -> None:
+        tiles["this"] = total
+        if progress is not None:
+            progress(tiles["before"] + done, tiles["before"] + total)
+
     def segment(factor: float) -> tuple[tuple[dict, Any, tuple[int, int]], np.ndarray]:
         """One pass of the network on the image resized by ``factor``; outputs on the image."""
+        tiles["before"], tiles["this"] = tiles["before"] + tiles["this"], 0
         grid_input = (model_input if factor == (decision.factor if decision.applied else 1.0)
                       else adapter if factor == 1.0 else ResampledImage.of(adapter, factor))
         gh, gw = grid_input.height, grid_input.width
@@ -166,7 +175,7 @@ def predict_bundle(
         check_memory(needed, f"segmenting the {h} x {w} image", budget=memory_budget)
         check_cancel(cancel)
         maps = _forward(bundle, grid_input, plan, tile=tile, overlap=overlap, device=dev,
-                        batch=batch, progress=progress, cancel=cancel, precision=precision,
+                        batch=batch, progress=pass_progress, cancel=cancel, precision=precision,
                         tta=use_tta)
         check_cancel(cancel)
         fields = family.postprocess(maps, bundle.config)

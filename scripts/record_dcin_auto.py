@@ -16,9 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_dgseg.core.bundle import load_bundle
 from napari_dgseg.core.bundle_index import shipped_dir
-from napari_dgseg.core.evaluation_record import summarize_generalization
+from napari_dgseg.core.evaluation_record import record_in_manifest, summarize_generalization
 
 
 def main() -> int:
@@ -46,11 +45,8 @@ def main() -> int:
         choice = "full" if gain > args.margin else "none"
         evidence = (f"selection tiles of the held-out styles (seeds 100-101): mean Dice none "
                     f"{by_mode['none']:.3f}, full {by_mode['full']:.3f}")
-        path = shipped_dir() / f"{model}.dgseg"
-        bundle = load_bundle(path)
-        bundle.manifest.setdefault("dcin", {})
-        bundle.manifest["dcin"].update(auto=choice, auto_evidence=evidence)
-        bundle.save(path, overwrite=True)
+        record_in_manifest(shipped_dir() / f"{model}.dgseg", "dcin",
+                           {"auto": choice, "auto_evidence": evidence})
         print(json.dumps({"model": model, "auto": choice, "none": by_mode["none"],
                           "full": by_mode["full"]}))
     return 0

@@ -17,9 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_dgseg.core.bundle import load_bundle
 from napari_dgseg.core.bundle_index import shipped_dir
-from napari_dgseg.core.evaluation_record import summarize_generalization
+from napari_dgseg.core.evaluation_record import record_in_manifest, summarize_generalization
 
 
 def decide(off: dict[str, float], on: dict[str, float], margin: float) -> bool:
@@ -48,11 +47,8 @@ def main() -> int:
         evidence = ("selection tiles of the held-out styles (seeds 100-101), mean "
                     + ", ".join(f"{k} {off['mean'][k]:.3f} -> {on['mean'][k]:.3f}"
                                 for k in off["mean"]) + " with TTA")
-        path = shipped_dir() / f"{model}.dgseg"
-        bundle = load_bundle(path)
-        bundle.manifest.setdefault("inference", {})
-        bundle.manifest["inference"].update(tta=choice, tta_evidence=evidence)
-        bundle.save(path, overwrite=True)
+        record_in_manifest(shipped_dir() / f"{model}.dgseg", "inference",
+                           {"tta": choice, "tta_evidence": evidence})
         print(json.dumps({"model": model, "tta": choice, "off": off["mean"], "on": on["mean"]}))
     return 0
 

@@ -89,15 +89,19 @@ def summarize_generalization(run: Mapping[str, Any], model: str) -> dict[str, An
     return None
 
 
-def record_evaluation(path: str | Path, heldout: Mapping[str, Any]) -> Path:
-    """Store ``heldout`` as ``evaluation.heldout`` in the bundle at ``path`` (atomic re-save)."""
+def record_in_manifest(path: str | Path, section: str, values: Mapping[str, Any]) -> Path:
+    """Merge ``values`` into the manifest's ``section`` of the bundle at ``path`` (atomic re-save;
+    the weights are untouched). Every recorder of measured choices goes through this."""
     from napari_dgseg.core.bundle import load_bundle
 
     bundle = load_bundle(Path(path))
-    evaluation = dict(bundle.manifest.get("evaluation", {}) or {})
-    evaluation["heldout"] = dict(heldout)
-    bundle.manifest["evaluation"] = evaluation
+    bundle.manifest[section] = {**(bundle.manifest.get(section) or {}), **values}
     return bundle.save(bundle.path or Path(path), overwrite=True)
+
+
+def record_evaluation(path: str | Path, heldout: Mapping[str, Any]) -> Path:
+    """Store ``heldout`` as ``evaluation.heldout`` in the bundle at ``path`` (atomic re-save)."""
+    return record_in_manifest(path, "evaluation", {"heldout": dict(heldout)})
 
 
 def heldout_line(record: Mapping[str, Any] | None) -> str:

@@ -43,6 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
 
+from napari_dgseg.core.inference import TTA_MODES as TTA  # noqa: E402  (--tta -> predict's tta)
+
 SEED_BASE = 90000
 CLASSICAL = "classical"
 REPRODUCE = (
@@ -269,8 +271,6 @@ def run_task(kind: str, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
-#: ``--tta`` values -> the ``tta`` argument of ``Bundle.predict`` (None: the bundle's default).
-TTA = {"auto": None, "on": True, "off": False}
 METRICS = {"nuclei": ("dice", "aji", "pq"), "vessels": ("dice", "cldice")}
 NAMES = {"dice": "Dice", "aji": "AJI", "pq": "PQ", "cldice": "clDice"}
 

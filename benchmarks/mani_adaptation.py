@@ -149,11 +149,12 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
         if args.wise and iteration == args.iters:  # the last MaNi iterate: weight averages
             import copy
 
+            from napari_dgseg.core.train.adapt import weight_average
+
             state = model.state_dict()
-            for alpha in args.wise:  # share of the adapted weights (WiSE-FT, Wortsman et al. 2022)
+            for alpha in args.wise:  # what adapt(average=alpha) returns (WiSE-FT)
                 mixed = copy.deepcopy(model)
-                mixed.load_state_dict({k: (alpha * v + (1 - alpha) * parent_state[k].to(v.device))
-                                       if v.is_floating_point() else v for k, v in state.items()})
+                mixed.load_state_dict(weight_average(state, parent_state, alpha))
                 mixed.eval()
                 averaged[f"{alpha:g}"] = {"target": score_t(mixed), "source": score_s(mixed)}
 

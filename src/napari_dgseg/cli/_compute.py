@@ -148,4 +148,6 @@ def _given_paths(row: Any, out_abs: str, out: str) -> Any:
 
 def tta_arg(args: Any) -> bool | None:
     """``--tta``: None (the model's recorded default), True (``on``) or False (``off``)."""
-    return {"auto": None, "on": True, "off": False}[getattr(args, "tta", "auto")]
+    from napari_dgseg.core.inference import TTA_MODES
+
+    return TTA_MODES[getattr(args, "tta", "auto")]

@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_dgseg.core.bundle import Bundle
 
 
+#: ``--tta`` choices (CLI, benchmarks) -> the ``tta`` argument of :func:`predict_bundle`.
+TTA_MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def tta_default(manifest: Mapping[str, Any]) -> bool:
     """Whether a bundle predicts with flip test-time augmentation unless told otherwise.
 

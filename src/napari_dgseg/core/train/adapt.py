@@ -810,7 +810,9 @@ class _Judge:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best: dict[str, Any] | None = None
 
-    def score(self, model: torch.nn.Module, iteration: int) -> dict[str, Any]:
+    def _row(self, model: torch.nn.Module, iteration: int) -> dict[str, Any]:
+        """The label-free signals of ``model`` on the held-out images, and whether it is
+        degenerate against the parent (checkpoint 0; the first row is the parent)."""
         from napari_dgseg.core.train.selection import is_degenerate, label_free_signals
 
         sig = label_free_signals(model, self.images, self.bundle.input_spec, device=self.device,
@@ -818,7 +820,10 @@ class _Judge:
                                  reference_foreground=self.reference,
                                  classical_masks=self.classical)
         parent = self.checkpoints[0] if self.checkpoints else sig
-        row = {"iteration": iteration, **sig, "degenerate": bool(is_degenerate(sig, parent))}
+        return {"iteration": iteration, **sig, "degenerate": bool(is_degenerate(sig, parent))}
+
+    def score(self, model: torch.nn.Module, iteration: int) -> dict[str, Any]:
+        row = self._row(model, iteration)
         if self.bundle.family.supports("codebook"):  # reported beside the score, not used in it
             from napari_dgseg.core.train.selection import codebook_shift
 
@@ -838,14 +843,7 @@ class _Judge:
     def returned(self, model: torch.nn.Module, iteration: int) -> dict[str, Any]:
         """Signals of the model the run returns (a weight average): scored like a checkpoint,
         not a candidate for selection and not passed to the hook."""
-        from napari_dgseg.core.train.selection import is_degenerate, label_free_signals
-
-        sig = label_free_signals(model, self.images, self.bundle.input_spec, device=self.device,
-                                 discrete=self.bundle.family.discrete_outputs,
-                                 reference_foreground=self.reference,
-                                 classical_masks=self.classical)
-        return {"iteration": iteration, **sig,
-                "degenerate": bool(is_degenerate(sig, self.checkpoints[0]))}
+        return self._row(model, iteration)
 
     def summary(self, select: bool, final: dict[str, Any] | None = None,
                 average: float | None = None) -> dict[str, Any]:

@@ -177,6 +177,21 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     }
 
 
+def dock_with_model(viewer: Any, widget_cls: Any, name: str, model: str) -> tuple[Any, float]:
+    """Build and dock ``widget_cls`` (timed: the warm-up happens there) with ``model`` loaded."""
+    from qtpy.QtWidgets import QApplication
+
+    t_dock = time.perf_counter()
+    widget = widget_cls(viewer)
+    viewer.window.add_dock_widget(widget, name=name)
+    dock_seconds = round(time.perf_counter() - t_dock, 2)
+    while widget.model_picker.loading:
+        QApplication.instance().processEvents()
+    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != model:
+        widget.model_picker.load(model, sync=True)
+    return widget, dock_seconds
+
+
 def scenario_slide(size: int, interval: int, folder: Path) -> dict[str, Any]:
     """The Segment widget streams a whole ``size``-px synthetic slide; see the module docstring."""
     import napari
@@ -199,14 +214,7 @@ def scenario_slide(size: int, interval: int, folder: Path) -> dict[str, Any]:
 
     viewer = napari.Viewer(show=False)
     app = QApplication.instance()
-    t_dock = time.perf_counter()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment")
-    dock_seconds = round(time.perf_counter() - t_dock, 2)
-    while widget.model_picker.loading:
-        app.processEvents()
-    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "bench-unet":
-        widget.model_picker.load("bench-unet", sync=True)
+    widget, dock_seconds = dock_with_model(viewer, SegmentWidget, "Segment", "bench-unet")
     widget.device_combo.setCurrentText("cpu")
     data, kwargs, _ = read_one(slide)
     layer = viewer.add_image(data, **kwargs)
@@ -264,14 +272,7 @@ def scenario_adapt(iters: int, interval: int, folder: Path) -> dict[str, Any]:
         img[..., 0] = np.clip(img[..., 0].astype(int) + 40, 0, 255)  # another stain
         viewer.add_image(img, name=f"target{i}", rgb=True)
     app = QApplication.instance()
-    t_dock = time.perf_counter()
-    widget = AdaptWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Adapt")
-    dock_seconds = round(time.perf_counter() - t_dock, 2)
-    while widget.model_picker.loading:
-        app.processEvents()
-    if widget.model_picker.bundle is None or widget.model_picker.bundle.name != "bench-hovernet":
-        widget.model_picker.load("bench-hovernet", sync=True)
+    widget, dock_seconds = dock_with_model(viewer, AdaptWidget, "Adapt", "bench-hovernet")
     widget.size_spin.setValue(64)
     widget.lr_spin.setValue(1e-3)
     widget.iters_spin.setValue(iters)

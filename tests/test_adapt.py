@@ -404,3 +404,16 @@ def test_average_returns_the_mean_of_the_last_iterate_and_the_parent(parent_file
     assert kept.provenance["selection"]["warning"].endswith("the parent's weights were kept")
     with pytest.raises(InputError, match="average must be in"):
         adapt(parent, _targets(), **(kw | {"average": 1.5}))
+
+
+def test_run_steps_calls_back_per_step_and_returns_the_generators_value():
+    from napari_dgseg.core.steps import run_steps
+
+    def steps():
+        yield 1
+        yield 2
+        return "done"
+
+    seen: list[int] = []
+    assert run_steps(steps(), seen.append) == "done" and seen == [1, 2]
+    assert run_steps(steps()) == "done"

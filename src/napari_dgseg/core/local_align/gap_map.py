@@ -419,11 +419,6 @@ def domain_gap_map(bundle: Any, image: Any, *, progress: Callable[[GapStep], Any
     -------
     DomainGapMap
     """
-    gen = domain_gap_steps(bundle, image, **kwargs)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
+    from napari_dgseg.core.steps import run_steps
+
+    return run_steps(domain_gap_steps(bundle, image, **kwargs), progress)

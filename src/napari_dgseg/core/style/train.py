@@ -229,14 +229,10 @@ def train_style(
     **kwargs: Any,
 ) -> StyleModel:
     """Run :func:`train_style_steps` to the end; ``progress(iteration, iters, logs)`` each step."""
-    gen = train_style_steps(source, target, **kwargs)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step.iteration, step.iters, step.logs)
+    from napari_dgseg.core.steps import run_steps
+
+    return run_steps(train_style_steps(source, target, **kwargs), None if progress is None else
+                     lambda step: progress(step.iteration, step.iters, step.logs))
 
 
 def _thin(history: list[dict], key: str, points: int = 100) -> list[list[float]]:

@@ -1023,14 +1023,10 @@ def adapt(
         pseudo_threshold=pseudo_threshold,
         average=average,
     )
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            result: Bundle = stop.value
-            break
-        if progress is not None:
-            progress(step.iteration, step.iters, step.logs)
+    from napari_dgseg.core.steps import run_steps
+
+    result: Bundle = run_steps(gen, None if progress is None else
+                               lambda step: progress(step.iteration, step.iters, step.logs))
     if out is not None:
         result.save(out, cancel=cancel, overwrite=overwrite)
     return result

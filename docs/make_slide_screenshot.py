@@ -39,7 +39,7 @@ def main() -> int:
     wsi.DEFAULT_BLOCK = 1024  # 16 blocks on 4096^2: the growth is visible
     folder = Path(tempfile.mkdtemp(prefix="dgseg-slide-shot-"))
     slide = write_slide(folder / "biopsy.svs", 4096, 0.0, Islands(0.25))
-    viewer = napari.Viewer(show=False)
+    viewer = napari.Viewer(show=True)  # a hidden window keeps a stale dock layout
     viewer.window.resize(1400, 900)
     app = QApplication.instance()
     widget = SegmentWidget(viewer)

@@ -1,6 +1,7 @@
 """Record what DCIN ``auto`` means for each default model, from a selection run.
 
     python scripts/record_dcin_auto.py --results SELECT.json [--margin 0.005]
+    python scripts/record_dcin_auto.py --in-domain benchmarks/results/dcin_in_domain.json
 
 ``SELECT.json`` holds ``benchmarks/generalization.py`` runs labelled ``select-<task>-<mode>``
 (modes ``none`` and ``full``), made on *selection tiles* of the held-out renderer's styles: tile
@@ -8,6 +9,11 @@ seeds 100 and 101, disjoint from the evaluation tiles (seeds 0-2) that docs/gene
 reports. For every model in those runs the mode with the higher mean held-out Dice is written
 to the bundle's manifest as ``dcin.auto`` (``full`` is then run behind the guard, as ``auto``
 always is); within ``--margin`` the cheaper ``none`` is kept. ``dcin.auto_evidence`` says why.
+
+``--in-domain`` takes a ``benchmarks/dcin_in_domain.py`` result (also on selection tiles) and
+records its chosen distance as the model's ``dcin.in_domain_shift`` (the guard's rule 0: an
+image whose colours are within that distance of a training image is not normalized), with
+``dcin.in_domain_evidence``.
 """
 
 from __future__ import annotations
@@ -22,9 +28,14 @@ from napari_dgseg.core.evaluation_record import record_in_manifest, summarize_ge
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", required=True)
+    ap.add_argument("--results")
+    ap.add_argument("--in-domain", dest="in_domain")
     ap.add_argument("--margin", type=float, default=0.005)
     args = ap.parse_args()
+    if args.in_domain:
+        record_in_domain(Path(args.in_domain))
+    if not args.results:
+        return 0
     runs = json.loads(Path(args.results).read_text())["runs"]
     scores: dict[str, dict[str, float]] = {}
     for label, run in runs.items():
@@ -50,6 +61,22 @@ def main() -> int:
         print(json.dumps({"model": model, "auto": choice, "none": by_mode["none"],
                           "full": by_mode["full"]}))
     return 0
+
+
+def record_in_domain(path: Path) -> None:
+    """Write a dcin_in_domain run's chosen threshold into its model's manifest."""
+    from napari_dgseg.core.color.guard import IN_DOMAIN_KEY
+
+    run = json.loads(path.read_text())
+    best = next(x for x in run["sweep"] if x["threshold"] == run["chosen"])
+    off = next(x for x in run["sweep"] if x["threshold"] == 0.0)
+    evidence = (f"selection tiles of every training and held-out style (seeds "
+                f"{'-'.join(str(s) for s in run['seeds'])}, {run['n']} per seed): mean Dice "
+                f"{off['mean_dice']:.3f} without the rule, {best['mean_dice']:.3f} with it; worst "
+                f"style vs none {off['worst_minus_none']:+.3f} -> {best['worst_minus_none']:+.3f}")
+    record_in_manifest(shipped_dir() / f"{run['model']}.dgseg", "dcin",
+                       {IN_DOMAIN_KEY: run["chosen"], "in_domain_evidence": evidence})
+    print(json.dumps({"model": run["model"], IN_DOMAIN_KEY: run["chosen"], "evidence": evidence}))
 
 
 if __name__ == "__main__":

@@ -17,14 +17,17 @@ import pytest
 import torch
 from torch import nn
 
+from napari_dgseg.core.color import guard as guard_module
 from napari_dgseg.core.color.bank import BANK_FILE, build_reference_bank
 from napari_dgseg.core.color.dcin import plan_dcin
 from napari_dgseg.core.color.guard import (
     AGREE,
     COLOUR_SHIFT,
+    IN_DOMAIN_KEY,
     MAX_BRANCH_DISAGREEMENT,
     GuardSignals,
     decide,
+    nearest_training_colours,
     pilot_windows,
 )
 from napari_dgseg.core.imageprep import ImageAdapter
@@ -99,6 +102,49 @@ def test_sparse_tile_with_auto_keeps_its_nuclear_fraction(dark_bundle):
     assert truth.mean() / 1.5 <= frac <= 1.5 * truth.mean(), (frac, truth.mean(), plan.guard)
 
 
+IN_DOMAIN = 0.5  # what a model's manifest might record (vessels-ram-sgcg's measured value)
+
+
+def test_in_domain_colours_fall_back_without_a_pilot_pass(dark_bundle, monkeypatch):
+    # a sparse tile in exactly the training colours: nothing for normalization to correct
+    def no_pilot(*args, **kwargs):
+        raise AssertionError("rule 0 decides before the pilot pass")
+
+    monkeypatch.setattr(guard_module, "measure", no_pilot)
+    image, truth = tissue(320, 0.04, seed=11)
+    recorded = SimpleNamespace(**vars(dark_bundle))
+    recorded.manifest = {"dcin": {"names": None, IN_DOMAIN_KEY: IN_DOMAIN}}
+    frac, plan = _fraction(recorded, image, mode="auto", method="reinhard")
+    assert plan.guard["action"] == "fallback" and plan.mode == "none"
+    assert "training image" in plan.guard["reason"]
+    assert plan.guard["nearest_training_shift"] < IN_DOMAIN
+    assert plan.guard["not_applied"]["mode"] == "full"
+    none, _ = _fraction(dark_bundle, image, mode="none")
+    assert frac == none
+
+
+def test_nearest_training_colours_names_the_closest_bank_image():
+    pale = (np.array([245.0, 225.0, 240.0]), np.array([150.0, 120.0, 200.0]))
+    model = DarkModel().eval()
+    spec = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    images = [tissue(160, 0.3, s)[0] for s in range(2)]
+    images += [tissue(160, 0.3, s, stroma=pale[0], nucleus=pale[1])[0] for s in range(2, 4)]
+    bank = build_reference_bank(model, images, spec)
+    bundle = SimpleNamespace(manifest={"dcin": {"names": ["std-0", "std-1", "pale-0", "pale-1"]}},
+                             extra=lambda key: bank if key == BANK_FILE else None)
+    d_pale, name_pale = nearest_training_colours(bundle, tissue(200, 0.1, 9, stroma=pale[0],
+                                                                nucleus=pale[1])[0])
+    d_std, name_std = nearest_training_colours(bundle, tissue(200, 0.1, 9)[0])
+    assert name_pale.startswith("pale-") and name_std.startswith("std-")
+    assert d_pale < IN_DOMAIN and d_std < IN_DOMAIN
+    # a third stain is far from both groups
+    far, _ = nearest_training_colours(bundle, tissue(200, 0.3, 9, stroma=np.array([200.0, 220.0, 160.0]),
+                                                     nucleus=np.array([60.0, 90.0, 40.0]))[0])
+    assert far > IN_DOMAIN
+    assert nearest_training_colours(SimpleNamespace(extra=lambda key: None, manifest={}),
+                                    images[0]) is None
+
+
 def test_plain_reinhard_breaks_the_sparse_tile_and_the_guard_falls_back(dark_bundle):
     image, truth = tissue(320, 0.04, seed=11)
     # the failure itself: unguarded Reinhard calls far too much of the stroma "nucleus"
@@ -124,7 +170,7 @@ def test_the_guard_keeps_normalization_for_an_out_of_domain_stain(dark_bundle):
     assert abs(frac - truth.mean()) < abs(none - truth.mean())
 
 
-def test_predict_records_the_guard_in_provenance(dark_bundle, monkeypatch):
+def test_predict_records_the_guard_in_provenance(dark_bundle):
     from napari_dgseg.core.inference import predict_bundle
 
     bundle = SimpleNamespace(**vars(dark_bundle), class_names=("background", "nucleus"),

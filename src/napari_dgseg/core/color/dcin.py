@@ -265,15 +265,23 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
             "stats_origin": origin,
         })
     if guard:
-        from napari_dgseg.core.color.guard import apply_guard, colour_shift
+        from napari_dgseg.core.color.guard import (
+            IN_DOMAIN_KEY,
+            apply_guard,
+            colour_shift,
+            nearest_training_colours,
+        )
 
         # how far the colours are, measured without the composition: balanced statistics
         balanced = get_normalizer("balanced")
         t_bal = t_stats if normalizer.name == "balanced" else balanced.fit(*tissue_samples(sample))
         refs = [{"stats": reference_stats(bank, r["index"], balanced)[0].tolist()}
                 for r in plan.references]
+        in_domain = (bundle.manifest.get("dcin") or {}).get(IN_DOMAIN_KEY)  # rule 0, if measured
         apply_guard(bundle, adapter, plan, device=device, cancel=cancel,
-                    shift=colour_shift(t_bal, refs))
+                    shift=colour_shift(t_bal, refs),
+                    nearest=None if in_domain is None else nearest_training_colours(bundle, sample),
+                    in_domain_shift=in_domain)
     return plan
 
 

@@ -21,8 +21,16 @@ colour branches, and compares what the model says (signals available at inferenc
     the image already looks like the training images, and a large change of the mask must come
     from its composition, not its colours.
 
-Decision (:func:`decide`), in this order:
+Decision, in this order:
 
+0. for a model whose manifest records ``dcin.in_domain_shift`` (measured per model on selection
+   tiles, ``benchmarks/dcin_in_domain.py``, written by ``scripts/record_dcin_auto.py``): the
+   image's colours are those of a training image (the distance to the *nearest* image of the
+   model's reference bank, :func:`nearest_training_colours`, is below that value): the model
+   has seen these colours and normalization can only move them away from what it learned;
+   **fall back** to ``none`` without a pilot pass (:func:`apply_guard`). Models without the
+   record skip this rule (normalization can help an in-colour image for other reasons, e.g.
+   contrast after blur, so the rule is only taken where it was measured);
 1. the normalized mask is more than ``MAX_GROWTH`` times the original one (and at least
    ``MIN_GROWTH_POINTS`` of the pixels more), the failure normalization of a sparse image
    produces (stroma made nucleus-dark), while the colours are already close to the training
@@ -53,12 +61,14 @@ import torch
 __all__ = [
     "AGREE",
     "COLOUR_SHIFT",
+    "IN_DOMAIN_KEY",
     "MAX_BRANCH_DISAGREEMENT",
     "MAX_GROWTH",
     "GuardDecision",
     "GuardSignals",
     "apply_guard",
     "decide",
+    "nearest_training_colours",
     "pilot_windows",
 ]
 
@@ -72,6 +82,10 @@ MAX_GROWTH: float = 1.05
 MIN_GROWTH_POINTS: float = 0.02
 #: Colour distance (reference standard deviations) from which an image counts as out of domain.
 COLOUR_SHIFT: float = 0.9
+#: Manifest key (under ``dcin``) of a model's in-domain distance: the distance to the nearest
+#: training image's colours (same units as COLOUR_SHIFT) below which an image counts as in the
+#: training domain and is not normalized (rule 0; per model, from benchmarks/dcin_in_domain.py).
+IN_DOMAIN_KEY: str = "in_domain_shift"
 #: Largest mean GRIS/LRIS disagreement (0..1) the guard accepts.
 MAX_BRANCH_DISAGREEMENT: float = 0.25
 #: Side of a pilot crop (pixels) and how many crops at most.
@@ -172,6 +186,35 @@ def colour_shift(target_stats: Sequence[float], references: Sequence[dict]) -> f
     return out
 
 
+def nearest_training_colours(bundle: Any, rgb8: np.ndarray) -> tuple[float, str] | None:
+    """Colour distance from an image to the *nearest* image of the model's reference bank.
+
+    The bank holds one entry per training image (``dgseg bank``), so a small distance says the
+    image's colours are those of a training image: the model has seen them and there is nothing
+    for normalization to correct. Distances are :func:`colour_shift`'s (composition-balanced
+    l-alpha-beta means, in the reference's standard deviations). Returns ``(distance, name of
+    the nearest training image)``, or None when the bundle has no bank or the image no tissue.
+    """
+    from napari_dgseg.core.color.bank import BANK_FILE, reference_stats
+    from napari_dgseg.core.color.normalizers import get_normalizer, tissue_samples
+
+    bank = bundle.extra(BANK_FILE)
+    if bank is None or "mean" not in bank:
+        return None
+    balanced = get_normalizer("balanced")
+    samples = tissue_samples(np.asarray(rgb8))
+    if len(samples[0]) == 0:
+        return None
+    target = balanced.fit(*samples)
+    names = (bundle.manifest.get("dcin") or {}).get("names") or []
+    best, best_i = np.inf, 0
+    for i in range(int(bank["mean"].shape[0])):
+        d = colour_shift(target, [{"stats": reference_stats(bank, i, balanced)[0].tolist()}])
+        if d < best:
+            best, best_i = d, i
+    return float(best), (names[best_i] if best_i < len(names) else f"training image #{best_i}")
+
+
 def measure(bundle: Any, adapter: Any, branches: Sequence[Any], *, device: Any = "cpu",
             cancel: Any = None, tissue: np.ndarray | None = None,
             shift: float = 0.0) -> GuardSignals | None:
@@ -207,16 +250,30 @@ def measure(bundle: Any, adapter: Any, branches: Sequence[Any], *, device: Any =
 
 
 def apply_guard(bundle: Any, adapter: Any, plan: Any, *, device: Any = "cpu",
-                cancel: Any = None, shift: float | None = None) -> GuardDecision:
+                cancel: Any = None, shift: float | None = None,
+                nearest: tuple[float, str] | None = None,
+                in_domain_shift: float | None = None) -> GuardDecision:
     """Measure, decide, and change ``plan`` in place (fall back to the identity branch).
 
     ``shift`` is the colour distance (:func:`colour_shift`); default: from the plan's own
     statistics (:func:`~napari_dgseg.core.color.dcin.plan_dcin` passes the composition-balanced
-    one).
+    one). ``nearest`` is :func:`nearest_training_colours` of the image: below
+    ``in_domain_shift`` (the model's record, None: rule 0 off) the guard falls back at once,
+    without the pilot pass.
     """
     from napari_dgseg.core.color.normalizers import identity
     from napari_dgseg.core.color.tissue import tissue_mask
 
+    if nearest is not None and in_domain_shift is not None and nearest[0] < in_domain_shift:
+        decision = GuardDecision(
+            "fallback", f"the colours are those of training image {nearest[1]} (distance "
+            f"{nearest[0]:.2f} < {in_domain_shift:.2f}): the model knows them, nothing to "
+            "correct; not applied", None)
+        plan.guard = {**decision.as_dict(), "nearest_training_shift": round(nearest[0], 4),
+                      "nearest_training_image": nearest[1],
+                      "not_applied": {"mode": plan.mode, "references": plan.references}}
+        plan.mode, plan.branches, plan.references = "none", [identity], []
+        return decision
     step = max(1, int(np.ceil(max(adapter.height, adapter.width) / 256)))
     small = adapter.to_rgb_uint8(np.asarray(adapter.image[::step, ::step]))
     tissue = tissue_mask(small, fallback=False)
@@ -231,6 +288,9 @@ def apply_guard(bundle: Any, adapter: Any, plan: Any, *, device: Any = "cpu",
     else:
         decision = decide(signals)
     plan.guard = decision.as_dict()
+    if nearest is not None:
+        plan.guard["nearest_training_shift"] = round(nearest[0], 4)
+        plan.guard["nearest_training_image"] = nearest[1]
     if decision.action == "fallback":
         plan.guard["not_applied"] = {"mode": plan.mode, "references": plan.references}
         plan.mode = "none"

@@ -327,3 +327,16 @@ def test_panel_words_for_a_guard_fall_back():
     line, tip = describe_references(dcin)
     assert line == "not applied (guard): image as it is"
     assert "NOT applied" in tip and "5.0 % -> 40.0 %" in tip and "colour shift 0.30" in tip
+
+
+def test_panel_words_for_training_colours():
+    from napari_dgseg._napari.dcin_info import describe_references
+
+    dcin = {"mode": "none", "requested": "auto", "references": [], "notice": None,
+            "guard": {"action": "fallback", "reason": "the colours are those of training image "
+                      "vessels_camera-c_0003 (distance 0.12 < 0.50): not applied",
+                      "nearest_training_shift": 0.1234,
+                      "nearest_training_image": "vessels_camera-c_0003"}}
+    line, tip = describe_references(dcin)
+    assert line == "not applied (guard): image as it is"
+    assert "nearest training colours: vessels_camera-c_0003, distance 0.12" in tip

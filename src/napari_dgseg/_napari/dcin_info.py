@@ -129,6 +129,9 @@ def describe_guard(guard: dict[str, Any]) -> str:
                  f"{100 * sig.get('fraction_none', 0):.1f} % as is, "
                  f"{100 * sig.get('fraction_normalized', 0):.1f} % normalised, agreement "
                  f"{sig.get('agreement', 0):.2f}, colour shift {sig.get('colour_shift', 0):.2f})")
+    if "nearest_training_shift" in guard:
+        text += (f"\n(nearest training colours: {guard.get('nearest_training_image')}, distance "
+                 f"{float(guard['nearest_training_shift']):.2f})")
     return text
 
 

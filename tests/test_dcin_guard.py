@@ -236,3 +236,20 @@ def test_shipped_model_keeps_a_sparse_synthetic_crop_sparse_with_auto(domain):
     pred = bundle.predict(crop, dcin="auto", device="cpu")
     frac = float((pred.labels > 0).mean())
     assert t.mean() / 1.5 <= frac <= 1.5 * t.mean(), (frac, t.mean(), pred.provenance["dcin"]["guard"])
+
+
+def test_shipped_vessel_model_keeps_training_colours_and_normalizes_new_ones():
+    """Rule 0 as shipped: a training camera is predicted as it is, a held-out style normalized."""
+    from napari_dgseg import load_bundle
+    from napari_dgseg.core.data.synthetic import make_sample
+
+    bundle = load_bundle("vessels-ram-sgcg")
+    limit = bundle.manifest["dcin"][IN_DOMAIN_KEY]
+    seen = make_sample("vessels", 192, "camera-c", 4242)
+    plan = plan_dcin(bundle, ImageAdapter.from_array(seen.image), mode="auto")
+    assert plan.mode == "none" and plan.guard["nearest_training_shift"] < limit
+    assert plan.guard["nearest_training_image"].startswith("vessels_")
+    new = make_sample("vessels", 192, "hv-dim-vignette", 4242, renderer="heldout")
+    plan = plan_dcin(bundle, ImageAdapter.from_array(new.image), mode="auto")
+    assert plan.guard["nearest_training_shift"] >= limit
+    assert plan.mode == "full" and plan.guard["action"] == "keep"

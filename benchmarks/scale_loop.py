@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from scale_robustness import DEGRADATIONS, SCALES, SEEDS, hard_tile  # noqa: E402
+from scale_robustness import hard_tile, tuning_keys  # noqa: E402
 
 #: Mode names in the report: the brief's candidates (a)-(d) and the "far" start.
 LABELS = {
@@ -61,10 +61,7 @@ def log(*parts: Any) -> None:
 
 def tiles() -> list[tuple[str, float, str, int]]:
     """Every tile of the tuning set: (degradation, scale, domain, seed)."""
-    from napari_dgseg.core.data.synthetic_nuclei import NUCLEI_DOMAINS
-
-    return [(d, s, dom, seed) for d in DEGRADATIONS for s in SCALES for dom in NUCLEI_DOMAINS
-            for seed in SEEDS]
+    return tuning_keys()
 
 
 def run_tile(bundle: Any, key: tuple[str, float, str, int]) -> dict[str, Any]:

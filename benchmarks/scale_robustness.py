@@ -100,6 +100,17 @@ def hard_tile(domain: str, seed: int, s: float, degradation: str,
     return out[:size, :size], lab[:size, :size]
 
 
+def tuning_keys(domains: list[str] | None = None,
+                seeds: tuple[int, ...] | list[int] | None = None) -> list[tuple[str, float, str, int]]:
+    """Every tile of the tuning set as ``(degradation, scale, domain, seed)`` for :func:`hard_tile`."""
+    from napari_dgseg.core.data.synthetic_nuclei import NUCLEI_DOMAINS
+
+    domains = list(NUCLEI_DOMAINS) if domains is None else domains
+    seeds = SEEDS if seeds is None else seeds
+    return [(d, s, dom, seed) for d in DEGRADATIONS for s in SCALES for dom in domains
+            for seed in seeds]
+
+
 def deblock(signal: np.ndarray, block: int = 8) -> np.ndarray:
     """JPEG deblocking: the two pixels on each side of every 8-px block edge (rows, then
     columns) replaced by the mean of the four, so the block grid gives no edges; the rest of the

@@ -65,6 +65,8 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
     seconds = time.perf_counter() - t0
     return {"rc": os.waitstatus_to_exitcode(status), "seconds": round(seconds, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_user_s": round(usage.ru_utime, 1), "cpu_system_s": round(usage.ru_stime, 1),
+            "minor_page_faults": int(usage.ru_minflt),
             "stdout": out_path.read_text(), "stderr": err_path.read_text()}
 
 
@@ -246,6 +248,7 @@ def main() -> None:
         result["cli"] = {"command": " ".join(["dgseg", *cmd[3:]]), "seconds": run["seconds"],
                          "slide_mp_per_s": round(mp / run["seconds"], 4),
                          "peak_rss_mb": run["peak_rss_mb"],
+                         **{k: run[k] for k in ("cpu_user_s", "cpu_system_s", "minor_page_faults")},
                          "row": {k: v for k, v in row.items() if k != "provenance"},
                          "nuclei": prov.get("instances"),
                          "scale_factor": (prov.get("options") or {}).get("scale_factor"),
@@ -260,6 +263,7 @@ def main() -> None:
         if run["rc"] != 0 or not child.is_file():
             raise SystemExit(f"the widget run failed: {run['stderr'].strip()[-800:]}")
         facts = json.loads(child.read_text())
+        facts.update({k: run[k] for k in ("cpu_user_s", "cpu_system_s", "minor_page_faults")})
         out = Path(facts["output"])
         prov = zarr_facts(out)["provenance"]
         facts.update({"nuclei": prov.get("instances"), "blocks": prov.get("blocks"),

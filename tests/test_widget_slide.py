@@ -147,3 +147,52 @@ def test_cancelled_slide_run_removes_its_live_layer(widget, tmp_path, monkeypatc
     assert name not in widget.viewer.layers  # the preview of a cancelled run is not a result
     assert "cancelled" in widget.status_label.text()
     assert len(list((tmp_path / f"case_{MODEL}.zarr" / ".dgseg-blocks").glob("*.done"))) >= 2
+
+
+def write_single_level_svs(path, data, mpp: float = 0.5):
+    """An Aperio-like slide without a pyramid: tiled JPEG level 0 and a strip thumbnail only.
+
+    Small-region exports of scanner software look like this (CMU-1-Small-Region.svs: one tiled
+    level of 2220 x 2967 px and a thumbnail); the reader opens it as one lazy dask array, not a
+    multiscale layer.
+    """
+    import tifffile
+
+    h, w = data.shape[:2]
+    head = "Aperio Image Library v11.2.1 \r\n"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(data, tile=(240, 240), compression="jpeg", photometric="rgb", metadata=None,
+                 description=f"{head}{w}x{h} [0,0 {w}x{h}] (240x240) JPEG/RGB Q=90|MPP = {mpp}")
+        tw.write(data[::4, ::4], compression="jpeg", photometric="rgb", metadata=None,
+                 description=f"{head}{w}x{h} -> {w // 4}x{h // 4} - |MPP = {mpp}")
+    return path
+
+
+def test_single_level_slide_is_streamed_and_a_numpy_image_is_not(widget, tmp_path, monkeypatch):
+    import numpy as np
+
+    import napari_dgseg._napari.slide_job as slide_job
+    import napari_dgseg.core.wsi as wsi
+    from napari_dgseg._napari.reader import read_one
+    from test_wsi_stream import nuclei_slide
+
+    monkeypatch.setattr(slide_job, "SLIDE_JOB_MIN_PIXELS", 500 * 500)
+    monkeypatch.setattr(wsi, "DEFAULT_BLOCK", 256)
+    pixels = nuclei_slide(600, 720)
+    slide = write_single_level_svs(tmp_path / "region.svs", pixels)
+    data, kwargs, _ = read_one(slide)
+    layer = widget.viewer.add_image(data, **kwargs)
+    assert not layer.multiscale  # one level: a lazy array, not a pyramid
+    added = widget.segment_layer(layer, sync=True)
+    out = tmp_path / f"region_{MODEL}.zarr"
+    assert (out / ".dgseg-blocks" / "finalized").is_file()
+    assert "streamed" in widget.status_label.text()
+    labels = added[0]
+    assert labels.multiscale and labels.data[0].shape == (600, 720)
+    assert tuple(labels.scale) == pytest.approx(tuple(layer.scale))
+    # the same pixels in memory (a numpy layer, no file to stream from) keep the in-memory path
+    plain = widget.viewer.add_image(np.asarray(data), name="in memory", rgb=True)
+    added = widget.segment_layer(plain, sync=True)
+    assert not added[0].multiscale and added[0].data.shape == (600, 720)
+    assert "streamed" not in widget.status_label.text()
+    assert sorted(p.name for p in tmp_path.glob("*.zarr")) == [out.name]

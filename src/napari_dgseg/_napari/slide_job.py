@@ -31,11 +31,24 @@ _SCALE_KEYS = ("rescale", "scale", "mpp", "object_size")
 
 def use_slide_job(layer: Any, region: Any, plane_shape: tuple[int, ...],
                   source_path: str | None) -> bool:
-    """Whether to stream: the whole image of a large multiscale layer read from a file."""
+    """Whether to stream: the whole image of a large slide layer read from a file.
+
+    A slide layer is multiscale (a pyramid) or lazy: a single-level tiled TIFF or SVS opens as
+    one dask array, and its whole image must stream as a pyramid's does, not be read into memory.
+    """
     whole = tuple(region.shape) == tuple(plane_shape[:2]) and (region.y0, region.x0) == (0, 0)
     h, w = region.shape
-    return (bool(getattr(layer, "multiscale", False)) and whole and source_path is not None
+    return (_is_slide_layer(layer) and whole and source_path is not None
             and Path(source_path).exists() and h * w >= SLIDE_JOB_MIN_PIXELS)
+
+
+def _is_slide_layer(layer: Any) -> bool:
+    """Multiscale, or level 0 is a lazy dask array (a file read in parts, not a numpy image)."""
+    if bool(getattr(layer, "multiscale", False)):
+        return True
+    import dask.array as da
+
+    return isinstance(getattr(layer, "data", None), da.Array)
 
 
 def slide_output_path(source_path: str, model_name: str) -> Path:

@@ -52,6 +52,7 @@ from napari_dgseg._napari.geometry import (
     Region,
     layer_plane,
     level0_plane,
+    plane_shape,
     region_in_layer,
 )
 from napari_dgseg._napari.layers import add_or_replace
@@ -543,7 +544,7 @@ class SegmentWidget(QWidget):
         from napari_dgseg._napari.slide_preview import SlidePreview, live_levels
         from napari_dgseg.core.wsi.store import pyramid_shapes
 
-        shape = (int(layer.data[0].shape[0]), int(layer.data[0].shape[1]))
+        shape = plane_shape(layer)
         preview = SlidePreview(shape)
         levels = live_levels(pyramid_shapes(shape), preview)
         colours = task_colours(bundle.class_names, bundle.manifest.get("task"),

@@ -3,7 +3,8 @@
 The Segment widget adds the slide's Labels layer when Run is pressed, not when the run ends:
 napari builds a Labels layer in the GUI thread (layer controls, the vispy visual and its paint
 overlays, about 0.1 s of one core, ``benchmarks/gui_stall.py``), and done at the end it froze the
-viewer right when the result arrived. The layer's data is a list of :class:`LiveLevel` objects,
+viewer right when the result arrived. At Run that work is spread over several event-loop turns
+before the worker starts (:mod:`napari_dgseg._napari.staged_add`). The layer's data is a list of :class:`LiveLevel` objects,
 one per level of the output's pyramid (same shapes), which napari reads as any lazy multiscale
 array:
 

@@ -2,22 +2,24 @@
 
 The Segment widget (a streamed slide's result) and the Adapt widget (its preview) add a Labels
 layer when Run is pressed (``slide_preview``). napari builds such a layer in the GUI thread, in
-the one call that inserts it into the layer list; measured on the build machine
-(``benchmarks/gui_stall.py --scenario run-turns``, GUI-thread CPU on a quiet machine) it cost
-90-130 ms in one turn of the event loop, about all of the 100 ms the viewer may freeze:
+the one call that inserts it; measured on the build machine
+(``benchmarks/gui_stall.py --scenario run-turns``, GUI-thread CPU at load 0.3-0.9) the whole Run
+took 76-156 ms in one turn of the event loop, against the 100 ms the viewer may freeze:
 
-* building the layer model (``Layer.create``): 10-16 ms;
+* building the layer model (``Layer.create``): 4-13 ms;
 * the vispy visuals of the two paint-tool overlays napari gives every Labels layer (polygon and
-  brush circle; 20-43 ms together), built at insertion although no paint tool is active;
-* the layer's own vispy visual (10-14 ms), its first slicing and draw call (3-15 ms), its
-  controls (12-17 ms), the viewer model's and the layer list's own handling of the insertion.
+  brush circle; 19-33 ms together), built at insertion although no paint tool is active;
+* the layer's own vispy visual (8-14 ms), its first slicing and draw call (4-20 ms), its
+  controls (10-20 ms), the viewer model's and the layer list's own handling of the insertion
+  and the activation of the new layer (18-32 ms).
 
 :class:`StagedAdd` splits that over several turns, each started by a zero ``QTimer``, so that
 the viewer repaints and handles input between them: the layer is built in the turn of Run with
 its paint overlays hidden (napari builds an overlay's visual only once it is visible), a layer
 of the same name left by an earlier run is removed in the next turn, the new one is inserted in
-the next, then each paint overlay is shown again in a turn of its own (the user sees nothing of
-this: the overlays draw only while their paint tool is active). The job's worker waits for
+the next (not yet made the active layer), made active in the next, then each paint overlay is
+shown again in a turn of its own (the user sees nothing of this: the overlays draw only while
+their paint tool is active). The job's worker waits for
 :attr:`StagedAdd.ready` (:func:`after_ready`), so it does not compete with those turns for the
 interpreter lock; a synchronous run does every step at once.
 """

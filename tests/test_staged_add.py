@@ -168,11 +168,13 @@ def test_threaded_slide_run_puts_its_layer_in_before_the_first_block(slide_widge
 def test_threaded_slide_run_cancelled_at_run_leaves_no_layer_and_no_block(slide_widget, qtbot):
     widget, image, out = slide_widget
     name = f"case {MODEL}"
+    inserted = []
+    widget.viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
     widget.segment_layer(image)
     widget.cancel()  # in Run's own turn: the layer is not in yet, the worker waits for it
     qtbot.waitUntil(lambda: not widget.running, timeout=60000)
     qtbot.wait(50)  # any step still queued would run now
-    assert name not in widget.viewer.layers
+    assert name not in inserted and name not in widget.viewer.layers  # never shown
     assert "cancelled" in widget.status_label.text()
     assert not list((out / ".dgseg-blocks").glob("*.done"))  # no block was computed
 

@@ -395,6 +395,8 @@ class SegmentWidget(QWidget):
         """Ask the running segmentation to stop; no layer will be added."""
         if self.running:
             self._runner.cancel()
+            if self._staging is not None:  # a result layer not yet in stays out (staged_add)
+                self._staging.abort()
             self.status_label.setText("Cancelling…")
             self.cancel_button.setEnabled(False)
 

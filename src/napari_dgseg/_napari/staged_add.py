@@ -17,8 +17,9 @@ took 76-156 ms in one turn of the event loop, against the 100 ms the viewer may 
 the viewer repaints and handles input between them: the layer is built in the turn of Run with
 its paint overlays hidden (napari builds an overlay's visual only once it is visible), a layer
 of the same name left by an earlier run is removed in the next turn, the new one is inserted in
-the next (not yet made the active layer), made active in the next, then each paint overlay is
-shown again in a turn of its own (the user sees nothing of this: the overlays draw only while
+the next (hidden, and not yet made the active layer), shown in the next (napari slices and
+draws it then), made active in the next, then each paint overlay is shown again in a turn of its
+own (the user sees nothing of this: the overlays draw only while
 their paint tool is active). The job's worker waits for
 :attr:`StagedAdd.ready` (:func:`after_ready`), so it does not compete with those turns for the
 interpreter lock; a synchronous run does every step at once.
@@ -147,16 +148,24 @@ class StagedAdd:
     def _insert(self) -> None:
         layers = self.viewer.layers
         # napari makes an inserted layer the active one (its controls shown, the others'
-        # hidden, ~8 ms); that is the next step's work where the list lets it be put off
+        # hidden, ~8 ms); that is a later step's work where the list lets it be put off
         defer = hasattr(layers, "_activate_on_insert") and bool(layers._activate_on_insert)
         if defer:
             layers._activate_on_insert = False
             self._steps.insert(0, self._select)
+        # napari slices a visible layer (twice for a multiscale one) and draws it when it is
+        # inserted; inserted hidden, that is the next step's work
+        if self.layer.visible:
+            self.layer.visible = False
+            self._steps.insert(0, self._show)
         try:
             layers.insert(len(layers) if self._index is None else self._index, self.layer)
         finally:
             if defer:
                 layers._activate_on_insert = True
+
+    def _show(self) -> None:
+        self.layer.visible = True
 
     def _select(self) -> None:
         if self.layer in self.viewer.layers:

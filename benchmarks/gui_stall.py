@@ -34,6 +34,15 @@ Needs a display::
     widget adds at Run, ``napari_dgseg._napari.slide_preview``), in a fresh process without and with the
     widgets' warm-up (``napari_dgseg._napari.warm``). No run, no timer.
 
+``run-turns``
+    Where the GUI thread's time goes when Run is pressed: the slide (4096^2) and adapt setups
+    above, Run pressed with napari's pieces timed (GUI-thread CPU: the layer model, the
+    insertion's handlers: viewer model, canvas with the layer visual, the overlay visuals and the
+    first slicing, the layer controls; the runner's progress bar and worker start), and the CPU
+    of each event-loop turn in the 0.3 s after (the steps of
+    ``napari_dgseg._napari.staged_add``); then the job is cancelled. ``--repeats`` fresh
+    processes per widget. No timer.
+
 ``both`` runs the slide and adapt scenarios each in a fresh process (the first Labels layer of a
 session costs most).
 ``--no-warm`` skips the widgets' warm-up when built (``napari_dgseg._napari.warm``: pandas, a
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import subprocess
@@ -62,7 +72,7 @@ BOUND_MS = 100.0
 
 
 def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progressed: Any,
-          interval: int) -> dict[str, Any]:
+          interval: int, placed: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run ``start()`` with a ``QTimer`` ticking every ``interval`` ms and measure the gaps.
 
     Parameters
@@ -77,6 +87,9 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
         The runner's progress signal; the gaps are split at its last ``done >= total`` emission.
     interval : int
         Timer interval in ms.
+    placed : callable, optional
+        True once the layer added at Run is in the viewer with its paint overlays shown
+        (``napari_dgseg._napari.staged_add``); the gaps that start before are those *at Run*.
 
     Returns
     -------
@@ -121,10 +134,13 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     timer.timeout.connect(tick)
     timer.start(interval)
     t0, p0 = time.perf_counter(), time.process_time()
+    t_placed: list[float] = []
     tick()
     start()
     while running():
         app.processEvents()
+        if placed is not None and not t_placed and placed():
+            t_placed.append(time.perf_counter())
         time.sleep(0.001)
     app.processEvents()
     tick()
@@ -138,6 +154,10 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     t_work = last[-1] if last else t1
     during, after = gaps[starts < t_work], gaps[starts >= t_work]
     worst = int(gaps.argmax())
+    # at Run: from pressing it until the layer it adds is in (the first gap without a predicate)
+    at_run = gaps[starts < t_placed[0]] if t_placed else gaps[:1]
+    if not at_run.size:
+        at_run = gaps[:1]
 
     def r(v: float) -> float:
         return round(float(v), 1)
@@ -152,6 +172,14 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
         "max_gap_ms": r(gaps.max()),
         "max_gap_starts_at_s": round(float(ticks[worst] - t0), 2),
         "p95_gap_ms": r(np.percentile(gaps, 95)),
+        "p99_gap_ms": r(np.percentile(gaps, 99)),
+        # from pressing Run until the layer added at Run is in with its overlays (s; None: never
+        # seen, or no predicate), the largest gap in that time and every gap of it (ms)
+        "layer_placed_after_s": round(t_placed[0] - t0, 3) if t_placed else None,
+        "max_gap_at_run_ms": r(at_run.max()),
+        "gaps_at_run_ms": [r(g) for g in at_run],
+        "gui_thread_cpu_at_run_ms": [r(g) for g in gaps_cpu[:at_run.size]],
+        "max_gap_after_run_ms": r(gaps[at_run.size:].max()) if gaps.size > at_run.size else None,
         "median_gap_ms": r(np.median(gaps)),
         "max_gap_during_work_ms": r(during.max()) if during.size else None,
         "p95_gap_during_work_ms": r(np.percentile(during, 95)) if during.size else None,
@@ -177,6 +205,18 @@ def probe(app: Any, start: Callable[[], Any], running: Callable[[], bool], progr
     }
 
 
+def layer_placed(viewer: Any, name: str) -> Callable[[], bool]:
+    """A predicate: layer ``name`` is in ``viewer`` with its paint-tool overlays shown."""
+
+    def check() -> bool:
+        if name not in viewer.layers:
+            return False
+        overlays = getattr(viewer.layers[name], "_overlays", {})
+        return all(overlays[k].visible for k in ("polygon", "brush_stroke") if k in overlays)
+
+    return check
+
+
 def dock_with_model(viewer: Any, widget_cls: Any, name: str, model: str) -> tuple[Any, float]:
     """Build and dock ``widget_cls`` (timed: the warm-up happens there) with ``model`` loaded."""
     from qtpy.QtWidgets import QApplication
@@ -192,8 +232,8 @@ def dock_with_model(viewer: Any, widget_cls: Any, name: str, model: str) -> tupl
     return widget, dock_seconds
 
 
-def scenario_slide(size: int, interval: int, folder: Path) -> dict[str, Any]:
-    """The Segment widget streams a whole ``size``-px synthetic slide; see the module docstring."""
+def setup_slide(size: int, folder: Path) -> dict[str, Any]:
+    """A viewer with the synthetic slide open and the Segment widget docked (not yet run)."""
     import napari
     import torch
     from qtpy.QtWidgets import QApplication
@@ -220,26 +260,33 @@ def scenario_slide(size: int, interval: int, folder: Path) -> dict[str, Any]:
     layer = viewer.add_image(data, **kwargs)
     app.processEvents()
     widget.set_image_layer(layer)
-    warmed = "pandas" in sys.modules
-    name = f"{layer.name} bench-unet"
+    return {"viewer": viewer, "app": app, "widget": widget, "image": layer,
+            "start": lambda: widget.segment_layer(layer), "name": f"{layer.name} bench-unet",
+            "dock_seconds": dock_seconds, "warmed": "pandas" in sys.modules}
+
+
+def scenario_slide(size: int, interval: int, folder: Path) -> dict[str, Any]:
+    """The Segment widget streams a whole ``size``-px synthetic slide; see the module docstring."""
+    run = setup_slide(size, folder)
+    viewer, widget, layer, name = run["viewer"], run["widget"], run["image"], run["name"]
     shown: list[Any] = []  # the result layer at each block's progress signal (None: not there)
     widget.runner.progressed.connect(
         lambda done, total: shown.append(viewer.layers[name] if name in viewer.layers else None))
-    result = probe(app, lambda: widget.segment_layer(layer), lambda: widget.running,
-                   widget.runner.progressed, interval)
+    result = probe(run["app"], run["start"], lambda: widget.running,
+                   widget.runner.progressed, interval, placed=layer_placed(viewer, name))
     added = [lyr.name for lyr in widget.last_result]
     same_layer = bool(shown) and all(s is widget.last_result[0] for s in shown)
     status = widget.status_label.text()
     viewer.close()
     return {"slide_px": [size, size], "model": "untrained U-Net 8-16-32 (speed only)",
-            "dock_seconds": dock_seconds, "pandas_imported_before_run": warmed,
+            "dock_seconds": run["dock_seconds"], "pandas_imported_before_run": run["warmed"],
             "layer_multiscale": bool(layer.multiscale), "streamed": "streamed" in status,
             "layers_added": added, "result_layer_shown_from_first_progress": same_layer,
             "status": status, "steps_are": "blocks", **result}
 
 
-def scenario_adapt(iters: int, interval: int, folder: Path) -> dict[str, Any]:
-    """The Adapt widget adapts a tiny HoVer-Net for ``iters`` iterations; see the docstring."""
+def setup_adapt(iters: int, folder: Path) -> dict[str, Any]:
+    """A viewer with two target images and the Adapt widget docked (not yet run)."""
     import napari
     from qtpy.QtWidgets import QApplication
     from skimage.draw import disk
@@ -278,17 +325,111 @@ def scenario_adapt(iters: int, interval: int, folder: Path) -> dict[str, Any]:
     widget.iters_spin.setValue(iters)
     widget.select_targets(["target0", "target1"])
     app.processEvents()
-    warmed = "pandas" in sys.modules
-    result = probe(app, widget.run, lambda: widget.running, widget.runner.progressed, interval)
+    return {"viewer": viewer, "app": app, "widget": widget, "start": widget.run,
+            "name": "adapt preview", "dock_seconds": dock_seconds,
+            "warmed": "pandas" in sys.modules}
+
+
+def scenario_adapt(iters: int, interval: int, folder: Path) -> dict[str, Any]:
+    """The Adapt widget adapts a tiny HoVer-Net for ``iters`` iterations; see the docstring."""
+    run = setup_adapt(iters, folder)
+    viewer, widget = run["viewer"], run["widget"]
+    result = probe(run["app"], run["start"], lambda: widget.running, widget.runner.progressed,
+                   interval, placed=layer_placed(viewer, run["name"]))
     done = None if widget.result is None else widget.result.provenance.get("iterations")
     status = widget.status.text()
     preview_every = int(widget.preview_spin.value())
     viewer.close()
     return {"model": "tiny HoVer-Net 8-16-32 trained 3 iterations (speed only)",
-            "dock_seconds": dock_seconds, "pandas_imported_before_run": warmed,
+            "dock_seconds": run["dock_seconds"], "pandas_imported_before_run": run["warmed"],
             "targets": [[128, 128, 3], [128, 128, 3]], "crop": 64,
             "iterations_done": done, "preview_every": preview_every,
             "status": status, "steps_are": "iterations", **result}
+
+
+def scenario_run_turns(which: str, folder: Path) -> dict[str, Any]:
+    """GUI-thread CPU of each piece of Run and of each event-loop turn after it (module docs)."""
+    import functools
+
+    import napari._qt.layer_controls.qt_layer_controls_container as controls
+    import napari._qt.qt_viewer as qt_viewer
+    import napari._vispy.canvas as canvas
+    import napari.components.viewer_model as viewer_model
+    from napari.components.layerlist import LayerList
+    from napari.layers import Labels
+
+    import napari_dgseg._napari.widgets.adapt as adapt_widget
+    import napari_dgseg._napari.widgets.segment as segment_widget
+    from napari_dgseg._napari.runner import TaskRunner
+
+    cpu: dict[str, float] = {}
+    steps: list[list[Any]] = []
+
+    def timed(func: Callable[..., Any], label: str) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                cpu[label] = cpu.get(label, 0.0) + time.thread_time() - t
+        return wrapper
+
+    run = (setup_slide(4096, folder) if which == "slide" else setup_adapt(2, folder))
+    app, widget = run["app"], run["widget"]
+    for _ in range(20):  # the viewer settles: nothing pending when Run is pressed
+        app.processEvents()
+        time.sleep(0.01)
+    # napari's pieces (nested: "insert" holds the three "insert:" ones, "canvas" the indented)
+    patches = [(Labels, "__init__", "layer model (Labels)"),
+               (segment_widget, "semantic_colormap", "widget: task colours"),
+               (adapt_widget, "style_labels_for", "widget: task colours"),
+               (LayerList, "insert", "insert (all of napari's handling)"),
+               (viewer_model.ViewerModel, "_on_add_layer", "insert: viewer model"),
+               (qt_viewer.QtViewer, "_on_add_layer_change", "insert: canvas (visual, overlays, "
+                                                            "first slicing)"),
+               (qt_viewer, "create_vispy_layer", "  canvas: layer visual"),
+               (canvas, "create_vispy_overlay", "  canvas or later: overlay visuals"),
+               (canvas.VispyCanvas, "on_draw", "  canvas: on_draw (slicing)"),
+               (controls.QtLayerControlsContainer, "_add", "insert: layer controls"),
+               (TaskRunner, "_open_pbar", "runner: napari progress bar"),
+               (TaskRunner, "start", "runner: start (bar, worker)")]
+    for owner, attr, label in patches:
+        setattr(owner, attr, timed(getattr(owner, attr), label))
+    try:
+        import napari_dgseg._napari.staged_add as staged
+
+        one = staged.StagedAdd._run_one
+
+        def run_one(self: Any) -> None:
+            name = getattr(self._steps[0], "__name__", "?").strip("_")
+            t = time.thread_time()
+            one(self)
+            steps.append([name if name != "<lambda>" else "show paint overlay",
+                          round((time.thread_time() - t) * 1e3, 1)])
+
+        staged.StagedAdd._run_one = run_one
+    except ImportError:  # a checkout from before staged_add: everything happens in Run's turn
+        pass
+    t0 = time.thread_time()
+    run["start"]()
+    run_cpu = time.thread_time() - t0
+    turns = []
+    for _ in range(60):  # 0.3 s of event-loop turns
+        t = time.thread_time()
+        app.processEvents()
+        turns.append(round((time.thread_time() - t) * 1e3, 1))
+        time.sleep(0.005)
+    placed = layer_placed(run["viewer"], run["name"])()
+    widget.runner.cancel()
+    while widget.running:
+        app.processEvents()
+        time.sleep(0.01)
+    run["viewer"].close()
+    return {"widget": which, "run_slot_cpu_ms": round(run_cpu * 1e3, 1),
+            "turns_after_run_cpu_ms": [t for t in turns if t >= 1.0],
+            "staged_steps_cpu_ms": steps, "layer_placed_within_0_3_s": placed,
+            "pieces_cpu_ms": {k: round(v * 1e3, 1) for k, v in cpu.items()}}
 
 
 def scenario_labels_cost(warm: bool) -> dict[str, Any]:
@@ -328,7 +469,7 @@ def scenario_labels_cost(warm: bool) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", choices=["slide", "adapt", "both", "labels-cost"],
+    ap.add_argument("--scenario", choices=["slide", "adapt", "both", "labels-cost", "run-turns"],
                     default="both")
     ap.add_argument("--size", type=int, default=4096, help="slide side in px (slide scenario)")
     ap.add_argument("--iters", type=int, default=20, help="adaptation iterations (adapt)")
@@ -338,7 +479,8 @@ def main() -> None:
                          "one-time work then falls on the run)")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="skip the widgets' gc.freeze() when built (napari_dgseg._napari.warm)")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes (labels-cost)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="fresh processes (labels-cost, run-turns)")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
     if args.no_warm:
@@ -360,6 +502,8 @@ def main() -> None:
                    + (" --no-warm" if args.no_warm else "")
                    + (" --no-gc-freeze" if args.no_gc_freeze else ""),
         "timer_interval_ms": args.interval,
+        # False: a checkout from before the layer added at Run was put in over several turns
+        "staged_add": importlib.util.find_spec("napari_dgseg._napari.staged_add") is not None,
         "bound_ms": BOUND_MS,
     }
     if args.scenario == "labels-cost":  # --repeats fresh processes each, all kept
@@ -375,6 +519,20 @@ def main() -> None:
                     sys.exit(f"the labels-cost scenario failed:\n{run.stderr[-2000:]}")
                 runs.append(json.loads(run.stdout.strip().splitlines()[-1])["layers"])
             out["warm" if warm else "no_warm"] = runs
+    elif args.scenario == "run-turns":  # each widget in fresh processes, --repeats each
+        for which in ("slide", "adapt"):
+            runs = []
+            for _ in range(args.repeats):
+                here = str(Path(__file__).parent)
+                code = (f"import json, sys, tempfile, pathlib; sys.path.insert(0, {here!r}); "
+                        f"import gui_stall; print(json.dumps(gui_stall.scenario_run_turns("
+                        f"{which!r}, pathlib.Path(tempfile.mkdtemp(prefix='dgseg-turns-')))))")
+                run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=False)
+                if run.returncode != 0:
+                    sys.exit(f"the run-turns scenario failed:\n{run.stderr[-2000:]}")
+                runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+            out[f"run_turns_{which}"] = runs
     elif args.scenario == "both":  # each in a fresh process: the first result layer costs most
         for name in ("slide", "adapt"):
             with tempfile.TemporaryDirectory(prefix="dgseg-stall-") as tmp:

@@ -26,6 +26,29 @@ def test_preview_factor_and_level_reads_sample_like_the_pyramid():
     assert np.asarray(level0).shape == (1000, 600) and level0.dtype == np.int32
 
 
+@pytest.mark.parametrize("downsample", [1, 2, 4, 8, 16])
+def test_strided_reads_equal_the_nearest_sample_reads(downsample):
+    """Evenly spaced reads go through a strided view, the others through fancy indexing:
+    both give the preview's nearest samples, for every slice napari may ask for."""
+    preview = SlidePreview((1000, 600), side=256)  # factor 4
+    preview.array[:] = np.random.default_rng(1).integers(0, 50, preview.array.shape)
+    shape = (-(-1000 // downsample), -(-600 // downsample))
+    level = LiveLevel(preview, shape, downsample)
+    keys = [(slice(None), slice(None)), (slice(3, None, 3), slice(7, 40)),
+            (slice(5, 6), slice(0, 1)), (slice(None, None, -1), slice(None, None, 2)),
+            (slice(2, 2), slice(None)), (4, slice(1, None, 5))]
+    for key in keys:
+        axes = [np.atleast_1d(np.arange(n)[k]) * downsample // 4
+                for k, n in zip(key, shape, strict=True)]
+        expected = preview.array[np.ix_(np.clip(axes[0], 0, 249), np.clip(axes[1], 0, 149))]
+        if np.ndim(np.arange(shape[0])[key[0]]) == 0:
+            expected = expected[0]
+        got = level[key]
+        assert got.shape == expected.shape and np.array_equal(got, expected), key
+        got[...] = -1  # a copy: the preview is not changed through it
+        assert preview.array.min() >= 0
+
+
 def test_attached_level_reads_its_source_and_checks_the_shape():
     level = LiveLevel(SlidePreview((64, 64)), (64, 64), 1)
     source = np.arange(64 * 64, dtype=np.int32).reshape(64, 64)

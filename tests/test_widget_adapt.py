@@ -221,6 +221,28 @@ def test_bad_input(widget, notes, model_dir, monkeypatch):
     assert widget.save(sync=True) is None  # nothing to save
 
 
+def test_threaded_run_puts_the_preview_layer_in_before_the_first_iteration(widget, qtbot,
+                                                                            monkeypatch):
+    """The preview layer is built at Run and put in over the next event-loop turns
+    (``staged_add``); the worker starts after it, so every item it yields finds the layer."""
+    monkeypatch.delenv("DGSEG_SYNC_WORKERS", raising=False)
+    widget.select_targets(["target0"])
+    widget.iters_spin.setValue(2)
+    widget.preview_spin.setValue(1)
+    present = []
+    widget.runner.yielded.connect(
+        lambda item: present.append(widget.viewer.layers["adapt preview"]
+                                    if "adapt preview" in widget.viewer.layers else None))
+    assert widget.run()
+    assert widget.running and "adapt preview" not in widget.viewer.layers  # not in Run's turn
+    qtbot.waitUntil(lambda: not widget.running, timeout=120000)
+    layer = widget.viewer.layers["adapt preview"]
+    assert len(present) >= 3 and all(p is layer for p in present)  # "before", then 2 steps
+    assert widget.result is not None and widget.result.provenance["iterations"] == 2
+    assert layer._overlays["polygon"].visible and layer._overlays["brush_stroke"].visible
+    assert layer.data.shape == (128, 128) and layer.contour == 2  # styled as before
+
+
 def test_event_loop_never_stalls_during_compare_and_adapt(widget, qtbot):
     """A 15 ms QTimer probe: while a real compare and a short real adapt run through the widget,
     the largest gap between ticks stays under 100 ms (nothing heavy runs in the GUI thread).

@@ -32,6 +32,7 @@ __all__ = [
     "prediction_layer_data",
     "provenance_metadata",
     "summarize",
+    "with_source_units",
 ]
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -361,6 +362,18 @@ def source_units(source: Any, ndim: int) -> tuple[str, ...] | None:
     return ("pixel",) * lead + tuple(str(u) for u in list(units)[-2:])
 
 
+def with_source_units(viewer: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of layer ``kwargs`` given the units of its source layer (``metadata``'s
+    ``source_layer``) when it has a ``scale`` and no ``units`` of its own."""
+    kwargs = dict(kwargs)
+    source_name = (kwargs.get("metadata") or {}).get("source_layer")
+    if "units" not in kwargs and "scale" in kwargs and source_name in viewer.layers:
+        units = source_units(viewer.layers[source_name], len(kwargs["scale"]))
+        if units is not None:
+            kwargs["units"] = units
+    return kwargs
+
+
 def add_or_replace(viewer: Any, layer_data: Sequence[LayerDataTuple]) -> list[Any]:
     """Add layers to ``viewer``; a layer of the same name and type is replaced in place.
 
@@ -378,14 +391,9 @@ def add_or_replace(viewer: Any, layer_data: Sequence[LayerDataTuple]) -> list[An
 
     prefer_own_writers()  # the save dialog then offers these layers the writer with placement
     added = []
-    for data, kwargs, layer_type in layer_data:
-        kwargs = dict(kwargs)
+    for data, layer_kwargs, layer_type in layer_data:
+        kwargs = with_source_units(viewer, layer_kwargs)
         name = kwargs["name"]
-        source_name = (kwargs.get("metadata") or {}).get("source_layer")
-        if "units" not in kwargs and "scale" in kwargs and source_name in viewer.layers:
-            units = source_units(viewer.layers[source_name], len(kwargs["scale"]))
-            if units is not None:
-                kwargs["units"] = units
         old = viewer.layers[name] if name in viewer.layers else None
         if old is not None and old._type_string == layer_type:
             kwargs["visible"] = old.visible

@@ -16,7 +16,8 @@ the first anti-aliased vispy line of the paint overlays fills vispy's dash-patte
 :func:`warm_layer_imports` builds a throwaway Labels layer *model* (no viewer, no Qt) and a vispy
 ``DashAtlas`` for those. What is left, about 0.1 s per Labels layer (its controls, the vispy
 visual and the paint overlays' visuals), is per layer and cannot be done ahead; the widgets add
-their layers where a step of that size does not stall a running job (``slide_preview``).
+their layers where a step of that size does not stall a running job (``slide_preview``), spread
+over several event-loop turns (``staged_add``).
 
 Full garbage collections stall the GUI too: Python's cyclic collector, whichever thread triggers
 it, walks every tracked object while holding the GIL, and a napari + torch process has

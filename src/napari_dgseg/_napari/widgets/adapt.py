@@ -24,6 +24,7 @@ adapted, and Save asks for a second click when the adapted model looks worse.
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ from napari_dgseg._napari.adapt_job import AdaptJob, check_target, compare_job, 
 from napari_dgseg._napari.display import style_labels_for
 from napari_dgseg._napari.layers import source_units
 from napari_dgseg._napari.notify import notify, one_line
-from napari_dgseg._napari.runner import TaskRunner
+from napari_dgseg._napari.runner import TaskRunner, sync_workers
+from napari_dgseg._napari.staged_add import StagedAdd
 from napari_dgseg._napari.widgets._common import scroll_content
 from napari_dgseg._napari.widgets.loss_plot import LossPlot
 from napari_dgseg._napari.widgets.model_picker import ModelPicker
@@ -376,14 +378,19 @@ class AdaptWidget(QWidget):
         }
         if method == "mani" and self.local_check.isChecked():
             params["local_alignment"] = True  # D1 + D2 (Mind the Gap), D1 kept in the bundle
+        start: Any = self.runner.start
         if method == "mani" and PREVIEW_NAME not in self.viewer.layers:
             # the preview layer now, empty, before the worker starts: napari builds a Labels layer
-            # in the GUI thread (about 0.1 s), which at the first preview stalled the running job
-            self._show_labels(PREVIEW_NAME, np.zeros(planes[0][0].shape[:2], np.int32))
+            # in the GUI thread (about 0.1 s), which at the first preview stalled the running job;
+            # built in this turn, put in over the next few (staged_add), the worker waits for it
+            staging = StagedAdd(self.viewer, self._new_labels(
+                PREVIEW_NAME, np.zeros(planes[0][0].shape[:2], np.int32)))
+            start = partial(staging.start_job, self.runner.start)
+            sync = sync or sync_workers()
         how = "Re-estimating the statistics of" if method == "stats" else "Adapting"
         self.status.setText(f"{how} {bundle.name} to {len(layers)} target layer(s)…")
         self._job = "adapt"
-        self.runner.start(
+        start(
             AdaptJob(bundle, planes, labels, params),
             sync=sync,
             description=f"Adapting {bundle.name}",
@@ -465,37 +472,43 @@ class AdaptWidget(QWidget):
         self.run_finished.emit()
 
     # ------------------------------------------------------------------ layers out
-    def _show_labels(
-        self, name: str, labels: np.ndarray, translate: tuple[float, float] | None = None
-    ) -> Any:
+    def _new_labels(self, name: str, labels: np.ndarray) -> Any:
+        """A Labels layer ``name`` placed on the preview source and styled, not yet added."""
+        from napari.layers import Labels
+
         src = (
             self.viewer.layers[self._preview_source]
             if self._preview_source in self.viewer.layers
             else None
         )
         meta = {"source_layer": self._preview_source, "provenance": {"what": name}}
+        placement: dict[str, Any] = {}
+        if src is not None:  # the source's full placement: scale, translate and units
+            placement = {
+                "scale": tuple(src.scale[-2:]),
+                "translate": tuple(src.translate[-2:]),
+            }
+            units = source_units(src, 2)
+            if units is not None:
+                placement["units"] = units
+        prefer_own_writers()  # saved from the dialog with their placement and provenance
+        layer = Labels(labels, name=name, metadata=meta, opacity=0.5, **placement)
+        # the task's colours (nuclei chartreuse, vessels cyan), as the Segment widget's masks
+        style_labels_for(layer, self.result or self.model_picker.bundle)
+        return layer
+
+    def _show_labels(
+        self, name: str, labels: np.ndarray, translate: tuple[float, float] | None = None
+    ) -> Any:
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = labels
-            if src is not None:  # the source may have moved since the layer was made
+            if self._preview_source in self.viewer.layers:  # the source may have moved since
+                src = self.viewer.layers[self._preview_source]
                 layer.scale = tuple(src.scale[-2:])
                 layer.translate = tuple(src.translate[-2:])
         else:
-            placement: dict[str, Any] = {}
-            if src is not None:  # the source's full placement: scale, translate and units
-                placement = {
-                    "scale": tuple(src.scale[-2:]),
-                    "translate": tuple(src.translate[-2:]),
-                }
-                units = source_units(src, 2)
-                if units is not None:
-                    placement["units"] = units
-            prefer_own_writers()  # saved from the dialog with their placement and provenance
-            layer = self.viewer.add_labels(
-                labels, name=name, metadata=meta, opacity=0.5, **placement
-            )
-            # the task's colours (nuclei chartreuse, vessels cyan), as the Segment widget's masks
-            style_labels_for(layer, self.result or self.model_picker.bundle)
+            layer = self.viewer.add_layer(self._new_labels(name, labels))
         if translate is not None:
             layer.translate = translate
         return layer

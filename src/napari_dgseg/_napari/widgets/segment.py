@@ -55,9 +55,9 @@ from napari_dgseg._napari.geometry import (
     plane_shape,
     region_in_layer,
 )
-from napari_dgseg._napari.layers import add_or_replace
+from napari_dgseg._napari.layers import add_or_replace, with_source_units
 from napari_dgseg._napari.notify import notify
-from napari_dgseg._napari.runner import TaskRunner
+from napari_dgseg._napari.runner import TaskRunner, sync_workers
 from napari_dgseg._napari.segment_job import (
     SegmentJob,
     SegmentResult,
@@ -65,6 +65,7 @@ from napari_dgseg._napari.segment_job import (
     layer_source_path,
 )
 from napari_dgseg._napari.slide_job import SlideJob, slide_output_path, use_slide_job
+from napari_dgseg._napari.staged_add import StagedAdd
 from napari_dgseg._napari.widgets._common import disable_unavailable, scroll_content
 from napari_dgseg._napari.widgets.dcin_controls import DcinControls
 from napari_dgseg._napari.widgets.gap_map import GapMapAction
@@ -115,6 +116,7 @@ class SegmentWidget(QWidget):
         self._kept_layer: Any = None
         # a streamed slide's result layer, shown from Run on (slide_preview): (layer, levels)
         self._live: tuple[Any, list[Any]] | None = None
+        self._staging: StagedAdd | None = None  # how that layer is being put in (staged_add)
         self._model_labels: Any = None
         self._folder_rows: list[FileResult] = []
         self._runner = TaskRunner("Segmenting", self)
@@ -394,6 +396,8 @@ class SegmentWidget(QWidget):
         """Ask the running segmentation to stop; no layer will be added."""
         if self.running:
             self._runner.cancel()
+            if self._staging is not None:  # a result layer not yet in stays out (staged_add)
+                self._staging.abort()
             self.status_label.setText("Cancelling…")
             self.cancel_button.setEnabled(False)
 
@@ -530,7 +534,8 @@ class SegmentWidget(QWidget):
         self.status_label.setText(f"Segmenting the whole slide '{layer.name}' block by block "
                                   f"with {bundle.name} into {out.name}…")
         job.preview = self._show_live_result(layer, bundle, out)
-        outcome = self._runner.start(job, sync=sync, description=f"Segmenting {layer.name}")
+        outcome = self._staging.start_job(self._runner.start, job, sync=sync or sync_workers(),
+                                          description=f"Segmenting {layer.name}")
         self._update_controls()
         return None if outcome is None else self.last_result
 
@@ -538,10 +543,15 @@ class SegmentWidget(QWidget):
         """Add the slide's result layer now; it grows block by block (``slide_preview``).
 
         napari builds a Labels layer in the GUI thread (about 0.1 s); done here, when Run is
-        pressed and before the worker starts, it is not done again when the result arrives:
-        the layer's levels then read the finished OME-Zarr. Returns the preview the worker paints.
+        pressed, it is not done again when the result arrives: the layer's levels then read the
+        finished OME-Zarr. The layer is built in this turn of the event loop and put in over the
+        next few by ``self._staging`` (``staged_add``), which then starts the job. Returns the
+        preview the worker paints.
         """
+        from napari.layers import Layer
+
         from napari_dgseg._napari.slide_preview import SlidePreview, live_levels
+        from napari_dgseg._napari.writer import prefer_own_writers
         from napari_dgseg.core.wsi.store import pyramid_shapes
 
         shape = plane_shape(layer)
@@ -560,11 +570,13 @@ class SegmentWidget(QWidget):
                          "provenance": {"what": "whole-slide run in progress", "output": str(out)}},
         }
         self._kept = None
-        self._kept_layer = add_or_replace(self.viewer, [(levels, kwargs, "labels")])[0]
+        prefer_own_writers()  # saved from the dialog with its placement, as add_or_replace does
+        self._kept_layer = Layer.create(levels, with_source_units(self.viewer, kwargs), "labels")
         self._live = (self._kept_layer, levels)
         contour = int(self.contour_spin.value())
         if contour:  # not a constructor argument
             self._kept_layer.contour = contour
+        self._staging = StagedAdd(self.viewer, self._kept_layer)
         return preview
 
     def _finish_live_result(self, layer_data: Any) -> list[Any]:
@@ -592,6 +604,8 @@ class SegmentWidget(QWidget):
         live, self._live = self._live, None
         if live is None:
             return
+        if self._staging is not None:  # cancelled before the layer was in: it is not put in
+            self._staging.abort()
         if live[0] in self.viewer.layers:
             self.viewer.layers.remove(live[0])
         if self._kept_layer is live[0]:

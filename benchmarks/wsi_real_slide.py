@@ -145,29 +145,14 @@ def alignment(slide: Path, out: Path) -> dict[str, Any]:
 
 def widget_child(slide: Path, model: str, result: Path) -> None:
     """In this process: a shown napari window, the Segment widget, whole image, Run, wait."""
-    import napari
+    from _segment_viewer import segment_viewer
     from qtpy.QtWidgets import QApplication
 
     import napari_dgseg._napari.slide_job as slide_job
-    from napari_dgseg._napari.reader import read_one
-    from napari_dgseg._napari.widgets.segment import SegmentWidget
 
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
+    threshold = slide_job.SLIDE_JOB_MIN_PIXELS  # the default, reported beside the one used
+    viewer, widget, layer = segment_viewer(slide, model, streaming_from_slide_size=True)
     app = QApplication.instance()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment", area="right")
-    while widget.model_picker.loading:
-        app.processEvents()
-        time.sleep(0.01)
-    widget.set_model(model)
-    widget.device_combo.setCurrentText("cpu")
-    data, kwargs, _ = read_one(slide)
-    layer = viewer.add_image(data, **kwargs)
-    widget.set_image_layer(layer)
-    h, w = (layer.data[0] if layer.multiscale else layer.data).shape[:2]
-    threshold = slide_job.SLIDE_JOB_MIN_PIXELS
-    slide_job.SLIDE_JOB_MIN_PIXELS = min(threshold, h * w)  # see the module's docstring
     out = slide_job.slide_output_path(str(slide), widget.model_picker.bundle.name)
     if out.exists():
         shutil.rmtree(out)  # measure a fresh run, not a resumed one

@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 #: Centre (y, x) of the zoomed view in micrometres: the epidermis at the slide's lower middle.
 ZOOM_CENTRE_UM = (1000.0, 560.0)
@@ -42,30 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             raise SystemExit(f"{path} is missing; run scripts/fetch_real_slide.sh and "
                              "benchmarks/wsi_real_slide.py first")
-    import napari
+    from _segment_viewer import segment_viewer
     from make_screenshots import _save_png
     from qtpy.QtWidgets import QApplication
 
-    import napari_dgseg._napari.slide_job as slide_job
-    from napari_dgseg._napari.reader import read_one
-    from napari_dgseg._napari.widgets.segment import SegmentWidget
-
-    viewer = napari.Viewer(show=True)  # a hidden window keeps a stale dock layout
-    viewer.window.resize(1600, 980)
-    app = QApplication.instance()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment", area="right")
-    while widget.model_picker.loading:
-        app.processEvents()
-        time.sleep(0.01)
-    widget.set_model(args.model)
-    widget.device_combo.setCurrentText("cpu")
-    data, kwargs, _ = read_one(slide)
-    image = viewer.add_image(data, **kwargs)
-    widget.set_image_layer(image)
     # the slide (6.6 Mpx) is under the widget's streaming threshold: as in the benchmark
-    h, w = image.data.shape[:2] if not image.multiscale else image.data[0].shape[:2]
-    slide_job.SLIDE_JOB_MIN_PIXELS = min(slide_job.SLIDE_JOB_MIN_PIXELS, h * w)
+    viewer, widget, image = segment_viewer(slide, args.model, (1600, 980),
+                                           streaming_from_slide_size=True)
+    app = QApplication.instance()
     widget.segment_layer(image)
     while widget.running:
         app.processEvents()

@@ -27,30 +27,18 @@ AT_BLOCK = 7
 
 
 def main() -> int:
-    import napari
+    from _segment_viewer import segment_viewer
     from make_screenshots import _save_png
     from qtpy.QtWidgets import QApplication
     from wsi_memory import Islands, write_slide
 
     import napari_dgseg.core.wsi as wsi
-    from napari_dgseg._napari.reader import read_one
-    from napari_dgseg._napari.widgets.segment import SegmentWidget
 
     wsi.DEFAULT_BLOCK = 1024  # 16 blocks on 4096^2: the growth is visible
     folder = Path(tempfile.mkdtemp(prefix="dgseg-slide-shot-"))
     slide = write_slide(folder / "biopsy.svs", 4096, 0.0, Islands(0.25))
-    viewer = napari.Viewer(show=True)  # a hidden window keeps a stale dock layout
-    viewer.window.resize(1400, 900)
+    viewer, widget, layer = segment_viewer(slide, "classical-he")
     app = QApplication.instance()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment", area="right")
-    while widget.model_picker.loading:
-        app.processEvents()
-    widget.set_model("classical-he")
-    widget.device_combo.setCurrentText("cpu")
-    data, kwargs, _ = read_one(slide)
-    layer = viewer.add_image(data, **kwargs)
-    widget.set_image_layer(layer)
     shots: list[int] = []
 
     def on_progress(done: int, _total: int) -> None:

@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns the exit status: 0 done, 2 user error (one line on stderr), 130 interrupted,
     :data:`EXIT_BROKEN_PIPE` when stdout was closed by its reader (silently).
     """
+    from napari_dgseg.core.heap import bound_heap
+
+    bound_heap()  # arrays reused instead of re-mapped: CPU inference about 2x faster (core/heap.py)
     try:
         try:
             status = _main(argv)

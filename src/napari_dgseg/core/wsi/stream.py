@@ -135,7 +135,7 @@ def sequential_executor(model: Any, cancel: Any = None) -> BlockExecutor:
 
     def execute(plan: SlidePlan, block_ids: list[int], progress: Callable[[int, int], Any]
                 ) -> None:
-        from napari_dgseg.core.wsi.memory import bound_heap, release_memory
+        from napari_dgseg.core.heap import bound_heap, release_memory
 
         bundle = _as_bundle(model)
         bound_heap()

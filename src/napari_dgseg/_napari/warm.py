@@ -30,7 +30,7 @@ in unreachable reference cycles, a bounded, small set.
 Inference runs in worker threads, where glibc's per-thread arenas map every large array anew
 (page faults for every tile); :func:`warm_layer_imports` also sets the allocator of
 :mod:`napari_dgseg.core.heap` with one shared heap (a 2048 px HoVer-Net prediction in a thread
-11.1 s -> 6.6 s; process-wide, as the CLI does; ``DGSEG_LEAN_HEAP=1`` keeps glibc's arenas).
+12.4 s -> 6.0 s; process-wide, as the CLI does; ``DGSEG_LEAN_HEAP=1`` keeps glibc's arenas).
 No Qt and no viewer access here.
 """
 

@@ -70,7 +70,7 @@ def bound_heap(share_arena: bool = False) -> bool:
     each new thread an arena of its own whose heaps hold at most 64 MB, so a worker thread's
     large arrays are mapped fresh whatever the threshold; napari runs inference in worker
     threads (the widgets set this when built: a 2048 px HoVer-Net prediction in a thread,
-    11.1 s -> 6.6 s). Threads that already have an arena keep it.
+    12.4 s -> 6.0 s, ``benchmarks/heap_speed.py --where thread``). Threads that already have an arena keep it.
     """
     libc = _libc()
     if libc is None:

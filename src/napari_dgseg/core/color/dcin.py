@@ -280,7 +280,8 @@ def plan_dcin(bundle: Any, adapter: Any, mode: str = "auto", reference: Any = No
         in_domain = (bundle.manifest.get("dcin") or {}).get(IN_DOMAIN_KEY)  # rule 0, if measured
         apply_guard(bundle, adapter, plan, device=device, cancel=cancel,
                     shift=colour_shift(t_bal, refs),
-                    nearest=None if in_domain is None else nearest_training_colours(bundle, sample),
+                    nearest=None if in_domain is None else nearest_training_colours(
+                        bundle, sample, target=t_bal),
                     in_domain_shift=in_domain)
     return plan
 

@@ -186,7 +186,8 @@ def colour_shift(target_stats: Sequence[float], references: Sequence[dict]) -> f
     return out
 
 
-def nearest_training_colours(bundle: Any, rgb8: np.ndarray) -> tuple[float, str] | None:
+def nearest_training_colours(bundle: Any, rgb8: np.ndarray,
+                             target: np.ndarray | None = None) -> tuple[float, str] | None:
     """Colour distance from an image to the *nearest* image of the model's reference bank.
 
     The bank holds one entry per training image (``dgseg bank``), so a small distance says the
@@ -194,6 +195,7 @@ def nearest_training_colours(bundle: Any, rgb8: np.ndarray) -> tuple[float, str]
     for normalization to correct. Distances are :func:`colour_shift`'s (composition-balanced
     l-alpha-beta means, in the reference's standard deviations). Returns ``(distance, name of
     the nearest training image)``, or None when the bundle has no bank or the image no tissue.
+    ``target``: the image's composition-balanced statistics when the caller has them already.
     """
     from napari_dgseg.core.color.bank import BANK_FILE, reference_stats
     from napari_dgseg.core.color.normalizers import get_normalizer, tissue_samples
@@ -202,10 +204,11 @@ def nearest_training_colours(bundle: Any, rgb8: np.ndarray) -> tuple[float, str]
     if bank is None or "mean" not in bank:
         return None
     balanced = get_normalizer("balanced")
-    samples = tissue_samples(np.asarray(rgb8))
-    if len(samples[0]) == 0:
-        return None
-    target = balanced.fit(*samples)
+    if target is None:
+        samples = tissue_samples(np.asarray(rgb8))
+        if len(samples[0]) == 0:
+            return None
+        target = balanced.fit(*samples)
     names = (bundle.manifest.get("dcin") or {}).get("names") or []
     best, best_i = np.inf, 0
     for i in range(int(bank["mean"].shape[0])):

@@ -198,7 +198,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
 
 def summarise(result: dict) -> dict:
     """Mean ± std over seeds per (domain, method, eval domain, metric), and signal correlations."""
-    from napari_dgseg.core.train.selection import choose, spearman
+    from napari_dgseg.core.train.selection import UNGUARDED, choose, spearman
 
     summary: dict = {}
     for run in result["runs"]:  # re-apply the current selection rule to the stored checkpoints
@@ -247,7 +247,7 @@ def summarise(result: dict) -> dict:
             cps = r["checkpoints"]
             if any(sig not in c and sig != "agreement_x_certainty" for c in cps):
                 continue  # recorded before this signal existed
-            i = choose(cps, sig)
+            i = choose(cps, sig, guard=UNGUARDED)  # the signal alone, no drift guard
             gains.append([cps[i][w][k] - cps[0][w][k] for w in ("target", "source")
                           for k in ("dice", "aji")])
         if gains:

@@ -8,11 +8,15 @@ import torch
 
 from napari_dgseg.core.bundle import DEFAULT_INPUT_SPEC
 from napari_dgseg.core.train.selection import (
+    GUARD,
     PERTURBATIONS,
+    UNGUARDED,
+    DriftGuard,
     choose,
     is_degenerate,
     label_free_signals,
     perturb,
+    select_checkpoint,
     spearman,
 )
 
@@ -73,7 +77,8 @@ def test_degenerate_checkpoints_are_never_chosen():
     assert is_degenerate(everything, parent) and not is_degenerate(parent, parent)
     better = {"agreement": 0.85, "certainty": 0.8, "foreground": 0.28}
     rows = [parent, everything | {"degenerate": True}, better | {"degenerate": False}]
-    assert choose(rows, "certainty") == 2
+    assert choose(rows, "certainty", guard=UNGUARDED) == 2  # skipped
+    assert choose(rows, "certainty") == 0  # the default guard also stops at it (drift)
     assert choose([parent, {"agreement": 0.5, "certainty": 0.5, "foreground": 0.3}],
                   "certainty") == 0
     pm = [parent | {"prior_match": -0.5}, better | {"prior_match": -0.1},
@@ -82,7 +87,75 @@ def test_degenerate_checkpoints_are_never_chosen():
     assert choose([parent | {"prior_match": -0.1}, better | {"prior_match": -0.1}]) == 0
 
 
+def _ckpt(iteration: int, prior_match: float, certainty: float, agreement: float = 0.96,
+          foreground: float = 0.40) -> dict:
+    return {"iteration": iteration, "prior_match": prior_match, "score": prior_match,
+            "certainty": certainty, "agreement": agreement, "foreground": foreground,
+            "degenerate": False}
+
+
+def test_a_drifted_checkpoint_with_the_best_prior_match_is_not_returned():
+    """Issue 11's failure (ho-dark-blue seed 7): a drifting checkpoint that happens to match the
+    reference nucleus fraction best. Its certainty collapsed, so the guard keeps the earlier one."""
+    run = [_ckpt(0, -0.020, 0.93), _ckpt(20, -0.015, 0.935), _ckpt(40, -0.060, 0.86),
+           _ckpt(60, -0.001, 0.62, agreement=0.91)]  # drifted, yet the best prior_match
+    assert choose(run, guard=UNGUARDED) == 3  # what the unguarded rule returned
+    i, record = select_checkpoint(run)
+    assert i == 1
+    assert record["stopped_at"] == 40 and record["passed_over"] == [60]
+    assert "certainty fell 0.930 -> 0.860" in record["note"]
+    assert [d["iteration"] for d in record["drifted"]] == [40, 60]
+    # Without early stopping the checkpoint that lost certainty is still out, the best other wins.
+    no_stop = DriftGuard(certainty_drop=GUARD.certainty_drop, agreement_drop=GUARD.agreement_drop)
+    assert choose(run, guard=no_stop) == 1
+    # Drift at the first scored checkpoint: the parent is kept.
+    assert choose([run[0], _ckpt(20, -0.010, 0.80), _ckpt(40, -0.001, 0.70)]) == 0
+
+
+def test_an_agreement_drop_alone_is_a_sign_of_drift():
+    run = [_ckpt(0, -0.021, 0.928, agreement=0.960), _ckpt(20, -0.063, 0.913, agreement=0.948),
+           _ckpt(80, -0.005, 0.90, agreement=0.955)]
+    assert choose(run, guard=UNGUARDED) == 2
+    i, record = select_checkpoint(run)
+    assert i == 0 and record["stopped_at"] == 20 and "agreement fell" in record["note"]
+
+
+def test_a_healthy_improvement_is_still_chosen():
+    """Certainty and agreement within the guard's tolerance: the best prior_match wins, the guard
+    records nothing, and the margin keeps the parent on a tie."""
+    run = [_ckpt(0, -0.030, 0.93, agreement=0.960), _ckpt(20, -0.010, 0.935, agreement=0.958),
+           _ckpt(40, -0.002, 0.915, agreement=0.952), _ckpt(60, -0.020, 0.94)]
+    i, record = select_checkpoint(run)
+    assert i == 2 and record["drifted"] == [] and record["note"] is None
+    assert record["stopped_at"] is None and record["passed_over"] == []
+    assert choose(run, guard=DriftGuard(margin=0.05)) == 0  # nothing beats the parent by 0.05
+    assert choose(run, guard=DriftGuard(margin=0.025)) == 2
+
+
+def test_degenerate_checkpoints_stop_a_guarded_search():
+    run = [_ckpt(0, -0.02, 0.93), _ckpt(20, -0.01, 0.93) | {"degenerate": True, "foreground": 0.9},
+           _ckpt(40, -0.001, 0.93)]
+    assert choose(run, guard=UNGUARDED) == 2  # degenerate rows are only skipped
+    i, record = select_checkpoint(run)
+    assert i == 0 and record["stopped_at"] == 20 and "degenerate" in record["drifted"][0]["signs"][0]
+    assert GUARD.name == "m0+c0.02+a0.01+stop" and "early stop" in GUARD.describe()
+
+
 def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_the_guarded_choice_only_ever_moves_to_the_newest_checkpoint():
+    """adapt keeps a checkpoint's weights when it is chosen as it is scored; that is the final
+    choice only if a longer run's choice is either the earlier choice or the new checkpoint."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        run = [_ckpt(20 * i, -float(rng.uniform(0, 0.1)), float(rng.uniform(0.85, 0.95)),
+                     agreement=float(rng.uniform(0.94, 0.97))) | {"degenerate": bool(rng.random() < 0.1)}
+               for i in range(6)]
+        run[0]["degenerate"] = False
+        for guard in (GUARD, UNGUARDED, DriftGuard(margin=0.01, certainty_drop=0.05)):
+            for k in range(1, len(run)):
+                assert choose(run[: k + 1], guard=guard) in (choose(run[:k], guard=guard), k)

@@ -20,8 +20,10 @@ are re-estimated on the target images (:mod:`napari_dgseg.core.train.norm_stats`
 Unlabelled model selection: a quarter of the unlabelled targets (at most 4) is held out; the
 parent and a checkpoint every ``min(20, iters // 5)`` iterations are scored on them with the label-free
 signals of :mod:`napari_dgseg.core.train.selection`, and (``select=True``, the default) the
-best-scoring checkpoint is returned, which is the parent's weights when nothing beat it. The
-signals of every checkpoint, the verdict and a warning go into ``provenance["selection"]``.
+best-scoring checkpoint before the first sign of drift is returned (the drift guard,
+``selection.GUARD``: certainty or agreement fell below the parent's), which is the parent's
+weights when nothing beat it. The signals of every checkpoint, the verdict, a warning and what
+the guard did go into ``provenance["selection"]``.
 
 Source data: a labelled folder when given, otherwise the replay set every trained bundle
 carries (``bundle.extra("replay")``). Target images may come with corrected labels, which then
@@ -708,8 +710,12 @@ def _stats_steps(
     if side % divisor:
         raise InputError(f"crop size {side} must be a multiple of {divisor} for this model")
     model = copy.deepcopy(bundle.model).to(device).eval()
+    from napari_dgseg.core.train.selection import UNGUARDED
+
+    # Target statistics change certainty and agreement by design (a new normalisation, not a
+    # drift), and the drift guard was chosen on MaNi checkpoints: only the degenerate check here.
     judge = _Judge(bundle, [_score_view(s.image) for s in held], device, held_out, hook,
-                   [s.image for s in train_targets])
+                   [s.image for s in train_targets], guard=UNGUARDED)
     judge.score(model, 0)
     report = reestimate_batchnorm(model, [s.image for s in train_targets], bundle.input_spec,
                                   size=side, device=device, cancel=cancel)
@@ -791,14 +797,20 @@ def _score_view(image: np.ndarray) -> np.ndarray:
 
 
 class _Judge:
-    """Scores checkpoints with the label-free signals and keeps the best one's weights."""
+    """Scores checkpoints with the label-free signals and keeps the chosen one's weights.
+
+    The choice is :func:`~napari_dgseg.core.train.selection.select_checkpoint` under ``guard``
+    (default :data:`~napari_dgseg.core.train.selection.GUARD`: no checkpoint after the first sign
+    of drift).
+    """
 
     def __init__(self, bundle: Bundle, images: list[np.ndarray], device: Any, held_out: bool,
                  hook: Callable[[int, torch.nn.Module], Any] | None = None,
-                 train_images: Sequence[np.ndarray] = ()):
-        from napari_dgseg.core.train.selection import reference_foreground
+                 train_images: Sequence[np.ndarray] = (), guard: Any = None):
+        from napari_dgseg.core.train.selection import GUARD, reference_foreground
 
         self.bundle, self.images, self.device, self.held_out = bundle, images, device, held_out
+        self.guard = GUARD if guard is None else guard  # selection.DriftGuard
         self.hook = hook
         self.reference = reference_foreground(
             bundle.model, list(train_images) or images, images, bundle.input_spec,
@@ -830,7 +842,12 @@ class _Judge:
             row["codebook_shift"] = codebook_shift(self.bundle, model, self.images,
                                                    device=self.device)
         self.checkpoints.append(row)
-        if not row["degenerate"] and (self.best is None or row["score"] > self.best["score"]):
+        # The drift-guarded choice over the checkpoints so far (selection.GUARD): the choice over
+        # a longer run is either the earlier choice or the new checkpoint, so keeping the weights
+        # whenever the new one is chosen keeps the chosen checkpoint's weights.
+        from napari_dgseg.core.train.selection import select_checkpoint
+
+        if select_checkpoint(self.checkpoints, guard=self.guard)[0] == len(self.checkpoints) - 1:
             self.best = row
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if self.hook is not None:
@@ -847,7 +864,7 @@ class _Judge:
 
     def summary(self, select: bool, final: dict[str, Any] | None = None,
                 average: float | None = None) -> dict[str, Any]:
-        from napari_dgseg.core.train.selection import SIGNAL_DOC
+        from napari_dgseg.core.train.selection import SIGNAL_DOC, select_checkpoint
 
         parent, last = self.checkpoints[0], self.checkpoints[-1]
         chosen = self.best if select and self.best is not None else last
@@ -855,6 +872,8 @@ class _Judge:
             chosen = final
         parent_kept = bool(select and chosen["iteration"] == 0) or bool(chosen.get("returned_parent"))
         verdict = "better" if chosen["score"] > parent["score"] else "not better"
+        guard = select_checkpoint(self.checkpoints, guard=self.guard)[1]
+        guard_note = guard["note"] if select and final is None else None
         return {
             "signal": SIGNAL_DOC,
             "held_out_images": len(self.images),
@@ -873,8 +892,14 @@ class _Judge:
             "warning": None if verdict == "better" else (
                 "the adapted model does not look better than its parent on held-out target "
                 "images by the label-free signal; "
+                + (f"{guard_note}; " if guard_note else "")
                 + ("the parent's weights were kept" if parent_kept else "check before using it")
             ),
+            "guard": guard["guard"] if select and final is None else None,
+            "guard_fired": bool(guard_note),
+            "guard_note": guard_note,
+            "drifted": guard["drifted"],
+            "stopped_at": guard["stopped_at"],
             "checkpoints": self.checkpoints,
         }
 
@@ -950,7 +975,8 @@ def adapt(
         BatchNorm during MaNi (:data:`NORM_MODES`): ``frozen`` (default), ``split``, ``mixed``.
     select : bool
         Keep the checkpoint (the parent included) with the best label-free signal on held-out
-        target images (default); False keeps the last iterate. Either way
+        target images among those before the first sign of drift (default; the drift guard
+        :data:`~napari_dgseg.core.train.selection.GUARD`); False keeps the last iterate. Either way
         ``provenance["selection"]`` holds the signals of the parent and of every checkpoint.
     holdout : int, optional
         Target images held out for the signal (default: a quarter, at most 4, when >= 4).

@@ -40,6 +40,13 @@ that need no ground truth:
 
 The benchmark (``benchmarks/mani_adaptation.py``) reports the Spearman correlation between
 ``score`` and target Dice over the checkpoints of every run.
+
+The best score alone once returned a drifted checkpoint on a held-out style (-0.22 Dice), so the
+choice is guarded (:class:`DriftGuard`, default :data:`GUARD`, :func:`select_checkpoint`): a
+checkpoint whose certainty fell more than 0.02 or whose agreement fell more than 0.01 below the
+parent's shows drift, and neither it nor any later checkpoint is returned (early stopping at the
+first sign of drift). The guard was chosen offline on the selection domains' stored checkpoints
+and measured on the held-out styles' (``benchmarks/selection_rules.py``, docs/hovernet-mani.md).
 """
 
 from __future__ import annotations
@@ -235,16 +242,132 @@ SIGNAL_DOC = (
 )
 
 
-def choose(checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE) -> int:
-    """Index of the best non-degenerate checkpoint by ``score`` (the parent, index 0, on ties)."""
-    best, best_v = 0, SCORES[score](checkpoints[0])
+@dataclass(frozen=True)
+class DriftGuard:
+    """When a scored checkpoint may replace the parent: guards against MaNi's drift.
+
+    MaNi's MI term can drift into over-segmentation, and a drifting checkpoint can still match
+    the reference nucleus fraction well (``prior_match``), so the best score alone is not safe.
+    Drifting checkpoints lose certainty and stability under perturbations (certainty 0.92 ->
+    0.5-0.6 on ``lymphoid-dense`` in ``docs/hovernet-mani.md``). A checkpoint is *drifted* when it
+    is degenerate, or its ``certainty`` fell more than ``certainty_drop`` below the parent's, or
+    its ``agreement`` more than ``agreement_drop`` below the parent's (``None``: that signal is
+    not checked). A drifted checkpoint is never chosen; with ``stop_at_drift`` neither is any
+    checkpoint after the first drifted one (early stopping at the first sign of drift, as a
+    validation-based early stop would do with labels). A checkpoint replaces the parent only
+    when its score beats the parent's by more than ``margin``.
+
+    Chosen offline on the selection domains' stored checkpoints
+    (``benchmarks/selection_rules.py``); :data:`GUARD` is the default.
+    """
+
+    margin: float = 0.0
+    certainty_drop: float | None = None
+    agreement_drop: float | None = None
+    stop_at_drift: bool = False
+
+    @property
+    def name(self) -> str:
+        """Short identifier, e.g. ``m0+c0.02+a0.01+stop`` (``-`` for an unchecked signal)."""
+        c = "-" if self.certainty_drop is None else f"{self.certainty_drop:g}"
+        a = "-" if self.agreement_drop is None else f"{self.agreement_drop:g}"
+        return f"m{self.margin:g}+c{c}+a{a}" + ("+stop" if self.stop_at_drift else "")
+
+    def describe(self) -> str:
+        """One line saying what the guard checks (stored in the selection record)."""
+        parts = ["never a degenerate checkpoint"]
+        if self.certainty_drop is not None:
+            parts.append(f"never one whose certainty fell more than {self.certainty_drop:g} "
+                         "below the parent's")
+        if self.agreement_drop is not None:
+            parts.append(f"never one whose agreement fell more than {self.agreement_drop:g} "
+                         "below the parent's")
+        if self.stop_at_drift:
+            parts.append("nothing after the first such checkpoint (early stop at drift)")
+        parts.append("the parent unless the score beats the parent's"
+                     + (f" by more than {self.margin:g}" if self.margin else ""))
+        return "; ".join(parts)
+
+
+#: No guard but the degenerate check: the best score wins (the rule before issue 11's study).
+UNGUARDED = DriftGuard()
+#: The default guard of ``adapt`` (chosen in ``benchmarks/selection_rules.py``).
+GUARD = DriftGuard(margin=0.0, certainty_drop=0.02, agreement_drop=0.01, stop_at_drift=True)
+
+
+def drift_signs(row: Mapping[str, Any], parent: Mapping[str, Any], guard: DriftGuard) -> list[str]:
+    """Why ``row`` counts as drifted against ``parent`` under ``guard`` (empty: it does not)."""
+    signs = []
+    if row.get("degenerate"):
+        signs.append(f"degenerate (foreground {float(row['foreground']):.3f} against the "
+                     f"parent's {float(parent['foreground']):.3f})")
+    for key, limit in (("certainty", guard.certainty_drop), ("agreement", guard.agreement_drop)):
+        if limit is None or key not in row or key not in parent:
+            continue
+        fall = float(parent[key]) - float(row[key])
+        if fall > limit:
+            signs.append(f"{key} fell {float(parent[key]):.3f} -> {float(row[key]):.3f} "
+                         f"(more than {limit:g})")
+    return signs
+
+
+def select_checkpoint(
+    checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE, guard: DriftGuard = GUARD,
+) -> tuple[int, dict[str, Any]]:
+    """Index of the checkpoint to return under ``guard``, and a record of why.
+
+    Checkpoint 0 is the parent and always eligible. Among the eligible checkpoints (not drifted,
+    and with ``stop_at_drift`` none after a drifted one) whose ``score`` beats the parent's by
+    more than ``guard.margin``, the best wins; ties keep the earlier one; none keeps the parent.
+
+    Returns
+    -------
+    index, record
+        ``record``: ``guard`` (its description), ``guard_name``, ``drifted`` (``iteration`` and
+        ``signs`` of every drifted checkpoint), ``stopped_at`` (the iteration of the first drifted
+        checkpoint when ``stop_at_drift`` ended the search, else None), ``passed_over`` (the
+        iterations whose score was higher than the returned checkpoint's but that the guard ruled
+        out) and ``note`` (one line, None when the guard changed nothing).
+    """
+    parent = checkpoints[0]
+    parent_v = SCORES[score](parent)
+    best, best_v = 0, parent_v
+    drifted: list[dict[str, Any]] = []
+    stopped_at = None
+    ruled_out: list[int] = []
     for i, row in enumerate(checkpoints[1:], start=1):
-        if row.get("degenerate"):
+        signs = drift_signs(row, parent, guard)
+        if signs:
+            drifted.append({"iteration": row.get("iteration", i), "signs": signs})
+        if stopped_at is not None or signs:
+            ruled_out.append(i)
+            if signs and guard.stop_at_drift and stopped_at is None:
+                stopped_at = row.get("iteration", i)
             continue
         v = SCORES[score](row)
-        if v > best_v:
+        if v > best_v and v > parent_v + guard.margin:
             best, best_v = i, v
-    return best
+    passed = [checkpoints[i].get("iteration", i) for i in ruled_out
+              if not checkpoints[i].get("degenerate") and SCORES[score](checkpoints[i]) > best_v
+              and SCORES[score](checkpoints[i]) > parent_v + guard.margin]
+    note = None
+    if passed:
+        signs_of = {d["iteration"]: d["signs"] for d in drifted}
+        why = (f"drift from iteration {stopped_at} on: {'; '.join(signs_of[stopped_at])}"
+               if stopped_at is not None else
+               "; ".join(f"iteration {it}: {'; '.join(signs_of[it])}" for it in passed))
+        note = f"the drift guard passed over checkpoint(s) {passed} with a higher {score} ({why})"
+    return best, {"guard": guard.describe(), "guard_name": guard.name, "drifted": drifted,
+                  "stopped_at": stopped_at, "passed_over": passed, "note": note}
+
+
+def choose(checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE,
+           guard: DriftGuard = GUARD) -> int:
+    """Index of the checkpoint :func:`select_checkpoint` returns (the parent, index 0, on ties).
+
+    ``guard=UNGUARDED`` is the plain best non-degenerate score.
+    """
+    return select_checkpoint(checkpoints, score, guard)[0]
 
 
 def is_degenerate(signals: Mapping[str, float], parent: Mapping[str, float]) -> bool:

@@ -417,3 +417,41 @@ def test_run_steps_calls_back_per_step_and_returns_the_generators_value():
     seen: list[int] = []
     assert run_steps(steps(), seen.append) == "done" and seen == [1, 2]
     assert run_steps(steps()) == "done"
+
+
+def test_the_drift_guard_keeps_the_checkpoint_before_the_drift(parent_file, monkeypatch):
+    """The run's choice is the guarded one: a drifted last checkpoint with the best score is passed
+    over, the weights of the checkpoint before the drift are returned, and the record says why."""
+    from napari_dgseg.core.train import selection
+
+    script = iter([  # the parent, then iterations 1, 2, 3 (select_every=1)
+        {"prior_match": -0.05, "certainty": 0.93, "agreement": 0.96},
+        {"prior_match": -0.02, "certainty": 0.93, "agreement": 0.96},  # a healthy gain
+        {"prior_match": -0.04, "certainty": 0.80, "agreement": 0.95},  # certainty collapses
+        {"prior_match": -0.001, "certainty": 0.60, "agreement": 0.90},  # drifted, best score
+    ])
+
+    def scripted(model, images, input_spec, **kw):
+        s = next(script)
+        return {**s, "foreground": 0.4, "foreground_reference": 0.4, "score": s["prior_match"]}
+
+    monkeypatch.setattr(selection, "label_free_signals", scripted)
+    states: dict[int, dict] = {}
+
+    def hook(it, model):
+        states[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    parent = load_bundle(parent_file)
+    new = adapt(parent, _targets(), iters=3, size=64, batch=2, seed=3, lr=1e-2, select_every=1,
+                checkpoint_hook=hook, source_augment="none")
+    sel = new.provenance["selection"]
+    assert [c["iteration"] for c in sel["checkpoints"]] == [0, 1, 2, 3]
+    assert sel["chosen_iteration"] == 1 and sel["returned"] == "checkpoint 1"
+    assert sel["stopped_at"] == 2 and sel["guard_fired"] and "early stop" in sel["guard"]
+    assert "checkpoint(s) [3]" in sel["guard_note"]
+    assert "certainty fell 0.930 -> 0.800" in sel["guard_note"]
+    assert sel["verdict"] == "better" and sel["warning"] is None
+    assert any(not torch.equal(v, states[3][k]) for k, v in states[1].items()
+               if v.is_floating_point())  # the last iterate's weights differ: the choice matters
+    for k, v in new.model.state_dict().items():
+        torch.testing.assert_close(v, states[1][k].cpu())

@@ -144,6 +144,8 @@ def test_run_cancel_save_reload_predict(widget, qtbot, model_dir, tmp_path):
     sel = widget.result.provenance["selection"]
     assert sel["returned"].startswith(("checkpoint", "the parent's weights"))
     assert f"Returned: {sel['returned']}." in signal_text(sel)
+    note = "the drift guard passed over checkpoint(s) [40] with a higher prior_match (drift ...)"
+    assert "The drift guard passed over checkpoint(s) [40]" in signal_text(sel | {"guard_note": note})
     assert widget.save(sync=True) is None and widget.save_button.text() == "Save anyway"
     assert "does not look better" in widget.status.text()
     assert widget.save(sync=True).name == f"{MODEL}-adapted-3.dgseg"

@@ -173,10 +173,14 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     warning = prov["selection"].get("warning")
-    if warning:
+    note = prov["selection"].get("guard_note")
+    if warning or note:
         import sys
 
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning:  # it carries the guard's note when the parent was kept
+            print(f"warning: {warning}", file=sys.stderr)
+        else:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 

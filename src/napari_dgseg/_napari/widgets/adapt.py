@@ -78,6 +78,9 @@ def signal_text(selection: dict | None) -> str:
             f"(certainty {p['certainty']:.2f} → {a['certainty']:.2f}). ")
     if selection.get("returned") and not selection.get("returned_parent_weights"):
         head += f"Returned: {selection['returned']}. "
+    note = selection.get("guard_note")
+    if note:  # the drift guard ruled out checkpoints the score alone would have returned
+        head += f"{note[:1].upper()}{note[1:]}. "
     if selection.get("verdict") == "better":
         return head + "Looks better than the parent."
     if selection.get("returned_parent_weights"):

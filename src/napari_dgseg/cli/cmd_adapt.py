@@ -3,8 +3,8 @@
 MaNi label-free adaptation (Sharma, Syed & Brown, "MaNi: Maximizing Mutual Information for Nuclei Cross-Domain Unsupervised Segmentation", MICCAI 2023): a new bundle adapted to the target images; the parent
 model file is never modified. ``--method stats`` re-estimates the BatchNorm statistics on the
 targets instead. Either way the run judges itself on held-out target images with label-free
-signals (``selection`` in the JSON) and, unless ``--no-select``, keeps the best checkpoint,
-which may be the parent's weights.
+signals (``selection`` in the JSON) and, unless ``--no-select``, keeps the best checkpoint
+before the first sign of drift (MaNi; the drift guard), which may be the parent's weights.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-select",
         action="store_true",
         help="keep the last iterate instead of the checkpoint (parent included) with the best "
-        "label-free signal on held-out targets",
+        "label-free signal on held-out targets before the first sign of drift",
     )
     p.add_argument(
         "--holdout",

@@ -14,7 +14,13 @@ Three estimators, chosen per kind (``method="auto"``) by the measurement in docs
   chromatin texture. A second peak of the curve, 0.75 octave or more away and separated by a dip,
   that comes within :data:`BLOB_DOMINANCE` of the highest one makes the crop *ambiguous* (nuclei
   or clusters of nuclei?): it gives no size, and an image with only ambiguous crops is not
-  resampled (its provenance says why).
+  resampled (its provenance says why). A second, learned ruler must agree: a ridge regression
+  from the whole scale-space signature (:func:`blob_signature`) to the nucleus size, fitted on
+  randomly resized and degraded tiles of the training renderer (Cellpose's size model, Stringer
+  et al., "Cellpose: a generalist algorithm for cellular segmentation", 2021, also regresses the
+  size from image features). A crop whose peak and ruler differ by more than
+  :data:`RULER_AGREEMENT` gives no size either (small nuclei under strong blur were read as
+  25-80 px by the peak alone; docs/scale.md, "A second, learned ruler").
 * ``fov`` (vessels, fundus photographs). Vessel calibre scales with the eye's image, so the radius
   of the field of view (the bright disc inside the dark surround) is the ruler. Used when the
   image has a dark surround around a field of view.
@@ -36,7 +42,10 @@ view is found on a thumbnail.
 
 from __future__ import annotations
 
+import json
 import math
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,10 +56,12 @@ from napari_dgseg.core.fov import FOV_LEVEL
 
 __all__ = [
     "BLOB_DOMINANCE",
+    "RULER_AGREEMENT",
     "CALIBRATION",
     "CROP",
     "MAX_CROPS",
     "METHODS",
+    "blob_signature",
     "estimate_object_size",
     "fov_radius",
     "raw_object_size",
@@ -85,6 +96,13 @@ _BLOB_PROMINENCE = 1.08
 BLOB_DOMINANCE = 1.05
 #: Blob curve: peaks closer than this many quarter-octave steps are one peak.
 _BLOB_SEPARATION = 3
+#: Largest ratio between the blob peak's size and the learned ruler's for a crop to give a size.
+#: Chosen with ``nuclei-hovernet`` in the loop on the training renderer only
+#: (``benchmarks/scale_agreement.py``: 1.6 over 1.4 and no rule, best mean AJI on 2000 randomly
+#: resized and degraded tiles and the 300 tiles of ``scale_robustness.py``).
+RULER_AGREEMENT = 1.6
+#: The learned ruler's coefficients (``python benchmarks/scale_regressor.py --ruler ...``).
+_RULER_FILE = Path(__file__).with_name("scale_ruler.json")
 
 
 def estimate_object_size(image: Any, kind: str, method: str = "auto") -> dict[str, Any]:
@@ -123,7 +141,7 @@ def estimate_object_size(image: Any, kind: str, method: str = "auto") -> dict[st
     extra: dict[str, Any] = {}
     if used == "log-blobs":
         boxes = _crop_boxes(adapter, kind)
-        peaks = [_blob_peak(_grey_density(np.asarray(adapter.region(*box), np.float32))) for box in boxes]
+        peaks = [_blob_reading(np.asarray(adapter.region(*box), np.float32)) for box in boxes]
         crops = len(boxes)
         raw, extra = _confident_blob_size(peaks)
     elif used == "hessian-ridges":
@@ -142,26 +160,39 @@ def estimate_object_size(image: Any, kind: str, method: str = "auto") -> dict[st
     }
 
 
-def _confident_blob_size(peaks: list[tuple[float, float]]) -> tuple[float | None, dict[str, Any]]:
-    """Median raw size over the crops whose curve has one clear peak, and what to record.
+def _confident_blob_size(peaks: list[tuple[float, float, float]]) -> tuple[float | None, dict[str, Any]]:
+    """Median raw size over the crops whose curve has one clear peak that the ruler confirms.
 
-    ``peaks`` holds ``(raw size, dominance)`` per crop (NaN size: no peak). Returns the raw size
-    (None when no crop is confident) and the provenance fields: ``dominance`` (the crops' lowest
-    ratio of the highest peak to a rival one; None when no crop's curve had a rival peak),
-    ``min_dominance`` (:data:`BLOB_DOMINANCE`) and, without a size,
-    ``why`` and ``ambiguous_px`` (the size the ambiguous crops' highest peaks would have given).
+    ``peaks`` holds ``(raw size, dominance, ruler size in px)`` per crop (NaN size: no peak).
+    Returns the raw size (None when no crop is confident) and the provenance fields:
+    ``dominance`` (the crops' lowest ratio of the highest peak to a rival one; None when no crop's
+    curve had a rival peak), ``min_dominance`` (:data:`BLOB_DOMINANCE`), ``ruler_px`` (the learned
+    ruler's median size over the crops), ``ruler_agreement`` (:data:`RULER_AGREEMENT`) and,
+    without a size, ``why`` and ``ambiguous_px`` (the size the crops' highest peaks would have
+    given).
     """
-    found = [(r, d) for r, d in peaks if math.isfinite(r)]
-    sure = [r for r, d in found if d >= BLOB_DOMINANCE]
-    rivalled = [d for _, d in found if math.isfinite(d)]
+    cal = CALIBRATION["log-blobs"]
+    found = [(r, d, q) for r, d, q in peaks if math.isfinite(r)]
+    clear = [(r, q) for r, d, q in found if d >= BLOB_DOMINANCE]
+    sure = [r for r, q in clear if _agrees(cal * r, q)]
+    rivalled = [d for _, d, _ in found if math.isfinite(d)]
+    rulers = [q for _, _, q in peaks if math.isfinite(q)]
     extra: dict[str, Any] = {
         "dominance": round(min(rivalled), 3) if rivalled else None,
         "min_dominance": BLOB_DOMINANCE,
+        "ruler_px": round(float(np.median(rulers)), 3) if rulers else None,
+        "ruler_agreement": RULER_AGREEMENT,
     }
     if sure:
         return float(np.median(sure)), extra
     if found:
-        extra["ambiguous_px"] = round(CALIBRATION["log-blobs"] * float(np.median([r for r, _ in found])), 3)
+        extra["ambiguous_px"] = round(cal * float(np.median([r for r, _, _ in found])), 3)
+    if clear:
+        peak_px = cal * float(np.median([r for r, _ in clear]))
+        extra["why"] = (f"the nucleus-size estimate is not confirmed (blob peak {peak_px:.1f} px, "
+                        f"learned ruler {extra['ruler_px']:.1f} px: more than "
+                        f"{RULER_AGREEMENT:g}x apart)")
+    elif found:
         extra["why"] = (f"the nucleus-size estimate is not confident (two peaks of the blob "
                         f"response within {BLOB_DOMINANCE:g}x of each other: nuclei or clusters "
                         "of nuclei)")
@@ -170,12 +201,20 @@ def _confident_blob_size(peaks: list[tuple[float, float]]) -> tuple[float | None
     return None, extra
 
 
+def _agrees(peak_px: float, ruler_px: float) -> bool:
+    """True when the ruler confirms the peak (within :data:`RULER_AGREEMENT`; no ruler: True)."""
+    if not math.isfinite(ruler_px) or ruler_px <= 0:
+        return True
+    return abs(math.log(peak_px / ruler_px)) <= math.log(RULER_AGREEMENT)
+
+
 def raw_object_size(rgb: np.ndarray, method: str) -> float:
     """Uncalibrated size of one float RGB ``(H, W, 3)`` image in [0, 1] (NaN if none found)."""
     rgb = np.asarray(rgb, np.float32)
     if method == "log-blobs":
-        raw, dominance = _blob_peak(_grey_density(rgb))
-        return raw if dominance >= BLOB_DOMINANCE else float("nan")
+        raw, dominance, ruler = _blob_reading(rgb)
+        ok = math.isfinite(raw) and dominance >= BLOB_DOMINANCE and _agrees(CALIBRATION[method] * raw, ruler)
+        return raw if ok else float("nan")
     if method == "hessian-ridges":
         signal, valid = _vessel_signal(rgb)
         return _ridge_scale(signal, valid)
@@ -288,16 +327,90 @@ def _normalise(signal: np.ndarray) -> np.ndarray | None:
     return (signal - float(np.median(signal))) / spread
 
 
+def _blob_curves(norm: np.ndarray) -> np.ndarray:
+    """``(len(SIGNATURE_PERCENTILES), scales)``: each percentile of ``-sigma^2 LoG`` per scale."""
+    return np.array([np.percentile(_pyramid_filter(norm, float(s), "blob"), SIGNATURE_PERCENTILES)
+                     for s in _SIGMAS["log-blobs"]]).T
+
+
+def _peak_and_dominance(curves: np.ndarray) -> tuple[float, float]:
+    curve = curves[SIGNATURE_PERCENTILES.index(_BLOB_PERCENTILE)]
+    return _peak(_SIGMAS["log-blobs"], curve), _dominance(curve)
+
+
 def _blob_peak(signal: np.ndarray) -> tuple[float, float]:
     """Scale where the ``_BLOB_PERCENTILE`` of ``-sigma^2 LoG`` peaks (log-interpolated) and the
     peak's dominance (its height over the next separate peak's; inf without one)."""
     norm = _normalise(signal)
     if norm is None:
         return float("nan"), float("nan")
-    sigmas = _SIGMAS["log-blobs"]
-    curve = np.array([np.percentile(_pyramid_filter(norm, float(s), "blob"), _BLOB_PERCENTILE)
-                      for s in sigmas])
-    return _peak(sigmas, curve), _dominance(curve)
+    return _peak_and_dominance(_blob_curves(norm))
+
+
+def _blob_reading(rgb: np.ndarray) -> tuple[float, float, float]:
+    """``(raw peak size, dominance, learned ruler's size in px)`` of one float RGB crop, from one
+    pass of the scale-space filters (NaNs for a flat crop)."""
+    norm = _normalise(_grey_density(rgb))
+    if norm is None:
+        return float("nan"), float("nan"), float("nan")
+    curves = _blob_curves(norm)
+    raw, dominance = _peak_and_dominance(curves)
+    return raw, dominance, _ruler_px(_signature_of(curves))
+
+
+#: Percentiles of the blob response whose curves over scale make :func:`blob_signature`
+#: (the last one is the peak estimator's :data:`_BLOB_PERCENTILE`).
+SIGNATURE_PERCENTILES = (50.0, 75.0, 90.0, 97.0, 99.5)
+
+
+def blob_signature(rgb: np.ndarray) -> np.ndarray:
+    """The scale-space signature of one float RGB ``(H, W, 3)`` crop in [0, 1].
+
+    For each of :data:`SIGNATURE_PERCENTILES`, the curve of that percentile of ``-sigma^2 LoG``
+    of the normalised grey density over the ``log-blobs`` scales, divided by its largest
+    absolute value (its shape, not its height), followed by each curve's peak scale and
+    response-weighted mean scale (log2 sigma). The learned ruler reads the size from all of it
+    instead of from one peak. All zeros for a flat crop.
+    """
+    norm = _normalise(_grey_density(np.asarray(rgb, np.float32)))
+    if norm is None:
+        n = len(SIGNATURE_PERCENTILES)
+        return np.zeros(n * len(_SIGMAS["log-blobs"]) + 2 * n, np.float32)
+    return _signature_of(_blob_curves(norm))
+
+
+def _signature_of(curves: np.ndarray) -> np.ndarray:
+    logs = np.log2(_SIGMAS["log-blobs"])
+    shapes, peaks, means = [], [], []
+    for c in curves:
+        top = float(np.abs(c).max()) or 1.0
+        shapes.append(c / top)
+        i = int(np.argmax(c))
+        if 0 < i < len(c) - 1:
+            a, b, d = c[i - 1], c[i], c[i + 1]
+            den = a - 2.0 * b + d
+            offset = float(np.clip(0.5 * (a - d) / den, -0.5, 0.5)) if den != 0 else 0.0
+        else:
+            offset = 0.0
+        peaks.append(logs[i] + offset * (logs[1] - logs[0]))
+        pos = np.clip(c, 0.0, None)
+        means.append(float((pos * logs).sum() / pos.sum()) if pos.sum() > 0 else float(logs.mean()))
+    return np.concatenate([np.concatenate(shapes), peaks, means]).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _ruler() -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    data = json.loads(_RULER_FILE.read_text())
+    if tuple(data["percentiles"]) != SIGNATURE_PERCENTILES:
+        raise RuntimeError(f"{_RULER_FILE.name} was fitted on other signature percentiles; refit it")
+    return (np.asarray(data["mean"], np.float64), np.asarray(data["scale"], np.float64),
+            np.asarray(data["weights"], np.float64), float(data["intercept"]))
+
+
+def _ruler_px(signature: np.ndarray) -> float:
+    """The learned ruler's nucleus size (pixels) for one signature."""
+    mean, scale, weights, intercept = _ruler()
+    return float(2.0 ** (((signature - mean) / scale) @ weights + intercept))
 
 
 def _dominance(curve: np.ndarray) -> float:

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    "true_px": round(measure_object_size(smp.labels, "nuclei"), 2),
                                    "old_px": None if old is None else round(old, 2),
                                    "new_px": new["object_size_px"],
-                                   "new_dominance": new.get("dominance")}
+                                   "new_dominance": new.get("dominance"),
+                                   "new_ruler_px": new.get("ruler_px")}
             for name, size in (("old", old), ("new", new["object_size_px"])):
                 decision = resolve_scale(bundle.scale, estimate=lambda z=size: {"object_size_px": z})
                 row[f"{name}_factor"] = round(decision.factor, 3)

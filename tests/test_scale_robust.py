@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_dgseg.core import scale_estimate
 from napari_dgseg.core.data._synth_common import jpeg_roundtrip
 from napari_dgseg.core.data.synthetic import make_nuclei
 from napari_dgseg.core.resample import _nearest, resampled_shape, zoom_image
 from napari_dgseg.core.scale import measure_object_size, resolve_scale
-from napari_dgseg.core.scale_estimate import BLOB_DOMINANCE, estimate_object_size
+from napari_dgseg.core.scale_estimate import BLOB_DOMINANCE, RULER_AGREEMENT, estimate_object_size
 
 #: A model trained with object-size augmentation 0.7-1.4x (the shipped nuclei models' record).
 TRAINED = {"pixel_size_um": 0.25, "object_size_px": 16.0, "train_range": [0.7, 1.4]}
@@ -57,7 +58,10 @@ def two_sizes_of_blobs(n_small: int, n_big: int, seed: int = 0) -> np.ndarray:
     return (np.exp(-od)[..., None] * np.array([0.95, 0.9, 0.95]) * 255).astype(np.uint8)
 
 
-def test_ambiguous_blob_size_falls_back_to_factor_one_and_says_why():
+def test_ambiguous_blob_size_falls_back_to_factor_one_and_says_why(monkeypatch):
+    # the learned ruler (fitted on tissue, tested below) is kept out: these discs on a flat
+    # background test the dominance rule alone
+    monkeypatch.setattr(scale_estimate, "RULER_WINDOW", 10**6)
     # one population of blobs: a confident size
     sure = estimate_object_size(two_sizes_of_blobs(80, 0), "nuclei")
     assert sure["object_size_px"] is not None and "why" not in sure
@@ -81,3 +85,41 @@ def test_the_fallback_is_what_inference_records(tiny_bundle):
     assert rec["applied"] is False and rec["factor"] == 1.0
     assert "not confident" in rec["reason"] and rec["estimate"]["why"]
 
+
+
+def _resized_tile(seed: int, s: float, blur: float) -> np.ndarray:
+    img = zoom_image(make_nuclei(int(256 / s) + 1, "clean", seed=seed)[0], s)
+    if blur:
+        img = ndi.gaussian_filter(img, (blur, blur, 0))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)[:256, :256]
+
+
+def test_the_learned_ruler_vetoes_a_confident_peak_on_small_blurred_nuclei():
+    """Small nuclei (0.45x, ~7.7 px) under strong blur: the blob peak alone reads clusters (~50
+    px, a factor of ~0.3 that would shrink the tile further); the ruler reads ~13 px and vetoes."""
+    found = estimate_object_size(_resized_tile(11, 0.45, 2.2), "nuclei")
+    assert found["object_size_px"] is None
+    assert found["ambiguous_px"] > 2 * found["ruler_px"]
+    assert "not confirmed" in found["why"] and found["ruler_agreement"] == RULER_AGREEMENT
+    decision = resolve_scale(TRAINED, estimate=lambda: found)
+    assert (decision.factor, decision.applied) == (1.0, False)
+    assert "not confirmed" in decision.reason
+
+
+def test_the_learned_ruler_confirms_large_nuclei():
+    """2x tiles (nuclei ~34 px): peak and ruler agree, the estimate stands and is applied."""
+    found = estimate_object_size(_resized_tile(11, 2.0, 0.0), "nuclei")
+    assert found["object_size_px"] is not None and "why" not in found
+    assert abs(np.log(found["object_size_px"] / found["ruler_px"])) < np.log(RULER_AGREEMENT)
+    decision = resolve_scale(TRAINED, estimate=lambda: found)
+    assert decision.applied and decision.factor < 0.7
+
+
+def test_the_ruler_reads_windows_of_its_fitted_size_only():
+    """A crop under 256 px is not checked by the ruler; a 512 px crop is read as four windows."""
+    small = _resized_tile(13, 1.0, 0.0)[:200, :200].astype(np.float32) / 255.0
+    assert np.isnan(scale_estimate._blob_reading(small)[2])
+    big = make_nuclei(512, "clean", seed=14)[0].astype(np.float32) / 255.0
+    windows = [scale_estimate._blob_reading(big[y:y + 256, x:x + 256])[2]
+               for y in (0, 256) for x in (0, 256)]
+    assert scale_estimate._blob_reading(big)[2] == pytest.approx(float(np.median(windows)))

@@ -101,6 +101,8 @@ _BLOB_SEPARATION = 3
 #: (``benchmarks/scale_agreement.py``: 1.6 over 1.4 and no rule, best mean AJI on 2000 randomly
 #: resized and degraded tiles and the 300 tiles of ``scale_robustness.py``).
 RULER_AGREEMENT = 1.6
+#: Side of the windows the ruler was fitted on and reads (pixels).
+RULER_WINDOW = 256
 #: The learned ruler's coefficients (``python benchmarks/scale_regressor.py --ruler ...``).
 _RULER_FILE = Path(__file__).with_name("scale_ruler.json")
 
@@ -348,14 +350,32 @@ def _blob_peak(signal: np.ndarray) -> tuple[float, float]:
 
 
 def _blob_reading(rgb: np.ndarray) -> tuple[float, float, float]:
-    """``(raw peak size, dominance, learned ruler's size in px)`` of one float RGB crop, from one
-    pass of the scale-space filters (NaNs for a flat crop)."""
+    """``(raw peak size, dominance, learned ruler's size in px)`` of one float RGB crop (NaNs for
+    a flat crop; NaN ruler for a crop under :data:`RULER_WINDOW` a side)."""
     norm = _normalise(_grey_density(rgb))
     if norm is None:
         return float("nan"), float("nan"), float("nan")
     curves = _blob_curves(norm)
     raw, dominance = _peak_and_dominance(curves)
-    return raw, dominance, _ruler_px(_signature_of(curves))
+    return raw, dominance, _ruler_reading(rgb, curves)
+
+
+def _ruler_reading(rgb: np.ndarray, curves: np.ndarray) -> float:
+    """The ruler's size for a crop: it was fitted on windows of :data:`RULER_WINDOW` pixels, so it
+    reads such windows only (the median over the crop's non-overlapping ones; the crop's own
+    curves when it is one window; NaN, no check, when it is smaller)."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < RULER_WINDOW:
+        return float("nan")
+    if h < 2 * RULER_WINDOW and w < 2 * RULER_WINDOW and max(h, w) < RULER_WINDOW * 1.25:
+        return _ruler_px(_signature_of(curves))
+    sizes = []
+    for y in range(0, h - RULER_WINDOW + 1, RULER_WINDOW):
+        for x in range(0, w - RULER_WINDOW + 1, RULER_WINDOW):
+            norm = _normalise(_grey_density(rgb[y : y + RULER_WINDOW, x : x + RULER_WINDOW]))
+            if norm is not None:
+                sizes.append(_ruler_px(_signature_of(_blob_curves(norm))))
+    return float(np.median(sizes)) if sizes else float("nan")
 
 
 #: Percentiles of the blob response whose curves over scale make :func:`blob_signature`

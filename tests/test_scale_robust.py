@@ -123,3 +123,27 @@ def test_the_ruler_reads_windows_of_its_fitted_size_only():
     windows = [scale_estimate._blob_reading(big[y:y + 256, x:x + 256])[2]
                for y in (0, 256) for x in (0, 256)]
     assert scale_estimate._blob_reading(big)[2] == pytest.approx(float(np.median(windows)))
+
+
+@pytest.mark.parametrize("blur", [1.0, 2.0])
+def test_edge_blur_recovers_a_known_gaussian_blur(blur):
+    """Lindeberg's edge scale selection reads the blur of step edges (a quarter octave grid)."""
+    rng = np.random.default_rng(0)
+    grey = np.full((256, 256), 0.9, np.float32)
+    for _ in range(40):
+        y, x = rng.integers(0, 256, 2)
+        h, w = rng.integers(10, 40, 2)
+        grey[y:y + h, x:x + w] = 0.4
+    sharp = np.repeat(grey[..., None], 3, axis=2)
+    assert scale_estimate.edge_blur(sharp) < 0.75
+    blurred = np.repeat(ndi.gaussian_filter(grey, blur)[..., None], 3, axis=2)
+    assert abs(np.log2(scale_estimate.edge_blur(blurred) / blur)) <= 0.25
+
+
+def test_blur_is_taken_off_the_blob_scale_in_quadrature():
+    k = scale_estimate.BLUR_CORRECTION
+    assert scale_estimate.deblurred(4.0, 2.0) == pytest.approx(np.sqrt(16.0 - k * 4.0))
+    assert scale_estimate.deblurred(4.0, float("nan")) == 4.0
+    assert scale_estimate.deblurred(1.0, 5.0) == 0.5  # floor: never a negative scale
+    found = estimate_object_size(_resized_tile(12, 1.0, 2.0), "nuclei")
+    assert found["edge_blur_px"] > 1.5 and found["object_size_px"] is not None

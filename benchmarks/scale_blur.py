@@ -97,6 +97,36 @@ def segment(bundle: Any, image: np.ndarray, labels: np.ndarray, size: float | No
             "factor": round(float(pred.provenance["scale"]["factor"]), 3)}
 
 
+def summarize(tiles: list[dict]) -> tuple[dict, str, str]:
+    """Per set and ``k``: tiles whose factor moved, mean Dice / AJI change; the chosen ``k``."""
+    summary: dict[str, dict] = {}
+    for name in ("random", "tuning"):
+        mine = [t for t in tiles if t["set"] == name]
+        for k in (f"{k:g}" for k in KS):
+            dd = da = 0.0
+            moved = 0
+            for t in mine:
+                sc = t.get("scores", {})
+                if k in sc and k != "0":
+                    moved += 1
+                    dd += sc[k]["dice"] - sc["0"]["dice"]
+                    da += sc[k]["aji"] - sc["0"]["aji"]
+            summary.setdefault(name, {})[k] = {"tiles": len(mine), "factor_changed": moved,
+                                               "mean_dice_change": round(dd / len(mine), 5),
+                                               "mean_aji_change": round(da / len(mine), 5)}
+    ks = [f"{k:g}" for k in KS]
+    total = {k: sum(summary[s][k]["mean_aji_change"] * summary[s][k]["tiles"] for s in summary) for k in ks}
+    eligible = [k for k in ks if all(summary[s][k]["mean_dice_change"] >= -0.002 for s in summary)]
+    chosen = max(eligible, key=lambda k: (round(total[k], 6), -float(k)))
+    lines = ["| blur correction k | set | factor changed | mean Dice change | mean AJI change |",
+             "|---|---|---|---|---|"]
+    for name, per in summary.items():
+        for k, c in per.items():
+            lines.append(f"| {k} | {name} ({c['tiles']} tiles) | {c['factor_changed']} | "
+                         f"{c['mean_dice_change']:+.4f} | {c['mean_aji_change']:+.4f} |")
+    return summary, chosen, "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     from napari_dgseg import load_bundle
     from napari_dgseg.core.scale import resolve_scale
@@ -107,7 +137,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-random", type=int, default=800, help="random tiles used here")
     ap.add_argument("--cache")
     ap.add_argument("--out")
+    ap.add_argument("--summarize", metavar="JSON", help="only recompute the summary of a result")
     args = ap.parse_args(argv)
+    if args.summarize:
+        import json
+
+        result = json.loads(Path(args.summarize).read_text())
+        result["summary"], result["chosen"], result["markdown"] = summarize(result["tiles"])
+        emit(result, args.out)
+        return result
     load_before = load_average()
     t0 = time.perf_counter()
     bundle = load_bundle(args.model)
@@ -152,34 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
             t["scores"][k] = segment(bundle, img, lab, t["estimates"][k])
         log(t["set"], t["index"], round(t["true_px"], 1), t["estimates"], t["scores"],
             f"({time.perf_counter() - t0:.0f} s)")
-    summary: dict[str, dict] = {}
-    for name in ("random", "tuning"):
-        mine = [t for t in tiles if t["set"] == name]
-        for k in (f"{k:g}" for k in KS):
-            dd = da = 0.0
-            moved = 0
-            for t in mine:
-                sc = t.get("scores", {})
-                if k in sc:
-                    moved += 1
-                    dd += sc[k]["dice"] - sc["0"]["dice"]
-                    da += sc[k]["aji"] - sc["0"]["aji"]
-            summary.setdefault(name, {})[k] = {"tiles": len(mine), "factor_changed": moved,
-                                               "mean_dice_change": round(dd / len(mine), 5),
-                                               "mean_aji_change": round(da / len(mine), 5)}
-    ks = [f"{k:g}" for k in KS]
-    total = {k: sum(summary[s][k]["mean_aji_change"] * summary[s][k]["tiles"] for s in summary) for k in ks}
-    eligible = [k for k in ks if all(summary[s][k]["mean_dice_change"] >= -0.002 for s in summary)]
-    chosen = max(eligible, key=lambda k: (round(total[k], 6), -float(k)))
-    lines = ["| blur correction k | set | factor changed | mean Dice change | mean AJI change |",
-             "|---|---|---|---|---|"]
-    for name, per in summary.items():
-        for k, c in per.items():
-            lines.append(f"| {k} | {name} ({c['tiles']} tiles) | {c['factor_changed']} | "
-                         f"{c['mean_dice_change']:+.4f} | {c['mean_aji_change']:+.4f} |")
+    summary, chosen, markdown = summarize(tiles)
     result = {"benchmark": "scale_blur", "date": time.strftime("%Y-%m-%d"), "model": args.model,
               "calibrations": {f"{k:g}": round(v, 4) for k, v in cals.items()}, "chosen": chosen,
-              "summary": summary, "tiles": tiles, "markdown": "\n".join(lines),
+              "summary": summary, "tiles": tiles, "markdown": markdown,
               "seconds": round(time.perf_counter() - t0, 1), "machine": machine_state(load_before)}
     emit(result, args.out)
     return result

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    "old_px": None if old is None else round(old, 2),
                                    "new_px": new["object_size_px"],
                                    "new_dominance": new.get("dominance"),
-                                   "new_ruler_px": new.get("ruler_px")}
+                                   "new_ruler_px": new.get("ruler_px"),
+                                   "new_edge_blur_px": new.get("edge_blur_px")}
             for name, size in (("old", old), ("new", new["object_size_px"])):
                 decision = resolve_scale(bundle.scale, estimate=lambda z=size: {"object_size_px": z})
                 row[f"{name}_factor"] = round(decision.factor, 3)

@@ -31,8 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from scale_regressor import collect, random_tile, ridge_fit, ridge_predict  # noqa: E402
+from scale_regressor import collect, random_tile  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys  # noqa: E402
+
+from napari_dgseg.core.ridge import fit_alpha  # noqa: E402
 
 TOLERANCES = (1.4, 1.6)
 ALPHA = 10.0
@@ -49,8 +51,8 @@ def ruler_predictions(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
     cv = np.zeros(len(y))
     for k in range(5):
         test = idx % 5 == k
-        cv[test] = ridge_predict(ridge_fit(x[~test], y[~test], ALPHA), x[test])
-    return cv, ridge_predict(ridge_fit(x, y, ALPHA), data["tune_x"])
+        cv[test] = fit_alpha(x[~test], y[~test], ALPHA).predict(x[test])
+    return cv, fit_alpha(x, y, ALPHA).predict(data["tune_x"])
 
 
 def scores(bundle: Any, image: np.ndarray, labels: np.ndarray, drop_estimate: bool) -> dict:

@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys, verdict  # noqa: E402
 
+from napari_dgseg.core.ridge import cross_validate, fit_alpha, fit_ridge  # noqa: E402
+
 FIT_SEED = 30000
-ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def log(*parts: Any) -> None:
@@ -93,33 +94,6 @@ def features(rgb_u8: np.ndarray) -> np.ndarray:
     return blob_signature(rgb_u8.astype(np.float32) / 255.0)
 
 
-def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Standardised ridge regression: returns (mean, scale, weights, intercept)."""
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    z = (x - mu) / sd
-    b = float(y.mean())
-    w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (y - b))
-    return mu, sd, w, b
-
-
-def ridge_predict(model: tuple, x: np.ndarray) -> np.ndarray:
-    mu, sd, w, b = model
-    return ((x - mu) / sd) @ w + b
-
-
-def cross_validate(x: np.ndarray, y: np.ndarray, folds: int = 5) -> dict[float, float]:
-    idx = np.arange(len(y))
-    out = {}
-    for alpha in ALPHAS:
-        errs = []
-        for k in range(folds):
-            test = idx % folds == k
-            m = ridge_fit(x[~test], y[~test], alpha)
-            errs.append(np.abs(ridge_predict(m, x[test]) - y[test]))
-        out[alpha] = float(np.median(np.concatenate(errs)))
-    return out
-
-
 def collect(n_fit: int, cache: Path | None) -> dict[str, np.ndarray]:
     """Signatures, shipped estimates and true sizes of the fit and tuning tiles (cached)."""
     from napari_dgseg.core.scale import measure_object_size
@@ -168,15 +142,15 @@ def candidates(data: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, dict]
     x, y, shipped = data["fit_x"], data["fit_y"], data["fit_shipped"]
     tx, tshipped = data["tune_x"], data["tune_shipped"]
     out: dict[str, tuple[np.ndarray, dict]] = {"shipped (log-blobs peak)": (tshipped, {})}
-    cv = cross_validate(x, y)
+    cv, _ = cross_validate(x, y)
     alpha = min(cv, key=cv.get)
-    out["ridge on the signature"] = (ridge_predict(ridge_fit(x, y, alpha), tx),
+    out["ridge on the signature"] = (fit_alpha(x, y, alpha).predict(tx),
                                      {"alpha": alpha, "cv": cv})
     ok = np.isfinite(shipped)
     resid = y[ok] - shipped[ok]
-    cv_r = cross_validate(x[ok], resid)
+    cv_r, _ = cross_validate(x[ok], resid)
     alpha_r = min(cv_r, key=cv_r.get)
-    corr = ridge_predict(ridge_fit(x[ok], resid, alpha_r), tx)
+    corr = fit_alpha(x[ok], resid, alpha_r).predict(tx)
     out["shipped + ridge correction"] = (tshipped + corr, {"alpha": alpha_r, "cv": cv_r})
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
     for k in (5, 15, 40):
@@ -191,16 +165,13 @@ def write_ruler(data: dict[str, np.ndarray], path: Path, n_fit: int) -> None:
     from napari_dgseg.core.scale_estimate import SIGNATURE_PERCENTILES
 
     x, y = data["fit_x"], data["fit_y"]
-    cv = cross_validate(x, y)
-    alpha = min(cv, key=cv.get)
-    mu, sd, w, b = ridge_fit(x, y, alpha)
+    ruler, cv = fit_ridge(x, y)
     path.write_text(json.dumps({
         "what": "ridge regression: log2 nucleus size (measure_object_size) from blob_signature",
         "fit": f"python benchmarks/scale_regressor.py --n-fit {n_fit} --ruler {path}",
-        "fit_tiles": int(len(y)), "alpha": alpha, "percentiles": list(SIGNATURE_PERCENTILES),
-        "mean": [round(float(v), 6) for v in mu], "scale": [round(float(v), 6) for v in sd],
-        "weights": [round(float(v), 6) for v in w], "intercept": round(float(b), 6),
+        "fit_tiles": int(len(y)), "percentiles": list(SIGNATURE_PERCENTILES), **ruler.to_dict(),
     }, indent=1) + "\n")
+    alpha = ruler.alpha
     log(f"ruler written to {path} (alpha {alpha})")
 
 

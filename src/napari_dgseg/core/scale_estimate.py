@@ -55,6 +55,7 @@ from scipy import ndimage as ndi
 
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.fov import FOV_LEVEL
+from napari_dgseg.core.ridge import Ridge
 
 __all__ = [
     "BLOB_DOMINANCE",
@@ -446,18 +447,16 @@ def _signature_of(curves: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _ruler() -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _ruler() -> Ridge:
     data = json.loads(_RULER_FILE.read_text())
     if tuple(data["percentiles"]) != SIGNATURE_PERCENTILES:
         raise RuntimeError(f"{_RULER_FILE.name} was fitted on other signature percentiles; refit it")
-    return (np.asarray(data["mean"], np.float64), np.asarray(data["scale"], np.float64),
-            np.asarray(data["weights"], np.float64), float(data["intercept"]))
+    return Ridge.from_dict(data)
 
 
 def _ruler_px(signature: np.ndarray) -> float:
     """The learned ruler's nucleus size (pixels) for one signature."""
-    mean, scale, weights, intercept = _ruler()
-    return float(2.0 ** (((signature - mean) / scale) @ weights + intercept))
+    return float(2.0 ** _ruler().predict(signature))
 
 
 #: Scales searched for the edge blur (Gaussian sigma, pixels): quarter-octave steps.

@@ -194,3 +194,37 @@ def test_dual_needs_batchnorm_and_the_cli_accepts_it(tmp_path):
     assert not batchnorm_layers(gn.model)
     with pytest.raises(InputError, match="no BatchNorm running statistics"):
         adapt(gn, _dark_targets(), norm="dual", **KW)
+
+
+def _decision_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("dual_norm_decision",
+                                                      bench / "dual_norm_decision.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module, bench / "results"
+
+
+def test_the_recorded_decision_follows_from_the_stored_runs():
+    import json
+
+    decision, results = _decision_module()
+    frozen = json.loads((results / "mani_adaptation_nuclei-hovernet_selection.json").read_text())
+    dual = json.loads((results / "mani_adaptation_nuclei-hovernet_selection_dual.json").read_text())
+    verdict = decision.decide(copy.deepcopy(frozen), copy.deepcopy(dual))
+    recorded = json.loads((results / "dual_norm_decision.json").read_text())
+    assert verdict["checks"] == recorded["checks"]
+    assert verdict["adopt_dual"] is recorded["adopt_dual"] is False
+    assert verdict["dual"]["target_aji"]["min"] < -decision.LIMIT  # the condition that failed
+    other = copy.deepcopy(dual)
+    other["settings"]["n_test"] = 5  # other test tiles: the runs cannot be paired
+    with pytest.raises(SystemExit, match="n_test"):
+        decision.decide(copy.deepcopy(frozen), other)

@@ -168,7 +168,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     ad = adapt(bundle, targets, iters=args.iters, seed=seed, device="cpu", checkpoint_hook=hook,
                select=False, source_augment=args.source_augment, lr=args.lr,
                mi_weight=args.mi_weight, freeze_encoder=args.freeze_encoder,
-               pseudo_threshold=args.pseudo_threshold, average=None)
+               pseudo_threshold=args.pseudo_threshold, average=None, norm=args.norm)
     cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
     rows = [dict(c, **measured[c["iteration"]]) for c in ad.provenance["selection"]["checkpoints"]]
     chosen = choose(rows)
@@ -188,6 +188,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
         "adapt_wall_seconds": round(wall_s, 1),
         "iterations": args.iters,
         "source_augment": ad.provenance["source_augment"],
+        "norm": ad.provenance["norm"],
         "seconds_per_iteration_cpu": round(cpu_s / args.iters, 3),
     }
     print(json.dumps({k: out[k] for k in ("domain", "seed", "parent", "stats", "mani",
@@ -270,7 +271,8 @@ def table(result: dict) -> str:
     s = result["summary"]
     lines = [f"Model `{result['model']}` (sha256 {result['model_sha256'][:12]}), "
              f"{len(result['seeds'])} seeds, {result['settings']['iters']} MaNi iterations, "
-             f"{result['settings']['n_target']} unlabelled target tiles.", "",
+             f"{result['settings']['n_target']} unlabelled target tiles, BatchNorm "
+             f"`{result['settings'].get('norm', 'frozen')}`.", "",
              "| domain | method | target Dice | target AJI | target PQ | source Dice | source AJI | source PQ |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"parent": "parent", "stats": "stats", "mani": "MaNi (last)",
@@ -337,6 +339,8 @@ def main() -> None:
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoders only")
     p.add_argument("--source-augment", default="training",
                    help="augmentation of the replay batches (adapt's source_augment)")
+    p.add_argument("--norm", default="frozen",
+                   help="BatchNorm during MaNi (adapt's norm: frozen, split, mixed, dual)")
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--n-source-test", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)

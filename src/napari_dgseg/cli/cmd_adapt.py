@@ -66,10 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--norm",
-        choices=("frozen", "split", "mixed"),
+        choices=("frozen", "split", "mixed", "dual"),
         default="frozen",
         help="BatchNorm during MaNi: frozen (default, parent statistics kept), split (training "
-        "mode, separate source/target passes), mixed (training mode on source+target batches)",
+        "mode, separate source/target passes), mixed (training mode on source+target batches), "
+        "dual (domain-specific statistics: the parent's for source passes, re-estimated on the "
+        "targets for target passes; the new model carries the target statistics)",
     )
     p.add_argument(
         "--source-augment",

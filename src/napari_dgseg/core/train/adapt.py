@@ -13,6 +13,12 @@ never move, and source and target go through the network in separate passes. Tra
 the concatenated source + target batch (``norm="mixed"``, the behaviour before) normalised the
 supervised loss with mixed-domain batch statistics and dragged the running statistics towards a
 mixture that fits neither domain; ``benchmarks/norm_ablation.py`` measures the difference.
+``norm="dual"`` keeps BatchNorm in eval mode with domain-specific statistics (DSBN: Chang, You,
+Seo, Kwak & Han, "Domain-Specific Batch Normalization for Unsupervised Domain Adaptation", CVPR
+2019): the target statistics are re-estimated on the training targets before MaNi (as
+``method="stats"`` does, on a copy), source passes run with the parent's statistics, target
+passes and the scored checkpoints with the target ones, and the returned model carries the target
+statistics (checkpoint 0 stays the parent, with its own, so the selection can still return it).
 
 ``method="stats"`` is the fast alternative without training: the BatchNorm running statistics
 are re-estimated on the target images (:mod:`napari_dgseg.core.train.norm_stats`).
@@ -255,8 +261,10 @@ def check_adaptable(family: Family) -> None:
 #: statistics normalise every batch and are never updated), ``split`` (training mode, source and
 #: target batches in separate passes so each is normalised by its own domain's batch statistics,
 #: as domain-specific BatchNorm does; the running statistics drift towards both) or ``mixed``
-#: (training mode on the concatenated source + target batch: the behaviour before issue 11).
-NORM_MODES = ("frozen", "split", "mixed")
+#: (training mode on the concatenated source + target batch: the behaviour before issue 11) or
+#: ``dual`` (eval mode, domain-specific statistics: the parent's for source passes, statistics
+#: re-estimated on the training targets for target passes, checkpoints and the returned model).
+NORM_MODES = ("frozen", "split", "mixed", "dual")
 #: How the labelled source (replay) batches are augmented during MaNi: ``training`` repeats the
 #: parent's own training augmentation (its recorded ``augment`` recipe and object-size range),
 #: ``jitter`` is the older torch stain jitter (:func:`stain_jitter`), ``none`` the crops as stored.
@@ -271,6 +279,9 @@ NORM_DOC = {
     "frozen": "BatchNorm in eval mode, the parent's running statistics kept",
     "split": "BatchNorm in training mode, separate source and target passes",
     "mixed": "BatchNorm in training mode on the concatenated source + target batch",
+    "dual": "BatchNorm in eval mode with domain-specific statistics (DSBN, Chang et al., CVPR "
+            "2019): the parent's for source passes, re-estimated on the training targets for "
+            "target passes and the returned model",
 }
 
 
@@ -278,8 +289,38 @@ def _train_mode(model: torch.nn.Module, norm: str) -> None:
     from napari_dgseg.core.train.norm_stats import freeze_batchnorm
 
     model.train()
-    if norm == "frozen":
+    if norm in ("frozen", "dual"):
         freeze_batchnorm(model)
+
+
+def _domain_statistics(bundle: Bundle, model: torch.nn.Module, images: Sequence[np.ndarray],
+                       size: int, device: Any, cancel: Any) -> tuple[Any, dict[str, Any]]:
+    """``norm="dual"``: the parent's (``source``) and the target (``target``) BatchNorm statistics.
+
+    The target statistics are re-estimated on ``images`` (the training targets) with the function
+    ``method="stats"`` uses, on a copy of ``model``; ``model`` is left with the source statistics.
+    """
+    from napari_dgseg.core.train.norm_stats import (
+        DomainStatistics,
+        batchnorm_layers,
+        norm_kind,
+        reestimate_batchnorm,
+    )
+
+    if not batchnorm_layers(model):
+        raise InputError(
+            f"model {bundle.name!r} has no BatchNorm running statistics (its normalisation is "
+            f"{norm_kind(model)!r}), so domain-specific statistics cannot be used; adapt it with "
+            "--norm frozen (default)"
+        )
+    twin = copy.deepcopy(model)
+    report = reestimate_batchnorm(twin, images, bundle.input_spec, size=size, device=device,
+                                  cancel=cancel)
+    stats = DomainStatistics(model)
+    stats.capture("source")
+    stats.capture("target", twin)
+    stats.use("source")
+    return stats, report
 
 
 def stain_jitter(rgb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -482,6 +523,14 @@ def adapt_steps(
     train_targets, held, held_out = split_holdout(data.targets, holdout)
     model = copy.deepcopy(bundle.model).to(dev)
     _train_mode(model, norm)
+    domains, dual_report = (_domain_statistics(bundle, model, [s.image for s in train_targets],
+                                               crop, dev, cancel)
+                            if norm == "dual" else (None, None))
+
+    def use(name: str) -> None:  # norm="dual": the statistics of the domain the next pass sees
+        if domains is not None:
+            domains.use(name)
+
     probe = normalise_input(torch.full((1, 3, crop, crop), 0.8, device=dev), spec)
     with torch.no_grad():
         model.eval()
@@ -525,7 +574,7 @@ def adapt_steps(
     every = select_every if select_every else max(1, min(SELECT_EVERY, iters // 5))
     judge = _Judge(bundle, [_score_view(s.image) for s in held], dev, held_out, checkpoint_hook,
                    [s.image for s in train_targets])
-    judge.score(scored, 0)
+    judge.score(scored, 0)  # the parent, with its own statistics
     _train_mode(model, norm)
     history: list[dict[str, float]] = []
     stopped = False
@@ -542,6 +591,7 @@ def adapt_steps(
         if source_transform is not None:  # e.g. target-styled replay (core/style, Mind the Gap)
             sb["image"] = source_transform(sb["image"])
         xs = normalise_input(sb["image"], spec)
+        use("source")
         if it < n_warm:
             _, out_s = fam.features_and_outputs(model, xs)
             seg, _ = _supervised_loss(fam, model, out_s, sb, state)
@@ -556,6 +606,7 @@ def adapt_steps(
                 f_s, f_t, logit_t = feats[:batch], feats[batch:], out["logits"][batch:]
             else:
                 f_s, out_s = fam.features_and_outputs(model, xs)
+                use("target")
                 if aligner is not None:  # Mind the Gap's target flow (reweighted with D1)
                     f_t, out_t = aligner.target_flow(model, xt)
                 else:
@@ -585,6 +636,7 @@ def adapt_steps(
             )
         history.append(logs)
         last = it + 1 == iters
+        use("target")  # checkpoints and previews: the model for the target domain
         if (it + 1) % every == 0 or last:
             sig = judge.score(scored, it + 1)
             logs.update({"signal": sig["score"], "agreement": sig["agreement"],
@@ -595,12 +647,18 @@ def adapt_steps(
             shot = predict_labels(scored, bundle, preview, device=dev)
             _train_mode(model, norm)
         yield AdaptStep(it + 1, iters, logs, shot)
+    use("target")
     if stopped and history and judge.checkpoints[-1]["iteration"] != len(history):
         judge.score(scored, len(history))
     model.eval()
     if average is not None and history:
         parent_state = bundle.model.state_dict()
-        model.load_state_dict(weight_average(model.state_dict(), parent_state, average))
+        partner = parent_state
+        if domains is not None:  # average the weights, keep the target statistics
+            partner = {**parent_state, **{k: v for k, v in model.state_dict().items()
+                                          if k.endswith(("running_mean", "running_var",
+                                                         "num_batches_tracked"))}}
+        model.load_state_dict(weight_average(model.state_dict(), partner, average))
         final = judge.returned(scored, len(history))
         if final["degenerate"]:  # the average drifted too: the parent's weights are returned
             model.load_state_dict({k: v.to(dev) for k, v in parent_state.items()})
@@ -614,6 +672,7 @@ def adapt_steps(
         "command": command or "napari_dgseg.adapt(...)",
         "method": "MaNi (Sharma, Syed & Brown, MICCAI 2023): JSD mutual information, concat critic, projection 1x1+BN+ReLU",
         "norm": f"{norm}: {NORM_DOC[norm]}",
+        "target_statistics": dual_report,
         "parent": {
             "name": bundle.name,
             "sha256": parent_sha256(bundle),
@@ -972,7 +1031,8 @@ def adapt(
     method : str
         ``mani`` (default) or ``stats`` (target BatchNorm statistics only, no training).
     norm : str
-        BatchNorm during MaNi (:data:`NORM_MODES`): ``frozen`` (default), ``split``, ``mixed``.
+        BatchNorm during MaNi (:data:`NORM_MODES`): ``frozen`` (default), ``split``, ``mixed``,
+        ``dual`` (domain-specific statistics; the returned model carries the target statistics).
     select : bool
         Keep the checkpoint (the parent included) with the best label-free signal on held-out
         target images among those before the first sign of drift (default; the drift guard

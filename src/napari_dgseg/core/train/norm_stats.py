@@ -180,3 +180,53 @@ def reestimate_batchnorm(
     report["changed"] = round(float(np.mean(shifts)), 4) if shifts else 0.0
     report["untouched"] = len(layers) - len(shifts)
     return report
+
+
+class DomainStatistics:
+    """Several sets of BatchNorm running statistics for one network, swapped in per pass.
+
+    Domain-specific BatchNorm (Chang, You, Seo, Kwak & Han, "Domain-Specific Batch Normalization
+    for Unsupervised Domain Adaptation", CVPR 2019) normalises each domain with its own
+    statistics while the convolutions are shared. Here the statistics are fixed sets (e.g. the
+    parent's and those :func:`reestimate_batchnorm` measured on the target images) and the layers
+    stay in eval mode, so nothing updates them; :meth:`use` makes one set current.
+
+    :meth:`use` *rebinds* the layers' buffers to the stored tensors instead of copying into them,
+    so a forward pass already recorded for backpropagation keeps the statistics it ran with (an
+    in-place copy would invalidate its saved tensors). Loading a state dict into the network
+    copies into whichever set is current; capture again after that if the sets are still needed.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = batchnorm_layers(model)
+        self.sets: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.current: str | None = None
+
+    def capture(self, name: str, source: nn.Module | None = None) -> None:
+        """Store a copy of the running statistics of ``source`` (default: the network) as ``name``.
+
+        Raises
+        ------
+        ValueError
+            If ``source`` does not have the network's BatchNorm layers (same number, same sizes).
+        """
+        layers = self.layers if source is None else batchnorm_layers(source)
+        if len(layers) != len(self.layers) or any(
+            a.running_mean.shape != b.running_mean.shape
+            for a, b in zip(layers, self.layers, strict=True)
+        ):
+            raise ValueError(f"statistics {name!r} come from a network with other BatchNorm layers")
+        device = self.layers[0].running_mean.device if self.layers else None
+        self.sets[name] = [(m.running_mean.detach().clone().to(device),
+                            m.running_var.detach().clone().to(device),
+                            m.num_batches_tracked.detach().clone().to(device)) for m in layers]
+
+    def use(self, name: str) -> None:
+        """Make the statistics stored as ``name`` the ones every BatchNorm layer normalises with."""
+        if self.current == name:
+            return
+        for m, (mean, var, count) in zip(self.layers, self.sets[name], strict=True):
+            m.running_mean = mean
+            m.running_var = var
+            m.num_batches_tracked = count
+        self.current = name

@@ -52,6 +52,26 @@ def test_scale_field_shows_the_model_and_the_estimate(widget):
     assert controls.value_spin.value() == pytest.approx(scale["proposed"], abs=1e-3)
 
 
+def test_a_declined_estimate_says_why_in_the_line_and_the_tooltip(widget):
+    """Small nuclei under strong blur: the learned ruler vetoes the blob peak; the Scale field
+    says so in one line and the full reason is in its tooltip."""
+    from scipy import ndimage as ndi
+
+    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.resample import zoom_image
+
+    img = ndi.gaussian_filter(zoom_image(make_nuclei(570, "clean", seed=11)[0], 0.45), (2.2, 2.2, 0))
+    widget.viewer.add_image(np.clip(np.round(img), 0, 255).astype(np.uint8)[:256, :256],
+                            name="small-blurred", rgb=True)
+    scale = _labels(widget.run(sync=True)).metadata["provenance"]["scale"]
+    assert (scale["source"], scale["applied"]) == ("none", False)
+    controls = widget.scale_controls
+    assert controls.result_label.text() == (
+        "last run: not resampled: size estimate not confirmed by the learned ruler")
+    assert "learned ruler" in controls.result_label.toolTip()
+    assert controls.result_label.toolTip() == scale["reason"]
+
+
 def test_user_factor_and_pixel_size_reach_the_model(widget):
     rng = np.random.default_rng(0)
     widget.viewer.add_image(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8), name="img",

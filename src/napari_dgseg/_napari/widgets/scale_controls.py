@@ -51,6 +51,13 @@ def describe_scale(scale: dict[str, Any] | None) -> str:
     proposed = scale.get("proposed", 1.0)
     if source != "none" and proposed is not None and abs(proposed - 1.0) > 1e-3:
         return f"not resampled: {source} factor {proposed:.3g} is close to 1{seen}"
+    why = str((scale.get("estimate") or {}).get("why") or "")
+    if source == "none" and why:  # the estimator declined; the tooltip has its full reason
+        if "not confirmed" in why:
+            return "not resampled: size estimate not confirmed by the learned ruler"
+        if "not confident" in why:
+            return "not resampled: size estimate ambiguous (nuclei or clusters?)"
+        return "not resampled: no size estimate"
     return "not resampled" + (f" ({source}{seen})" if source != "none" else "")
 
 
@@ -139,6 +146,7 @@ class ScaleControls(QWidget):
         """After a run: the factor used and the estimate (and fill the value field with it)."""
         self._last = scale
         self.result_label.setText(("last run: " + describe_scale(scale)) if scale else "")
+        self.result_label.setToolTip(str((scale or {}).get("reason") or ""))
         if scale and SCALE_MODES[self.mode()][1] is None:
             self.value_spin.setValue(float(scale.get("proposed") or 1.0))
             self.value_spin.setSuffix(" x")

@@ -295,30 +295,42 @@ UNGUARDED = DriftGuard()
 GUARD = DriftGuard(margin=0.0, certainty_drop=0.02, agreement_drop=0.01, stop_at_drift=True)
 
 
-def drift_signs(row: Mapping[str, Any], parent: Mapping[str, Any], guard: DriftGuard) -> list[str]:
-    """Why ``row`` counts as drifted against ``parent`` under ``guard`` (empty: it does not)."""
+def drift_signs(row: Mapping[str, Any], parent: Mapping[str, Any], guard: DriftGuard,
+                baseline: Mapping[str, Any] | None = None) -> list[str]:
+    """Why ``row`` counts as drifted against ``parent`` under ``guard`` (empty: it does not).
+
+    ``baseline``: the signals certainty and agreement are compared with (default ``parent``). A
+    ``norm="dual"`` run passes the target-statistics model's (the parent with target BatchNorm
+    statistics, the normalisation every dual checkpoint carries): the change of statistics alone
+    lowers both signals, and that is not drift. The degenerate check stays against the parent.
+    """
+    base = parent if baseline is None else baseline
     signs = []
     if row.get("degenerate"):
         signs.append(f"degenerate (foreground {float(row['foreground']):.3f} against the "
                      f"parent's {float(parent['foreground']):.3f})")
+    whose = "" if baseline is None else " (target-statistics baseline)"
     for key, limit in (("certainty", guard.certainty_drop), ("agreement", guard.agreement_drop)):
-        if limit is None or key not in row or key not in parent:
+        if limit is None or key not in row or key not in base:
             continue
-        fall = float(parent[key]) - float(row[key])
+        fall = float(base[key]) - float(row[key])
         if fall > limit:
-            signs.append(f"{key} fell {float(parent[key]):.3f} -> {float(row[key]):.3f} "
-                         f"(more than {limit:g})")
+            signs.append(f"{key} fell {float(base[key]):.3f} -> {float(row[key]):.3f} "
+                         f"(more than {limit:g}){whose}")
     return signs
 
 
 def select_checkpoint(
     checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE, guard: DriftGuard = GUARD,
+    baseline: Mapping[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Index of the checkpoint to return under ``guard``, and a record of why.
 
     Checkpoint 0 is the parent and always eligible. Among the eligible checkpoints (not drifted,
     and with ``stop_at_drift`` none after a drifted one) whose ``score`` beats the parent's by
     more than ``guard.margin``, the best wins; ties keep the earlier one; none keeps the parent.
+    ``baseline`` (default: the parent) holds the certainty and agreement the guard compares
+    with (:func:`drift_signs`); ``score``, margin and the degenerate check stay the parent's.
 
     Returns
     -------
@@ -336,7 +348,7 @@ def select_checkpoint(
     stopped_at = None
     ruled_out: list[int] = []
     for i, row in enumerate(checkpoints[1:], start=1):
-        signs = drift_signs(row, parent, guard)
+        signs = drift_signs(row, parent, guard, baseline)
         if signs:
             drifted.append({"iteration": row.get("iteration", i), "signs": signs})
         if stopped_at is not None or signs:
@@ -357,17 +369,20 @@ def select_checkpoint(
                if stopped_at is not None else
                "; ".join(f"iteration {it}: {'; '.join(signs_of[it])}" for it in passed))
         note = f"the drift guard passed over checkpoint(s) {passed} with a higher {score} ({why})"
-    return best, {"guard": guard.describe(), "guard_name": guard.name, "drifted": drifted,
+    described = guard.describe() + ("" if baseline is None else
+                                    " (certainty and agreement compared with the "
+                                    "target-statistics model's, not the parent's)")
+    return best, {"guard": described, "guard_name": guard.name, "drifted": drifted,
                   "stopped_at": stopped_at, "passed_over": passed, "note": note}
 
 
 def choose(checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE,
-           guard: DriftGuard = GUARD) -> int:
+           guard: DriftGuard = GUARD, baseline: Mapping[str, Any] | None = None) -> int:
     """Index of the checkpoint :func:`select_checkpoint` returns (the parent, index 0, on ties).
 
     ``guard=UNGUARDED`` is the plain best non-degenerate score.
     """
-    return select_checkpoint(checkpoints, score, guard)[0]
+    return select_checkpoint(checkpoints, score, guard, baseline)[0]
 
 
 def is_degenerate(signals: Mapping[str, float], parent: Mapping[str, float]) -> bool:

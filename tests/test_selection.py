@@ -159,3 +159,22 @@ def test_the_guarded_choice_only_ever_moves_to_the_newest_checkpoint():
         for guard in (GUARD, UNGUARDED, DriftGuard(margin=0.01, certainty_drop=0.05)):
             for k in range(1, len(run)):
                 assert choose(run[: k + 1], guard=guard) in (choose(run[:k], guard=guard), k)
+
+
+def test_the_guard_can_compare_with_a_target_statistics_baseline():
+    """``baseline`` (benchmarks/dual_guard.py's replay of ``norm="dual"`` runs): certainty and
+    agreement are compared with the target-statistics model's signals, not the parent's; the
+    score and the degenerate check stay the parent's."""
+    parent = _ckpt(0, -0.015, 0.92, agreement=0.973)
+    stats_model = _ckpt(1, 0.0, 0.870, agreement=0.875)  # the parent with target statistics
+    run = [parent, _ckpt(20, -0.005, 0.886, agreement=0.891), _ckpt(40, -0.001, 0.80)]
+    i, record = select_checkpoint(run)  # against the parent: drift at 20, the parent is kept
+    assert i == 0 and record["stopped_at"] == 20
+    i, record = select_checkpoint(run, baseline=stats_model)
+    assert i == 1 and record["stopped_at"] == 40
+    assert "target-statistics baseline" in record["drifted"][0]["signs"][0]
+    assert "target-statistics model" in record["guard"]
+    # A baseline more certain than the parent makes the guard stricter, not looser.
+    assert choose(run[:2], baseline=_ckpt(1, 0.0, 0.95, agreement=0.98)) == 0
+    # The score is still compared with the parent's: nothing better than it, the parent stays.
+    assert choose([parent, _ckpt(20, -0.030, 0.9, agreement=0.9)], baseline=stats_model) == 0

@@ -116,13 +116,15 @@ def test_the_learned_ruler_confirms_large_nuclei():
 
 
 def test_the_ruler_reads_windows_of_its_fitted_size_only():
-    """A crop under 256 px is not checked by the ruler; a 512 px crop is read as four windows."""
+    """A crop under 256 px is not checked by the ruler; a 512 px crop gives the ruler and the
+    edge blur its central 256 px window."""
     small = _resized_tile(13, 1.0, 0.0)[:200, :200].astype(np.float32) / 255.0
     assert np.isnan(scale_estimate._blob_reading(small)[2])
     big = make_nuclei(512, "clean", seed=14)[0].astype(np.float32) / 255.0
-    windows = [scale_estimate._blob_reading(big[y:y + 256, x:x + 256])[2]
-               for y in (0, 256) for x in (0, 256)]
-    assert scale_estimate._blob_reading(big)[2] == pytest.approx(float(np.median(windows)))
+    centre = big[128:384, 128:384]
+    _, _, ruler, blur = scale_estimate._blob_reading(big)
+    _, _, ruler_centre, blur_centre = scale_estimate._blob_reading(centre)
+    assert ruler == pytest.approx(ruler_centre) and blur == pytest.approx(blur_centre)
 
 
 @pytest.mark.parametrize("blur", [1.0, 2.0])

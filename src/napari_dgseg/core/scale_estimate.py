@@ -379,31 +379,26 @@ def _blob_peak(signal: np.ndarray) -> tuple[float, float]:
 
 def _blob_reading(rgb: np.ndarray) -> tuple[float, float, float, float]:
     """``(raw peak size, dominance, learned ruler's size in px, edge blur)`` of one float RGB crop
-    (NaNs for a flat crop; NaN ruler for a crop under :data:`RULER_WINDOW` a side)."""
+    (NaNs for a flat crop; NaN ruler for a crop under :data:`RULER_WINDOW` a side).
+
+    The ruler and the edge blur were fitted and chosen on windows of :data:`RULER_WINDOW` pixels,
+    so a larger crop gives them its central window (one window per crop keeps the estimate's
+    cost near that of the peak alone); a crop of about one window gives its own curves."""
     norm = _normalise(_grey_density(rgb))
     if norm is None:
         return float("nan"), float("nan"), float("nan"), float("nan")
     curves = _blob_curves(norm)
     raw, dominance = _peak_and_dominance(curves)
-    return raw, dominance, _ruler_reading(rgb, curves), edge_blur(rgb)
-
-
-def _ruler_reading(rgb: np.ndarray, curves: np.ndarray) -> float:
-    """The ruler's size for a crop: it was fitted on windows of :data:`RULER_WINDOW` pixels, so it
-    reads such windows only (the median over the crop's non-overlapping ones; the crop's own
-    curves when it is one window; NaN, no check, when it is smaller)."""
     h, w = rgb.shape[:2]
     if min(h, w) < RULER_WINDOW:
-        return float("nan")
-    if h < 2 * RULER_WINDOW and w < 2 * RULER_WINDOW and max(h, w) < RULER_WINDOW * 1.25:
-        return _ruler_px(_signature_of(curves))
-    sizes = []
-    for y in range(0, h - RULER_WINDOW + 1, RULER_WINDOW):
-        for x in range(0, w - RULER_WINDOW + 1, RULER_WINDOW):
-            norm = _normalise(_grey_density(rgb[y : y + RULER_WINDOW, x : x + RULER_WINDOW]))
-            if norm is not None:
-                sizes.append(_ruler_px(_signature_of(_blob_curves(norm))))
-    return float(np.median(sizes)) if sizes else float("nan")
+        return raw, dominance, float("nan"), edge_blur(rgb)
+    if max(h, w) < RULER_WINDOW * 1.25:
+        return raw, dominance, _ruler_px(_signature_of(curves)), edge_blur(rgb)
+    y, x = (h - RULER_WINDOW) // 2, (w - RULER_WINDOW) // 2
+    window = rgb[y : y + RULER_WINDOW, x : x + RULER_WINDOW]
+    inner = _normalise(_grey_density(window))
+    ruler = float("nan") if inner is None else _ruler_px(_signature_of(_blob_curves(inner)))
+    return raw, dominance, ruler, edge_blur(window)
 
 
 #: Percentiles of the blob response whose curves over scale make :func:`blob_signature`

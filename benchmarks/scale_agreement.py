@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
+from _scale_variants import segment  # noqa: E402
 from scale_regressor import collect, random_tile  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys  # noqa: E402
 
@@ -53,22 +54,6 @@ def ruler_predictions(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarr
         test = idx % 5 == k
         cv[test] = fit_alpha(x[~test], y[~test], ALPHA).predict(x[test])
     return cv, fit_alpha(x, y, ALPHA).predict(data["tune_x"])
-
-
-def scores(bundle: Any, image: np.ndarray, labels: np.ndarray, drop_estimate: bool) -> dict:
-    import napari_dgseg.core.scale_estimate as se
-    from napari_dgseg.core.metrics import instance_scores
-
-    original = se.estimate_object_size
-    if drop_estimate:
-        se.estimate_object_size = lambda *a, **k: {"object_size_px": None, "why": "rule"}
-    try:
-        pred = bundle.predict(image, device="cpu")
-    finally:
-        se.estimate_object_size = original
-    sc = instance_scores(np.asarray(pred.labels), labels)
-    return {"dice": round(sc["dice"], 4), "aji": round(sc["aji"], 4),
-            "factor": round(float(pred.provenance["scale"]["factor"]), 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"set": name, "index": i, "meta": meta, "log2_gap": round(float(gap), 3),
                    "true_px": round(2.0 ** float(data["fit_y" if name == "random" else "tune_y"][i]), 2),
                    "peak_px": round(2.0 ** float(s), 2), "ruler_px": round(2.0 ** float(ruler[i]), 2),
-                   "with_estimate": scores(bundle, img, lab, False),
-                   "without": scores(bundle, img, lab, True)}
+                   "with_estimate": segment(bundle, img, lab),
+                   "without": segment(bundle, img, lab, None)}
             rows.append(row)
             log(name, i, row["true_px"], row["peak_px"], row["ruler_px"], row["with_estimate"],
                 row["without"], f"({time.perf_counter() - t0:.0f} s)")

@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
+from _scale_variants import segment, summarize_variants  # noqa: E402
 from scale_agreement import ruler_predictions  # noqa: E402
 from scale_regressor import collect, random_tile  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys  # noqa: E402
@@ -82,49 +83,10 @@ def estimate_of(raw: float, dom: float, blur: float, ruler_px: float, k: float, 
     return cal * corrected(raw, blur, k)
 
 
-def segment(bundle: Any, image: np.ndarray, labels: np.ndarray, size: float | None) -> dict:
-    import napari_dgseg.core.scale_estimate as se
-    from napari_dgseg.core.metrics import instance_scores
-
-    original = se.estimate_object_size
-    se.estimate_object_size = lambda *a, **k: {"object_size_px": size}
-    try:
-        pred = bundle.predict(image, device="cpu")
-    finally:
-        se.estimate_object_size = original
-    sc = instance_scores(np.asarray(pred.labels), labels)
-    return {"dice": round(sc["dice"], 4), "aji": round(sc["aji"], 4),
-            "factor": round(float(pred.provenance["scale"]["factor"]), 3)}
-
-
 def summarize(tiles: list[dict]) -> tuple[dict, str, str]:
     """Per set and ``k``: tiles whose factor moved, mean Dice / AJI change; the chosen ``k``."""
-    summary: dict[str, dict] = {}
-    for name in ("random", "tuning"):
-        mine = [t for t in tiles if t["set"] == name]
-        for k in (f"{k:g}" for k in KS):
-            dd = da = 0.0
-            moved = 0
-            for t in mine:
-                sc = t.get("scores", {})
-                if k in sc and k != "0":
-                    moved += 1
-                    dd += sc[k]["dice"] - sc["0"]["dice"]
-                    da += sc[k]["aji"] - sc["0"]["aji"]
-            summary.setdefault(name, {})[k] = {"tiles": len(mine), "factor_changed": moved,
-                                               "mean_dice_change": round(dd / len(mine), 5),
-                                               "mean_aji_change": round(da / len(mine), 5)}
-    ks = [f"{k:g}" for k in KS]
-    total = {k: sum(summary[s][k]["mean_aji_change"] * summary[s][k]["tiles"] for s in summary) for k in ks}
-    eligible = [k for k in ks if all(summary[s][k]["mean_dice_change"] >= -0.002 for s in summary)]
-    chosen = max(eligible, key=lambda k: (round(total[k], 6), -float(k)))
-    lines = ["| blur correction k | set | factor changed | mean Dice change | mean AJI change |",
-             "|---|---|---|---|---|"]
-    for name, per in summary.items():
-        for k, c in per.items():
-            lines.append(f"| {k} | {name} ({c['tiles']} tiles) | {c['factor_changed']} | "
-                         f"{c['mean_dice_change']:+.4f} | {c['mean_aji_change']:+.4f} |")
-    return summary, chosen, "\n".join(lines)
+    return summarize_variants(tiles, [f"{k:g}" for k in KS], "0", "blur correction k",
+                              lambda k: -float(k))
 
 
 def main(argv: list[str] | None = None) -> dict:

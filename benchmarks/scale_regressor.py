@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from scale_robustness import hard_tile, tuning_keys, verdict  # noqa: E402
+from scale_robustness import degraded_tile, hard_tile, tuning_keys, verdict  # noqa: E402
 
 from napari_dgseg.core.ridge import cross_validate, fit_alpha, fit_ridge  # noqa: E402
 
@@ -52,15 +52,7 @@ def log(*parts: Any) -> None:
 
 def random_tile(i: int, size: int = 256) -> tuple[np.ndarray, float, dict, np.ndarray]:
     """Fit-set tile ``i``: uint8 RGB, its true nucleus size, what was done to it, its labels."""
-    from scipy import ndimage as ndi
-
-    from napari_dgseg.core.data._synth_common import jpeg_roundtrip
-    from napari_dgseg.core.data.synthetic_nuclei import (
-        NUCLEI_DOMAINS,
-        get_nuclei_domain,
-        make_nuclei,
-    )
-    from napari_dgseg.core.resample import _nearest, resampled_shape, zoom_image
+    from napari_dgseg.core.data.synthetic_nuclei import NUCLEI_DOMAINS
     from napari_dgseg.core.scale import measure_object_size
 
     rng = np.random.default_rng(FIT_SEED + i)
@@ -70,22 +62,10 @@ def random_tile(i: int, size: int = 256) -> tuple[np.ndarray, float, dict, np.nd
     fade = float(rng.uniform(0.3, 1.0)) if rng.random() < 0.5 else 1.0
     blur = float(rng.uniform(0.0, 2.5)) if rng.random() < 0.6 else 0.0
     quality = int(rng.integers(10, 96)) if rng.random() < 0.6 else None
-    src = int(math.ceil(size / s))
-    image, labels = make_nuclei(src, domain, FIT_SEED + i)
-    img = np.clip(zoom_image(image, s), 0.0, 255.0)
-    lab = _nearest(labels, resampled_shape(src, src, s))
-    if fade != 1.0:
-        white = np.asarray(get_nuclei_domain(domain).white, np.float32)
-        img = white * np.clip(img / white, 1e-3, 1.0) ** fade
-    if blur > 0:
-        img = ndi.gaussian_filter(img, (blur, blur, 0))
-    out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    if quality is not None:
-        out = jpeg_roundtrip(out, quality)
-    lab = lab[:size, :size]
+    out, lab = degraded_tile(domain, FIT_SEED + i, s, fade, blur, quality, size)
     meta = {"domain": domain, "scale": round(s, 3), "fade": round(fade, 3), "blur": round(blur, 2),
             "jpeg": quality}
-    return out[:size, :size], float(measure_object_size(lab, "nuclei")), meta, lab
+    return out, float(measure_object_size(lab, "nuclei")), meta, lab
 
 
 def features(rgb_u8: np.ndarray) -> np.ndarray:

@@ -78,6 +78,15 @@ def log(*parts: Any) -> None:
 def hard_tile(domain: str, seed: int, s: float, degradation: str,
               size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """A training-renderer tile resized by ``s`` and degraded on the new grid (uint8, labels)."""
+    fade, blur, quality = DEGRADATIONS[degradation]
+    return degraded_tile(domain, seed, s, fade, blur, quality, size)
+
+
+def degraded_tile(domain: str, seed: int, s: float, fade: float, blur: float, quality: int | None,
+                  size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``make_nuclei(domain, seed)`` resized by ``s``, then faded (optical density x ``fade``),
+    blurred (Gaussian sigma ``blur``) and JPEG-compressed (``quality``, None: not) on the new
+    grid; the ``size`` px corner as uint8 RGB and its labels (nearest neighbour)."""
     from scipy import ndimage as ndi
 
     from napari_dgseg.core.data._synth_common import jpeg_roundtrip
@@ -88,7 +97,6 @@ def hard_tile(domain: str, seed: int, s: float, degradation: str,
     image, labels = make_nuclei(src, domain, seed)
     img = np.clip(zoom_image(image, s), 0.0, 255.0)
     lab = _nearest(labels, resampled_shape(src, src, s))
-    fade, blur, quality = DEGRADATIONS[degradation]
     if fade != 1.0:  # Beer-Lambert: scale every channel's optical density against the glass
         white = np.asarray(get_nuclei_domain(domain).white, np.float32)
         img = white * np.clip(img / white, 1e-3, 1.0) ** fade

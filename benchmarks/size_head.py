@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from scale_blur import segment  # noqa: E402
+from _scale_variants import segment, summarize_variants  # noqa: E402
 from scale_regressor import random_tile  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys  # noqa: E402
 
@@ -99,32 +99,7 @@ def variant_size(name: str, shipped: float | None, head: float) -> float | None:
 
 
 def summarize(tiles: list[dict]) -> tuple[dict, str, str]:
-    summary: dict[str, dict] = {}
-    for name in ("random", "tuning"):
-        mine = [t for t in tiles if t["set"] == name]
-        for v in VARIANTS:
-            dd = da = 0.0
-            moved = 0
-            for t in mine:
-                sc = t.get("scores", {})
-                if v in sc and v != "shipped":
-                    moved += 1
-                    dd += sc[v]["dice"] - sc["shipped"]["dice"]
-                    da += sc[v]["aji"] - sc["shipped"]["aji"]
-            summary.setdefault(name, {})[v] = {"tiles": len(mine), "factor_changed": moved,
-                                               "mean_dice_change": round(dd / len(mine), 5),
-                                               "mean_aji_change": round(da / len(mine), 5)}
-    total = {v: sum(summary[s][v]["mean_aji_change"] * summary[s][v]["tiles"] for s in summary)
-             for v in VARIANTS}
-    eligible = [v for v in VARIANTS if all(summary[s][v]["mean_dice_change"] >= -0.002 for s in summary)]
-    chosen = max(eligible, key=lambda v: (round(total[v], 6), v == "shipped"))
-    lines = ["| estimate | set | factor changed | mean Dice change | mean AJI change |",
-             "|---|---|---|---|---|"]
-    for name, per in summary.items():
-        for v, c in per.items():
-            lines.append(f"| {v} | {name} ({c['tiles']} tiles) | {c['factor_changed']} | "
-                         f"{c['mean_dice_change']:+.4f} | {c['mean_aji_change']:+.4f} |")
-    return summary, chosen, "\n".join(lines)
+    return summarize_variants(tiles, VARIANTS, "shipped", "estimate", lambda v: v == "shipped")
 
 
 def main(argv: list[str] | None = None) -> dict:

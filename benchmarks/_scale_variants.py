@@ -1,0 +1,66 @@
+"""Shared by the model-in-the-loop scale benchmarks (``scale_agreement.py``, ``scale_blur.py``,
+``size_head.py``): segment a tile with a given size estimate, and summarise variants against a
+base one with a rule fixed before the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+#: ``segment(..., size=ESTIMATOR)``: let the shipped estimator run (nothing replaced).
+ESTIMATOR = object()
+
+
+def segment(bundle: Any, image: np.ndarray, labels: np.ndarray, size: Any = ESTIMATOR) -> dict:
+    """Dice, AJI and the factor applied when ``bundle`` segments ``image`` through its whole
+    default scale pipeline, the image-only estimate replaced by ``size`` (pixels; None: no
+    estimate) unless it is :data:`ESTIMATOR`."""
+    import napari_dgseg.core.scale_estimate as se
+    from napari_dgseg.core.metrics import instance_scores
+
+    original = se.estimate_object_size
+    if size is not ESTIMATOR:
+        se.estimate_object_size = lambda *a, **k: {"object_size_px": size}
+    try:
+        pred = bundle.predict(image, device="cpu")
+    finally:
+        se.estimate_object_size = original
+    sc = instance_scores(np.asarray(pred.labels), labels)
+    return {"dice": round(sc["dice"], 4), "aji": round(sc["aji"], 4),
+            "factor": round(float(pred.provenance["scale"]["factor"]), 3)}
+
+
+def summarize_variants(tiles: list[dict], variants: Sequence[str], base: str, header: str,
+                       tie: Callable[[str], Any]) -> tuple[dict, str, str]:
+    """Per set (``random``, ``tuning``) and variant: tiles whose score differs from ``base``'s,
+    mean Dice / AJI change over all the set's tiles; the chosen variant (highest mean AJI over
+    both sets, mean Dice not lower by more than 0.002 on either; ``tie`` breaks ties, larger
+    first) and a Markdown table whose first column is named ``header``."""
+    summary: dict[str, dict] = {}
+    for name in ("random", "tuning"):
+        mine = [t for t in tiles if t["set"] == name]
+        for v in variants:
+            dd = da = 0.0
+            moved = 0
+            for t in mine:
+                sc = t.get("scores", {})
+                if v in sc and v != base:
+                    moved += 1
+                    dd += sc[v]["dice"] - sc[base]["dice"]
+                    da += sc[v]["aji"] - sc[base]["aji"]
+            summary.setdefault(name, {})[v] = {"tiles": len(mine), "factor_changed": moved,
+                                               "mean_dice_change": round(dd / len(mine), 5),
+                                               "mean_aji_change": round(da / len(mine), 5)}
+    total = {v: sum(summary[s][v]["mean_aji_change"] * summary[s][v]["tiles"] for s in summary)
+             for v in variants}
+    eligible = [v for v in variants if all(summary[s][v]["mean_dice_change"] >= -0.002 for s in summary)]
+    chosen = max(eligible, key=lambda v: (round(total[v], 6), tie(v)))
+    lines = [f"| {header} | set | factor changed | mean Dice change | mean AJI change |",
+             "|---|---|---|---|---|"]
+    for name, per in summary.items():
+        for v, c in per.items():
+            lines.append(f"| {v} | {name} ({c['tiles']} tiles) | {c['factor_changed']} | "
+                         f"{c['mean_dice_change']:+.4f} | {c['mean_aji_change']:+.4f} |")
+    return summary, chosen, "\n".join(lines)

@@ -207,3 +207,32 @@ def test_estimated_factors_inside_the_training_range_are_not_applied():
     # file and user scales keep the narrow tolerance
     meta = resolve_scale({**trained, "pixel_size_um": 0.25}, pixel_size_um=0.2)
     assert meta.applied and meta.factor == pytest.approx(0.8)
+
+
+def test_an_estimated_factor_can_be_applied_part_of_the_way():
+    from napari_dgseg.core.scale import approach_factor, estimate_tolerance
+
+    trained = {"pixel_size_um": 0.25, "object_size_px": 16.0, "train_range": [0.7, 1.4]}
+    tol = estimate_tolerance(trained)
+
+    def est(size):
+        return lambda: {"object_size_px": size}
+
+    whole = resolve_scale(trained, estimate=est(40.0))  # factor 0.4, the default: applied whole
+    assert whole.factor == pytest.approx(0.4)
+    edge = resolve_scale(trained, estimate=est(40.0), approach=0.0)
+    # only as far as the near edge: the estimated nuclei end at 1.4x the model's size
+    assert edge.applied and edge.proposed == pytest.approx(0.4)
+    assert edge.factor == pytest.approx(0.4 * 1.4)
+    assert "part of the way" in edge.reason and "1.40x the model's" in edge.reason
+    half = resolve_scale(trained, estimate=est(40.0), approach=0.5)
+    assert half.factor == pytest.approx(0.4 * 1.4 ** 0.5)
+    up = resolve_scale(trained, estimate=est(4.0), approach=0.0)  # factor 4: to 1/0.7 of it
+    assert up.factor == pytest.approx(4.0 * 0.7)
+    # inside the tolerance nothing moves; file and user factors are never shortened
+    assert approach_factor(0.8, tol, 0.0) == 0.8
+    assert not resolve_scale(trained, estimate=est(20.0), approach=0.0).applied
+    meta = resolve_scale(trained, pixel_size_um=1.0, approach=0.0)
+    assert meta.factor == pytest.approx(4.0)
+    with pytest.raises(InputError, match=r"approach must be in \[0, 1\]"):
+        approach_factor(0.4, tol, 1.5)

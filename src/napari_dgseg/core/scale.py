@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
     "TASK_DEFAULTS",
     "ScaleDecision",
     "bundle_scale",
+    "approach_factor",
     "estimate_tolerance",
     "measure_object_size",
     "normalize_scale",
@@ -65,6 +66,15 @@ DEFAULT_TOLERANCE = (0.9, 1.1)
 
 #: Factors outside this range are refused (a wrong pixel size, not a real scale difference).
 FACTOR_LIMITS = (0.05, 8.0)
+
+#: How far an applied *estimated* factor moves the image's objects toward the model's size, in
+#: log scale, from the near edge of the model's size range (:func:`estimate_tolerance`, 0) to the
+#: model's own size (1). An image-only estimate can be confidently wrong (faded, JPEG-blocked
+#: nuclei read 2x their size); stopping short of it limits what a wrong estimate costs while a
+#: right one still brings the objects inside the sizes the model was trained on. Measured on the
+#: training renderer's randomly resized and degraded tiles (``benchmarks/scale_approach.py``,
+#: docs/scale.md); file and user scales are always applied whole.
+ESTIMATE_APPROACH = 1.0
 
 #: ``auto``: the file's pixel size, else an estimate from the image; ``metadata``: the file's
 #: pixel size only; ``off``: never resample (the behaviour before scales existed).
@@ -276,6 +286,7 @@ def resolve_scale(
     estimate: Any = None,
     tolerance: tuple[float, float] = DEFAULT_TOLERANCE,
     upsample: bool = True,
+    approach: float | None = None,
 ) -> ScaleDecision:
     """Decide the resize factor for one image.
 
@@ -303,6 +314,9 @@ def resolve_scale(
         False: a factor above 1 from the file or the estimate is not applied (only the user's
         is). Vessel models use this: upsampling a fundus photographed small did not help them
         (docs/scale.md).
+    approach : float, optional
+        How far an applied *estimated* factor goes (:func:`approach_factor`); default
+        :data:`ESTIMATE_APPROACH`.
 
     Returns
     -------
@@ -354,10 +368,36 @@ def resolve_scale(
         why = found.get("why") or "the image's object size could not be estimated"
         return ScaleDecision(1.0, 1.0, "none", False, f"not resampled: {why}",
                              estimate=found, **common)
-    return _decide(model_obj / size, "estimated",
-                   f"model objects {model_obj:g} px / estimated image objects {size:.3g} px",
-                   estimate_tolerance(model_scale, tolerance),
-                   common | {"image_object_size_px": float(size), "estimate": found}, upsample)
+    tol = estimate_tolerance(model_scale, tolerance)
+    why = f"model objects {model_obj:g} px / estimated image objects {size:.3g} px"
+    decision = _decide(model_obj / size, "estimated", why, tol,
+                       common | {"image_object_size_px": float(size), "estimate": found}, upsample)
+    step = ESTIMATE_APPROACH if approach is None else float(approach)
+    factor = approach_factor(decision.proposed, tol, step)
+    if not decision.applied or factor == decision.factor:
+        return decision
+    return replace(decision, factor=factor,
+                   reason=f"resampled x{factor:.3g}, part of the way to the estimate's "
+                          f"x{decision.proposed:.3g} (estimated objects then "
+                          f"{factor / decision.proposed:.2f}x the model's, inside the "
+                          f"{1 / tol[1]:.2g}-{1 / tol[0]:.2g}x it was trained on; {why})")
+
+
+def approach_factor(factor: float, tolerance: tuple[float, float], approach: float) -> float:
+    """The factor applied for an estimated ``factor`` outside ``tolerance``.
+
+    ``approach`` 1 applies ``factor`` whole; 0 only as much as brings the objects to the near
+    edge of ``tolerance`` (``factor / edge``, the model has seen objects of that size); in
+    between, the log-linear mix ``factor / edge ** (1 - approach)``. A factor inside
+    ``tolerance`` is returned as it is.
+    """
+    if not 0.0 <= approach <= 1.0:
+        raise InputError(f"approach must be in [0, 1], got {approach}")
+    lo, hi = tolerance
+    if lo <= factor <= hi or approach == 1.0:
+        return factor
+    edge = lo if factor < lo else hi
+    return factor / edge ** (1.0 - approach)
 
 
 def estimate_tolerance(

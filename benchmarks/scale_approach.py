@@ -1,0 +1,128 @@
+"""Model in the loop: how far should an *estimated* scale factor be applied?
+
+An image-only nucleus-size estimate can be confidently wrong (faded, JPEG-blocked nuclei read as
+twice their size), and applying a wrong factor whole shrinks the nuclei far outside the sizes the
+model was trained on. The shipped models saw objects 0.7-1.4x their recorded size (object-size
+augmentation), so an estimate only needs to bring the objects *inside* that range, not to its
+centre. Candidates (``napari_dgseg.core.scale.approach_factor``): ``approach`` 1 applies the
+estimated factor whole (the behaviour before this benchmark), 0 only as far as the near edge of
+the model's range, 0.5 half-way in log scale.
+
+Training renderer only, the tiles and estimates of ``benchmarks/scale_blur.py``'s result (its
+random set: tiles resized 0.35-2.8x and faded / blurred / JPEG-compressed at random; its 300-tile
+tuning set of fixed hard cases), each tile's estimate as the shipped estimator gives it (blur
+correction ``k = 0.5``, the learned ruler's veto by cross-validated predictions). Every tile whose
+estimated factor is applied is segmented by ``nuclei-hovernet`` through the whole default pipeline
+(size check included) once per approach and scored against its labels. Rule fixed before the
+run: the approach with the highest mean AJI over both sets whose mean Dice is not lower than
+approach 1's by more than 0.002 on either set; ties to the larger approach (the smaller change).
+Stdout is one JSON object::
+
+    OMP_NUM_THREADS=1 python benchmarks/scale_approach.py --sets random --out PART_A.json
+    OMP_NUM_THREADS=1 python benchmarks/scale_approach.py --sets tuning --out PART_B.json
+    python benchmarks/scale_approach.py --merge PART_A.json PART_B.json \\
+        --out benchmarks/results/scale_approach.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit, load_average, machine_state  # noqa: E402
+from _scale_variants import segment, summarize_variants  # noqa: E402
+
+APPROACHES = (1.0, 0.5, 0.0)
+#: The blur correction the shipped estimator uses (``scale_estimate.BLUR_CORRECTION``).
+SHIPPED_K = "0.5"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def tile_image(t: dict) -> tuple[Any, Any]:
+    """The uint8 image and labels of one tile of ``scale_blur.json``."""
+    from scale_regressor import random_tile
+    from scale_robustness import hard_tile
+
+    if t["set"] == "random":
+        img, _, _, lab = random_tile(t["index"])
+        return img, lab
+    m = t["meta"]
+    return hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
+
+
+def summarize(tiles: list[dict]) -> tuple[dict, str, str]:
+    return summarize_variants(tiles, [f"{a:g}" for a in APPROACHES], "1", "approach",
+                              lambda a: float(a))
+
+
+def run(sets: list[str], source: Path, model: str) -> list[dict]:
+    import napari_dgseg.core.scale as scale_mod
+    from napari_dgseg import load_bundle
+    from napari_dgseg.core.scale import resolve_scale
+
+    bundle = load_bundle(model)
+    tiles = [t for t in json.loads(source.read_text())["tiles"] if t["set"] in sets]
+    out: list[dict] = []
+    t0 = time.perf_counter()
+    original = scale_mod.ESTIMATE_APPROACH
+    for t in tiles:
+        size = t["estimates"][SHIPPED_K]
+        factors = {f"{a:g}": round(resolve_scale(bundle.scale, approach=a,
+                                                 estimate=lambda: {"object_size_px": size}).factor, 4)
+                   for a in APPROACHES}
+        row = {"set": t["set"], "index": t["index"], "meta": t["meta"],
+               "true_px": round(t["true_px"], 3), "estimate_px": size, "factors": factors}
+        if len(set(factors.values())) > 1:
+            img, lab = tile_image(t)
+            row["scores"] = {}
+            try:
+                for a in APPROACHES:
+                    scale_mod.ESTIMATE_APPROACH = a
+                    row["scores"][f"{a:g}"] = segment(bundle, img, lab, size)
+            finally:
+                scale_mod.ESTIMATE_APPROACH = original
+            log(t["set"], t["index"], round(t["true_px"], 1), factors, row["scores"],
+                f"({time.perf_counter() - t0:.0f} s)")
+        out.append(row)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="nuclei-hovernet")
+    ap.add_argument("--source", default=str(RESULTS / "scale_blur.json"),
+                    help="scale_blur.py's result (tiles and their estimates)")
+    ap.add_argument("--sets", nargs="+", default=["random", "tuning"], choices=["random", "tuning"])
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine partial results")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    load_before = load_average()
+    t0 = time.perf_counter()
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        tiles = [t for p in parts for t in p["tiles"]]
+        seconds = sum(p["seconds"] for p in parts)
+    else:
+        tiles = run(args.sets, Path(args.source), args.model)
+        seconds = round(time.perf_counter() - t0, 1)
+    result: dict[str, Any] = {"benchmark": "scale_approach", "date": time.strftime("%Y-%m-%d"),
+                              "model": args.model, "approaches": list(APPROACHES),
+                              "tiles": tiles, "seconds": seconds,
+                              "machine": machine_state(load_before)}
+    if {t["set"] for t in tiles} == {"random", "tuning"}:
+        result["summary"], result["chosen"], result["markdown"] = summarize(tiles)
+    emit(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

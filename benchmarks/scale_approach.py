@@ -77,7 +77,7 @@ def run(sets: list[str], source: Path, model: str) -> list[dict]:
     for t in tiles:
         size = t["estimates"][SHIPPED_K]
         factors = {f"{a:g}": round(resolve_scale(bundle.scale, approach=a,
-                                                 estimate=lambda: {"object_size_px": size}).factor, 4)
+                                                 estimate=lambda s=size: {"object_size_px": s}).factor, 4)
                    for a in APPROACHES}
         row = {"set": t["set"], "index": t["index"], "meta": t["meta"],
                "true_px": round(t["true_px"], 3), "estimate_px": size, "factors": factors}

@@ -16,6 +16,13 @@ estimated factor is applied is segmented by ``nuclei-hovernet`` through the whol
 (size check included) once per approach and scored against its labels. Rule fixed before the
 run: the approach with the highest mean AJI over both sets whose mean Dice is not lower than
 approach 1's by more than 0.002 on either set; ties to the larger approach (the smaller change).
+``--study tolerance`` measures the other side of the same question the same way: the share ``s``
+(log scale) of the model's object-size augmentation range inside which an estimate is *not*
+applied (``napari_dgseg.core.scale.ESTIMATE_TOLERANCE_SHARE``; 1, the whole 0.71-1.43, shipped;
+0.5, 0.85-1.18; 0, the plain 0.9-1.1). It changes the size check's decisions too, so every tile is
+segmented under every share (a variant's score is kept where its final factor differs from share
+1's). Same rule, ties to the larger share.
+
 Stdout is one JSON object::
 
     OMP_NUM_THREADS=1 python benchmarks/scale_approach.py --sets random --out PART_A.json
@@ -30,6 +37,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
 from _scale_variants import segment, summarize_variants  # noqa: E402
 
-APPROACHES = (1.0, 0.5, 0.0)
+#: Each study: the module constants of ``napari_dgseg.core.scale`` it varies, by variant name
+#: (the first is the shipped one, the base of the comparison).
+STUDIES: dict[str, dict[str, dict[str, float]]] = {
+    "approach": {f"{a:g}": {"ESTIMATE_APPROACH": a} for a in (1.0, 0.5, 0.0)},
+    "tolerance": {f"{s:g}": {"ESTIMATE_TOLERANCE_SHARE": s} for s in (1.0, 0.5, 0.0)},
+}
 #: The blur correction the shipped estimator uses (``scale_estimate.BLUR_CORRECTION``).
 SHIPPED_K = "0.5"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,39 +73,57 @@ def tile_image(t: dict) -> tuple[Any, Any]:
     return hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
 
 
-def summarize(tiles: list[dict]) -> tuple[dict, str, str]:
-    return summarize_variants(tiles, [f"{a:g}" for a in APPROACHES], "1", "approach",
-                              lambda a: float(a))
+def summarize(tiles: list[dict], study: str) -> tuple[dict, str, str]:
+    names = list(STUDIES[study])
+    return summarize_variants(tiles, names, names[0], study, lambda v: float(v))
 
 
-def run(sets: list[str], source: Path, model: str) -> list[dict]:
+@contextmanager
+def constants(values: dict[str, float]) -> Iterator[None]:
+    """Set module constants of ``napari_dgseg.core.scale`` for the duration."""
     import napari_dgseg.core.scale as scale_mod
+
+    before = {k: getattr(scale_mod, k) for k in values}
+    try:
+        for k, v in values.items():
+            setattr(scale_mod, k, v)
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(scale_mod, k, v)
+
+
+def run(sets: list[str], source: Path, model: str, study: str) -> list[dict]:
     from napari_dgseg import load_bundle
     from napari_dgseg.core.scale import resolve_scale
 
+    variants = STUDIES[study]
+    base = next(iter(variants))
     bundle = load_bundle(model)
     tiles = [t for t in json.loads(source.read_text())["tiles"] if t["set"] in sets]
     out: list[dict] = []
     t0 = time.perf_counter()
-    original = scale_mod.ESTIMATE_APPROACH
     for t in tiles:
         size = t["estimates"][SHIPPED_K]
-        factors = {f"{a:g}": round(resolve_scale(bundle.scale, approach=a,
-                                                 estimate=lambda s=size: {"object_size_px": s}).factor, 4)
-                   for a in APPROACHES}
+        factors = {}
+        for name, values in variants.items():
+            with constants(values):
+                factors[name] = round(resolve_scale(
+                    bundle.scale, estimate=lambda s=size: {"object_size_px": s}).factor, 4)
         row = {"set": t["set"], "index": t["index"], "meta": t["meta"],
                "true_px": round(t["true_px"], 3), "estimate_px": size, "factors": factors}
-        if len(set(factors.values())) > 1:
+        if study == "tolerance" or len(set(factors.values())) > 1:
             img, lab = tile_image(t)
-            row["scores"] = {}
-            try:
-                for a in APPROACHES:
-                    scale_mod.ESTIMATE_APPROACH = a
-                    row["scores"][f"{a:g}"] = segment(bundle, img, lab, size)
-            finally:
-                scale_mod.ESTIMATE_APPROACH = original
-            log(t["set"], t["index"], round(t["true_px"], 1), factors, row["scores"],
-                f"({time.perf_counter() - t0:.0f} s)")
+            scores = {}
+            for name, values in variants.items():
+                with constants(values):
+                    scores[name] = segment(bundle, img, lab, size)
+            kept = {n: sc for n, sc in scores.items()
+                    if n == base or sc["factor"] != scores[base]["factor"]}
+            if len(kept) > 1:
+                row["scores"] = kept
+                log(t["set"], t["index"], round(t["true_px"], 1), factors, kept,
+                    f"({time.perf_counter() - t0:.0f} s)")
         out.append(row)
     return out
 
@@ -99,6 +131,7 @@ def run(sets: list[str], source: Path, model: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="nuclei-hovernet")
+    ap.add_argument("--study", default="approach", choices=sorted(STUDIES))
     ap.add_argument("--source", default=str(RESULTS / "scale_blur.json"),
                     help="scale_blur.py's result (tiles and their estimates)")
     ap.add_argument("--sets", nargs="+", default=["random", "tuning"], choices=["random", "tuning"])
@@ -112,14 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
         tiles = [t for p in parts for t in p["tiles"]]
         seconds = sum(p["seconds"] for p in parts)
     else:
-        tiles = run(args.sets, Path(args.source), args.model)
+        tiles = run(args.sets, Path(args.source), args.model, args.study)
         seconds = round(time.perf_counter() - t0, 1)
-    result: dict[str, Any] = {"benchmark": "scale_approach", "date": time.strftime("%Y-%m-%d"),
-                              "model": args.model, "approaches": list(APPROACHES),
+    result: dict[str, Any] = {"benchmark": "scale_approach", "study": args.study,
+                              "date": time.strftime("%Y-%m-%d"), "model": args.model,
+                              "variants": STUDIES[args.study],
                               "tiles": tiles, "seconds": seconds,
                               "machine": machine_state(load_before)}
     if {t["set"] for t in tiles} == {"random", "tuning"}:
-        result["summary"], result["chosen"], result["markdown"] = summarize(tiles)
+        result["summary"], result["chosen"], result["markdown"] = summarize(tiles, args.study)
     emit(result, args.out)
     return result
 

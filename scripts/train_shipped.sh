@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrain every shipped model with the generalization recipe (docs/generalization.md).
 # Usage: bash scripts/train_shipped.sh [nuclei|vessels|all|hovernet|ram-sgcg] [DATA_DIR]
-#   (CPU: about 1 h in all; hovernet / ram-sgcg train only the default model of a task)
+#   (CPU: about 1.5 h in all; hovernet / ram-sgcg train only the default model of a task)
 # Environment: SEED (default 0; the shipped bundles use 0) and OUT (default the shipped bundle
 # folder) train replicates elsewhere, e.g. SEED=100 OUT=out/seeds/100 for the training-seed
 # spread in docs/generalization.md.
@@ -31,7 +31,7 @@ make_data() {
   [ -d "$data/val-vessels" ] || "$dgseg" synth vessels --domain camera-a --n 4 --size 384 --seed 777 --out "$data/val-vessels" >/dev/null
 }
 
-# fundus recipe chosen by benchmarks/recipe_selection.py --task vessels (docs/generalization.md)
+# fundus recipe and schedule chosen by benchmarks/recipe_selection.py --task vessels (docs/generalization.md)
 vessel_common=(--val "$data/val-vessels" --overwrite --quiet --size 128 --batch 4 --seed "$seed"
                --features rgb+vessel --augment fundus --scale-range 0.7 1.4)
 nuclei_common=(--val "$data/val-nuclei" --overwrite --quiet --batch 4
@@ -39,7 +39,7 @@ nuclei_common=(--val "$data/val-nuclei" --overwrite --quiet --batch 4
 
 ram_sgcg() {
   "$dgseg" train ram-sgcg --source "$data"/vessels/* --out "$out/vessels-ram-sgcg.dgseg" "${vessel_common[@]}" \
-    --iters 1200 --config '{"widths": [8, 16, 32, 64]}'
+    --iters 3600 --config '{"widths": [8, 16, 32, 64]}'
 }
 
 hovernet() {

@@ -67,6 +67,12 @@ DEFAULT_TOLERANCE = (0.9, 1.1)
 #: Factors outside this range are refused (a wrong pixel size, not a real scale difference).
 FACTOR_LIMITS = (0.05, 8.0)
 
+#: Share (in log scale) of a model's object-size augmentation range inside which an *estimated*
+#: factor is not applied (:func:`estimate_tolerance`): 1 is the whole range, 0 leaves only
+#: :data:`DEFAULT_TOLERANCE`. Measured on the training renderer's randomly resized and degraded
+#: tiles with the model in the loop (``benchmarks/scale_tolerance.py``, docs/scale.md).
+ESTIMATE_TOLERANCE_SHARE = 1.0
+
 #: How far an applied *estimated* factor moves the image's objects toward the model's size, in
 #: log scale, from the near edge of the model's size range (:func:`estimate_tolerance`, 0) to the
 #: model's own size (1). An image-only estimate can be confidently wrong (faded, JPEG-blocked
@@ -416,7 +422,9 @@ def estimate_tolerance(
     rng = model_scale.get("train_range")
     if not rng or len(rng) != 2 or not (0 < float(rng[0]) <= float(rng[1])):
         return tolerance
-    return (min(tolerance[0], 1.0 / float(rng[1])), max(tolerance[1], 1.0 / float(rng[0])))
+    share = ESTIMATE_TOLERANCE_SHARE
+    return (min(tolerance[0], (1.0 / float(rng[1])) ** share),
+            max(tolerance[1], (1.0 / float(rng[0])) ** share))
 
 
 def _decide(factor: float, source: str, why: str, tolerance: tuple[float, float],

@@ -236,3 +236,33 @@ def test_an_estimated_factor_can_be_applied_part_of_the_way():
     assert meta.factor == pytest.approx(4.0)
     with pytest.raises(InputError, match=r"approach must be in \[0, 1\]"):
         approach_factor(0.4, tol, 1.5)
+
+
+def test_a_bundle_can_record_a_narrower_estimate_tolerance():
+    from napari_dgseg.core.scale import estimate_tolerance
+
+    manifest = {"name": "m", "task": "nuclei",
+                "scale": {"pixel_size_um": 0.25, "object_size_px": 16.0, "train_range": [0.7, 1.4]}}
+    wide = bundle_scale(manifest)
+    assert "estimate_tolerance_share" not in wide
+    assert estimate_tolerance(wide) == pytest.approx((1 / 1.4, 1 / 0.7))
+    narrow = bundle_scale({**manifest, "inference": {"estimate_tolerance_share": 0.5}})
+    assert estimate_tolerance(narrow) == pytest.approx((1.4 ** -0.5, 0.7 ** -0.5))
+    # small dense nuclei estimated at 12.3 px (factor 1.3): left alone by the whole range,
+    # resampled when only half of it is left alone
+    est = lambda: {"object_size_px": 12.3}  # noqa: E731
+    assert not resolve_scale(wide, estimate=est).applied
+    applied = resolve_scale(narrow, estimate=est)
+    assert applied.applied and applied.factor == pytest.approx(16.0 / 12.3)
+    # never narrower than the plain tolerance; a task default gets the key too
+    zero = bundle_scale({**manifest, "inference": {"estimate_tolerance_share": 0.0}})
+    assert estimate_tolerance(zero) == (0.9, 1.1)
+    assert "estimate_tolerance_share" not in bundle_scale({"task": "nuclei"})
+    with pytest.raises(InputError, match="estimate_tolerance_share must be a number in"):
+        bundle_scale({**manifest, "inference": {"estimate_tolerance_share": 2}})
+
+
+def test_the_bundle_passes_its_measured_share_to_inference(tiny_bundle):
+    assert "estimate_tolerance_share" not in tiny_bundle.scale
+    tiny_bundle.manifest["inference"] = {"estimate_tolerance_share": 0.5}
+    assert tiny_bundle.scale["estimate_tolerance_share"] == 0.5

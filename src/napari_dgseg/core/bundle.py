@@ -212,9 +212,11 @@ class Bundle:
     @property
     def scale(self) -> dict[str, Any]:
         """Training scale: ``pixel_size_um``, ``object_size_px``, ``train_range`` (the manifest's
-        ``"scale"``, else the task's default, see :func:`napari_dgseg.core.scale.bundle_scale`)."""
+        ``"scale"``, else the task's default, see :func:`napari_dgseg.core.scale.bundle_scale`),
+        and ``estimate_tolerance_share`` where the model has measured one."""
         rec = bundle_scale(self.manifest)
-        return {k: rec[k] for k in ("pixel_size_um", "object_size_px", "train_range")}
+        keys = ("pixel_size_um", "object_size_px", "train_range", "estimate_tolerance_share")
+        return {k: rec[k] for k in keys if k in rec}
 
     @property
     def provenance(self) -> dict[str, Any]:

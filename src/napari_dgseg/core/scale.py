@@ -185,16 +185,33 @@ def normalize_scale(value: Any, source: str = "scale") -> dict[str, Any]:
 def bundle_scale(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The training scale of a bundle: its ``"scale"`` record, else its task's default.
 
-    Returns a dict with ``pixel_size_um``, ``object_size_px``, ``train_range`` and ``source``
-    (``"manifest"``, ``"default:<task>"`` or ``"unknown"`` when the task has no default).
+    Returns a dict with ``pixel_size_um``, ``object_size_px``, ``train_range``, ``source``
+    (``"manifest"``, ``"default:<task>"`` or ``"unknown"`` when the task has no default) and,
+    where the model has one, ``estimate_tolerance_share``: the share of ``train_range`` inside
+    which an estimate is not applied, as measured for this model
+    (``inference.estimate_tolerance_share``, written by ``scripts/record_scale_tolerance.py``;
+    without it :data:`ESTIMATE_TOLERANCE_SHARE`).
     """
+    share = _tolerance_share(manifest)
+    measured = {} if share is None else {"estimate_tolerance_share": share}
     if manifest.get(SCALE_KEY) is not None:
         rec = normalize_scale(manifest[SCALE_KEY], f"bundle {manifest.get('name', '')!r}")
-        return {**rec, "source": "manifest"}
+        return {**rec, "source": "manifest", **measured}
     task = str(manifest.get("task", ""))
     if task in TASK_DEFAULTS:
-        return {**TASK_DEFAULTS[task], "source": f"default:{task}"}
-    return {**_EMPTY, "source": "unknown"}
+        return {**TASK_DEFAULTS[task], "source": f"default:{task}", **measured}
+    return {**_EMPTY, "source": "unknown", **measured}
+
+
+def _tolerance_share(manifest: Mapping[str, Any]) -> float | None:
+    """The bundle's measured ``inference.estimate_tolerance_share`` (None: not measured)."""
+    value = (manifest.get("inference") or {}).get("estimate_tolerance_share")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InputError(f"bundle {manifest.get('name', '')!r}: inference.estimate_tolerance_share "
+                         f"must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -418,11 +435,17 @@ def estimate_tolerance(
     the training renderer's five H&E domains (``nuclei-hovernet``): applying estimated factors of
     0.86-0.89 and 1.10-1.13 lowered Dice by 0.003-0.008 and AJI by 0.007-0.015 on every domain
     against not resampling (docs/scale.md). File and user scales keep ``tolerance``.
+
+    The model is weaker at the edges of its augmentation than at its centre, though, so a model
+    may record (``estimate_tolerance_share`` in ``model_scale``, :func:`bundle_scale`) that only
+    a share ``s`` of that range, in log scale, is left alone: ``(1/hi)**s``-``(1/lo)**s``
+    (``benchmarks/scale_approach.py --study tolerance``).
     """
     rng = model_scale.get("train_range")
     if not rng or len(rng) != 2 or not (0 < float(rng[0]) <= float(rng[1])):
         return tolerance
-    share = ESTIMATE_TOLERANCE_SHARE
+    share = model_scale.get("estimate_tolerance_share")
+    share = ESTIMATE_TOLERANCE_SHARE if share is None else float(share)
     return (min(tolerance[0], (1.0 / float(rng[1])) ** share),
             max(tolerance[1], (1.0 / float(rng[0])) ** share))
 

@@ -23,6 +23,11 @@ applied (``napari_dgseg.core.scale.ESTIMATE_TOLERANCE_SHARE``; 1, the whole 0.71
 segmented under every share (a variant's score is kept where its final factor differs from share
 1's). Same rule, ties to the larger share.
 
+``--sides RESULT`` replays a merged tolerance result offline for a one-sided variant: share 0.5
+on the enlarging side only (``[1, 0.5]``; a tile takes share 0.5's score where its final factor
+there is larger than share 1's, else share 1's), which is what the one-sided tolerance decides
+wherever the two sides' decisions do not interact.
+
 Stdout is one JSON object::
 
     OMP_NUM_THREADS=1 python benchmarks/scale_approach.py --sets random --out PART_A.json
@@ -128,6 +133,23 @@ def run(sets: list[str], source: Path, model: str, study: str) -> list[dict]:
     return out
 
 
+def replay_enlarging_side(result: dict) -> dict:
+    """Mean Dice / AJI change against share 1 per set of the one-sided variant ``[1, 0.5]``."""
+    out: dict[str, Any] = {"benchmark": "scale_approach", "study": "tolerance-sides",
+                           "variant": [1.0, 0.5], "source_date": result.get("date"), "sets": {}}
+    for name in ("random", "tuning"):
+        mine = [t for t in result["tiles"] if t["set"] == name]
+        moved = [t for t in mine if "0.5" in t.get("scores", {})
+                 and t["scores"]["0.5"]["factor"] > t["scores"]["1"]["factor"]]
+        out["sets"][name] = {
+            "tiles": len(mine), "factor_changed": len(moved),
+            "mean_dice_change": round(sum(t["scores"]["0.5"]["dice"] - t["scores"]["1"]["dice"]
+                                          for t in moved) / len(mine), 5),
+            "mean_aji_change": round(sum(t["scores"]["0.5"]["aji"] - t["scores"]["1"]["aji"]
+                                         for t in moved) / len(mine), 5)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="nuclei-hovernet")
@@ -137,7 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sets", nargs="+", default=["random", "tuning"], choices=["random", "tuning"])
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine partial results")
     ap.add_argument("--out")
+    ap.add_argument("--sides", metavar="JSON", help="replay a merged tolerance result one-sided")
     args = ap.parse_args(argv)
+    if args.sides:
+        result = replay_enlarging_side(json.loads(Path(args.sides).read_text()))
+        emit(result, args.out)
+        return result
     load_before = load_average()
     t0 = time.perf_counter()
     if args.merge:

@@ -3,8 +3,8 @@
     python scripts/record_scale_tolerance.py --results benchmarks/results/scale_tolerance.json \
         [--to BUNDLE ...]
 
-``--results`` is ``benchmarks/scale_approach.py --study tolerance``'s merged result: the model
-it measured, segmented in the loop on the training renderer's randomly resized and degraded tiles
+``--results`` is ``benchmarks/scale_approach.py --study tolerance``'s merged result (or its
+one-sided ``--sides`` replay, whose variant is recorded as it is): the model it measured, segmented in the loop on the training renderer's randomly resized and degraded tiles
 under each share, and the share its rule (fixed before the run) chose. That share goes into the
 model's manifest as ``inference.estimate_tolerance_share`` with ``estimate_tolerance_evidence``
 (the mean changes it was chosen by); inference reads it through
@@ -33,19 +33,34 @@ def evidence(result: dict) -> str:
             f"tiles resized and degraded at random, mean change against share 1: " + "; ".join(parts))
 
 
+def sides_evidence(result: dict) -> str:
+    """One line for a one-sided replay (``scale_approach.py --sides``)."""
+    parts = [f"{name} set ({c['tiles']} tiles) Dice {c['mean_dice_change']:+.4f} AJI "
+             f"{c['mean_aji_change']:+.4f}" for name, c in result["sets"].items()]
+    return (f"benchmarks/scale_approach.py --sides: share {result['variant']} (shrinking, "
+            "enlarging side) on training-renderer tiles resized and degraded at random, mean "
+            "change against share 1: " + "; ".join(parts) + "; fresh training-renderer tiles at "
+            "their own scale unchanged (benchmarks/training_domains.py)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", required=True)
     ap.add_argument("--to", nargs="+", help="bundle paths (default: the measured shipped model)")
     args = ap.parse_args()
     result = json.loads(Path(args.results).read_text())
-    if result.get("study") != "tolerance" or "chosen" not in result:
-        raise SystemExit(f"{args.results} is not a merged scale_approach.py --study tolerance result")
-    share = float(result["chosen"])
+    if result.get("study") == "tolerance-sides":
+        share: float | list[float] = [float(v) for v in result["variant"]]
+        why = sides_evidence(result)
+    elif result.get("study") == "tolerance" and "chosen" in result:
+        share, why = float(result["chosen"]), evidence(result)
+    else:
+        raise SystemExit(f"{args.results} is not a merged scale_approach.py --study tolerance "
+                         "result or a --sides replay")
     targets = args.to or [str(shipped_dir() / f"{result['model']}.dgseg")]
     for target in targets:
         record_in_manifest(target, "inference", {"estimate_tolerance_share": share,
-                                                 "estimate_tolerance_evidence": evidence(result)})
+                                                 "estimate_tolerance_evidence": why})
         print(json.dumps({"bundle": target, "estimate_tolerance_share": share}))
     return 0
 

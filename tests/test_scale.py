@@ -266,3 +266,19 @@ def test_the_bundle_passes_its_measured_share_to_inference(tiny_bundle):
     assert "estimate_tolerance_share" not in tiny_bundle.scale
     tiny_bundle.manifest["inference"] = {"estimate_tolerance_share": 0.5}
     assert tiny_bundle.scale["estimate_tolerance_share"] == 0.5
+
+
+def test_the_two_sides_of_the_tolerance_can_differ():
+    from napari_dgseg.core.scale import estimate_tolerance
+
+    manifest = {"name": "m", "task": "nuclei",
+                "scale": {"pixel_size_um": 0.25, "object_size_px": 16.0, "train_range": [0.7, 1.4]},
+                "inference": {"estimate_tolerance_share": [1, 0.5]}}
+    rec = bundle_scale(manifest)
+    assert rec["estimate_tolerance_share"] == [1.0, 0.5]
+    assert estimate_tolerance(rec) == pytest.approx((1 / 1.4, 0.7 ** -0.5))
+    assert resolve_scale(rec, estimate=lambda: {"object_size_px": 12.3}).applied  # x1.30: enlarged
+    assert not resolve_scale(rec, estimate=lambda: {"object_size_px": 20.0}).applied  # x0.8: left
+    for bad in ([1, 2], [0.5], "half"):
+        with pytest.raises(InputError, match="a number in"):
+            bundle_scale({**manifest, "inference": {"estimate_tolerance_share": bad}})

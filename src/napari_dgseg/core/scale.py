@@ -203,15 +203,22 @@ def bundle_scale(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {**_EMPTY, "source": "unknown", **measured}
 
 
-def _tolerance_share(manifest: Mapping[str, Any]) -> float | None:
-    """The bundle's measured ``inference.estimate_tolerance_share`` (None: not measured)."""
+def _tolerance_share(manifest: Mapping[str, Any]) -> float | list[float] | None:
+    """The bundle's measured ``inference.estimate_tolerance_share`` (None: not measured): one
+    share, or ``[shrinking side, enlarging side]``."""
     value = (manifest.get("inference") or {}).get("estimate_tolerance_share")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise InputError(f"bundle {manifest.get('name', '')!r}: inference.estimate_tolerance_share "
-                         f"must be a number in [0, 1], got {value!r}")
-    return float(value)
+
+    def ok(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v <= 1
+
+    if ok(value):
+        return float(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(ok(v) for v in value):
+        return [float(v) for v in value]
+    raise InputError(f"bundle {manifest.get('name', '')!r}: inference.estimate_tolerance_share "
+                     f"must be a number in [0, 1] or two of them, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -439,15 +446,17 @@ def estimate_tolerance(
     The model is weaker at the edges of its augmentation than at its centre, though, so a model
     may record (``estimate_tolerance_share`` in ``model_scale``, :func:`bundle_scale`) that only
     a share ``s`` of that range, in log scale, is left alone: ``(1/hi)**s``-``(1/lo)**s``
-    (``benchmarks/scale_approach.py --study tolerance``).
+    (``benchmarks/scale_approach.py --study tolerance``); ``[s_shrink, s_enlarge]`` gives each
+    side its own share.
     """
     rng = model_scale.get("train_range")
     if not rng or len(rng) != 2 or not (0 < float(rng[0]) <= float(rng[1])):
         return tolerance
     share = model_scale.get("estimate_tolerance_share")
-    share = ESTIMATE_TOLERANCE_SHARE if share is None else float(share)
-    return (min(tolerance[0], (1.0 / float(rng[1])) ** share),
-            max(tolerance[1], (1.0 / float(rng[0])) ** share))
+    share = ESTIMATE_TOLERANCE_SHARE if share is None else share
+    shrink, enlarge = (share, share) if isinstance(share, (int, float)) else share
+    return (min(tolerance[0], (1.0 / float(rng[1])) ** float(shrink)),
+            max(tolerance[1], (1.0 / float(rng[0])) ** float(enlarge)))
 
 
 def _decide(factor: float, source: str, why: str, tolerance: tuple[float, float],

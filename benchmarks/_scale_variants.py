@@ -32,6 +32,30 @@ def segment(bundle: Any, image: np.ndarray, labels: np.ndarray, size: Any = ESTI
             "factor": round(float(pred.provenance["scale"]["factor"]), 3)}
 
 
+def tile_image(t: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 image and labels of one tile row of these benchmarks: ``set`` ``random``
+    (``scale_regressor.random_tile`` by ``index``) or ``tuning`` (``scale_robustness.hard_tile``
+    by ``meta``)."""
+    from scale_regressor import random_tile
+    from scale_robustness import hard_tile
+
+    if t["set"] == "random":
+        img, _, _, lab = random_tile(t["index"])
+        return img, lab
+    m = t["meta"]
+    return hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
+
+
+def score_moved(bundle: Any, t: dict, base: str, moved: Sequence[str]) -> dict[str, dict]:
+    """:func:`segment` scores of tile row ``t`` with its ``estimates`` of ``base`` and of each
+    variant in ``moved`` (the variants whose factor differs from ``base``'s)."""
+    img, lab = tile_image(t)
+    scores = {base: segment(bundle, img, lab, t["estimates"][base])}
+    for v in moved:
+        scores[v] = segment(bundle, img, lab, t["estimates"][v])
+    return scores
+
+
 def summarize_variants(tiles: list[dict], variants: Sequence[str], base: str, header: str,
                        tie: Callable[[str], Any]) -> tuple[dict, str, str]:
     """Per set (``random``, ``tuning``) and variant: tiles whose score differs from ``base``'s,

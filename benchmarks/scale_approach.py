@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from _scale_variants import segment, summarize_variants  # noqa: E402
+from _scale_variants import segment, summarize_variants, tile_image  # noqa: E402
 
 #: Each study: the module constants of ``napari_dgseg.core.scale`` it varies, by variant name
 #: (the first is the shipped one, the base of the comparison).
@@ -64,18 +64,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def log(*parts: Any) -> None:
     print(*parts, file=sys.stderr, flush=True)
-
-
-def tile_image(t: dict) -> tuple[Any, Any]:
-    """The uint8 image and labels of one tile of ``scale_blur.json``."""
-    from scale_regressor import random_tile
-    from scale_robustness import hard_tile
-
-    if t["set"] == "random":
-        img, _, _, lab = random_tile(t["index"])
-        return img, lab
-    m = t["meta"]
-    return hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
 
 
 def summarize(tiles: list[dict], study: str) -> tuple[dict, str, str]:

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from _scale_variants import segment, summarize_variants  # noqa: E402
+from _scale_variants import score_moved, summarize_variants  # noqa: E402
 from scale_agreement import ruler_predictions  # noqa: E402
 from scale_regressor import collect, random_tile  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys  # noqa: E402
@@ -142,14 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         changed = {k for k, f in t["factors"].items() if f != base}
         if not changed:
             continue
-        if t["set"] == "random":
-            img, _, _, lab = random_tile(t["index"])
-        else:
-            m = t["meta"]
-            img, lab = hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
-        t["scores"] = {"0": segment(bundle, img, lab, t["estimates"]["0"])}
-        for k in sorted(changed):
-            t["scores"][k] = segment(bundle, img, lab, t["estimates"][k])
+        t["scores"] = score_moved(bundle, t, "0", sorted(changed))
         log(t["set"], t["index"], round(t["true_px"], 1), t["estimates"], t["scores"],
             f"({time.perf_counter() - t0:.0f} s)")
     summary, chosen, markdown = summarize(tiles)

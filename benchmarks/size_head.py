@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from _scale_variants import segment, summarize_variants  # noqa: E402
+from _scale_variants import score_moved, summarize_variants  # noqa: E402
 from scale_regressor import random_tile  # noqa: E402
 from scale_robustness import hard_tile, tuning_keys  # noqa: E402
 
@@ -137,14 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         moved = [v for v in VARIANTS if t["factors"][v] != t["factors"]["shipped"]]
         if not moved:
             continue
-        if t["set"] == "random":
-            img, _, _, lab = random_tile(t["index"])
-        else:
-            m = t["meta"]
-            img, lab = hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
-        t["scores"] = {"shipped": segment(bundle, img, lab, t["estimates"]["shipped"])}
-        for v in moved:
-            t["scores"][v] = segment(bundle, img, lab, t["estimates"][v])
+        t["scores"] = score_moved(bundle, t, "shipped", moved)
         log(t["set"], t["index"], round(t["true_px"], 1), t["head_px"], t["estimates"]["shipped"],
             {v: (s["dice"], s["aji"]) for v, s in t["scores"].items()}, f"({time.perf_counter() - t0:.0f} s)")
     summary, chosen, markdown = summarize(tiles)

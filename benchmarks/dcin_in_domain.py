@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=3, help="tiles per style and seed")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--auto", choices=["full"], default=None,
+                    help="treat the model as if its manifest recorded dcin.auto = full (in "
+                         "memory only): measure the guarded full of a model whose auto is none")
     args = ap.parse_args(argv)
 
     from napari_dgseg import load_bundle
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     bundle = load_bundle(args.model)
     # "auto" as before the in-domain rule (a recorded threshold is dropped in memory only)
     (bundle.manifest.get("dcin") or {}).pop(IN_DOMAIN_KEY, None)
+    if args.auto:
+        bundle.manifest.setdefault("dcin", {})["auto"] = args.auto
     kind = str(bundle.manifest.get("task", "nuclei"))
     rows = []
     for renderer, style in synthetic_columns(kind):
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
                       "per_style": per_style})
     best = max(x["mean_dice"] for x in sweep)
     chosen = max(x["threshold"] for x in sweep if x["mean_dice"] >= best - 0.001)
-    result = {"benchmark": "dcin_in_domain", "model": args.model, "seeds": args.seeds,
+    result = {"benchmark": "dcin_in_domain", "model": args.model, "auto": args.auto,
+              "seeds": args.seeds,
               "n": args.n, "size": args.size,
               "tile_seeds": f"item_seed({SEED_BASE} + seed, i) for i < n",
               "rule": "none when the nearest bank image is closer than T, else guarded full",

@@ -168,7 +168,8 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     ad = adapt(bundle, targets, iters=args.iters, seed=seed, device="cpu", checkpoint_hook=hook,
                select=False, source_augment=args.source_augment, lr=args.lr,
                mi_weight=args.mi_weight, freeze_encoder=args.freeze_encoder,
-               pseudo_threshold=args.pseudo_threshold, average=None, norm=args.norm)
+               pseudo_threshold=args.pseudo_threshold, average=None, norm=args.norm,
+               pseudo_labels=args.pseudo_labels)
     cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
     rows = [dict(c, **measured[c["iteration"]]) for c in ad.provenance["selection"]["checkpoints"]]
     chosen = choose(rows)
@@ -189,6 +190,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
         "iterations": args.iters,
         "source_augment": ad.provenance["source_augment"],
         "norm": ad.provenance["norm"],
+        "pseudo_labels": ad.provenance["pseudo_labels"],
         "seconds_per_iteration_cpu": round(cpu_s / args.iters, 3),
     }
     print(json.dumps({k: out[k] for k in ("domain", "seed", "parent", "stats", "mani",
@@ -272,7 +274,8 @@ def table(result: dict) -> str:
     lines = [f"Model `{result['model']}` (sha256 {result['model_sha256'][:12]}), "
              f"{len(result['seeds'])} seeds, {result['settings']['iters']} MaNi iterations, "
              f"{result['settings']['n_target']} unlabelled target tiles, BatchNorm "
-             f"`{result['settings'].get('norm', 'frozen')}`.", "",
+             f"`{result['settings'].get('norm', 'frozen')}`, pseudo-labels "
+             f"`{result['settings'].get('pseudo_labels', 'online')}`.", "",
              "| domain | method | target Dice | target AJI | target PQ | source Dice | source AJI | source PQ |",
              "|---|---|---|---|---|---|---|---|"]
     names = {"parent": "parent", "stats": "stats", "mani": "MaNi (last)",
@@ -336,6 +339,9 @@ def main() -> None:
                         "last iterate (WiSE-FT) for these alphas")
     p.add_argument("--pseudo-threshold", type=float, default=0.5,
                    help="target foreground probability for the MI pseudo-labels (MaNi: 0.5)")
+    p.add_argument("--pseudo-labels", default="online", choices=["online", "parent"],
+                   help="target foreground of the MI term: the adapted network's own (paper) or "
+                        "the frozen parent's")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoders only")
     p.add_argument("--source-augment", default="training",
                    help="augmentation of the replay batches (adapt's source_augment)")

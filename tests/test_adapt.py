@@ -108,6 +108,47 @@ def test_pseudo_labels_come_from_the_models_prediction(parent_file, monkeypatch)
         assert bool((labels == 255).all())  # no target labels: only the pseudo-labels count
 
 
+def test_parent_pseudo_labels_come_from_the_frozen_parent(parent_file, monkeypatch):
+    """``pseudo_labels="parent"``: MaNi pools the target foreground the *parent* predicts on
+    the same crops (no gradient, the parent's weights), not the adapted network's."""
+    from napari_dgseg.core.losses import mani as mani_mod
+
+    parent = load_bundle(parent_file)
+    reference = parent.model.eval()
+    calls = []
+    original = mani_mod.ManiModule.forward
+
+    def spy(self, fs, st, ft, tlogits, tlabels=None):
+        calls.append(tlogits)
+        return original(self, fs, st, ft, tlogits, tlabels)
+
+    monkeypatch.setattr(mani_mod.ManiModule, "forward", spy)
+    import napari_dgseg.core.train.adapt as adapt_mod
+
+    inputs = []  # every network input the loop prepares (source and target crops)
+    prepare = adapt_mod.normalise_input
+
+    def record(x, spec):
+        out = prepare(x, spec)
+        inputs.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(adapt_mod, "normalise_input", record)
+    seen = parent.family.features_and_outputs
+    out = adapt(parent, _targets(), iters=3, size=64, batch=2, warmup=0.0, select=False,
+                pseudo_labels="parent")
+    assert len(calls) == 3
+    assert out.provenance["pseudo_labels"].startswith("parent:")
+    for logits in calls:
+        assert logits.grad_fn is None  # the teacher is not trained through the MI term
+        # the parent's own logits on one of the crops the loop fed forward just before
+        matches = [x for x in inputs if x.shape[0] == logits.shape[0]
+                   and torch.allclose(seen(reference, x)[1]["logits"], logits, atol=1e-5)]
+        assert matches
+    with pytest.raises(InputError, match="pseudo-label source"):
+        adapt(parent, _targets(), iters=1, size=64, batch=2, pseudo_labels="teacher")
+
+
 def test_source_folder_and_labelled_targets(parent_file, tmp_path):
     from napari_dgseg.core.data.datasets import save_folder
 
@@ -233,6 +274,8 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
             "--source-augment",
             "none",
             "--freeze-encoder",
+            "--pseudo-labels",
+            "parent",
             "--quiet",
         ]
     )
@@ -246,6 +289,7 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
     assert prov["command"].startswith("dgseg adapt") and prov["targets"][0].endswith("t0.tif")
     assert prov["source_augment"].startswith("none") and prov["trained_parameters"].startswith("dec")
     assert prov["weight_average"] is None  # the default: the label-free selection's checkpoint
+    assert prov["pseudo_labels"].startswith("parent:")
     assert info["selection"]["returned"].startswith(("checkpoint", "the parent's weights"))
     rc = main(
         [

@@ -86,6 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train the decoders only (MaNi's first stage for instance segmentation)",
     )
     p.add_argument(
+        "--pseudo-labels",
+        choices=["online", "parent"],
+        default="online",
+        help="target foreground of the MI term: the adapted network's own prediction at each "
+        "iteration (online, the paper's; default) or the frozen parent's (parent)",
+    )
+    p.add_argument(
         "--average",
         type=float,
         default=None,
@@ -225,6 +232,7 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         holdout=args.holdout,
         source_augment=args.source_augment,
         freeze_encoder=args.freeze_encoder,
+        pseudo_labels=args.pseudo_labels,
         average=args.average,
         source_transform=style,
         local_alignment=args.local_alignment,

@@ -275,6 +275,15 @@ SOURCE_AUGMENTS = ("training", "jitter", "none")
 #: CVPR 2022). Averaging at 0.5 won on the benchmark's selection domains and then lost to the
 #: selection on the held-out styles (docs/hovernet-mani.md), so it is an option, not the default.
 DEFAULT_AVERAGE: float | None = None
+#: Where the target foreground that MaNi's MI term pools comes from: ``online``, the network's
+#: own prediction at the same iteration (Sharma, Syed & Brown 2023, section 2: "we use a
+#: segmentation network output from the same iteration as pseudo-labels"; the default), or
+#: ``parent``, the frozen parent's prediction on the same crops (a fixed teacher: a mask that
+#: grows with the adapted network cannot feed back into the term; docs/hovernet-mani.md).
+PSEUDO_LABELS = {
+    "online": "the adapted network's own prediction at each iteration (the paper)",
+    "parent": "the frozen parent's prediction on the same target crops (fixed teacher)",
+}
 NORM_DOC = {
     "frozen": "BatchNorm in eval mode, the parent's running statistics kept",
     "split": "BatchNorm in training mode, separate source and target passes",
@@ -473,6 +482,7 @@ def adapt_steps(
     freeze_encoder: bool = False,
     pseudo_threshold: float = 0.5,
     average: float | None = DEFAULT_AVERAGE,
+    pseudo_labels: str = "online",
 ) -> Generator[AdaptStep, None, Bundle]:
     """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
 
@@ -504,6 +514,9 @@ def adapt_steps(
         raise InputError(f"average must be in (0, 1] (got {average}); 1 keeps the adapted weights")
     if not 0.0 < pseudo_threshold < 1.0:
         raise InputError(f"pseudo-label threshold must be in (0, 1) (got {pseudo_threshold})")
+    if pseudo_labels not in PSEUDO_LABELS:
+        raise InputError(f"unknown pseudo-label source {pseudo_labels!r}; valid: "
+                         f"{', '.join(PSEUDO_LABELS)}")
     fam = bundle.family
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -523,6 +536,9 @@ def adapt_steps(
     train_targets, held, held_out = split_holdout(data.targets, holdout)
     model = copy.deepcopy(bundle.model).to(dev)
     _train_mode(model, norm)
+    # pseudo_labels="parent": the target foreground comes from the parent, frozen (never trained,
+    # eval mode, its own statistics), so the mask the MI term pools cannot grow with the model
+    teacher = copy.deepcopy(bundle.model).to(dev).eval() if pseudo_labels == "parent" else None
     domains, dual_report = (_domain_statistics(bundle, model, [s.image for s in train_targets],
                                                crop, dev, cancel)
                             if norm == "dual" else (None, None))
@@ -613,7 +629,11 @@ def adapt_steps(
                     f_t, out_t = fam.features_and_outputs(model, xt)
                 logit_t = out_t["logits"]
             seg, _ = _supervised_loss(fam, model, out_s, sb, state)
-            mi, mi_logs = mani(f_s, sb["target"], f_t, logit_t, tb["target"])
+            pseudo_from = logit_t
+            if teacher is not None:
+                with torch.no_grad():
+                    pseudo_from = fam.features_and_outputs(teacher, xt)[1]["logits"]
+            mi, mi_logs = mani(f_s, sb["target"], f_t, pseudo_from, tb["target"])
         adv, adv_logs = torch.zeros((), device=dev), {}
         if aligner is not None and it >= n_warm:
             adv, adv_logs = aligner.segmenter_loss(f_t, logit_t)
@@ -696,6 +716,7 @@ def adapt_steps(
         "optimizer": "Adam, constant learning rate",
         "source_augment": src_desc,
         "pseudo_label_threshold": pseudo_threshold,
+        "pseudo_labels": f"{pseudo_labels}: {PSEUDO_LABELS[pseudo_labels]}",
         "weight_average": None if average is None else
         f"{average:g} x the last iterate + {1 - average:g} x the parent (WiSE-FT)",
         "trained_parameters": "decoders and heads (encoder frozen)" if freeze_encoder else "all",
@@ -998,6 +1019,7 @@ def adapt(
     freeze_encoder: bool = False,
     pseudo_threshold: float = 0.5,
     average: float | None = DEFAULT_AVERAGE,
+    pseudo_labels: str = "online",
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -1071,6 +1093,9 @@ def adapt(
     pseudo_threshold : float
         Target foreground probability at or above which a pixel joins the pseudo-labelled target
         foreground of the MI term (MaNi: 0.5).
+    pseudo_labels : str
+        Whose prediction gives that foreground (:data:`PSEUDO_LABELS`): ``online`` (the adapted
+        network's own, as in the paper; default) or ``parent`` (the frozen parent's).
 
     Returns
     -------
@@ -1108,6 +1133,7 @@ def adapt(
         freeze_encoder=freeze_encoder,
         pseudo_threshold=pseudo_threshold,
         average=average,
+        pseudo_labels=pseudo_labels,
     )
     from napari_dgseg.core.steps import run_steps
 

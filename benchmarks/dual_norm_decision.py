@@ -1,4 +1,4 @@
-"""Decide whether ``norm="dual"`` replaces ``norm="frozen"`` as the default of ``dgseg adapt``.
+"""Decide whether an adaptation option replaces the default of ``dgseg adapt`` (first: ``norm="dual"``).
 
 The rule was fixed before the runs (issue 11, domain-specific statistics during MaNi; DSBN:
 Chang, You, Seo, Kwak & Han, "Domain-Specific Batch Normalization for Unsupervised Domain
@@ -16,6 +16,8 @@ compared; ``dual`` is adopted only if
         benchmarks/results/mani_adaptation_nuclei-hovernet_selection_dual.json
 
 Prints the paired gains of both modes and the verdict as JSON (``--out`` also writes it).
+``--names`` labels the two results (default ``frozen dual``); the same rule decides any option
+measured the same way, e.g. ``--names online parent`` for ``--pseudo-labels parent``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def paired(result: dict, method: str = "mani_selected") -> dict:
     return out
 
 
-def decide(frozen: dict, dual: dict) -> dict:
-    """The fixed rule on two results of ``mani_adaptation.py`` (frozen and dual BatchNorm).
+def decide(frozen: dict, dual: dict, names: tuple[str, str] = ("frozen", "dual")) -> dict:
+    """The fixed rule on two results of ``mani_adaptation.py``: the default (``frozen``
+    BatchNorm at first) and a candidate (``dual``), labelled ``names`` in the verdict.
 
     Raises
     ------
@@ -79,20 +82,21 @@ def decide(frozen: dict, dual: dict) -> dict:
             "returned_parent": sum(table[r]["chosen_iteration"] == 0 for r in runs)}
 
     sf, sd = stats(f), stats(d)
+    base, cand = names
     checks = {
-        "mean target Dice gain above frozen's": sd["target_dice"]["mean"] > sf["target_dice"]["mean"],
+        f"mean target Dice gain above {base}'s": sd["target_dice"]["mean"] > sf["target_dice"]["mean"],
         f"worst target Dice loss <= {LIMIT}": sd["target_dice"]["min"] >= -LIMIT,
         f"worst target AJI loss <= {LIMIT}": sd["target_aji"]["min"] >= -LIMIT,
         f"worst source Dice loss <= {LIMIT}": sd["source_dice"]["min"] >= -LIMIT,
     }
     return {
         "runs": [f"{dom} seed {s}" for dom, s in runs],
-        "frozen": sf,
-        "dual": sd,
-        "per_run": {f"{dom} seed {s}": {"frozen": f[(dom, s)], "dual": d[(dom, s)]}
+        base: sf,
+        cand: sd,
+        "per_run": {f"{dom} seed {s}": {base: f[(dom, s)], cand: d[(dom, s)]}
                     for dom, s in runs},
         "checks": checks,
-        "adopt_dual": all(checks.values()),
+        f"adopt_{cand}": all(checks.values()),
     }
 
 
@@ -101,9 +105,11 @@ def main() -> None:
     p.add_argument("frozen", help="mani_adaptation.py result with --norm frozen (the default)")
     p.add_argument("dual", help="mani_adaptation.py result with --norm dual, same settings")
     p.add_argument("--out", default=None, help="also write the verdict JSON there")
+    p.add_argument("--names", nargs=2, default=["frozen", "dual"], metavar=("DEFAULT", "CANDIDATE"),
+                   help="labels of the two results in the verdict")
     args = p.parse_args()
     verdict = decide(json.loads(Path(args.frozen).read_text()),
-                     json.loads(Path(args.dual).read_text()))
+                     json.loads(Path(args.dual).read_text()), tuple(args.names))
     verdict["command"] = "python benchmarks/dual_norm_decision.py " + " ".join(sys.argv[1:])
     text = json.dumps(verdict, indent=1)
     if args.out:

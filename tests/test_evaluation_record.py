@@ -61,3 +61,43 @@ def test_recorded_in_the_manifest_and_shown_by_the_model_list(tmp_path, tiny_bun
     from napari_dgseg._napari.widgets.model_picker import describe_bundle
 
     assert "held-out dice 0.800" in describe_bundle(again.manifest)
+
+
+def _record_dcin_auto():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "record_dcin_auto.py"
+    spec = importlib.util.spec_from_file_location("record_dcin_auto", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _guarded_run(full_faded: float, full_pale: float) -> dict:
+    """A dcin_in_domain.py --auto full result: two held-out styles, one training style."""
+    rows = []
+    for style, renderer, none, full, shift in (
+        ("faded", "heldout", 0.70, full_faded, 0.6),
+        ("pale", "heldout", 0.94, full_pale, 1.0),
+        ("clean", "training", 0.99, 0.99, 0.05),
+    ):
+        for i in range(2):
+            rows.append({"style": style, "renderer": renderer, "seed": 100, "tile": i,
+                         "nearest_shift": shift, "none": {"dice": none}, "full": {"dice": full}})
+    return {"model": "m", "seeds": [100], "n": 2, "chosen": 0.5, "rows": rows}
+
+
+def test_guarded_record_compares_the_held_out_means_and_names_the_extremes():
+    rec = _record_dcin_auto()
+    # faded +0.10, pale -0.06: held-out mean +0.02 > margin -> full, threshold kept
+    d = rec.guarded_decision(_guarded_run(0.80, 0.88), 0.005)
+    assert d["auto"] == "full" and d["threshold"] == 0.5
+    assert d["none"] == pytest.approx(0.82) and d["guarded"] == pytest.approx(0.84)
+    assert "-0.060 (pale)" in d["evidence"] and "+0.100 (faded)" in d["evidence"]
+    assert "force none for images like pale" in d["evidence"]
+    # faded +0.10, pale -0.095: mean +0.0025 < margin -> none; the hint names the faded style
+    d = rec.guarded_decision(_guarded_run(0.80, 0.845), 0.005)
+    assert d["auto"] == "none" and "force full for images like faded" in d["evidence"]
+    # the training style (shift 0.05 < 0.5) falls back to none and is not in the held-out mean
+    assert d["none"] == pytest.approx(0.82)

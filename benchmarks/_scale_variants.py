@@ -46,6 +46,15 @@ def tile_image(t: dict) -> tuple[np.ndarray, np.ndarray]:
     return hard_tile(m["domain"], m["seed"], m["scale"], m["degradation"])
 
 
+def merge_parts(paths: Sequence[str]) -> tuple[list[dict], float, dict]:
+    """The tile rows of sharded results (``--merge``), their summed seconds and the first part."""
+    import json
+    from pathlib import Path
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    return [t for p in parts for t in p["tiles"]], sum(p["seconds"] for p in parts), parts[0]
+
+
 def score_moved(bundle: Any, t: dict, base: str, moved: Sequence[str]) -> dict[str, dict]:
     """:func:`segment` scores of tile row ``t`` with its ``estimates`` of ``base`` and of each
     variant in ``moved`` (the variants whose factor differs from ``base``'s)."""

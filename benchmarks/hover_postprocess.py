@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from _scale_variants import tile_image  # noqa: E402
+from _scale_variants import merge_parts, tile_image  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The reference thresholds (Graham et al. 2019; the shipped config before this benchmark).
@@ -200,10 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = load_average()
     t0 = time.perf_counter()
     if args.merge:
-        parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        rows = [r for p in parts for r in p["tiles"]]
-        seconds = sum(p["seconds"] for p in parts)
-        model = parts[0]["model"]
+        rows, seconds, first = merge_parts(args.merge)
+        model = first["model"]
     else:
         i, n = (int(v) for v in args.shard.split("/"))
         rows = run(tile_rows(Path(args.source), args.stride, args.n_own)[i::n], args.model)

@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit, load_average, machine_state  # noqa: E402
-from _scale_variants import segment, summarize_variants, tile_image  # noqa: E402
+from _scale_variants import merge_parts, segment, summarize_variants, tile_image  # noqa: E402
 
 #: Each study: the module constants of ``napari_dgseg.core.scale`` it varies, by variant name
 #: (the first is the shipped one, the base of the comparison).
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = load_average()
     t0 = time.perf_counter()
     if args.merge:
-        parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        tiles = [t for p in parts for t in p["tiles"]]
-        seconds = sum(p["seconds"] for p in parts)
+        tiles, seconds, _ = merge_parts(args.merge)
     else:
         tiles = run(args.sets, Path(args.source), args.model, args.study)
         seconds = round(time.perf_counter() - t0, 1)

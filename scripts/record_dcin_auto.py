@@ -99,15 +99,10 @@ def guarded_decision(run: dict, margin: float) -> dict:
     ``none`` and of the guarded ``full`` under the sweep's chosen in-domain threshold.
     """
     t = run["chosen"]
-    rows = [r for r in run["rows"] if r["renderer"] == "heldout"]
-    styles = sorted({r["style"] for r in rows})
-
-    def picked(r: dict) -> float:
-        fell_back = r["nearest_shift"] is not None and r["nearest_shift"] < t
-        return r["none" if fell_back else "full"]["dice"]
-
-    none = {s: float(np.mean([r["none"]["dice"] for r in rows if r["style"] == s])) for s in styles}
-    guarded = {s: float(np.mean([picked(r) for r in rows if r["style"] == s])) for s in styles}
+    per_style = next(x for x in run["sweep"] if x["threshold"] == t)["per_style"]
+    styles = sorted({r["style"] for r in run["rows"] if r["renderer"] == "heldout"})
+    guarded = {s: per_style[s]["dice"] for s in styles}
+    none = {s: per_style[s]["dice"] - per_style[s]["minus_none"] for s in styles}
     mean_none, mean_guarded = float(np.mean(list(none.values()))), float(np.mean(list(guarded.values())))
     delta = {s: guarded[s] - none[s] for s in styles}
     best, worst = max(delta, key=delta.get), min(delta, key=delta.get)

@@ -76,7 +76,7 @@ def _record_dcin_auto():
 
 def _guarded_run(full_faded: float, full_pale: float) -> dict:
     """A dcin_in_domain.py --auto full result: two held-out styles, one training style."""
-    rows = []
+    rows, per_style = [], {}
     for style, renderer, none, full, shift in (
         ("faded", "heldout", 0.70, full_faded, 0.6),
         ("pale", "heldout", 0.94, full_pale, 1.0),
@@ -85,7 +85,10 @@ def _guarded_run(full_faded: float, full_pale: float) -> dict:
         for i in range(2):
             rows.append({"style": style, "renderer": renderer, "seed": 100, "tile": i,
                          "nearest_shift": shift, "none": {"dice": none}, "full": {"dice": full}})
-    return {"model": "m", "seeds": [100], "n": 2, "chosen": 0.5, "rows": rows}
+        chosen = none if shift < 0.5 else full  # the sweep at T = 0.5
+        per_style[style] = {"dice": chosen, "minus_none": chosen - none}
+    return {"model": "m", "seeds": [100], "n": 2, "chosen": 0.5, "rows": rows,
+            "sweep": [{"threshold": 0.5, "per_style": per_style}]}
 
 
 def test_guarded_record_compares_the_held_out_means_and_names_the_extremes():
@@ -99,5 +102,5 @@ def test_guarded_record_compares_the_held_out_means_and_names_the_extremes():
     # faded +0.10, pale -0.095: mean +0.0025 < margin -> none; the hint names the faded style
     d = rec.guarded_decision(_guarded_run(0.80, 0.845), 0.005)
     assert d["auto"] == "none" and "force full for images like faded" in d["evidence"]
-    # the training style (shift 0.05 < 0.5) falls back to none and is not in the held-out mean
+    # the training style is not in the held-out mean
     assert d["none"] == pytest.approx(0.82)

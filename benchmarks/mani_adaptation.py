@@ -108,8 +108,24 @@ def make_tile(domain: str, seed: int, size: int = 256) -> tuple[np.ndarray, np.n
     return make_nuclei(size, domain, seed)
 
 
-def scorer(bundle, tiles: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[torch.nn.Module], dict]:
-    """``model -> {dice, aji, pq}`` averaged over labelled ``tiles`` with the bundle's post-processing."""
+def pipeline_labels(bundle, model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """Labels of ``image`` by ``model`` through the whole default inference of ``bundle``
+    (scale decision and size check, DCIN default; flips off, as the label-free judge runs)."""
+    import copy
+
+    twin = copy.copy(bundle)
+    twin._model = model
+    return np.asarray(twin.predict(image, device="cpu", tta=False).labels)
+
+
+def scorer(bundle, tiles: list[tuple[np.ndarray, np.ndarray]],
+           evaluate: str = "native") -> Callable[[torch.nn.Module], dict]:
+    """``model -> {dice, aji, pq}`` averaged over labelled ``tiles`` with the bundle's post-processing.
+
+    ``evaluate="native"``: the network on the tile's own pixels (the benchmark until 2026-12-02);
+    ``"pipeline"``: through the bundle's default inference, scale decision included (what a
+    user's ``dgseg predict`` does).
+    """
     from napari_dgseg.core.metrics import instance_scores
     from napari_dgseg.core.postprocess import semantic_to_instances
     from napari_dgseg.core.train.adapt import predict_labels
@@ -119,7 +135,11 @@ def scorer(bundle, tiles: list[tuple[np.ndarray, np.ndarray]]) -> Callable[[torc
     def score(model: torch.nn.Module) -> dict[str, float]:
         rows = []
         for img, lab in tiles:
-            pred = predict_labels(model, bundle, img, device="cpu")
+            if evaluate == "pipeline":
+                pred = pipeline_labels(bundle, model, img)
+                model.eval()
+            else:
+                pred = predict_labels(model, bundle, img, device="cpu")
             if semantic:
                 pred = semantic_to_instances(pred)
             sc = instance_scores(pred, lab)
@@ -138,7 +158,8 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     targets = [make_tile(domain, base + i)[0] for i in range(args.n_target)]
     test_t = [make_tile(domain, base + 500 + i) for i in range(args.n_test)]
     test_s = [make_tile(SOURCE, base + 900 + i) for i in range(args.n_source_test)]
-    score_t, score_s = scorer(bundle, test_t), scorer(bundle, test_s)
+    score_t, score_s = (scorer(bundle, test_t, args.evaluate),
+                        scorer(bundle, test_s, args.evaluate))
     measured: dict[int, dict] = {}
 
     averaged: dict[str, dict] = {}
@@ -160,7 +181,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     st = adapt(bundle, targets, method="stats", seed=seed, device="cpu", checkpoint_hook=hook,
-               select=False)
+               select=False, target_scale=args.target_scale)
     stats_s = time.perf_counter() - t0
     stats_rows = [dict(c, **measured[c["iteration"]]) for c in st.provenance["selection"]["checkpoints"]]
     measured.clear()
@@ -169,7 +190,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
                select=False, source_augment=args.source_augment, lr=args.lr,
                mi_weight=args.mi_weight, freeze_encoder=args.freeze_encoder,
                pseudo_threshold=args.pseudo_threshold, average=None, norm=args.norm,
-               pseudo_labels=args.pseudo_labels)
+               pseudo_labels=args.pseudo_labels, target_scale=args.target_scale)
     cpu_s, wall_s = time.process_time() - c0, time.perf_counter() - t0
     rows = [dict(c, **measured[c["iteration"]]) for c in ad.provenance["selection"]["checkpoints"]]
     chosen = choose(rows)
@@ -191,6 +212,8 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
         "source_augment": ad.provenance["source_augment"],
         "norm": ad.provenance["norm"],
         "pseudo_labels": ad.provenance["pseudo_labels"],
+        "target_scale": ad.provenance["target_scale"],
+        "evaluate": args.evaluate,
         "seconds_per_iteration_cpu": round(cpu_s / args.iters, 3),
     }
     print(json.dumps({k: out[k] for k in ("domain", "seed", "parent", "stats", "mani",
@@ -342,6 +365,11 @@ def main() -> None:
     p.add_argument("--pseudo-labels", default="online", choices=["online", "parent"],
                    help="target foreground of the MI term: the adapted network's own (paper) or "
                         "the frozen parent's")
+    p.add_argument("--target-scale", default="native", choices=["model", "native"],
+                   help="scale of the target crops (adapt's target_scale)")
+    p.add_argument("--evaluate", default="native", choices=["native", "pipeline"],
+                   help="score the network on the tiles' own pixels (native) or through the "
+                   "bundle's default inference with its scale decision (pipeline)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoders only")
     p.add_argument("--source-augment", default="training",
                    help="augmentation of the replay batches (adapt's source_augment)")

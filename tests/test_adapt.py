@@ -276,6 +276,8 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
             "--freeze-encoder",
             "--pseudo-labels",
             "parent",
+            "--target-scale",
+            "model",
             "--quiet",
         ]
     )
@@ -290,6 +292,7 @@ def test_cli_adapt(parent_file, tmp_path, capsys):
     assert prov["source_augment"].startswith("none") and prov["trained_parameters"].startswith("dec")
     assert prov["weight_average"] is None  # the default: the label-free selection's checkpoint
     assert prov["pseudo_labels"].startswith("parent:")
+    assert prov["target_scale"]["mode"] == "model" and len(prov["target_scale"]["factors"]) == 2
     assert info["selection"]["returned"].startswith(("checkpoint", "the parent's weights"))
     rc = main(
         [

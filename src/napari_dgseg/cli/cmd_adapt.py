@@ -93,6 +93,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "iteration (online, the paper's; default) or the frozen parent's (parent)",
     )
     p.add_argument(
+        "--target-scale",
+        choices=["model", "native"],
+        default=None,
+        help="scale of the target crops: model (each target resampled by the factor the "
+        "parent's inference applies to it) or native (the images' own pixels); default: "
+        "the package's measured default (docs/hovernet-mani.md)",
+    )
+    p.add_argument(
         "--average",
         type=float,
         default=None,
@@ -233,6 +241,7 @@ def _adapt(args: argparse.Namespace, adapt: Any, parent: Any, out: Any, bar: Any
         source_augment=args.source_augment,
         freeze_encoder=args.freeze_encoder,
         pseudo_labels=args.pseudo_labels,
+        **({} if args.target_scale is None else {"target_scale": args.target_scale}),
         average=args.average,
         source_transform=style,
         local_alignment=args.local_alignment,

@@ -66,6 +66,7 @@ from napari_dgseg.core.losses.mani import ManiModule
 from napari_dgseg.core.models.base import normalise_input
 from napari_dgseg.core.registry import families_supporting
 from napari_dgseg.core.train.data import CropSampler, infer_task, load_sources
+from napari_dgseg.core.train.target_scale import check_target_scale, targets_at_scale
 
 Target = str | Path | np.ndarray
 AdaptProgress = Callable[[int, int, dict], Any]
@@ -104,6 +105,7 @@ class AdaptData:
     num_classes: int
     source_desc: str
     target_names: list[str] = field(default_factory=list)
+    target_scale: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -187,8 +189,16 @@ def prepare_data(
     source: str | Path | Sequence[Sample] | None = None,
     target_labels: Sequence[np.ndarray | None] | None = None,
     size: int,
+    target_scale: str = "native",
+    device: Any = "cpu",
 ) -> AdaptData:
-    """Load source and target data and check them against the crop ``size``."""
+    """Load source and target data and check them against the crop ``size``.
+
+    ``target_scale="model"`` resamples every target (and its corrected labels) by the factor the
+    parent's inference applies to it (:mod:`napari_dgseg.core.train.target_scale`) before the
+    crop-size check.
+    """
+    check_target_scale(target_scale)
     target_samples = read_targets(targets)
     if source is not None:
         domains = load_sources([source])
@@ -204,20 +214,12 @@ def prepare_data(
         desc = (
             f"replay set of {bundle.name} ({len(samples)} crops of {samples[0].image.shape[0]} px)"
         )
-    for s in target_samples:
-        h, w = s.image.shape[:2]
-        if h < size or w < size:
-            raise InputError(
-                f"target {s.name!r} is {h}x{w} px, smaller than the crop size {size}: use a smaller "
-                f"crop size (at most {min(h, w)}, a multiple of the model's divisor) or larger target images"
-            )
     if target_labels is not None:
         if len(target_labels) != len(target_samples):
             raise InputError(
                 f"target_labels has {len(target_labels)} entries for {len(target_samples)} targets; "
                 "give one (or None) per target image"
             )
-        labelled = []
         for s, lab in zip(target_samples, target_labels, strict=True):
             if lab is None:
                 continue
@@ -228,17 +230,22 @@ def prepare_data(
                     "they must match"
                 )
             s.labels = lab.astype(np.int32)
-            labelled.append(Sample(s.image, s.labels, s.name, domain="target-labelled"))
-        if labelled:
-            domains = [*domains, ("target-labelled", labelled)]
-    return AdaptData(
-        domains,
-        target_samples,
-        bool(instance),
-        int(num_classes),
-        desc,
-        [s.meta.get("image_path", s.name) for s in target_samples],
-    )
+    names = [s.meta.get("image_path", s.name) for s in target_samples]
+    target_samples, scale_report = targets_at_scale(bundle, target_samples, mode=target_scale,
+                                                    min_side=size, device=device)
+    for s in target_samples:
+        h, w = s.image.shape[:2]
+        if h < size or w < size:
+            raise InputError(
+                f"target {s.name!r} is {h}x{w} px, smaller than the crop size {size}: use a smaller "
+                f"crop size (at most {min(h, w)}, a multiple of the model's divisor) or larger target images"
+            )
+    labelled = [Sample(s.image, s.labels, s.name, domain="target-labelled")
+                for s in target_samples if s.labels is not None]
+    if labelled:
+        domains = [*domains, ("target-labelled", labelled)]
+    return AdaptData(domains, target_samples, bool(instance), int(num_classes), desc, names,
+                     scale_report)
 
 
 # --------------------------------------------------------------------------- model plumbing
@@ -275,6 +282,9 @@ SOURCE_AUGMENTS = ("training", "jitter", "none")
 #: CVPR 2022). Averaging at 0.5 won on the benchmark's selection domains and then lost to the
 #: selection on the held-out styles (docs/hovernet-mani.md), so it is an option, not the default.
 DEFAULT_AVERAGE: float | None = None
+#: Scale of the target crops (:data:`~napari_dgseg.core.train.target_scale.TARGET_SCALES`):
+#: ``model`` resamples each target as the parent's inference would; ``native`` keeps its pixels.
+DEFAULT_TARGET_SCALE = "native"
 #: Where the target foreground that MaNi's MI term pools comes from: ``online``, the network's
 #: own prediction at the same iteration (Sharma, Syed & Brown 2023, section 2: "we use a
 #: segmentation network output from the same iteration as pseudo-labels"; the default), or
@@ -483,6 +493,7 @@ def adapt_steps(
     pseudo_threshold: float = 0.5,
     average: float | None = DEFAULT_AVERAGE,
     pseudo_labels: str = "online",
+    target_scale: str = DEFAULT_TARGET_SCALE,
 ) -> Generator[AdaptStep, None, Bundle]:
     """Generator form of :func:`adapt`: yields an :class:`AdaptStep` per iteration, returns the bundle.
 
@@ -517,6 +528,7 @@ def adapt_steps(
     if pseudo_labels not in PSEUDO_LABELS:
         raise InputError(f"unknown pseudo-label source {pseudo_labels!r}; valid: "
                          f"{', '.join(PSEUDO_LABELS)}")
+    check_target_scale(target_scale)
     fam = bundle.family
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -528,11 +540,13 @@ def adapt_steps(
     if method == "stats":
         return (yield from _stats_steps(bundle, targets, holdout=holdout, select=select,
                                         device=dev, cancel=cancel, name=name, command=command,
-                                        t0=t0, size=size, hook=checkpoint_hook))
+                                        t0=t0, size=size, hook=checkpoint_hook,
+                                        target_scale=target_scale))
     check_adaptable(fam)
     src_augment, src_scale, src_desc = source_recipe(bundle, source_augment)
     crop = default_crop_size(bundle, source is not None, size)
-    data = prepare_data(bundle, targets, source=source, target_labels=target_labels, size=crop)
+    data = prepare_data(bundle, targets, source=source, target_labels=target_labels, size=crop,
+                        target_scale=target_scale, device=dev)
     train_targets, held, held_out = split_holdout(data.targets, holdout)
     model = copy.deepcopy(bundle.model).to(dev)
     _train_mode(model, norm)
@@ -702,6 +716,7 @@ def adapt_steps(
             k: bundle.provenance.get(k) for k in ("command", "sources", "val_metrics")
         },
         "targets": data.target_names,
+        "target_scale": data.target_scale,
         "labelled_targets": [s.name for s in data.targets if s.labels is not None],
         "source": data.source_desc,
         "iterations": len(history),
@@ -773,6 +788,7 @@ def _stats_steps(
     t0: float,
     size: int | None,
     hook: Callable[[int, torch.nn.Module], Any] | None = None,
+    target_scale: str = DEFAULT_TARGET_SCALE,
 ) -> Generator[AdaptStep, None, Bundle]:
     """``method="stats"``: target BatchNorm statistics (one step), judged like MaNi checkpoints."""
     from napari_dgseg.core.train.norm_stats import batchnorm_layers, norm_kind, reestimate_batchnorm
@@ -784,11 +800,14 @@ def _stats_steps(
             "use the MaNi method instead (--method mani)"
         )
     samples = read_targets(targets)
-    train_targets, held, held_out = split_holdout(samples, holdout)
+    names = [s.meta.get("image_path", s.name) for s in samples]
     divisor = int(bundle.model.divisor)
     side = size or 256
     if side % divisor:
         raise InputError(f"crop size {side} must be a multiple of {divisor} for this model")
+    samples, scale_report = targets_at_scale(bundle, samples, mode=target_scale, min_side=32,
+                                             device=device)
+    train_targets, held, held_out = split_holdout(samples, holdout)
     model = copy.deepcopy(bundle.model).to(device).eval()
     from napari_dgseg.core.train.selection import UNGUARDED
 
@@ -815,7 +834,8 @@ def _stats_steps(
         "parent_training": {
             k: bundle.provenance.get(k) for k in ("command", "sources", "val_metrics")
         },
-        "targets": [s.meta.get("image_path", s.name) for s in samples],
+        "targets": names,
+        "target_scale": scale_report,
         "labelled_targets": [],
         "source": "none (no training)",
         "iterations": 1,
@@ -1020,6 +1040,7 @@ def adapt(
     pseudo_threshold: float = 0.5,
     average: float | None = DEFAULT_AVERAGE,
     pseudo_labels: str = "online",
+    target_scale: str = DEFAULT_TARGET_SCALE,
 ) -> Bundle:
     """Adapt ``bundle`` to unlabelled ``targets`` with MaNi and return a new bundle.
 
@@ -1096,6 +1117,11 @@ def adapt(
     pseudo_labels : str
         Whose prediction gives that foreground (:data:`PSEUDO_LABELS`): ``online`` (the adapted
         network's own, as in the paper; default) or ``parent`` (the frozen parent's).
+    target_scale : str
+        ``model``: every target image (and its corrected labels) is first resampled by the factor
+        the parent's inference applies to it, so the crops show nuclei at the size the model
+        segments them at; ``native``: the images as they are. Default
+        :data:`DEFAULT_TARGET_SCALE`; recorded in ``provenance["target_scale"]`` with the factors.
 
     Returns
     -------
@@ -1134,6 +1160,7 @@ def adapt(
         pseudo_threshold=pseudo_threshold,
         average=average,
         pseudo_labels=pseudo_labels,
+        target_scale=target_scale,
     )
     from napari_dgseg.core.steps import run_steps
 

@@ -23,6 +23,14 @@ applied (``napari_dgseg.core.scale.ESTIMATE_TOLERANCE_SHARE``; 1, the whole 0.71
 segmented under every share (a variant's score is kept where its final factor differs from share
 1's). Same rule, ties to the larger share.
 
+``--study recheck`` compares the size check's modes (``napari_dgseg.core.scale_check``):
+``if-unscaled`` (shipped: a pass at a resampled grid is never re-checked) against ``back-off``
+(a pass at a *shrunk* grid whose nuclei imply a factor above the tolerance of it re-runs at the
+implied factor, at most 1). Only tiles whose estimate shrinks can differ, so only those are
+segmented (under both modes). ``--sets own`` adds tiles of the training renderer at their own
+scale (8 per domain, tile seeds from 73000): the check the tolerance study lacked (no domain's
+mean AJI lower by more than 0.002). Same rule, ties to the shipped mode.
+
 ``--sides RESULT`` replays a merged tolerance result offline for a one-sided variant: share 0.5
 on the enlarging side only (``[1, 0.5]``; a tile takes share 0.5's score where its final factor
 there is larger than share 1's, else share 1's), which is what the one-sided tolerance decides
@@ -53,10 +61,16 @@ from _scale_variants import merge_parts, segment, summarize_variants, tile_image
 
 #: Each study: the module constants of ``napari_dgseg.core.scale`` it varies, by variant name
 #: (the first is the shipped one, the base of the comparison).
-STUDIES: dict[str, dict[str, dict[str, float]]] = {
+#: A key ``module.NAME`` sets a constant of ``napari_dgseg.core.<module>`` instead.
+STUDIES: dict[str, dict[str, dict[str, Any]]] = {
     "approach": {f"{a:g}": {"ESTIMATE_APPROACH": a} for a in (1.0, 0.5, 0.0)},
     "tolerance": {f"{s:g}": {"ESTIMATE_TOLERANCE_SHARE": s} for s in (1.0, 0.5, 0.0)},
+    "recheck": {m: {"inference.DEFAULT_SIZE_CHECK": m} for m in ("if-unscaled", "back-off")},
 }
+#: ``--sets own``: training-renderer domains and tiles per domain at their own scale.
+OWN_DOMAINS = ("clean", "pale-scanner", "dark-stain", "blurry-jpeg", "warm-scanner")
+OWN_PER_DOMAIN = 8
+OWN_SEED = 73000
 #: The blur correction the shipped estimator uses (``scale_estimate.BLUR_CORRECTION``).
 SHIPPED_K = "0.5"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,22 +82,42 @@ def log(*parts: Any) -> None:
 
 def summarize(tiles: list[dict], study: str) -> tuple[dict, str, str]:
     names = list(STUDIES[study])
+    if study == "recheck":  # ties to the shipped mode (listed first)
+        return summarize_variants(tiles, names, names[0], study, lambda v: -names.index(v))
     return summarize_variants(tiles, names, names[0], study, lambda v: float(v))
+
+
+def own_scale_summary(tiles: list[dict], study: str) -> dict[str, dict[str, float]]:
+    """Mean Dice / AJI per training domain and variant on the ``own`` tiles."""
+    out: dict[str, dict[str, float]] = {}
+    for t in (t for t in tiles if t["set"] == "own"):
+        for v in STUDIES[study]:
+            sc = t["scores"][v]
+            cell = out.setdefault(t["meta"]["domain"], {}).setdefault(v, {"dice": 0.0, "aji": 0.0, "n": 0})
+            cell["dice"] += sc["dice"]
+            cell["aji"] += sc["aji"]
+            cell["n"] += 1
+    return {d: {v: {"dice": round(c["dice"] / c["n"], 4), "aji": round(c["aji"] / c["n"], 4)}
+                for v, c in per.items()} for d, per in out.items()}
 
 
 @contextmanager
 def constants(values: dict[str, float]) -> Iterator[None]:
     """Set module constants of ``napari_dgseg.core.scale`` for the duration."""
-    import napari_dgseg.core.scale as scale_mod
+    import importlib
 
-    before = {k: getattr(scale_mod, k) for k in values}
+    def target(key: str) -> tuple[Any, str]:
+        module, _, name = key.rpartition(".")
+        return importlib.import_module(f"napari_dgseg.core.{module or 'scale'}"), name
+
+    before = {k: getattr(*target(k)) for k in values}
     try:
         for k, v in values.items():
-            setattr(scale_mod, k, v)
+            setattr(*target(k), v)
         yield
     finally:
         for k, v in before.items():
-            setattr(scale_mod, k, v)
+            setattr(*target(k), v)
 
 
 def run(sets: list[str], source: Path, model: str, study: str) -> list[dict]:
@@ -96,6 +130,8 @@ def run(sets: list[str], source: Path, model: str, study: str) -> list[dict]:
     tiles = [t for t in json.loads(source.read_text())["tiles"] if t["set"] in sets]
     out: list[dict] = []
     t0 = time.perf_counter()
+    if "own" in sets:
+        out += own_scale_rows(bundle, variants)
     for t in tiles:
         size = t["estimates"][SHIPPED_K]
         factors = {}
@@ -105,7 +141,8 @@ def run(sets: list[str], source: Path, model: str, study: str) -> list[dict]:
                     bundle.scale, estimate=lambda s=size: {"object_size_px": s}).factor, 4)
         row = {"set": t["set"], "index": t["index"], "meta": t["meta"],
                "true_px": round(t["true_px"], 3), "estimate_px": size, "factors": factors}
-        if study == "tolerance" or len(set(factors.values())) > 1:
+        shrinks = study == "recheck" and factors[base] < 1.0
+        if study == "tolerance" or shrinks or len(set(factors.values())) > 1:
             img, lab = tile_image(t)
             scores = {}
             for name, values in variants.items():
@@ -119,6 +156,28 @@ def run(sets: list[str], source: Path, model: str, study: str) -> list[dict]:
                     f"({time.perf_counter() - t0:.0f} s)")
         out.append(row)
     return out
+
+
+def own_scale_rows(bundle: Any, variants: dict[str, dict[str, Any]]) -> list[dict]:
+    """Training-renderer tiles at their own scale, each segmented under every variant (the
+    shipped estimator runs: nothing replaced)."""
+    from _scale_variants import ESTIMATOR
+
+    from napari_dgseg.core.data.synthetic import item_seed, make_nuclei
+
+    rows = []
+    for d, domain in enumerate(OWN_DOMAINS):
+        for i in range(OWN_PER_DOMAIN):
+            seed = item_seed(OWN_SEED + d, i)
+            img, lab = make_nuclei(256, domain, seed)
+            scores = {}
+            for name, values in variants.items():
+                with constants(values):
+                    scores[name] = segment(bundle, img, lab, ESTIMATOR)
+            rows.append({"set": "own", "index": i, "meta": {"domain": domain, "seed": seed},
+                         "scores": scores})
+            log("own", domain, i, scores)
+    return rows
 
 
 def replay_enlarging_side(result: dict) -> dict:
@@ -144,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--study", default="approach", choices=sorted(STUDIES))
     ap.add_argument("--source", default=str(RESULTS / "scale_blur.json"),
                     help="scale_blur.py's result (tiles and their estimates)")
-    ap.add_argument("--sets", nargs="+", default=["random", "tuning"], choices=["random", "tuning"])
+    ap.add_argument("--sets", nargs="+", default=["random", "tuning"],
+                    choices=["random", "tuning", "own"])
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="combine partial results")
     ap.add_argument("--out")
     ap.add_argument("--sides", metavar="JSON", help="replay a merged tolerance result one-sided")
@@ -165,8 +225,12 @@ def main(argv: list[str] | None = None) -> dict:
                               "variants": STUDIES[args.study],
                               "tiles": tiles, "seconds": seconds,
                               "machine": machine_state(load_before)}
-    if {t["set"] for t in tiles} == {"random", "tuning"}:
-        result["summary"], result["chosen"], result["markdown"] = summarize(tiles, args.study)
+    sets = {t["set"] for t in tiles}
+    if {"random", "tuning"} <= sets:
+        synthetic = [t for t in tiles if t["set"] != "own"]
+        result["summary"], result["chosen"], result["markdown"] = summarize(synthetic, args.study)
+    if "own" in sets:
+        result["own_scale"] = own_scale_summary(tiles, args.study)
     emit(result, args.out)
     return result
 

@@ -7,7 +7,12 @@ import pytest
 
 from napari_dgseg.core.errors import InputError
 from napari_dgseg.core.scale import ScaleDecision, measure_object_size, resolve_scale
-from napari_dgseg.core.scale_check import MIN_INSTANCES, SIZE_CHECK_MODES, check_scale
+from napari_dgseg.core.scale_check import (
+    DEFAULT_SIZE_CHECK,
+    MIN_INSTANCES,
+    SIZE_CHECK_MODES,
+    check_scale,
+)
 
 #: A model trained with object-size augmentation 0.7-1.4x (the shipped nuclei models' record).
 TRAINED = {"pixel_size_um": 0.25, "object_size_px": 16.0, "train_range": [0.7, 1.4]}
@@ -83,19 +88,39 @@ def test_wrong_estimate_is_corrected_from_the_pass_at_its_factor():
     assert "size check" in dec.reason and dec.as_dict()["check"]["passes"][0]["factor"] == 0.5
 
 
-def test_default_mode_does_not_recheck_a_pass_at_the_estimates_factor():
-    """``if-unscaled`` (the default): a pass at a resampled grid is kept, its size recorded."""
+def test_if_unscaled_mode_does_not_recheck_a_pass_at_the_estimates_factor():
+    """``if-unscaled`` (the default until 2026-12-02): a pass at a resampled grid is kept, its
+    size recorded."""
     model = IdealModel(16.0)
-    result, dec = check_scale(estimated(32.0), TRAINED, model, shape=(256, 256))
+    result, dec = check_scale(estimated(32.0), TRAINED, model, mode="if-unscaled",
+                              shape=(256, 256))
     assert model.calls == [0.5] and result == "pass at 0.5" and dec.factor == pytest.approx(0.5)
     check = dec.as_dict()["check"]
     assert check["mode"] == "if-unscaled"
     assert check["passes"][0]["implied_factor"] == pytest.approx(1.0, abs=0.02)
     assert "not acted on" in check["why"] and "size check" in dec.reason
     model = IdealModel(8.0)  # the estimate not applied: the pass at 1 may ask for a second one
-    _, dec = check_scale(estimated(None), TRAINED, model, shape=(256, 256))
+    _, dec = check_scale(estimated(None), TRAINED, model, mode="if-unscaled", shape=(256, 256))
     assert len(model.calls) == 2 and model.calls[0] == 1.0
     assert dec.factor == pytest.approx(model.calls[1], abs=1e-4) and 1.9 < dec.factor < 2.1
+
+
+def test_back_off_mode_undoes_a_shrink_that_went_too_far_and_nothing_else():
+    """``back-off`` (the default): a pass at a shrunk grid whose nuclei imply enlarging beyond the tolerance
+    re-runs at the implied factor (at most 1); passes that agree, or ask to shrink further, stay."""
+    assert DEFAULT_SIZE_CHECK == "back-off"
+    model = IdealModel(20.0)  # the estimate reads 32 px (x0.5) where the nuclei are 20 px (x0.8)
+    result, dec = check_scale(estimated(32.0), TRAINED, model, shape=(256, 256))
+    assert model.calls[0] == 0.5 and len(model.calls) == 2
+    assert dec.factor == pytest.approx(0.8, abs=0.02) and result == f"pass at {model.calls[1]:.4g}"
+    assert "shrunk too far" in dec.reason and dec.as_dict()["check"]["kept"] == 1
+    model = IdealModel(12.0)  # implied x1.33: brought back to x1 at most, not enlarged
+    _, dec = check_scale(estimated(40.0), TRAINED, model, mode="back-off", shape=(256, 256))
+    assert model.calls == [0.4, 1.0] and not dec.applied and dec.factor == 1.0
+    for true, est in ((32.0, 32.0), (40.0, 24.0)):  # right, or shrink further: kept as it is
+        model = IdealModel(true)
+        _, dec = check_scale(estimated(est), TRAINED, model, mode="back-off", shape=(256, 256))
+        assert model.calls == [round(16.0 / est, 4)] and dec.factor == pytest.approx(16.0 / est)
 
 
 def test_agree_mode_resamples_only_when_both_agree():

@@ -36,6 +36,34 @@ def test_stain_jitter_changes_nuclei_and_stroma_differently(tile):
     assert np.ptp(ratios) > 0.03
 
 
+def test_nucleus_jitter_pales_some_nuclei_each_on_its_own_and_leaves_the_rest(tile):
+    """``stain-nuclei``: each chosen nucleus's haematoxylin is scaled by its own factor; pixels
+    away from every nucleus do not change."""
+    from scipy import ndimage as ndi
+
+    from napari_dgseg.core.input_features import OD_TO_STAIN
+
+    out = aug.nucleus_jitter(tile.image, tile.labels, np.random.default_rng(4))
+    assert out.shape == tile.image.shape and out.dtype == np.uint8
+    far = ~ndi.binary_dilation(tile.labels > 0, iterations=4)
+    assert np.abs(out[far].astype(int) - tile.image[far]).max() <= 1  # round trip only
+
+    def h_density(img, lab, i):
+        od = -np.log10((img[lab == i].astype(float) + 1.0) / 256.0)
+        return float((od @ OD_TO_STAIN)[:, 0].mean())
+
+    ids = np.unique(tile.labels)[1:]
+    ratios = np.array([h_density(out, tile.labels, i) / h_density(tile.image, tile.labels, i)
+                       for i in ids])
+    paled = ratios < 0.95
+    assert 0.2 < paled.mean() < 0.8  # about half of the nuclei (P_NUCLEUS)
+    assert ratios.min() > aug.NUCLEUS_SCALE[0] * 0.8 and ratios.max() < 1.05
+    assert np.ptp(ratios[paled]) > 0.1  # each by its own factor, not one for the crop
+    sampler = CropSampler([("d", [tile])], size=64, num_classes=2, instance=True, seed=0,
+                          augment="stain-nuclei")
+    assert sampler.batch(2)["image"].shape == (2, 3, 64, 64)
+
+
 def test_camera_jitter_and_jpeg(tile):
     out = aug.camera_jitter(tile.image, np.random.default_rng(0))
     assert out.shape == tile.image.shape and out.dtype == np.uint8

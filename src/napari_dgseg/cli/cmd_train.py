@@ -34,9 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="network input: RGB, RGB beside per-image scaled H&E stain densities "
                         "(rgb+stain), or RGB beside the per-image scaled green-channel top-hat "
                         "(rgb+vessel, fundus) (default rgb)")
-    p.add_argument("--augment", choices=["none", "camera", "stain", "fundus"], default="none",
-                   help="training augmentation: camera effects, H&E stain jitter + camera, or "
-                        "fundus colour/illumination jitter + camera (default none)")
+    p.add_argument("--augment", choices=["none", "camera", "stain", "stain-nuclei", "fundus"],
+                   default="none",
+                   help="training augmentation: camera effects, H&E stain jitter + camera, "
+                        "stain-nuclei (each nucleus's haematoxylin scaled on its own, then stain "
+                        "jitter + camera), or fundus colour/illumination jitter + camera "
+                        "(default none)")
     p.add_argument("--scale-range", nargs=2, type=float, metavar=("LOW", "HIGH"),
                    help="object-size augmentation: magnify crops by a factor in [LOW, HIGH]")
     p.add_argument("--pixel-size", type=float, metavar="UM",

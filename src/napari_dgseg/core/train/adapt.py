@@ -284,7 +284,7 @@ SOURCE_AUGMENTS = ("training", "jitter", "none")
 DEFAULT_AVERAGE: float | None = None
 #: Scale of the target crops (:data:`~napari_dgseg.core.train.target_scale.TARGET_SCALES`):
 #: ``model`` resamples each target as the parent's inference would; ``native`` keeps its pixels.
-DEFAULT_TARGET_SCALE = "native"
+DEFAULT_TARGET_SCALE = "model"
 #: Where the target foreground that MaNi's MI term pools comes from: ``online``, the network's
 #: own prediction at the same iteration (Sharma, Syed & Brown 2023, section 2: "we use a
 #: segmentation network output from the same iteration as pseudo-labels"; the default), or

@@ -130,7 +130,8 @@ class CropSampler:
     seed : int
     augment : str
         ``none``, ``camera`` (white balance, gamma, contrast, blur, noise, JPEG), ``stain``
-        (H&E stain jitter, then camera) or ``fundus`` (channel gains, saturation, illumination,
+        (H&E stain jitter, then camera), ``stain-nuclei`` (each nucleus's haematoxylin scaled on
+        its own, then stain and camera) or ``fundus`` (channel gains, saturation, illumination,
         sharpening, then camera; :mod:`napari_dgseg.core.train.augment`).
     scale_range : (float, float), optional
         Object-size augmentation: each crop is magnified by a factor drawn log-uniformly from
@@ -178,7 +179,14 @@ class CropSampler:
             if self.augment == "fundus":
                 img = fundus_jitter(img, self.rng)
             else:
-                if self.augment == "stain":
+                if self.augment == "stain-nuclei":
+                    from scipy import ndimage as ndi
+
+                    from napari_dgseg.core.train.augment import nucleus_jitter
+
+                    regions = lab if self.instance else ndi.label(lab > 0)[0]
+                    img = nucleus_jitter(img, regions, self.rng)
+                if self.augment in ("stain", "stain-nuclei"):
                     img = stain_jitter(img, self.rng)
                 img = camera_jitter(img, self.rng)
         k = int(self.rng.integers(0, 4))

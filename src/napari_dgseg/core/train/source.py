@@ -37,7 +37,7 @@ from napari_dgseg.core.train.data import (
 
 TrainProgress = Callable[[int, int, dict], Any]
 #: Valid ``augment`` values (see :class:`~napari_dgseg.core.train.data.CropSampler`).
-AUGMENTS = ("none", "camera", "stain", "fundus")
+AUGMENTS = ("none", "camera", "stain", "stain-nuclei", "fundus")
 
 CLASS_NAMES = {
     "nuclei": ("background", "nucleus"),

@@ -97,8 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["model", "native"],
         default=None,
         help="scale of the target crops: model (each target resampled by the factor the "
-        "parent's inference applies to it) or native (the images' own pixels); default: "
-        "the package's measured default (docs/hovernet-mani.md)",
+        "parent's inference applies to it; default) or native (the images' own pixels)",
     )
     p.add_argument(
         "--average",

@@ -122,3 +122,28 @@ def test_cli_choices_are_the_modes():
     action = next(a for sub in parser._subparsers._group_actions
                   for a in sub.choices["adapt"]._actions if a.dest == "target_scale")
     assert sorted(action.choices) == sorted(ts.TARGET_SCALES)
+
+
+def test_adapted_bundle_keeps_the_parents_scale_inference_and_colour_records(tmp_path):
+    """An adapted model is resampled and normalised as its parent is: the parent's training
+    scale, measured inference choices and colour-normalisation record carry over (and survive a
+    save); its held-out evaluation does not (it describes the parent's weights)."""
+    from napari_dgseg.core.bundle import load_bundle
+    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.resample import zoom_image
+    from napari_dgseg.core.train.adapt import INHERITED_RECORDS, adapt
+
+    parent = load_bundle("nuclei-hovernet")
+    assert all(k in parent.manifest for k in INHERITED_RECORDS) and "evaluation" in parent.manifest
+    tiles = [make_nuclei(192, "clean", 40 + i)[0] for i in range(2)]
+    adapted = adapt(parent, tiles, method="stats", device="cpu")
+    adapted.save(tmp_path / "a.dgseg")
+    again = load_bundle(tmp_path / "a.dgseg")
+    for key in INHERITED_RECORDS:
+        assert again.manifest[key] == parent.manifest[key], key
+    assert "evaluation" not in again.manifest
+    assert again.scale == parent.scale  # the size tolerance the parent recorded included
+    small = np.clip(np.rint(zoom_image(make_nuclei(320, "clean", 11)[0], 0.6)), 0, 255).astype(np.uint8)
+    mine = again.predict(small, device="cpu").provenance["scale"]
+    theirs = parent.predict(small, device="cpu").provenance["scale"]
+    assert mine["proposed"] == theirs["proposed"] and mine["applied"] == theirs["applied"]

@@ -80,7 +80,9 @@ def predict_streamed(args: argparse.Namespace, bundle: Any, path: Path, out: Pat
         overwrite=args.overwrite, outputs=outputs, tile=args.tile, overlap=args.overlap,
         batch=args.batch, device=args.device, dcin=args.dcin, dcin_method=args.dcin_method,
         reference=args.reference,
-        rescale=args.rescale, scale=args.scale, mpp=args.mpp, object_size=args.object_size,
+        # --rescale shared: a slide streamed block by block keeps its own decision
+        rescale="auto" if args.rescale == "shared" else args.rescale, scale=args.scale,
+        mpp=args.mpp, object_size=args.object_size,
         instances=True if getattr(args, "instances", False) else None,
         tta=tta_arg(args),
     )

@@ -10,6 +10,7 @@ error and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,35 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"model {bundle.name!r} has no local feature mask (no D1); adapt it "
                              "with `dgseg adapt --local-alignment`, or drop --local-mask")
     paths = expand_inputs(args.inputs)
+    if args.rescale == "shared":
+        args.shared_scale = _shared_scale(bundle, paths, args.block_size)
     if streamed_out(args) is not None:  # one slide streamed into an OME-Zarr folder
         refuse_for_streaming(args)
         return _predict_zarr(args, bundle, paths)
     with output_dir(args.out):  # a run that fails before writing leaves no empty folder behind
         out = output_folder(args.out)
         return _predict_batch(args, bundle, paths, out)
+
+
+def _shared_scale(bundle: Any, paths: list[Path], block_size: Any) -> dict:
+    """``--rescale shared``: one factor from the inputs without a pixel size (slides streamed
+    block by block keep their own decision)."""
+    from napari_dgseg.core.scale_batch import shared_scale
+    from napari_dgseg.core.slide import open_image
+
+    def images():
+        for path in paths:
+            opened = open_image(path)
+            try:
+                if not opened.pixel_size_um and not needs_streaming(opened, bundle,
+                                                                    block_size=block_size):
+                    yield opened.full
+            finally:
+                opened.close()
+
+    found = shared_scale(bundle.manifest, images())
+    print(f"dgseg predict: {found['reason']}", file=sys.stderr)
+    return found
 
 
 def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out: Path) -> int:
@@ -112,6 +136,8 @@ def _predict_batch(args: argparse.Namespace, bundle: Any, paths: list[Path], out
     rows, failed, skipped = run_jobs("predict", args, bundle, out, jobs, _predict_job,
                                      label=lambda j: str(j[0]))
     summary = {"model": bundle.name, "model_sha256": bundle.sha256, "outputs": rows}
+    if getattr(args, "shared_scale", None):
+        summary["shared_scale"] = args.shared_scale
     return report_batch(summary, jobs, failed, skipped)
 
 
@@ -152,6 +178,8 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
                           **scale_kwargs(args, opened.pixel_size_um))
     provenance = {**pred.provenance, "source_image": str(path.resolve()),
                   "pixel_size_um": opened.pixel_size_um, "classes": list(pred.class_names)}
+    if getattr(args, "shared_scale", None) and not opened.pixel_size_um:
+        provenance["scale"] = {**provenance["scale"], "shared": args.shared_scale}
     # every output sits on the image: its micrometre pixel size (origin: the image's own)
     placement = Placement(scale=opened.pixel_size_um) if opened.pixel_size_um else None
     labels_path = write_labels(out / f"{stem}_labels.tif", pred.labels, provenance,
@@ -179,6 +207,8 @@ def _predict_one(args: argparse.Namespace, bundle, out: Path, path: Path, stem: 
             row["normalized"][branch] = str(dest)
     row["dcin"] = pred.provenance["dcin"]["mode"]
     row["scale"] = {k: pred.provenance["scale"][k] for k in ("factor", "source", "proposed")}
+    if "shared" in provenance["scale"]:
+        row["scale"]["source"] = "shared"
     if pred.provenance["dcin"].get("guard"):
         row["dcin_guard"] = pred.provenance["dcin"]["guard"]["reason"]
     if args.probabilities and pred.probabilities is not None:

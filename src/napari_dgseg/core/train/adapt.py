@@ -65,6 +65,7 @@ from napari_dgseg.core.limits import safe_file_stem
 from napari_dgseg.core.losses.mani import ManiModule
 from napari_dgseg.core.models.base import normalise_input
 from napari_dgseg.core.registry import families_supporting
+from napari_dgseg.core.scale import SCALE_KEY
 from napari_dgseg.core.train.data import CropSampler, infer_task, load_sources
 from napari_dgseg.core.train.target_scale import check_target_scale, targets_at_scale
 
@@ -1194,6 +1195,10 @@ def parent_sha256(bundle: Bundle) -> str:
     return sha256_bytes(copy.copy(bundle).to_bytes())
 
 
+#: Manifest records an adapted bundle takes from its parent (:func:`make_adapted_bundle`).
+INHERITED_RECORDS = (SCALE_KEY, "inference", "dcin")
+
+
 def make_adapted_bundle(
     parent: Bundle,
     model: torch.nn.Module,
@@ -1202,7 +1207,13 @@ def make_adapted_bundle(
     *,
     name: str | None = None,
 ) -> Bundle:
-    """New bundle: adapted weights, the parent's extra files (replay set, bank), and the MaNi head."""
+    """New bundle: adapted weights, the parent's extra files (replay set, bank), and the MaNi head.
+
+    The parent's records of how the model is used carry over (:data:`INHERITED_RECORDS`: its
+    training scale, its measured inference choices, its colour-normalisation bank record), so the
+    adapted model is resampled, normalised and post-processed as its parent is; its evaluation
+    records do not (they describe the parent's weights).
+    """
     extras = {}
     for fname in parent.tensor_files:
         if fname != WEIGHTS:
@@ -1211,7 +1222,7 @@ def make_adapted_bundle(
         extras["mani"] = {k: v.detach().cpu().contiguous() for k, v in mani.state_dict().items()}
     how = "MaNi-adapted" if mani is not None else "target-statistics-adapted"
     fam = parent.family
-    return Bundle.create(
+    bundle = Bundle.create(
         model,
         parent.family_name,
         fam.make_config(parent.config),
@@ -1223,7 +1234,12 @@ def make_adapted_bundle(
         provenance=provenance,
         extras=extras,
         description=f"{parent.manifest.get('description', '')} ({how} from {parent.name})",
+        scale=parent.manifest.get(SCALE_KEY),
     )
+    for key in INHERITED_RECORDS[1:]:
+        if key in parent.manifest:
+            bundle.manifest[key] = copy.deepcopy(parent.manifest[key])
+    return bundle
 
 
 def _base_name(name: str) -> str:

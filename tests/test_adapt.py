@@ -343,9 +343,9 @@ def test_default_adapt_is_not_worse_than_its_parent_on_held_out_target_tiles():
     torch.set_num_threads(1)
     adapted = adapt(parent, tiles, device="cpu")
 
-    def dice(b):
-        return np.mean([instance_scores(b.predict(im, device="cpu", pixel_size_um=0.25).labels,
-                                        lab)["dice"] for im, lab in test])
+    def dice(b):  # through the default pipeline (scale estimate and check), as `dgseg predict`
+        return np.mean([instance_scores(b.predict(im, device="cpu").labels, lab)["dice"]
+                        for im, lab in test])
 
     sel = adapted.provenance["selection"]
     assert sel["held_out"] and sel["held_out_images"] == 4

@@ -76,3 +76,20 @@ def test_cli_applies_the_shared_factor_to_every_tile_and_records_it(tiny_bundle,
     captured = capsys.readouterr()
     assert rc == 2 and "--rescale shared estimates one factor" in captured.err
     assert "Traceback" not in captured.err and not (tmp_path / "o2").exists()
+
+
+def test_a_broken_file_in_the_batch_fails_alone(tiny_bundle, tmp_path, capsys):
+    from skimage.io import imsave
+
+    from napari_dgseg.cli import main
+
+    for i, t in enumerate(_small_nuclei_tiles(2)):
+        imsave(tmp_path / f"t{i}.png", t, check_contrast=False)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rc = main(["predict", "--model", str(tmp_path / "tiny.dgseg"), "--out", str(tmp_path / "o"),
+               "--rescale", "shared", "--quiet", str(tmp_path / "t0.png"), str(tmp_path / "t1.png"),
+               str(tmp_path / "broken.png")])
+    captured = capsys.readouterr()
+    assert rc != 0 and "Traceback" not in captured.err and "broken.png" in captured.err
+    out = json.loads(captured.out)
+    assert out["shared_scale"]["images"] == 2 and len(out["outputs"]) == 2

@@ -30,7 +30,7 @@ from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.cli._scale import add_scale_args, check_scale_args, scale_kwargs
 from napari_dgseg.cli._slide import add_slide_args, needs_streaming, predict_streamed, streamed_out
 from napari_dgseg.core.atomic import atomic_write
-from napari_dgseg.core.errors import InputError
+from napari_dgseg.core.errors import ImageReadError, InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,7 +108,10 @@ def _shared_scale(bundle: Any, paths: list[Path], block_size: Any) -> dict:
 
     def images():
         for path in paths:
-            opened = open_image(path)
+            try:
+                opened = open_image(path)
+            except (InputError, ImageReadError):  # reported with the batch's failures in its turn
+                continue
             try:
                 if not opened.pixel_size_um and not needs_streaming(opened, bundle,
                                                                     block_size=block_size):

@@ -69,3 +69,28 @@ def test_run_folder_refuses_a_file(widget, tmp_path):
     f.write_bytes(b"")
     assert widget.run_folder(f, tmp_path / "out", sync=True) == []
     assert "not a folder" in widget.status
+
+
+def test_run_folder_with_one_scale_for_all_images(widget, tmp_path):
+    """"one scale for all images": every image without a pixel size gets the folder's factor
+    (the median of their size estimates), recorded in each mask's provenance."""
+    from skimage.io import imsave
+
+    from napari_dgseg.core.data.synthetic import make_nuclei
+    from napari_dgseg.core.labels_io import read_labels
+    from napari_dgseg.core.resample import zoom_image
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    big, _ = make_nuclei(720, "clean", seed=21)
+    small = np.clip(np.rint(zoom_image(big, 0.55)), 0, 255).astype(np.uint8)  # nuclei 0.55x
+    for i in range(3):
+        imsave(src / f"t{i}.png", small[:128, i * 128:(i + 1) * 128], check_contrast=False)
+    assert widget.scale_controls.mode() == "auto"
+    widget.shared_scale_check.setChecked(True)
+    rows = widget.run_folder(src, out, sync=True)
+    assert [r.ok for r in rows] == [True, True, True]
+    records = [read_labels(out / f"t{i}_labels.tif")[1]["scale"] for i in range(3)]
+    assert all("shared" in r for r in records)
+    assert len({r["factor"] for r in records}) == 1 and records[0]["factor"] > 1.2  # enlarged
+    assert records[0]["shared"]["estimated"] == 3

@@ -9,6 +9,11 @@ written as ``<stem>_labels.tif`` with its provenance by the CLI's writer
 (:func:`napari_dgseg.core.labels_io.write_labels`). One :class:`FileResult` per file is yielded
 as soon as the file is done (the widget's result table); a file that cannot be read or segmented
 gets its one-line error and the batch goes on. Progress is counted in files.
+
+With ``shared_scale`` (the widget's "one scale for the folder"), the images without a pixel size
+of their own are first read by the size estimator and all segmented at one factor, decided from
+the median of their estimates (:func:`napari_dgseg.core.scale_batch.shared_scale`; ``dgseg
+predict --rescale shared``), as tiles of one slide should be.
 """
 
 from __future__ import annotations
@@ -71,6 +76,33 @@ class FolderJob:
     scale_kwargs: dict[str, Any] = field(default_factory=dict)
     #: Flip test-time augmentation (None: the model's recorded default).
     tta: bool | None = None
+    #: One factor for every image without a pixel size (only when the Scale field is ``auto``).
+    shared_scale: bool = False
+
+    def _shared(self, cancel: threading.Event) -> dict[str, Any] | None:
+        """The folder's shared scale decision, or None when not asked for or not applicable."""
+        from napari_dgseg.core.scale_batch import shared_scale
+        from napari_dgseg.core.slide import open_image
+
+        given = any(self.scale_kwargs.get(k) is not None for k in ("scale", "mpp", "object_size"))
+        if not self.shared_scale or self.scale_kwargs.get("rescale", "auto") != "auto" or given:
+            return None
+
+        def images():
+            for path in self.inputs:
+                check_cancel(cancel)
+                try:
+                    opened = open_image(path)
+                except (DgsegError, OSError, ValueError):
+                    continue  # its row says why when its turn comes
+                try:
+                    if not opened.pixel_size_um:
+                        yield opened.full
+                finally:
+                    opened.close()
+
+        found = shared_scale(self.bundle.manifest, images())
+        return found if found["factor"] is not None else None
 
     def __call__(
         self, progress: ProgressFn, cancel: threading.Event
@@ -87,14 +119,17 @@ class FolderJob:
         rows: list[FileResult] = []
         total = len(self.inputs)
         progress(0, total)
+        shared = self._shared(cancel)
         for i, path in enumerate(self.inputs):
             check_cancel(cancel)
             try:
                 opened = open_image(path)
+                scale_kwargs = {**self.scale_kwargs, "pixel_size_um": opened.pixel_size_um}
+                if shared is not None and not opened.pixel_size_um:
+                    scale_kwargs["scale"] = shared["factor"]
                 pred = self.bundle.predict(
                     opened.full, tile=self.tile, overlap=self.overlap, device=self.device,
-                    dcin=self.dcin, cancel=cancel, tta=self.tta,
-                    **{**self.scale_kwargs, "pixel_size_um": opened.pixel_size_um},
+                    dcin=self.dcin, cancel=cancel, tta=self.tta, **scale_kwargs,
                 )
                 labels = pred.labels
                 provenance = {
@@ -103,6 +138,8 @@ class FolderJob:
                     "pixel_size_um": opened.pixel_size_um,
                     "classes": list(pred.class_names),
                 }
+                if shared is not None and not opened.pixel_size_um:
+                    provenance["scale"] = {**provenance["scale"], "shared": shared}
                 if tuned and pred.probabilities is not None:
                     labels = relabel(
                         pred.probabilities, self.threshold, self.min_size,

@@ -81,27 +81,13 @@ class FolderJob:
 
     def _shared(self, cancel: threading.Event) -> dict[str, Any] | None:
         """The folder's shared scale decision, or None when not asked for or not applicable."""
-        from napari_dgseg.core.scale_batch import shared_scale
-        from napari_dgseg.core.slide import open_image
+        from napari_dgseg.core.scale_batch import images_without_pixel_size, shared_scale
 
         given = any(self.scale_kwargs.get(k) is not None for k in ("scale", "mpp", "object_size"))
         if not self.shared_scale or self.scale_kwargs.get("rescale", "auto") != "auto" or given:
             return None
-
-        def images():
-            for path in self.inputs:
-                check_cancel(cancel)
-                try:
-                    opened = open_image(path)
-                except (DgsegError, OSError, ValueError):
-                    continue  # its row says why when its turn comes
-                try:
-                    if not opened.pixel_size_um:
-                        yield opened.full
-                finally:
-                    opened.close()
-
-        found = shared_scale(self.bundle.manifest, images())
+        images = images_without_pixel_size(self.inputs, before_each=lambda: check_cancel(cancel))
+        found = shared_scale(self.bundle.manifest, images)
         return found if found["factor"] is not None else None
 
     def __call__(

@@ -30,7 +30,7 @@ from napari_dgseg.cli._progress import ProgressBar
 from napari_dgseg.cli._scale import add_scale_args, check_scale_args, scale_kwargs
 from napari_dgseg.cli._slide import add_slide_args, needs_streaming, predict_streamed, streamed_out
 from napari_dgseg.core.atomic import atomic_write
-from napari_dgseg.core.errors import ImageReadError, InputError
+from napari_dgseg.core.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,23 +103,11 @@ def run(args: argparse.Namespace) -> int:
 def _shared_scale(bundle: Any, paths: list[Path], block_size: Any) -> dict:
     """``--rescale shared``: one factor from the inputs without a pixel size (slides streamed
     block by block keep their own decision)."""
-    from napari_dgseg.core.scale_batch import shared_scale
-    from napari_dgseg.core.slide import open_image
+    from napari_dgseg.core.scale_batch import images_without_pixel_size, shared_scale
 
-    def images():
-        for path in paths:
-            try:
-                opened = open_image(path)
-            except (InputError, ImageReadError):  # reported with the batch's failures in its turn
-                continue
-            try:
-                if not opened.pixel_size_um and not needs_streaming(opened, bundle,
-                                                                    block_size=block_size):
-                    yield opened.full
-            finally:
-                opened.close()
-
-    found = shared_scale(bundle.manifest, images())
+    images = images_without_pixel_size(
+        paths, keep=lambda opened: not needs_streaming(opened, bundle, block_size=block_size))
+    found = shared_scale(bundle.manifest, images)
     print(f"dgseg predict: {found['reason']}", file=sys.stderr)
     return found
 

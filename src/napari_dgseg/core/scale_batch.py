@@ -13,12 +13,13 @@ This module imports neither torch nor napari.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_ESTIMATED", "shared_scale"]
+__all__ = ["MIN_ESTIMATED", "images_without_pixel_size", "shared_scale"]
 
 #: Fewest images with a size estimate for a shared decision (else each image keeps its own).
 MIN_ESTIMATED = 1
@@ -70,3 +71,29 @@ def shared_scale(manifest: Mapping[str, Any], images: Iterable[Any]) -> dict[str
                   "object_size_px": round(median, 3),
                   "reason": (f"one factor for the batch: median nucleus size {median:.3g} px over "
                              f"{len(valid)} of {len(sizes)} images; {decision.reason}")}
+
+
+def images_without_pixel_size(
+    paths: Iterable[str | Path],
+    keep: Callable[[Any], bool] | None = None,
+    before_each: Callable[[], None] | None = None,
+) -> Iterator[Any]:
+    """The (lazy) full-resolution images of the files in ``paths`` that carry no pixel size,
+    opened one at a time and closed after use; ``keep(opened)`` filters further (e.g. slides
+    streamed block by block). A file that cannot be opened is skipped: the batch reports it when
+    its turn comes. ``before_each`` runs before each file (a cancel check)."""
+    from napari_dgseg.core.errors import DgsegError
+    from napari_dgseg.core.slide import open_image
+
+    for path in paths:
+        if before_each is not None:
+            before_each()
+        try:
+            opened = open_image(path)
+        except (DgsegError, OSError, ValueError):
+            continue
+        try:
+            if not opened.pixel_size_um and (keep is None or keep(opened)):
+                yield opened.full
+        finally:
+            opened.close()

@@ -47,13 +47,6 @@ def inference_factor(bundle: Any, image: np.ndarray, device: Any) -> dict[str, A
             "reason": str(scale.get("reason", ""))}
 
 
-def _resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    h, w = labels.shape
-    ys = np.clip(np.floor((np.arange(shape[0]) + 0.5) * h / shape[0]).astype(np.intp), 0, h - 1)
-    xs = np.clip(np.floor((np.arange(shape[1]) + 0.5) * w / shape[1]).astype(np.intp), 0, w - 1)
-    return np.ascontiguousarray(labels[ys][:, xs])
-
-
 def _mirror_to(array: np.ndarray, min_side: int) -> np.ndarray:
     ph, pw = max(0, min_side - array.shape[0]), max(0, min_side - array.shape[1])
     if not (ph or pw):
@@ -79,7 +72,7 @@ def targets_at_scale(
     min_side : int
         The crop size: a smaller resampled image is mirrored up to it.
     """
-    from napari_dgseg.core.resample import zoom_image
+    from napari_dgseg.core.resample import _nearest, zoom_image
 
     check_target_scale(mode)
     if mode == "native":
@@ -95,7 +88,7 @@ def targets_at_scale(
             out.append(s)
             continue
         image = np.clip(np.rint(zoom_image(s.image, f)), 0, 255).astype(np.uint8)
-        labels = None if s.labels is None else _resize_labels(np.asarray(s.labels), image.shape[:2])
+        labels = None if s.labels is None else _nearest(np.asarray(s.labels), image.shape[:2])
         if min(image.shape[:2]) < min_side:
             padded += 1
             image = _mirror_to(image, min_side)

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -278,6 +280,8 @@ NAMES = {"dice": "Dice", "aji": "AJI", "pq": "PQ", "cldice": "clDice"}
 def markdown(result: dict) -> str:
     """The Markdown tables of one run (one table per task and metric)."""
     label = result["label"]
+    # the command as it was run (older runs did not store it: the generic form)
+    reproduce = result.get("command") or REPRODUCE.format(label=label)
     lines = [f"<!-- generalization:{label}:begin -->",
              f"### Run `{label}` ({result['date']}, seeds {result['seeds']}, "
              f"{result['n']} tiles of {result['size']} px per seed and style, DCIN `{result['dcin']}`)",
@@ -294,7 +298,7 @@ def markdown(result: dict) -> str:
             hidx = [cols.index(c) for c in use]
             lines += [f"**{kind}, {NAMES[metric]}** (mean ± sd over seeds; `*` = a domain the "
                       "model was trained on)", "",
-                      f"Reproduce: `{REPRODUCE.format(label=label)}`", "",
+                      f"Reproduce: `{reproduce}`", "",
                       "| model | " + " | ".join(heads[i] for i in hidx) + " | mean (H) |",
                       "|---|" + "---|" * (len(use) + 1)]  # fmt: skip
             for m in task["methods"]:
@@ -318,7 +322,7 @@ def markdown(result: dict) -> str:
             lines += [f"**{kind}, share of {what} called {kind[:-1] if kind == 'vessels' else 'nucleus'}** "
                       "(held-out renderer, all styles and tiles pooled; ground truth: background; "
                       "lower is better)", "",
-                      f"Reproduce: `{REPRODUCE.format(label=label)}`", "",
+                      f"Reproduce: `{reproduce}`", "",
                       "| model | " + " | ".join(f"{n} (px)" for n in names) + " |",
                       "|---|" + "---|" * len(names)]  # fmt: skip
             for m in task["methods"]:
@@ -367,6 +371,13 @@ def merge_json(path: Path, result: dict) -> dict:
     return record
 
 
+def command_line(argv: list[str] | None) -> str:
+    """This run as a shell command (with the thread count when it was set), for Reproduce lines."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    args = shlex.join(sys.argv[1:] if argv is None else argv)
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + f"python benchmarks/generalization.py {args}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=["nuclei", "vessels", "both"], default="both")
@@ -401,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {
         "benchmark": "generalization",
         "label": args.label,
+        "command": command_line(argv),
         "date": time.strftime("%Y-%m-%d"),
         "seeds": args.seeds,
         "n": args.n,

@@ -48,7 +48,38 @@ def test_quick_run_writes_json_and_a_valid_doc_block(tmp_path, capsys):
     assert "Prose that must survive." in text and text.count("generalization:smoke:begin") == 1
     assert result_tables_without_command(text, ROOT) == []
     assert "| `classical` |" in text and "| ref |" in text
+    # the Reproduce lines give the command as it was run, not a generic one
+    assert "python benchmarks/generalization.py --quick --task vessels --models vessels-ram-sgcg" in text
     bench.write_doc(doc, result)
     assert doc.read_text(encoding="utf-8").count("generalization:smoke:begin") == 1
     record = json.loads(out.read_text(encoding="utf-8"))
     assert list(record["runs"]) == ["smoke"]
+
+
+def _load(name: str):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_instance_errors_puts_each_nucleus_in_one_class():
+    import numpy as np
+
+    errors = _load("instance_errors").error_counts
+    gt = np.zeros((40, 60), np.int32)
+    gt[2:12, 2:12], gt[2:12, 14:24], gt[20:30, 2:12], gt[20:30, 30:40], gt[2:12, 40:50] = 1, 2, 3, 4, 5
+    pred = np.zeros_like(gt)
+    pred[2:12, 2:24] = 7          # one object over nuclei 1 and 2: both merged
+    pred[20:30, 2:12] = 3         # nucleus 3 found
+    pred[20:30, 30:35] = 8        # nucleus 4 cut in two halves: found (by one half) and split
+    pred[20:30, 35:40] = 9
+    pred[32:38, 50:58] = 6        # on no nucleus: spurious; nucleus 5 missed
+    got = errors(pred, gt)
+    assert got == {"nuclei": 5, "predicted": 5, "found": 2, "merged": 2, "missed": 1, "split": 1,
+                   "spurious": 1}
+    assert errors(gt, gt) == {"nuclei": 5, "predicted": 5, "found": 5, "merged": 0, "missed": 0,
+                              "split": 0, "spurious": 0}

@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,10 +40,11 @@ SHARED = ("iters", "n_target", "n_test", "n_source_test", "lr", "mi_weight", "so
           "pseudo_threshold", "freeze_encoder")
 
 
-def paired(result: dict, method: str = "mani_selected") -> dict:
-    """Per run ``(domain, seed)``: ``method``'s gain over the parent, target and source."""
+def paired(result: dict, method: str = "mani_selected", guard: Any = None) -> dict:
+    """Per run ``(domain, seed)``: ``method``'s gain over the parent, target and source
+    (``guard``: the selection rule re-applied to the stored checkpoints; default the shipped one)."""
     out = {}
-    for run in summarise(result)["runs"]:
+    for run in summarise(result, guard)["runs"]:
         out[(run["domain"], run["seed"])] = {
             f"{where}_{k}": round(run[method][where][k] - run["parent"][where][k], 4)
             for where in ("target", "source") for k in ("dice", "aji")
@@ -50,9 +52,12 @@ def paired(result: dict, method: str = "mani_selected") -> dict:
     return out
 
 
-def decide(frozen: dict, dual: dict, names: tuple[str, str] = ("frozen", "dual")) -> dict:
+def decide(frozen: dict, dual: dict, names: tuple[str, str] = ("frozen", "dual"),
+           guard: Any = None) -> dict:
     """The fixed rule on two results of ``mani_adaptation.py``: the default (``frozen``
     BatchNorm at first) and a candidate (``dual``), labelled ``names`` in the verdict.
+    ``guard``: the checkpoint-selection rule applied to both (default the shipped
+    ``selection.GUARD``; a recorded decision is replayed with the guard it was made with).
 
     Raises
     ------
@@ -64,7 +69,7 @@ def decide(frozen: dict, dual: dict, names: tuple[str, str] = ("frozen", "dual")
     diff = [k for k in SHARED if frozen["settings"].get(k) != dual["settings"].get(k)]
     if diff:
         raise SystemExit(f"the two results differ in {diff}; rerun with the same settings")
-    f, d = paired(frozen), paired(dual)
+    f, d = paired(frozen, guard=guard), paired(dual, guard=guard)
     runs = sorted(set(f) & set(d))
     if not runs or set(d) - set(f):
         raise SystemExit("the dual runs are not all in the frozen result; rerun frozen on them")
@@ -97,7 +102,15 @@ def decide(frozen: dict, dual: dict, names: tuple[str, str] = ("frozen", "dual")
                     for dom, s in runs},
         "checks": checks,
         f"adopt_{cand}": all(checks.values()),
+        "selection_guard": guard_name(guard),
     }
+
+
+def guard_name(guard: Any = None) -> str:
+    """Name of the selection rule a decision used (the shipped one when ``guard`` is None)."""
+    from napari_dgseg.core.train.selection import GUARD
+
+    return (guard or GUARD).name
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -222,8 +223,11 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     return out
 
 
-def summarise(result: dict) -> dict:
-    """Mean ± std over seeds per (domain, method, eval domain, metric), and signal correlations."""
+def summarise(result: dict, guard: Any = None) -> dict:
+    """Mean ± std over seeds per (domain, method, eval domain, metric), and signal correlations.
+
+    ``guard`` (a ``selection.DriftGuard``; default the shipped ``selection.GUARD``) is the rule
+    re-applied to the stored checkpoints for "MaNi + selection"."""
     from napari_dgseg.core.train.selection import UNGUARDED, choose, spearman
 
     summary: dict = {}
@@ -235,7 +239,7 @@ def summarise(result: dict) -> dict:
             # the same training targets, 256 px crops), is the stats run's checkpoint 1.
             c.setdefault("foreground_reference", ref)
             c.setdefault("prior_match", round(-abs(c["foreground"] - ref) / max(ref, 1e-3), 4))
-        chosen = choose(run["checkpoints"])
+        chosen = choose(run["checkpoints"], guard=guard)
         run["mani_selected"] = {k: run["checkpoints"][chosen][k] for k in ("target", "source")}
         if f"{AVERAGE:g}" in run.get("mani_wise", {}):  # what adapt(average=AVERAGE) returns
             run["mani_avg"] = run["mani_wise"][f"{AVERAGE:g}"]

@@ -172,6 +172,28 @@ def _cell(s: Mapping[str, Any], aji_mean: bool = False, worse: bool = True) -> s
 def table(result: Mapping[str, Any]) -> str:
     """Markdown table: one row per displayed rule (and the reference rows), sets as columns."""
     chosen = result["chosen"]["rule"]
+    if any(st["name"] == "heldout_seeds3-5" for st in result["sets"]):
+        return _default_table(result, chosen)
+    names = [st["name"] for st in result["sets"]] + list(result["pools"])
+    n = {k: v["runs"] for k, v in result["rules"][chosen].items() if isinstance(v, dict)}
+    heads = " | ".join(f"{k} ({n.get(k, 0)}): Dice mean / worst; AJI mean / worst; worse"
+                       for k in names)
+    lines = [f"| rule | {heads} | held-out: source Dice worst; parent returned |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for name in [*dict.fromkeys([*DISPLAY, chosen, GUARD.name]), "last iterate",
+                 "oracle (labels)"]:
+        row = result["rules"].get(name) or result["reference"][name]
+        label = name + (" (chosen)" if name == chosen else "") + \
+            (" (shipped)" if name == GUARD.name else "")
+        ho = row.get("heldout_all", row["selection"])
+        cells = " | ".join(_cell(row[k], aji_mean=True) for k in names)
+        lines.append(f"| {label} | {cells} | {ho['source_dice_worst']:+.3f}; "
+                     f"{ho['returns_parent']} |")
+    return "\n".join(lines)
+
+
+def _default_table(result: Mapping[str, Any], chosen: str) -> str:
+    """The table of the default sets (the study in docs/hovernet-mani.md)."""
     n = {st["name"]: st["runs"] for st in result["sets"]} | {
         k: v["runs"] for k, v in result["rules"][chosen].items() if isinstance(v, dict)}
     lines = [
@@ -199,10 +221,27 @@ def table(result: Mapping[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--selection", nargs="+", metavar="FILE",
+                   help="result files (under benchmarks/results) whose runs choose the rule, "
+                        "instead of the default set (e.g. runs of a retrained parent)")
+    p.add_argument("--heldout", nargs="+", metavar="FILE",
+                   help="result files whose runs only evaluate (pooled as heldout_all), instead "
+                        "of the default held-out sets")
     args = p.parse_args()
 
-    data = {name: load_runs(f) for name, f, _ in SETS if (RESULTS / f).is_file()}
-    for pool, parts in POOLS.items():
+    sets = list(SETS)
+    if args.selection or args.heldout:
+        sets = [("selection", " + ".join(args.selection), "choose")] if args.selection else \
+            [t for t in SETS if t[0] == "selection"]
+        sets += [(f"heldout_{Path(f).stem.removeprefix('mani_adaptation_')}", f, "evaluate")
+                 for f in args.heldout or []] or \
+            [t for t in SETS if t[0].startswith("heldout")]
+    data = {name: [r for part in f.split(" + ") for r in load_runs(part)]
+            for name, f, _ in sets if all((RESULTS / part).is_file() for part in f.split(" + "))}
+    pools = dict(POOLS)
+    if args.heldout:
+        pools = {"heldout_all": tuple(n for n, _, _ in sets if n.startswith("heldout_"))}
+    for pool, parts in pools.items():
         data[pool] = [r for part in parts for r in data.get(part, [])]
     guards = grid()
     stats = {g.name: {name: evaluate(runs, lambda cps, g=g: select_checkpoint(cps, guard=g)[0])
@@ -215,8 +254,8 @@ def main() -> None:
     }
     result = {
         "sets": [{"name": n, "file": f, "role": role, "runs": len(data.get(n, []))}
-                 for n, f, role in SETS],
-        "pools": {k: list(v) for k, v in POOLS.items()},
+                 for n, f, role in sets],
+        "pools": {k: list(v) for k, v in pools.items()},
         "grid": {"margin": MARGINS, "certainty_drop": CERTAINTY_DROPS,
                  "agreement_drop": AGREEMENT_DROPS, "stop_at_drift": STOPS},
         "criterion": (f"safe: worst paired loss on the selection runs <= {TOLERANCE} in target Dice "

@@ -24,6 +24,7 @@ from napari_dgseg.core.train.norm_stats import (
     batchnorm_layers,
     reestimate_batchnorm,
 )
+from napari_dgseg.core.train.selection import DriftGuard
 
 # target_scale="native": the expected statistics are computed on the images as given (the
 # resampling to the model's scale has its own tests, tests/test_target_scale.py)
@@ -221,9 +222,12 @@ def test_the_recorded_decision_follows_from_the_stored_runs():
     decision, results = _decision_module()
     frozen = json.loads((results / "mani_adaptation_nuclei-hovernet_selection.json").read_text())
     dual = json.loads((results / "mani_adaptation_nuclei-hovernet_selection_dual.json").read_text())
-    verdict = decision.decide(copy.deepcopy(frozen), copy.deepcopy(dual))
+    # the decision was made (and recorded) with the selection guard of the time
+    made_with = DriftGuard(margin=0.0, certainty_drop=0.02, agreement_drop=0.01, stop_at_drift=True)
+    verdict = decision.decide(copy.deepcopy(frozen), copy.deepcopy(dual), guard=made_with)
     recorded = json.loads((results / "dual_norm_decision.json").read_text())
     assert verdict["checks"] == recorded["checks"]
+    assert verdict["selection_guard"] == "m0+c0.02+a0.01+stop"
     assert verdict["adopt_dual"] is recorded["adopt_dual"] is False
     assert verdict["dual"]["target_aji"]["min"] < -decision.LIMIT  # the condition that failed
     other = copy.deepcopy(dual)

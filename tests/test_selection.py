@@ -97,7 +97,7 @@ def _ckpt(iteration: int, prior_match: float, certainty: float, agreement: float
 def test_a_drifted_checkpoint_with_the_best_prior_match_is_not_returned():
     """Issue 11's failure (ho-dark-blue seed 7): a drifting checkpoint that happens to match the
     reference nucleus fraction best. Its certainty collapsed, so the guard keeps the earlier one."""
-    run = [_ckpt(0, -0.020, 0.93), _ckpt(20, -0.015, 0.935), _ckpt(40, -0.060, 0.86),
+    run = [_ckpt(0, -0.020, 0.93), _ckpt(20, -0.012, 0.935), _ckpt(40, -0.060, 0.86),
            _ckpt(60, -0.001, 0.62, agreement=0.91)]  # drifted, yet the best prior_match
     assert choose(run, guard=UNGUARDED) == 3  # what the unguarded rule returned
     i, record = select_checkpoint(run)
@@ -110,6 +110,9 @@ def test_a_drifted_checkpoint_with_the_best_prior_match_is_not_returned():
     assert choose(run, guard=no_stop) == 1
     # Drift at the first scored checkpoint: the parent is kept.
     assert choose([run[0], _ckpt(20, -0.010, 0.80), _ckpt(40, -0.001, 0.70)]) == 0
+    # A checkpoint must beat the parent's score by more than the margin (0.005) to replace it.
+    assert choose([run[0], _ckpt(20, -0.016, 0.93)]) == 0
+    assert choose([run[0], _ckpt(20, -0.014, 0.93)]) == 1
 
 
 def test_an_agreement_drop_alone_is_a_sign_of_drift():
@@ -138,7 +141,7 @@ def test_degenerate_checkpoints_stop_a_guarded_search():
     assert choose(run, guard=UNGUARDED) == 2  # degenerate rows are only skipped
     i, record = select_checkpoint(run)
     assert i == 0 and record["stopped_at"] == 20 and "degenerate" in record["drifted"][0]["signs"][0]
-    assert GUARD.name == "m0+c0.02+a0.01+stop" and "early stop" in GUARD.describe()
+    assert GUARD.name == "m0.005+c0.02+a0.01+stop" and "early stop" in GUARD.describe()
 
 
 def test_spearman():
@@ -178,3 +181,14 @@ def test_the_guard_can_compare_with_a_target_statistics_baseline():
     assert choose(run[:2], baseline=_ckpt(1, 0.0, 0.95, agreement=0.98)) == 0
     # The score is still compared with the parent's: nothing better than it, the parent stays.
     assert choose([parent, _ckpt(20, -0.030, 0.9, agreement=0.9)], baseline=stats_model) == 0
+
+
+def test_the_default_guard_is_the_one_the_recorded_study_chose():
+    """``GUARD`` is what ``benchmarks/selection_rules.py`` picked on the selection runs of the
+    current parent (docs/hovernet-mani.md); a new study that picks another rule fails here."""
+    import json
+    from pathlib import Path
+
+    study = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "selection_rules_long.json"
+    chosen = json.loads(study.read_text())["chosen"]
+    assert chosen["rule"] == GUARD.name and chosen["guard"] == GUARD.describe()

@@ -19,7 +19,8 @@ from napari_dgseg.core.evaluation_record import record_in_manifest
 
 #: (manifest section, keys) of the measured inference choices.
 RECORDS = {
-    "inference": ("tta", "tta_evidence", "estimate_tolerance_share", "estimate_tolerance_evidence"),
+    "inference": ("tta", "tta_evidence", "estimate_tolerance_share", "estimate_tolerance_evidence",
+                  "postprocess", "postprocess_evidence"),
     "dcin": ("auto", "auto_evidence", "in_domain_shift", "in_domain_evidence"),
 }
 

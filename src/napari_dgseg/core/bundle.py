@@ -198,6 +198,15 @@ class Bundle:
         return dict(self.manifest["config"])
 
     @property
+    def postprocess_config(self) -> dict[str, Any]:
+        """The config post-processing reads: :attr:`config` with the measured overrides of the
+        manifest's ``inference.postprocess`` (post-processing parameters chosen after training,
+        with their evidence in ``inference.postprocess_evidence``); the architecture and the
+        config that ``--init`` compares are untouched."""
+        overrides = (self.manifest.get("inference") or {}).get("postprocess") or {}
+        return {**self.config, **overrides}
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(c["name"] for c in self.manifest.get("classes", []))
 

@@ -182,7 +182,7 @@ def predict_bundle(
                         batch=batch, progress=pass_progress, cancel=cancel, precision=precision,
                         tta=use_tta)
         check_cancel(cancel)
-        fields = family.postprocess(maps, bundle.config)
+        fields = family.postprocess(maps, bundle.postprocess_config)
         if mask_from_maps(maps) is not None:  # local feature mask (Mind the Gap's D1), (H, W)
             fields["local_mask"] = mask_from_maps(maps)
         fields = back_to_image(fields, (gh, gw), (h, w), family.output == "semantic")

@@ -1184,7 +1184,7 @@ def predict_labels(
         model, image, input_spec=bundle.input_spec, tile=512, overlap=32, device=device, batch=1,
         discrete=fam.discrete_outputs,
     )
-    fields = fam.postprocess(maps, bundle.config)
+    fields = fam.postprocess(maps, bundle.postprocess_config)
     return np.asarray(fields["labels"], dtype=np.int32)
 
 

@@ -167,7 +167,7 @@ def window_fields(bundle: Any, ctx: SlideContext, plan: SlidePlan,
                      branches=ctx.dcin.branches, progress=progress, cancel=cancel,
                      discrete=family.discrete_outputs, stats_source=ctx.thumb,
                      tta=bool(opts.get("tta", False)), flip_signs=family.flip_signs)
-    fields = back(dict(family.postprocess(maps, bundle.config)))
+    fields = back(dict(family.postprocess(maps, bundle.postprocess_config)))
     if "uncertainty" in maps:
         fields["uncertainty"] = back({"u": maps["uncertainty"]})["u"][0]
     return fields

@@ -177,7 +177,7 @@ def test_predict_records_the_guard_in_provenance(dark_bundle):
                              family_name="dark", path=None, sha256=None)
     bundle.family = SimpleNamespace(
         discrete_outputs=(), output="semantic", segment_image=None, postprocess=lambda maps, cfg: {"labels": maps["logits"].argmax(0)})
-    bundle.config = {}
+    bundle.config = bundle.postprocess_config = {}
     image, _ = tissue(160, 0.04, seed=13)
     pred = predict_bundle(bundle, image, tile=128, dcin="auto", dcin_method="reinhard")
     guard = pred.provenance["dcin"]["guard"]

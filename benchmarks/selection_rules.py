@@ -44,6 +44,10 @@ Reproduce::
 
     python benchmarks/selection_rules.py --out benchmarks/results/selection_rules.json
 
+``--selection FILE...`` and ``--heldout FILE...`` (result files under ``benchmarks/results``)
+replace the default sets, e.g. to re-derive the guard for a retrained parent from its own
+selection runs (``selection_rules_long.json``, docs/hovernet-mani.md).
+
 Stdout is one JSON object; the Markdown table goes to stderr.
 """
 

@@ -233,15 +233,19 @@ def main() -> None:
                         "of the default held-out sets")
     args = p.parse_args()
 
-    sets = list(SETS)
-    if args.selection or args.heldout:
-        sets = [("selection", " + ".join(args.selection), "choose")] if args.selection else \
-            [t for t in SETS if t[0] == "selection"]
-        sets += [(f"heldout_{Path(f).stem.removeprefix('mani_adaptation_')}", f, "evaluate")
-                 for f in args.heldout or []] or \
-            [t for t in SETS if t[0].startswith("heldout")]
-    data = {name: [r for part in f.split(" + ") for r in load_runs(part)]
-            for name, f, _ in sets if all((RESULTS / part).is_file() for part in f.split(" + "))}
+    # (name, result files, role); the default sets hold one file each
+    sets = [(name, (f,), role) for name, f, role in SETS]
+    if args.selection:
+        sets = [("selection", tuple(args.selection), "choose"),
+                *(t for t in sets if t[0] != "selection")]
+    if args.heldout:
+        sets = [t for t in sets if t[2] == "choose"] + [
+            (f"heldout_{Path(f).stem.removeprefix('mani_adaptation_')}", (f,), "evaluate")
+            for f in args.heldout]
+    elif args.selection:
+        sets = [t for t in sets if t[2] == "choose" or t[0].startswith("heldout")]
+    data = {name: [r for f in files for r in load_runs(f)]
+            for name, files, _ in sets if all((RESULTS / f).is_file() for f in files)}
     pools = dict(POOLS)
     if args.heldout:
         pools = {"heldout_all": tuple(n for n, _, _ in sets if n.startswith("heldout_"))}
@@ -257,8 +261,8 @@ def main() -> None:
             [c["target"]["dice"] for c in cps]))) for n, r in data.items()},
     }
     result = {
-        "sets": [{"name": n, "file": f, "role": role, "runs": len(data.get(n, []))}
-                 for n, f, role in sets],
+        "sets": [{"name": n, "file": " + ".join(files), "role": role, "runs": len(data.get(n, []))}
+                 for n, files, role in sets],
         "pools": {k: list(v) for k, v in pools.items()},
         "grid": {"margin": MARGINS, "certainty_drop": CERTAINTY_DROPS,
                  "agreement_drop": AGREEMENT_DROPS, "stop_at_drift": STOPS},

@@ -228,8 +228,9 @@ def summarise(result: dict, guard: Any = None) -> dict:
 
     ``guard`` (a ``selection.DriftGuard``; default the shipped ``selection.GUARD``) is the rule
     re-applied to the stored checkpoints for "MaNi + selection"."""
-    from napari_dgseg.core.train.selection import UNGUARDED, choose, spearman
+    from napari_dgseg.core.train.selection import GUARD, UNGUARDED, choose, spearman
 
+    guard = GUARD if guard is None else guard
     summary: dict = {}
     for run in result["runs"]:  # re-apply the current selection rule to the stored checkpoints
         ref = run["stats_checkpoints"][1]["foreground"]

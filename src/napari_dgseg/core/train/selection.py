@@ -322,33 +322,6 @@ def drift_signs(row: Mapping[str, Any], parent: Mapping[str, Any], guard: DriftG
     return signs
 
 
-#: Largest fall of Dice on labelled source images (the replay crops) that the target-statistics
-#: candidate may show against the parent (issue 11: "does not lose more than 0.01 on the source
-#: domain").
-STATS_SOURCE_DROP = 0.01
-
-
-def statistics_candidate_signs(
-    stats: Mapping[str, Any], parent: Mapping[str, Any], guard: DriftGuard = GUARD, *,
-    source_dice: float | None = None, parent_source_dice: float | None = None,
-    source_drop: float = STATS_SOURCE_DROP,
-) -> list[str]:
-    """Why the target-statistics model may not replace MaNi's choice (empty: it may).
-
-    ``stats`` and ``parent``: label-free signal rows (:func:`label_free_signals` plus
-    ``degenerate``) on the same held-out target tiles. The thresholds are the drift guard's
-    (:func:`drift_signs`: degenerate, certainty and agreement falls) and ``source_drop`` on the
-    labelled source Dice, when both source values are given.
-    """
-    signs = drift_signs(stats, parent, guard)
-    if source_dice is not None and parent_source_dice is not None:
-        fall = float(parent_source_dice) - float(source_dice)
-        if fall > source_drop:
-            signs.append(f"labelled source Dice fell {float(parent_source_dice):.3f} -> "
-                         f"{float(source_dice):.3f} (more than {source_drop:g})")
-    return signs
-
-
 def select_checkpoint(
     checkpoints: Sequence[Mapping[str, Any]], score: str = SCORE, guard: DriftGuard = GUARD,
     baseline: Mapping[str, Any] | None = None,

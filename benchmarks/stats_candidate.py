@@ -102,6 +102,12 @@ def load(files: Sequence[str]) -> list[dict[str, Any]]:
     return runs
 
 
+def paired(row: Mapping[str, Any], parent: Mapping[str, Any]) -> dict[str, float]:
+    """Gains of a measured row over the parent's, target and source, Dice, AJI and PQ."""
+    return {f"{w}_{k}": round(row[w][k] - parent[w][k], 4)
+            for w in ("target", "source") for k in ("dice", "aji", "pq")}
+
+
 def returned(run: Mapping[str, Any], with_candidate: bool) -> tuple[str, Mapping[str, Any], list[str]]:
     """What the rule returns on ``run``: (label, its measured row, why statistics were refused)."""
     cps = run["checkpoints"]
@@ -122,11 +128,8 @@ def evaluate(runs: Sequence[Mapping[str, Any]], with_candidate: bool) -> dict[st
     rows = []
     for r in runs:
         label, row, signs = returned(r, with_candidate)
-        p = r["checkpoints"][0]
         rows.append({"domain": r["domain"], "seed": r["seed"], "returned": label,
-                     "statistics_refused": signs,
-                     **{f"{w}_{k}": round(row[w][k] - p[w][k], 4)
-                        for w in ("target", "source") for k in ("dice", "aji", "pq")}})
+                     "statistics_refused": signs, **paired(row, r["checkpoints"][0])})
     g = np.array([[x["target_dice"], x["target_aji"], x["source_dice"]] for x in rows])
     return {
         "runs": len(rows),
@@ -148,8 +151,7 @@ def oracle(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         best = max(cps[1:], key=lambda c: c["target"]["dice"])
         rows.append({"domain": r["domain"], "seed": r["seed"],
                      "returned": f"iteration {best['iteration']} (labels)", "statistics_refused": [],
-                     **{f"{w}_{k}": round(best[w][k] - cps[0][w][k], 4)
-                        for w in ("target", "source") for k in ("dice", "aji", "pq")}})
+                     **paired(best, cps[0])})
     return {"per_run": rows}
 
 

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from test_generalization_bench import ROOT
+from test_generalization_bench import _load as load_benchmark
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "stats_candidate_bench", ROOT / "benchmarks" / "stats_candidate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("stats_candidate")
 
 
 def _row(iteration, dice, aji=0.7, agreement=0.97, certainty=0.94, foreground=0.4, source=0.99,
@@ -86,10 +81,7 @@ def test_the_recorded_study_reproduces_from_the_stored_runs(capsys):
 def test_the_adaptation_benchmark_summarises_with_the_shipped_guard_by_default():
     """``mani_adaptation.summarise`` without a ``guard`` re-applies ``selection.GUARD`` (it once
     passed ``None`` on and crashed at the end of a 30-minute run, after every run was measured)."""
-    spec = importlib.util.spec_from_file_location(
-        "mani_adaptation_bench", ROOT / "benchmarks" / "mani_adaptation.py")
-    mani = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mani)
+    mani = load_benchmark("mani_adaptation")
     from napari_dgseg.core.train.selection import GUARD, UNGUARDED, choose
 
     stored = json.loads((ROOT / "benchmarks" / "results" /

@@ -51,9 +51,10 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = ("dice", "aji", "pq")
 SOURCE = "clean"
 DOMAINS = ("pale-scanner", "blurry-jpeg", "lymphoid-dense")
-#: The methods a run can hold, in table order (``mani_selected``: what ``adapt`` returns by
-#: default; ``mani_avg``: ``adapt(average=AVERAGE)``).
-METHODS = ("parent", "stats", "mani", "mani_selected", "mani_avg")
+#: The methods a run can hold, in table order (``classical``: the classical baseline on the same
+#: tiles; ``mani_selected``: what ``adapt`` returns by default; ``mani_avg``:
+#: ``adapt(average=AVERAGE)``).
+METHODS = ("classical", "parent", "stats", "mani", "mani_selected", "mani_avg")
 SIGNALS = ("prior_match", "agreement", "certainty", "agreement_x_certainty",
            "classical_agreement")
 
@@ -150,6 +151,32 @@ def scorer(bundle, tiles: list[tuple[np.ndarray, np.ndarray]],
     return score
 
 
+def classical_scores(tiles: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The classical baseline (haematoxylin deconvolution, Otsu, distance watershed:
+    :func:`napari_dgseg.core.classical.classical_nuclei`) on labelled ``tiles``, averaged."""
+    from napari_dgseg.core.classical import classical_nuclei
+    from napari_dgseg.core.metrics import instance_scores
+
+    rows = [[instance_scores(classical_nuclei(img)[1], lab)[k] for k in METRICS] for img, lab in tiles]
+    return dict(zip(METRICS, np.round(np.mean(rows, axis=0), 4).tolist(), strict=True))
+
+
+def evaluation_tiles(domain: str, seed: int, n_test: int, n_source_test: int) -> tuple[list, list]:
+    """The labelled target and source test tiles of one run (the same for every method)."""
+    base = 10_000 * (seed + 1)
+    return ([make_tile(domain, base + 500 + i) for i in range(n_test)],
+            [make_tile(SOURCE, base + 900 + i) for i in range(n_source_test)])
+
+
+def add_classical(result: dict) -> dict:
+    """Score the classical baseline on the stored runs' own test tiles (re-made from their seeds)."""
+    n_test, n_source = result["settings"]["n_test"], result["settings"]["n_source_test"]
+    for run in result["runs"]:
+        test_t, test_s = evaluation_tiles(run["domain"], run["seed"], n_test, n_source)
+        run["classical"] = {"target": classical_scores(test_t), "source": classical_scores(test_s)}
+    return result
+
+
 def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     """Stats and MaNi on one domain and seed; every checkpoint measured against labels."""
     from napari_dgseg.core.train.adapt import adapt
@@ -157,8 +184,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
 
     base = 10_000 * (seed + 1)
     targets = [make_tile(domain, base + i)[0] for i in range(args.n_target)]
-    test_t = [make_tile(domain, base + 500 + i) for i in range(args.n_test)]
-    test_s = [make_tile(SOURCE, base + 900 + i) for i in range(args.n_source_test)]
+    test_t, test_s = evaluation_tiles(domain, seed, args.n_test, args.n_source_test)
     score_t, score_s = (scorer(bundle, test_t, args.evaluate),
                         scorer(bundle, test_s, args.evaluate))
     measured: dict[int, dict] = {}
@@ -198,6 +224,7 @@ def one_run(bundle, domain: str, seed: int, args: argparse.Namespace) -> dict:
     out = {
         "domain": domain,
         "seed": seed,
+        "classical": {"target": classical_scores(test_t), "source": classical_scores(test_s)},
         "parent": {k: rows[0][k] for k in ("target", "source")},
         "stats": {k: stats_rows[1][k] for k in ("target", "source")},
         "mani": {k: rows[-1][k] for k in ("target", "source")},
@@ -306,10 +333,10 @@ def table(result: dict) -> str:
              f"`{result['settings'].get('pseudo_labels', 'online')}`.", "",
              "| domain | method | target Dice | target AJI | target PQ | source Dice | source AJI | source PQ |",
              "|---|---|---|---|---|---|---|---|"]
-    names = {"parent": "parent", "stats": "stats", "mani": "MaNi (last)",
-             "mani_selected": "MaNi + selection (default)",
+    names = {"classical": "classical baseline (H deconvolution + Otsu)", "parent": "parent",
+             "stats": "stats", "mani": "MaNi (last)", "mani_selected": "MaNi + selection (default)",
              "mani_avg": f"MaNi, {AVERAGE:g} x last + {1 - AVERAGE:g} x parent"}
-    methods = result.get("methods", list(names)[:4])
+    methods = result.get("methods", ["parent", "stats", "mani", "mani_selected"])
     for domain in result["domains"]:
         for method in methods:
             label = names[method]
@@ -322,7 +349,7 @@ def table(result: dict) -> str:
     gains = []
     for domain in result["domains"]:
         runs = [r for r in result["runs"] if r["domain"] == domain]
-        for method in [m for m in methods if m not in ("parent", "mani")]:
+        for method in [m for m in methods if m not in ("classical", "parent", "mani")]:
             d = np.array([[r[method]["target"][k] - r["parent"]["target"][k] for k in METRICS]
                           for r in runs])
             short = {"stats": "stats", "mani_selected": "MaNi + selection",
@@ -389,9 +416,15 @@ def main() -> None:
     p.add_argument("--table", default=None, metavar="JSON", help="only print the table of a result")
     p.add_argument("--write", action="store_true",
                    help="with --table: store the re-computed summary in that JSON")
+    p.add_argument("--add-classical", action="store_true",
+                   help="with --table: also score the classical baseline on the runs' own test "
+                        "tiles (re-made from their seeds)")
     args = p.parse_args()
     if args.table:
-        result = summarise(json.loads(Path(args.table).read_text()))
+        result = json.loads(Path(args.table).read_text())
+        if args.add_classical:
+            result = add_classical(result)
+        result = summarise(result)
         if args.write:  # keep the summary of the current selection rule with the runs
             Path(args.table).write_text(json.dumps(result, indent=1) + "\n")
         print(table(result))
